@@ -1,0 +1,386 @@
+"""Every event of the system, grouped by who produces it.
+
+Field docs become the JSON Schema descriptions under ``contracts/schemas/``.
+Timestamps are Unix epoch seconds (float); durations are milliseconds (float).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .envelope import Event, SessionEvent, TurnEvent, TurnId
+
+Tone = Literal["neutral", "concise", "friendly", "formal"]
+DependencyStatus = Literal["ok", "timeout", "unavailable", "error", "skipped"]
+
+
+class _Part(BaseModel):
+    """A nested value object (not an event)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# ---------------------------------------------------------------- session (edge)
+
+
+class SessionStarted(SessionEvent):
+    """A client socket opened for the session."""
+
+    kind: Literal["session.started"] = "session.started"
+    client: str = Field(default="", max_length=200, description="Client's user agent or name")
+    capabilities: list[str] = Field(default_factory=list, description="What the client declared in hello")
+
+
+class SessionEnded(SessionEvent):
+    """The session's last client socket closed."""
+
+    kind: Literal["session.ended"] = "session.ended"
+    reason: str = Field(default="", max_length=200)
+
+
+class SessionSettings(SessionEvent):
+    """Per-session preferences chosen by the client; every field is optional (None = unchanged)."""
+
+    kind: Literal["session.settings"] = "session.settings"
+    agent: str | None = Field(default=None, max_length=64)
+    tone: Tone | None = None
+    voice: str | None = Field(default=None, max_length=64, description="TTS voice name")
+    tts_provider: str | None = Field(default=None, max_length=32)
+    language: str | None = Field(default=None, max_length=16, description="BCP-47 tag, e.g. en-US")
+    knowledge_bases: list[str] | None = Field(default=None, description="Retrieval bases this session searches")
+
+
+# ---------------------------------------------------------------- turns
+
+
+class UserTurn(TurnEvent):
+    """What the user said or typed: one turn for the orchestrator, whatever its source."""
+
+    kind: Literal["turn.user"] = "turn.user"
+    text: str = Field(min_length=1, max_length=16_000)
+    source: Literal["typed", "spoken"]
+    speech_ended_at: float | None = Field(
+        default=None, description="For spoken turns: true end of speech in the audio (epoch s)")
+
+
+class ReplyDelta(TurnEvent):
+    """A piece of the assistant's reply as the LLM streams it. ``seq`` orders the pieces."""
+
+    kind: Literal["reply.delta"] = "reply.delta"
+    text: str = Field(max_length=16_000)
+    agent: str = Field(max_length=64)
+
+
+class TokenUsage(_Part):
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+
+
+class Citation(_Part):
+    document_id: str
+    source: str = Field(description="File name or URL the passage came from")
+    title: str = ""
+    section: str = ""
+    position: int = Field(default=0, ge=0, description="Chunk index within the document")
+    score: float = 0.0
+
+
+class ReplyDone(TurnEvent):
+    """The finished reply: full text, usage, and how the context hooks fared."""
+
+    kind: Literal["reply.done"] = "reply.done"
+    text: str = Field(max_length=64_000)
+    agent: str = Field(max_length=64)
+    model: str = Field(default="", max_length=128)
+    finish_reason: Literal["stop", "length", "cancelled", "error", "superseded"] = "stop"
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+    memory: DependencyStatus = "skipped"
+    retrieval: DependencyStatus = "skipped"
+    citations: list[Citation] = Field(default_factory=list)
+    first_token_at: float | None = Field(default=None, description="When the LLM's first token arrived")
+
+
+# ---------------------------------------------------------------- voice in (transcriber)
+
+
+class SpeechStarted(TurnEvent):
+    """Voice activity began; opens the turn that its transcripts and reply will carry."""
+
+    kind: Literal["vad.speech_started"] = "vad.speech_started"
+    audio_at: float = Field(description="Position in the session's audio where speech began (s)")
+
+
+class SpeechStopped(TurnEvent):
+    """Voice activity ended (the VAD's decision, after its silence window)."""
+
+    kind: Literal["vad.speech_stopped"] = "vad.speech_stopped"
+    audio_at: float = Field(description="Position in the session's audio where speech ended (s)")
+    speech_ended_at: float = Field(description="Wall-clock time of the true end of speech (epoch s)")
+
+
+class TranscriptPartial(TurnEvent):
+    """The recognizer's running hypothesis; replaced by the next partial or the final."""
+
+    kind: Literal["transcript.partial"] = "transcript.partial"
+    text: str = Field(max_length=16_000)
+    engine: str = Field(max_length=32)
+
+
+class TranscriptFinal(TurnEvent):
+    """The recognizer's final text for one utterance (also published as the UserTurn)."""
+
+    kind: Literal["transcript.final"] = "transcript.final"
+    text: str = Field(max_length=16_000)
+    engine: str = Field(max_length=32)
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    audio_start: float = Field(ge=0.0, description="Utterance start in the session's audio (s)")
+    audio_end: float = Field(ge=0.0, description="Utterance end in the session's audio (s)")
+    forced: bool = Field(default=False, description="True when the maximum utterance length cut it")
+
+
+# ---------------------------------------------------------------- audio (binary payloads)
+
+
+class AudioInMeta(SessionEvent):
+    """Headers of one inbound audio frame; the payload is raw PCM16 LE mono (see contracts/audio.py)."""
+
+    kind: Literal["audio.in"] = "audio.in"
+    sample_rate: int = Field(default=16_000, ge=8_000, le=48_000)
+    channels: Literal[1] = 1
+    encoding: Literal["pcm_s16le"] = "pcm_s16le"
+
+
+class AudioOutMeta(TurnEvent):
+    """Headers of one outbound audio frame of the assistant's speech (PCM16 LE mono payload)."""
+
+    kind: Literal["audio.out"] = "audio.out"
+    sample_rate: int = Field(default=22_050, ge=8_000, le=48_000)
+    channels: Literal[1] = 1
+    encoding: Literal["pcm_s16le"] = "pcm_s16le"
+
+
+class AudioOutDone(TurnEvent):
+    """All audio of a turn has been published (or synthesis stopped)."""
+
+    kind: Literal["audio.done"] = "audio.done"
+    frames: int = Field(ge=0)
+    duration_ms: float = Field(ge=0.0)
+    cancelled: bool = False
+
+
+# ---------------------------------------------------------------- control lane
+
+
+class Interrupt(SessionEvent):
+    """Stop the given turn (or whatever is in flight): generation, synthesis and playback."""
+
+    kind: Literal["ctl.interrupt"] = "ctl.interrupt"
+    reason: Literal["barge_in", "client", "superseded"]
+
+
+class ErrorEvent(SessionEvent):
+    """Something the user would notice went wrong; ``code`` is stable, ``message`` is short."""
+
+    kind: Literal["error"] = "error"
+    code: str = Field(max_length=64, description="Stable machine-readable code, e.g. llm_unavailable")
+    message: str = Field(max_length=500)
+    source: str = Field(max_length=64, description="Worker that raised it")
+    retryable: bool = False
+
+
+# ---------------------------------------------------------------- memory (request/reply)
+
+
+class ContextRequest(SessionEvent):
+    """Ask memory for the context of the session's next turn."""
+
+    kind: Literal["memory.context_request"] = "memory.context_request"
+    max_tokens: int = Field(default=1_500, ge=1, le=128_000)
+
+
+class MemoryTurn(_Part):
+    role: Literal["user", "assistant"]
+    text: str
+    turn_id: TurnId
+    at: float
+
+
+class ContextReply(SessionEvent):
+    kind: Literal["memory.context_reply"] = "memory.context_reply"
+    turns: list[MemoryTurn] = Field(default_factory=list, description="Most recent turns, oldest first")
+    summary: str = Field(default="", description="Running summary of turns older than `turns`")
+    facts: list[str] = Field(default_factory=list, description="What the user stated about themselves")
+    tokens: int = Field(default=0, ge=0)
+
+
+class ForgetSession(SessionEvent):
+    """The owner asked to delete the session's memory."""
+
+    kind: Literal["memory.forget"] = "memory.forget"
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+class RetrievalRequest(SessionEvent):
+    kind: Literal["retrieval.request"] = "retrieval.request"
+    query: str = Field(min_length=1, max_length=4_000)
+    bases: list[str] = Field(default_factory=lambda: ["default"])
+    top_k: int = Field(default=4, ge=1, le=50)
+    min_score: float = Field(default=0.3, ge=-1.0, le=1.0, description="Relevance floor (cosine similarity)")
+    filters: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Metadata equality")
+
+
+class Passage(_Part):
+    text: str
+    score: float
+    citation: Citation
+
+
+class RetrievalReply(SessionEvent):
+    kind: Literal["retrieval.reply"] = "retrieval.reply"
+    passages: list[Passage] = Field(default_factory=list)
+
+
+class IngestJob(SessionEvent):
+    """Durable job: add or replace one document in a knowledge base.
+
+    ``session_id`` is the requester (a client session, or a CLI's own session); progress and
+    result events go to that session's subjects.
+    """
+
+    kind: Literal["ingest.job"] = "ingest.job"
+    job_id: str = Field(min_length=1, max_length=64)
+    base: str = Field(default="default", min_length=3, max_length=63, pattern=r"^[A-Za-z0-9_-]+$")
+    source: str = Field(min_length=1, max_length=500, description="File name or URL")
+    content_type: str = Field(max_length=100)
+    object_name: str | None = Field(default=None, description="Bytes in the NATS object store, if not inline")
+    text: str | None = Field(default=None, max_length=1_000_000, description="Inline text for small docs")
+    delete: bool = Field(default=False, description="Remove the document's chunks instead")
+
+
+class JobProgress(SessionEvent):
+    """Progress of a long job (ingestion or video)."""
+
+    kind: Literal["job.progress"] = "job.progress"
+    job_id: str
+    stage: str = Field(max_length=64)
+    done: int = Field(ge=0)
+    total: int = Field(ge=0)
+
+
+class IngestResult(SessionEvent):
+    kind: Literal["ingest.result"] = "ingest.result"
+    job_id: str
+    status: Literal["ingested", "unchanged", "deleted", "failed"]
+    document_id: str = ""
+    chunks: int = Field(default=0, ge=0)
+    error: str = ""
+
+
+# ---------------------------------------------------------------- video
+
+
+class VideoJob(SessionEvent):
+    kind: Literal["video.job"] = "video.job"
+    job_id: str = Field(min_length=1, max_length=64)
+    object_name: str = Field(description="Uploaded bytes in the NATS object store")
+    filename: str = Field(default="", max_length=500)
+    transcribe: bool = True
+    ingest_base: str | None = Field(default=None, description="Ingest the transcript into this base")
+
+
+class VideoMetadata(_Part):
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+    video_codec: str
+    audio_codec: str | None
+
+
+class TranscriptSegment(_Part):
+    start_s: float
+    end_s: float
+    text: str
+
+
+class VideoResult(SessionEvent):
+    kind: Literal["video.result"] = "video.result"
+    job_id: str
+    status: Literal["done", "failed", "cancelled"]
+    metadata: VideoMetadata | None = None
+    keyframes: list[str] = Field(default_factory=list, description="Object-store names of JPEG keyframes")
+    transcript: list[TranscriptSegment] = Field(default_factory=list)
+    error: str = ""
+
+
+class VideoFrameMeta(SessionEvent):
+    """Headers of one camera snapshot; the payload is a JPEG."""
+
+    kind: Literal["video.frame"] = "video.frame"
+    width: int | None = None
+    height: int | None = None
+
+
+# ---------------------------------------------------------------- stats and ops
+
+
+class StatsRequest(Event):
+    kind: Literal["stats.request"] = "stats.request"
+    session_id: str | None = Field(default=None, description="Limit to one session")
+
+
+class StageLatency(_Part):
+    count: int = 0
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+
+
+class StatsSnapshot(Event):
+    kind: Literal["stats.snapshot"] = "stats.snapshot"
+    sessions_active: int = 0
+    turns: int = 0
+    interruptions: int = 0
+    errors: dict[str, int] = Field(default_factory=dict)
+    dead_letters: int = 0
+    tokens: int = 0
+    stages: dict[str, StageLatency] = Field(default_factory=dict)
+
+
+class DeadLetter(Event):
+    """A message a worker could not handle, kept with the reason instead of being lost."""
+
+    kind: Literal["deadletter"] = "deadletter"
+    worker: str
+    original_subject: str
+    reason: str = Field(max_length=2_000)
+    error_type: str
+    deliveries: int = Field(default=1, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    payload_b64: str = Field(description="The original payload, base64")
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    SessionStarted, SessionEnded, SessionSettings, UserTurn, ReplyDelta, ReplyDone,
+    SpeechStarted, SpeechStopped, TranscriptPartial, TranscriptFinal,
+    AudioInMeta, AudioOutMeta, AudioOutDone, Interrupt, ErrorEvent,
+    ContextRequest, ContextReply, ForgetSession, RetrievalRequest, RetrievalReply,
+    IngestJob, JobProgress, IngestResult, VideoJob, VideoResult, VideoFrameMeta,
+    StatsRequest, StatsSnapshot, DeadLetter,
+)
+
+EVENTS_BY_KIND: dict[str, type[Event]] = {cls.kind_name(): cls for cls in ALL_EVENTS}
+
+
+def parse_event(data: bytes | str | dict[str, Any]) -> Event:
+    """Parse any event by its ``kind`` (raises ``KeyError`` or pydantic ``ValidationError``)."""
+    if isinstance(data, dict):
+        return EVENTS_BY_KIND[data["kind"]].model_validate(data)
+    obj = json.loads(data)
+    return EVENTS_BY_KIND[obj["kind"]].model_validate(obj)
+

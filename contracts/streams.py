@@ -1,0 +1,79 @@
+"""JetStream streams and durable consumers, declared as data.
+
+The runtime turns these into nats-py configs and provisions them idempotently
+(workers/runtime/provision.py). Limits keep every stream bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .subjects import BY_NAME, DEFAULT_PREFIX
+
+GiB = 1024**3
+DAY = 86_400.0
+
+
+class StreamSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    subjects: tuple[str, ...] = Field(description="Relative to the prefix")
+    description: str
+    retention: Literal["limits", "workqueue"] = "limits"
+    max_age_s: float
+    max_bytes: int
+    max_msg_size: int = 1024 * 1024
+    duplicate_window_s: float = 120.0
+    storage: Literal["file", "memory"] = "file"
+
+    def absolute_subjects(self, prefix: str = DEFAULT_PREFIX) -> list[str]:
+        return [f"{prefix}.{s}" for s in self.subjects]
+
+
+class ConsumerSpec(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    durable: str
+    stream: str
+    filter_subjects: tuple[str, ...] = Field(description="Wildcard subjects (with the default prefix)")
+    ack_wait_s: float = 30.0
+    max_deliver: int = Field(default=5, description="Then the message is dead-lettered")
+    max_ack_pending: int = 1_000
+    description: str
+
+
+EVENTS = StreamSpec(
+    name="SB_EVENTS", subjects=("ev.>",), max_age_s=7 * DAY, max_bytes=2 * GiB,
+    description="Every session event, recorded for memory, stats and replay",
+)
+AUDIO = StreamSpec(
+    name="SB_AUDIO", subjects=("audio.>",), max_age_s=600.0, max_bytes=1 * GiB,
+    description="Raw audio in and out, short retention so a session can be replayed",
+)
+JOBS = StreamSpec(
+    name="SB_JOBS", subjects=("job.>",), retention="workqueue", max_age_s=7 * DAY, max_bytes=1 * GiB,
+    description="Durable ingestion and video jobs",
+)
+DEAD_LETTERS = StreamSpec(
+    name="SB_DLQ", subjects=("dlq.>",), max_age_s=30 * DAY, max_bytes=1 * GiB, max_msg_size=8 * 1024 * 1024,
+    description="Messages workers could not handle, with the reason",
+)
+STREAMS: tuple[StreamSpec, ...] = (EVENTS, AUDIO, JOBS, DEAD_LETTERS)
+
+MEMORY_WRITER = ConsumerSpec(
+    durable="memory-writer", stream=EVENTS.name,
+    filter_subjects=tuple(BY_NAME[n].wildcard() for n in ("turn.user", "reply.done", "memory.forget")),
+    description="Persists user turns and replies; idempotent by event id",
+)
+INGEST = ConsumerSpec(
+    durable="retriever-ingest", stream=JOBS.name, filter_subjects=(BY_NAME["ingest.job"].wildcard(),),
+    ack_wait_s=300.0, max_deliver=3, max_ack_pending=4, description="Document ingestion jobs",
+)
+VIDEO = ConsumerSpec(
+    durable="video-jobs", stream=JOBS.name, filter_subjects=(BY_NAME["video.job"].wildcard(),),
+    ack_wait_s=600.0, max_deliver=3, max_ack_pending=2, description="Video processing jobs",
+)
+CONSUMERS: tuple[ConsumerSpec, ...] = (MEMORY_WRITER, INGEST, VIDEO)

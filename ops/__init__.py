@@ -1,0 +1,1 @@
+"""Operating Switchboard: the local stack launcher, the `sb` CLI, contract generation."""

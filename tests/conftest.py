@@ -1,0 +1,34 @@
+"""Shared fixtures: one real NATS server (JetStream, temporary store) per test session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from ops.servers import RunningServer, start_nats
+from workers.runtime.logging import configure_logging
+
+configure_logging("warning", "json")
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A real nats-server -js on a free loopback port with a temporary store."""
+    server = start_nats(tmp_path_factory.mktemp("nats") / "store")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: RunningServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_url)
+    yield client
+    await client.drain()

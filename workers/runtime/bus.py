@@ -1,0 +1,96 @@
+"""Publishing and requesting contract events on NATS.
+
+Every event goes to the subject its kind is declared on in ``contracts.subjects``, with the
+standard headers (``Nats-Msg-Id`` for dedupe, session, turn, schema, trace context), so a
+worker can neither publish on an undeclared subject nor forget a header.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from contracts import headers as h
+from contracts.envelope import Event, SessionEvent
+from contracts.subjects import BY_NAME, DEFAULT_PREFIX, SUBJECTS, Subject
+
+ReplyT = TypeVar("ReplyT", bound=Event)
+_BY_KIND: dict[str, Subject] = {s.message.kind_name(): s for s in SUBJECTS}
+
+
+class BusNotConnectedError(RuntimeError):
+    pass
+
+
+class DependencyUnavailableError(RuntimeError):
+    """A request/reply service did not answer in time or has no responder."""
+
+    def __init__(self, service: str, status: str) -> None:
+        super().__init__(f"{service}: {status}")
+        self.service = service
+        self.status = status  # "timeout" | "unavailable"
+
+
+def subject_for(event: Event, prefix: str = DEFAULT_PREFIX, **params: str) -> str:
+    spec = _BY_KIND.get(event.kind)
+    if spec is None:
+        raise LookupError(f"no subject is declared for kind {event.kind!r}")
+    session = event.session_id if isinstance(event, SessionEvent) else None
+    return spec.subject(session if spec.per_session else None, prefix, **params)
+
+
+class Bus:
+    """A worker's or the edge's handle on NATS: contract-aware publish, binary publish, request."""
+
+    def __init__(self, producer: str, prefix: str = DEFAULT_PREFIX) -> None:
+        self.producer = producer
+        self.prefix = prefix
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+
+    def attach(self, nc: Client) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise BusNotConnectedError("the bus is not connected yet")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise BusNotConnectedError("the bus is not connected yet")
+        return self._js
+
+    async def publish(self, event: Event, *, durable: bool = False, **params: str) -> None:
+        """Publish on the event's declared subject. ``durable`` waits for JetStream's ack."""
+        subject = subject_for(event, self.prefix, **params)
+        payload = event.model_dump_json().encode()
+        headers = h.event_headers(event)
+        if durable:
+            await self.js.publish(subject, payload, headers=headers)
+        else:
+            await self.nc.publish(subject, payload, headers=headers)
+
+    async def publish_binary(self, meta: Event, payload: bytes) -> None:
+        """Publish raw media with its meta model in the ``Sb-Meta`` header."""
+        headers = h.event_headers(meta)
+        headers[h.META] = meta.model_dump_json()
+        await self.nc.publish(subject_for(meta, self.prefix), payload, headers=headers)
+
+    async def request(self, name: str, event: Event, reply_type: type[ReplyT], timeout: float) -> ReplyT:
+        """Request/reply with a deadline; raises DependencyUnavailableError instead of hanging."""
+        subject = BY_NAME[name].subject(prefix=self.prefix)
+        try:
+            msg = await self.nc.request(subject, event.model_dump_json().encode(),
+                                        timeout=timeout, headers=h.event_headers(event))
+        except nats.errors.NoRespondersError:
+            raise DependencyUnavailableError(name, "unavailable") from None
+        except (TimeoutError, nats.errors.TimeoutError):
+            raise DependencyUnavailableError(name, "timeout") from None
+        return reply_type.model_validate_json(msg.data)

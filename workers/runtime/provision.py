@@ -1,0 +1,104 @@
+"""Idempotent provisioning of the JetStream streams and consumers declared in contracts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from contracts.streams import ConsumerSpec, StreamSpec
+from contracts.subjects import DEFAULT_PREFIX
+
+from .logging import get_logger
+
+log = get_logger("provision")
+
+
+class StreamConflictError(RuntimeError):
+    """A stream exists with a config that cannot be changed in place."""
+
+
+def stream_config(spec: StreamSpec, prefix: str = DEFAULT_PREFIX, max_age_s: float | None = None) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name if prefix == DEFAULT_PREFIX else f"{spec.name}_{prefix.upper()}",
+        description=spec.description,
+        subjects=spec.absolute_subjects(prefix),
+        retention=RetentionPolicy(spec.retention),
+        storage=StorageType(spec.storage),
+        max_age=max_age_s if max_age_s is not None else spec.max_age_s,
+        max_bytes=spec.max_bytes,
+        max_msg_size=spec.max_msg_size,
+        duplicate_window=spec.duplicate_window_s,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def consumer_config(spec: ConsumerSpec, prefix: str = DEFAULT_PREFIX) -> ConsumerConfig:
+    filters = [f"{prefix}.{s.split('.', 1)[1]}" for s in spec.filter_subjects]
+    return ConsumerConfig(
+        durable_name=spec.durable,
+        description=spec.description,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=spec.ack_wait_s,
+        max_deliver=spec.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+        filter_subjects=filters,
+    )
+
+
+# Fields NATS refuses to change on an existing stream.
+_IMMUTABLE = ("retention", "storage")
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:
+    """Create the stream, or update it when only mutable limits differ. Returns what it did."""
+    assert config.name is not None
+    try:
+        existing = (await js.stream_info(config.name)).config
+    except NotFoundError:
+        await js.add_stream(config)
+        return "created"
+    for field in _IMMUTABLE:
+        have, want = getattr(existing, field), getattr(config, field)
+        if have != want:
+            raise StreamConflictError(
+                f"stream {config.name} exists with {field}={_value(have)} but contracts declare "
+                f"{field}={_value(want)}; NATS cannot change it in place. Back it up and delete it "
+                f"(nats stream rm {config.name}) or fix contracts/streams.py"
+            )
+    wanted: dict[str, Any] = {k: v for k, v in config.as_dict().items() if k != "sealed"}
+    current = {k: v for k, v in existing.as_dict().items() if k in wanted}
+    if current == wanted:
+        return "unchanged"
+    await js.update_stream(config)
+    return "updated"
+
+
+def _value(v: Any) -> str:
+    return str(getattr(v, "value", v))
+
+
+async def provision(
+    js: JetStreamContext,
+    streams: tuple[StreamSpec, ...],
+    consumers: tuple[ConsumerSpec, ...] = (),
+    prefix: str = DEFAULT_PREFIX,
+    max_age_overrides: dict[str, float] | None = None,
+) -> None:
+    overrides = max_age_overrides or {}
+    for spec in streams:
+        outcome = await ensure_stream(js, stream_config(spec, prefix, overrides.get(spec.name)))
+        if outcome != "unchanged":
+            log.info("stream provisioned", stream=spec.name, outcome=outcome)
+    by_name = {s.name: stream_config(s, prefix).name for s in streams}
+    for consumer in consumers:
+        await js.add_consumer(by_name.get(consumer.stream, consumer.stream), consumer_config(consumer, prefix))

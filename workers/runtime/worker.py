@@ -1,0 +1,172 @@
+"""Running a worker: connect (with retry), provision streams, subscribe, announce health, drain on stop.
+
+A worker module declares a :class:`WorkerSpec`; ``python -m workers.<name>`` calls
+:func:`main`, and tests use :func:`running_worker` to run the same code in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import nats
+import nats.micro
+from faststream.nats import NatsBroker, NatsRouter
+from faststream.nats.security import NatsUserPassword
+from nats.aio.client import Client
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from contracts.streams import STREAMS, ConsumerSpec
+
+from .bus import Bus
+from .deadletter import dead_letter_middleware
+from .logging import configure_logging, get_logger
+from .provision import provision
+from .settings import RuntimeSettings, load_settings
+
+S = TypeVar("S", bound=RuntimeSettings)
+VERSION = "0.1.0"
+log = get_logger("runtime")
+
+
+@dataclass(frozen=True)
+class WorkerSpec(Generic[S]):
+    """What a worker is: its name, settings, how to build its subscriptions, and its resources.
+
+    ``build`` wires subjects to the worker's domain logic and returns a FastStream router.
+    ``lifespan`` (optional) opens and closes resources around the run (clients, models).
+    """
+
+    name: str
+    description: str
+    settings: type[S]
+    build: Callable[[S, Bus], NatsRouter]
+    lifespan: Callable[[S, Bus], AbstractAsyncContextManager[None]] | None = None
+    consumers: tuple[ConsumerSpec, ...] = field(default_factory=tuple)
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def connect_options(settings: RuntimeSettings, name: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "servers": settings.nats_servers(),
+        "name": f"sb-{name}",
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,  # never give up once running; the log says so each time
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 2,
+    }
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password.get_secret_value() if settings.nats_password else None
+    if settings.nats_creds:
+        options["user_credentials"] = settings.nats_creds
+    return options
+
+
+async def connect_nats(settings: RuntimeSettings, name: str, **callbacks: Any) -> Client:
+    """Connect with retries for ``connect_timeout_s``; then fail with one clear error."""
+    options = connect_options(settings, name) | {"error_cb": _log_nats_error} | callbacks
+    return await _with_retry(settings, lambda: nats.connect(**options))
+
+
+async def _with_retry(settings: RuntimeSettings, connect: Callable[[], Awaitable[Client]]) -> Client:
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(settings.connect_timeout_s),
+            wait=wait_exponential(multiplier=0.2, max=2.0),
+            retry=retry_if_exception_type(_CONNECT_ERRORS),
+            reraise=True,
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    log.warning("NATS not reachable yet; retrying", url=settings.nats_url,
+                                attempt=attempt.retry_state.attempt_number)
+                return await connect()
+    except _CONNECT_ERRORS as error:
+        raise StartupError(
+            f"cannot reach NATS at {settings.nats_url} after {settings.connect_timeout_s:.0f}s "
+            f"({type(error).__name__}); start it with `just up` or set SB_NATS_URL") from None
+    raise AssertionError("unreachable")
+
+
+_CONNECT_ERRORS = (OSError, nats.errors.NoServersError, TimeoutError)
+
+
+async def _log_nats_error(error: Exception) -> None:
+    log.warning("NATS connection problem", error=repr(error)[:200])
+
+
+async def _on_disconnect() -> None:
+    log.warning("NATS disconnected; reconnecting")
+
+
+async def _on_reconnect() -> None:
+    log.info("NATS reconnected")
+
+
+def _broker(spec: WorkerSpec[S], settings: S, bus: Bus) -> NatsBroker:
+    options = connect_options(settings, spec.name)
+    user, password = options.pop("user", None), options.pop("password", None)
+    return NatsBroker(
+        **options,
+        security=NatsUserPassword(user, password) if user else None,
+        error_cb=_log_nats_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
+        middlewares=[dead_letter_middleware(bus, spec.name, settings.max_deliver)],
+        graceful_timeout=settings.shutdown_timeout_s,
+        logger=get_logger(f"faststream.{spec.name}"),
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_worker(spec: WorkerSpec[S], settings: S) -> AsyncIterator[Bus]:
+    """Run a worker until the block exits, then drain it. Yields its bus."""
+    started = time.monotonic()
+    bus = Bus(producer=spec.name, prefix=settings.subject_prefix)
+    broker = _broker(spec, settings, bus)
+    broker.include_router(spec.build(settings, bus))
+    bus.attach(await _with_retry(settings, broker.connect))
+    await provision(bus.js, STREAMS, spec.consumers, settings.subject_prefix)
+    lifespan = spec.lifespan(settings, bus) if spec.lifespan else contextlib.nullcontext()
+    async with lifespan:
+        await broker.start()
+        service = await nats.micro.add_service(
+            bus.nc, name=spec.name, version=VERSION, description=spec.description,
+            metadata={"started_at": f"{time.time():.3f}", "prefix": settings.subject_prefix},
+        )
+        log.info("worker ready", worker=spec.name, startup_ms=round((time.monotonic() - started) * 1000, 1))
+        try:
+            yield bus
+        finally:
+            await service.stop()
+            await broker.stop()  # waits up to graceful_timeout for in-flight handlers, then drains
+            log.info("worker stopped", worker=spec.name)
+
+
+async def serve(spec: WorkerSpec[S], settings: S) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_worker(spec, settings):
+        await stop.wait()
+        log.info("stopping: draining in-flight work", worker=spec.name)
+
+
+def main(spec: WorkerSpec[Any]) -> None:
+    """Entry point of ``python -m workers.<name>``."""
+    settings = load_settings(spec.settings)
+    configure_logging(settings.log_level, settings.log_format, process=spec.name)
+    try:
+        asyncio.run(serve(spec, settings))
+    except StartupError as error:
+        log.error(str(error))
+        raise SystemExit(1) from None
