@@ -89,7 +89,8 @@ class AudioOutFrame:
 
     def pack(self) -> bytes:
         turn = self.turn_id.encode("ascii")
-        return _SERVER.pack(FrameType.AUDIO_OUT, LAYOUT_VERSION, len(turn), self.seq, self.sample_rate) + turn + self.pcm
+        header = _SERVER.pack(FrameType.AUDIO_OUT, LAYOUT_VERSION, len(turn), self.seq, self.sample_rate)
+        return header + turn + self.pcm
 
     @classmethod
     def unpack(cls, data: bytes) -> AudioOutFrame:

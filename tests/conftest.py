@@ -9,6 +9,7 @@ import pytest
 from nats.aio.client import Client
 
 from ops.servers import RunningServer, start_nats
+from tests.contract_tap import ContractTap
 from workers.runtime.logging import configure_logging
 
 configure_logging("warning", "json")
@@ -23,7 +24,19 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
 
 
 @pytest.fixture(scope="session")
-def nats_url(nats_server: RunningServer) -> str:
+async def contract_tap(nats_server: RunningServer) -> AsyncIterator[ContractTap]:
+    """Validates every message published during the session against the contracts."""
+    tap = ContractTap()
+    client = await nats.connect(nats_server.url)
+    await tap.start(client)
+    yield tap
+    await client.flush()
+    await client.drain()
+    assert not tap.violations, "messages that break the contracts:\n" + "\n".join(tap.violations[:20])
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: RunningServer, contract_tap: ContractTap) -> str:
     return nats_server.url
 
 

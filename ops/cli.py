@@ -1,0 +1,94 @@
+"""`sb`: the operator's command line (typer). Start the stack, see what runs, manage contracts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import typer
+
+from workers.runtime.settings import RuntimeSettings, load_settings
+from workers.runtime.worker import StartupError, connect_nats
+
+from . import registry
+from .health import ServiceInstance, discover, missing
+
+app = typer.Typer(help="Switchboard operations", no_args_is_help=True, add_completion=False)
+contracts_app = typer.Typer(help="Contract documents and releases", no_args_is_help=True)
+app.add_typer(contracts_app, name="contracts")
+
+
+@app.command()
+def up() -> None:
+    """Start the whole system on embedded defaults (Ctrl-C stops everything)."""
+    from .stack import up as run_stack
+
+    raise typer.Exit(run_stack())
+
+
+@app.command()
+def status(
+    watch: bool = typer.Option(False, help="Keep watching; report when the set of services changes"),
+    wait: float = typer.Option(0.0, help="Wait up to this many seconds for every expected service"),
+) -> None:
+    """List the running services (NATS service discovery) and which expected ones are missing."""
+    settings = load_settings(RuntimeSettings)
+    try:
+        raise typer.Exit(asyncio.run(_status(settings, watch, wait)))
+    except StartupError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+
+
+async def _status(settings: RuntimeSettings, watch: bool, wait: float) -> int:
+    nc = await connect_nats(settings, "cli")
+    expected = registry.WORKERS
+    deadline = time.monotonic() + wait
+    last: tuple[str, ...] | None = None
+    try:
+        while True:
+            running = await discover(nc)
+            absent = missing(expected, running)
+            shape = tuple(sorted(f"{s.name}/{s.id}" for s in running)) + tuple(absent)
+            if shape != last:
+                _print_table(running, absent)
+                last = shape
+            if watch:
+                await asyncio.sleep(2.0)
+            elif absent and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            else:
+                return 1 if absent else 0
+    finally:
+        await nc.close()
+
+
+def _print_table(running: list[ServiceInstance], absent: list[str]) -> None:
+    lines = [f"{'service':<16} {'id':<24} {'version':<8} uptime"]
+    for s in running:
+        lines.append(f"{s.name:<16} {s.id:<24} {s.version:<8} {s.uptime_s:6.0f}s")
+    lines.extend(f"{name:<16} {'-':<24} {'-':<8} MISSING" for name in absent)
+    verdict = "all expected services healthy" if not absent else f"missing: {', '.join(absent)}"
+    typer.echo("\n".join(lines) + f"\n{verdict} ({len(running)} running)")
+
+
+@contracts_app.command("gen")
+def contracts_gen() -> None:
+    """Regenerate the JSON Schemas and the AsyncAPI document under contracts/."""
+    from . import contracts_gen as gen
+
+    gen.write()
+
+
+@contracts_app.command("release")
+def contracts_release() -> None:
+    """Record the current contracts as the released baseline (refused if they break it)."""
+    from . import contracts_gen as gen
+
+    gen.release()
+
+
+def main() -> None:
+    app()
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""The workers this repository ships. The stack launcher and the contract documents read it.
+
+Each entry is a package under ``workers/`` whose ``worker`` module exposes ``WORKER``
+(a :class:`~workers.runtime.WorkerSpec`) and which runs with ``python -m workers.<name>``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from workers.runtime import WorkerSpec
+
+WORKERS: tuple[str, ...] = ()
+
+
+def load(name: str) -> WorkerSpec[Any]:
+    spec: WorkerSpec[Any] = importlib.import_module(f"workers.{name}.worker").WORKER
+    return spec
