@@ -33,6 +33,8 @@ async def discover(nc: Client, wait_s: float = 0.5) -> list[ServiceInstance]:
             msg = await sub.next_msg(timeout=left)
         except TimeoutError:  # nats' own TimeoutError subclasses it
             break
+        if not msg.data:  # a "no responders" status message: nothing runs yet
+            continue
         info = json.loads(msg.data)
         metadata = info.get("metadata") or {}
         found.append(ServiceInstance(info["name"], info["id"], info.get("version", ""),

@@ -13,7 +13,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from contracts.streams import ConsumerSpec, StreamSpec
 from contracts.subjects import DEFAULT_PREFIX
@@ -28,16 +28,17 @@ class StreamConflictError(RuntimeError):
 
 
 def stream_config(spec: StreamSpec, prefix: str = DEFAULT_PREFIX, max_age_s: float | None = None) -> StreamConfig:
+    max_age = max_age_s if max_age_s is not None else spec.max_age_s
     return StreamConfig(
         name=spec.name if prefix == DEFAULT_PREFIX else f"{spec.name}_{prefix.upper()}",
         description=spec.description,
         subjects=spec.absolute_subjects(prefix),
         retention=RetentionPolicy(spec.retention),
         storage=StorageType(spec.storage),
-        max_age=max_age_s if max_age_s is not None else spec.max_age_s,
+        max_age=max_age,
         max_bytes=spec.max_bytes,
         max_msg_size=spec.max_msg_size,
-        duplicate_window=spec.duplicate_window_s,
+        duplicate_window=min(spec.duplicate_window_s, max_age),
         discard=DiscardPolicy.OLD,
     )
 
@@ -61,6 +62,13 @@ _IMMUTABLE = ("retention", "storage")
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:
     """Create the stream, or update it when only mutable limits differ. Returns what it did."""
+    try:
+        return await _ensure_stream(js, config)
+    except APIError as error:
+        raise StreamConflictError(f"NATS refused the config of stream {config.name}: {error.description}") from None
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:
     assert config.name is not None
     try:
         existing = (await js.stream_info(config.name)).config

@@ -20,7 +20,6 @@ import nats.micro
 from faststream.nats import NatsBroker, NatsRouter
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from contracts.streams import STREAMS, ConsumerSpec
 
@@ -61,7 +60,7 @@ def connect_options(settings: RuntimeSettings, name: str) -> dict[str, Any]:
         "name": f"sb-{name}",
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,  # never give up once running; the log says so each time
-        "reconnect_time_wait": 0.5,
+        "reconnect_time_wait": 1.0,
         "connect_timeout": 2,
     }
     if settings.nats_user:
@@ -79,30 +78,28 @@ async def connect_nats(settings: RuntimeSettings, name: str, **callbacks: Any) -
 
 
 async def _with_retry(settings: RuntimeSettings, connect: Callable[[], Awaitable[Client]]) -> Client:
+    """nats-py retries the servers itself (forever, once connected); start-up gets a deadline."""
     try:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_delay(settings.connect_timeout_s),
-            wait=wait_exponential(multiplier=0.2, max=2.0),
-            retry=retry_if_exception_type(_CONNECT_ERRORS),
-            reraise=True,
-        ):
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    log.warning("NATS not reachable yet; retrying", url=settings.nats_url,
-                                attempt=attempt.retry_state.attempt_number)
-                return await connect()
-    except _CONNECT_ERRORS as error:
+        async with asyncio.timeout(settings.connect_timeout_s):
+            return await connect()
+    except (TimeoutError, *_CONNECT_ERRORS) as error:
         raise StartupError(
-            f"cannot reach NATS at {settings.nats_url} after {settings.connect_timeout_s:.0f}s "
+            f"cannot reach NATS at {settings.nats_url} after {settings.connect_timeout_s:g}s "
             f"({type(error).__name__}); start it with `just up` or set SB_NATS_URL") from None
-    raise AssertionError("unreachable")
 
 
 _CONNECT_ERRORS = (OSError, nats.errors.NoServersError, TimeoutError)
 
 
+_last_error_log = 0.0
+
+
 async def _log_nats_error(error: Exception) -> None:
-    log.warning("NATS connection problem", error=repr(error)[:200])
+    # While NATS is down nats-py reports every retry; one line per 10 s says the same.
+    global _last_error_log  # noqa: PLW0603 - process-wide throttle of one log line
+    if time.monotonic() - _last_error_log >= 10.0:
+        _last_error_log = time.monotonic()
+        log.warning("NATS connection problem (retrying)", error=repr(error)[:200])
 
 
 async def _on_disconnect() -> None:
