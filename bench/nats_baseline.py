@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from contracts import events as ev
 from contracts.subjects import BY_NAME
@@ -69,7 +70,7 @@ async def js_publish(nc: Client, count: int) -> tuple[float, list[float]]:
 
 
 async def request_reply(nc: Client, count: int) -> list[float]:
-    async def echo(msg: nats.aio.msg.Msg) -> None:
+    async def echo(msg: Msg) -> None:
         await msg.respond(msg.data)
 
     sub = await nc.subscribe("bench.rr", cb=echo)
@@ -89,7 +90,7 @@ async def contract_request_reply(nc: Client, count: int) -> tuple[list[float], l
     """
     subject = BY_NAME["memory.context"].subject()
 
-    async def answer(msg: nats.aio.msg.Msg) -> None:
+    async def answer(msg: Msg) -> None:
         request = ev.ContextRequest.model_validate_json(msg.data)
         reply = ev.ContextReply(session_id=request.session_id, producer="bench")
         await msg.respond(reply.model_dump_json().encode())
