@@ -62,6 +62,7 @@ def user_turn(text: str, turn_id: str = "t1") -> ev.UserTurn:
 
 async def test_worker_handles_a_valid_event(echo: Bus, nc: Client) -> None:
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
+    await nc.flush()
     await echo.publish(user_turn("hello"))
     reply = ev.ReplyDone.model_validate_json((await replies.next_msg(timeout=5)).data)
     assert (reply.text, reply.turn_id, reply.producer) == ("HELLO", "t1", "echo")
@@ -69,7 +70,9 @@ async def test_worker_handles_a_valid_event(echo: Bus, nc: Client) -> None:
 
 async def test_invalid_event_is_dead_lettered_and_the_worker_carries_on(echo: Bus, nc: Client) -> None:
     letters = await nc.subscribe(dead_letter_subject("echo"))
+    await nc.flush()
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
+    await nc.flush()
     bad = json.dumps({"kind": "turn.user", "session_id": SESSION, "turn_id": "t2", "producer": "test",
                       "source": "typed", "text": ""}).encode()
     on_purpose = {DELIBERATELY_INVALID: "1"}
@@ -87,6 +90,7 @@ async def test_invalid_event_is_dead_lettered_and_the_worker_carries_on(echo: Bu
 
 async def test_failing_durable_message_is_redelivered_then_dead_lettered(echo: Bus, nc: Client) -> None:
     letters = await nc.subscribe(dead_letter_subject("echo"))
+    await nc.flush()
     forget = ev.ForgetSession(session_id=SESSION, producer="test")
     await echo.publish(forget, durable=True)
     letter = ev.DeadLetter.model_validate_json((await letters.next_msg(timeout=20)).data)
@@ -101,6 +105,7 @@ async def test_failing_durable_message_is_redelivered_then_dead_lettered(echo: B
 async def test_worker_answers_service_discovery(echo: Bus, nc: Client) -> None:
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
+    await nc.flush()
     await nc.publish("$SRV.PING.echo", b"", reply=inbox)
     pong = json.loads((await sub.next_msg(timeout=2)).data)
     assert pong["name"] == "echo" and pong["type"] == "io.nats.micro.v1.ping_response"
@@ -108,6 +113,7 @@ async def test_worker_answers_service_discovery(echo: Bus, nc: Client) -> None:
 
 async def test_stop_drains_in_flight_work(nats_url: str, nc: Client) -> None:
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
+    await nc.flush()
     async with running_worker(ECHO, EchoSettings(nats_url=nats_url, handle_delay_s=0.5)) as bus:
         await bus.publish(user_turn("in flight", "t9"))
         await asyncio.sleep(0.1)  # the handler is now sleeping mid-turn

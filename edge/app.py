@@ -1,0 +1,91 @@
+"""The edge's ASGI app (FastAPI on uvicorn): session tokens, the WebSocket, health.
+
+HTTP:
+  POST /v1/sessions            a new session and its token (Bearer API key when SB_EDGE_API_KEYS is set)
+  POST /v1/sessions/refresh    a fresh token for the session of the Bearer session token
+  GET  /healthz                liveness and NATS connectivity
+WebSocket:
+  /v1/ws                       protocol v1 (docs/protocol.md); first frame: hello with the token
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import nats.micro
+from fastapi import Depends, FastAPI, Header, HTTPException, WebSocket
+from pydantic import BaseModel
+
+from workers.runtime.bus import Bus
+from workers.runtime.logging import get_logger
+from workers.runtime.worker import VERSION, connect_nats
+
+from .auth import AuthError, TokenIssuer, development_secret
+from .connection import Connection, Edge, SessionSockets
+from .settings import EdgeSettings
+
+log = get_logger("edge")
+
+
+class SessionGrant(BaseModel):
+    session_id: str
+    token: str
+    expires_at: float
+
+
+def create_app(settings: EdgeSettings) -> FastAPI:
+    secret = settings.edge_secret.get_secret_value() if settings.edge_secret else development_secret()
+    issuer = TokenIssuer(secret, settings.token_ttl_s)
+    api_keys = [key.get_secret_value() for key in settings.edge_api_keys]
+    bus = Bus(producer="edge", prefix=settings.subject_prefix)
+    edge = Edge(settings, bus, issuer, SessionSockets())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        nc = await connect_nats(settings, "edge")
+        bus.attach(nc)
+        service = await nats.micro.add_service(nc, name="edge", version=VERSION, description="WebSocket edge",
+                                               metadata={"started_at": f"{time.time():.3f}"})
+        log.info("edge ready", port=settings.edge_port, auth="api keys" if api_keys else "open session creation")
+        yield
+        await service.stop()
+        await nc.drain()
+
+    app = FastAPI(title="Switchboard edge", version=VERSION, lifespan=lifespan)
+
+    def require_api_key(authorization: str | None = Header(default=None)) -> None:
+        if not api_keys:
+            return
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not any(hmac.compare_digest(given, key) for key in api_keys):
+            raise HTTPException(status_code=401, detail="a valid API key is required to create sessions")
+
+    @app.post("/v1/sessions", dependencies=[Depends(require_api_key)])
+    async def create_session() -> SessionGrant:
+        grant = issuer.issue()
+        return SessionGrant(session_id=grant.session_id, token=grant.token, expires_at=grant.expires_at)
+
+    @app.post("/v1/sessions/refresh")
+    async def refresh_session(authorization: str | None = Header(default=None)) -> SessionGrant:
+        try:
+            session_id = issuer.verify((authorization or "").removeprefix("Bearer ").strip())
+        except AuthError as error:
+            raise HTTPException(status_code=401, detail=str(error)) from None
+        grant = issuer.issue(session_id)
+        return SessionGrant(session_id=grant.session_id, token=grant.token, expires_at=grant.expires_at)
+
+    @app.get("/healthz")
+    async def health() -> dict[str, object]:
+        connected = bus._nc is not None and bus.nc.is_connected
+        if not connected:
+            raise HTTPException(status_code=503, detail="NATS disconnected")
+        return {"status": "ok", "sockets": edge.sockets.count()}
+
+    @app.websocket("/v1/ws")
+    async def websocket(ws: WebSocket) -> None:
+        await Connection(edge, ws).run()
+
+    return app

@@ -1,0 +1,73 @@
+"""Session tokens: signed JWTs (HS256, PyJWT) that bind a socket to one session."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from contracts.client import CloseCode
+from contracts.envelope import new_id
+from workers.runtime.logging import get_logger
+
+log = get_logger("edge.auth")
+ALGORITHM = "HS256"
+DEV_SECRET_PATH = Path(__file__).resolve().parent.parent / ".run" / "edge-secret"
+
+
+class AuthError(Exception):
+    def __init__(self, close_code: CloseCode, message: str) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+@dataclass(frozen=True)
+class Grant:
+    session_id: str
+    token: str
+    expires_at: float
+
+
+class TokenIssuer:
+    def __init__(self, secret: str, ttl_s: float) -> None:
+        if len(secret) < 32:
+            raise ValueError("SB_EDGE_SECRET must be at least 32 characters")
+        self._secret = secret
+        self._ttl_s = ttl_s
+
+    def issue(self, session_id: str | None = None) -> Grant:
+        session_id = session_id or new_id()
+        now = time.time()
+        expires = int(now + self._ttl_s)
+        claims = {"sid": session_id, "iat": int(now), "exp": expires, "typ": "session"}
+        return Grant(session_id, jwt.encode(claims, self._secret, algorithm=ALGORITHM), expires)
+
+    def verify(self, token: str | None) -> str:
+        """The session id the token grants, or AuthError with the close code to use."""
+        if not token:
+            raise AuthError(CloseCode.AUTH_MISSING, "no session token")
+        try:
+            claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options={"require": ["exp", "sid"]})
+        except jwt.ExpiredSignatureError:
+            raise AuthError(CloseCode.AUTH_EXPIRED, "session token expired; request a new one") from None
+        except jwt.InvalidTokenError:
+            raise AuthError(CloseCode.AUTH_INVALID, "invalid session token") from None
+        if claims.get("typ") != "session":
+            raise AuthError(CloseCode.AUTH_INVALID, "invalid session token")
+        return str(claims["sid"])
+
+
+def development_secret(path: Path = DEV_SECRET_PATH) -> str:
+    """A secret kept in .run/ so restarts keep tokens valid; never for production."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.write_text(secret)
+    path.chmod(0o600)
+    log.warning("SB_EDGE_SECRET is not set: generated a development secret; set it in production",
+                path=str(path))
+    return secret

@@ -1,0 +1,285 @@
+"""One client socket: hello and authentication, commands in, the session's events out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from contracts import events as ev
+from contracts import subjects
+from contracts.binary import PCM_BYTES_PER_SAMPLE, ClientFrame, FrameError, FrameType
+from contracts.client import (
+    COMMANDS,
+    Chat,
+    CloseCode,
+    Command,
+    Hello,
+    Interrupt,
+    Limits,
+    Ping,
+    Pong,
+    ProtocolError,
+    Settings,
+    Welcome,
+)
+from contracts.envelope import new_id
+from workers.runtime.bus import Bus
+from workers.runtime.logging import get_logger
+
+from .auth import AuthError, TokenIssuer
+from .limits import TokenBucket
+from .outbound import Outbound
+from .settings import EdgeSettings
+
+log = get_logger("edge")
+PRODUCER = "edge"
+
+
+class SessionSockets:
+    """How many sockets each session has open on this edge."""
+
+    def __init__(self) -> None:
+        self._open: Counter[str] = Counter()
+
+    def try_open(self, session_id: str, limit: int) -> bool:
+        if self._open[session_id] >= limit:
+            return False
+        self._open[session_id] += 1
+        return True
+
+    def close(self, session_id: str) -> bool:
+        """Returns True when that was the session's last socket."""
+        self._open[session_id] -= 1
+        if self._open[session_id] <= 0:
+            del self._open[session_id]
+            return True
+        return False
+
+    def count(self) -> int:
+        return sum(self._open.values())
+
+
+@dataclass
+class Edge:
+    """What every connection shares."""
+
+    settings: EdgeSettings
+    bus: Bus
+    issuer: TokenIssuer
+    sockets: SessionSockets
+
+
+class FrameRefusedError(Exception):
+    def __init__(self, frame: ProtocolError) -> None:
+        super().__init__(frame.message)
+        self.frame = frame
+
+
+class Connection:
+    def __init__(self, edge: Edge, ws: WebSocket) -> None:
+        self.edge = edge
+        self.ws = ws
+        s = edge.settings
+        self.out = Outbound(s.outbound_queue)
+        self.text_rate = TokenBucket(s.text_frames_per_s, s.text_frames_per_s * s.burst_s)
+        self.binary_rate = TokenBucket(s.binary_frames_per_s, s.binary_frames_per_s * s.burst_s)
+        self.violations = 0
+        self.session_id = ""
+        self.hello: Hello | None = None
+        self.audio_seq = -1
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        try:
+            hello = await self._handshake()
+        except AuthError as error:
+            await self._refuse(ProtocolError(code="auth", message=str(error), fatal=True,
+                                             close_code=error.close_code), error.close_code)
+            return
+        except FrameRefusedError as refused:
+            await self._refuse(refused.frame, refused.frame.close_code or CloseCode.PROTOCOL_ERROR)
+            return
+        if not self.edge.sockets.try_open(self.session_id, self.edge.settings.max_sockets_per_session):
+            await self._refuse(ProtocolError(
+                code="auth", message="this session has its maximum number of open sockets", fatal=True,
+                close_code=CloseCode.TOO_MANY_SOCKETS), CloseCode.TOO_MANY_SOCKETS)
+            return
+        subs: list[Subscription] = []
+        writer = asyncio.create_task(self._write())
+        try:
+            subs = await self._subscribe()
+            self.out.send(Welcome(session_id=self.session_id, limits=self._limits()).model_dump_json())
+            await self.edge.bus.publish(ev.SessionStarted(session_id=self.session_id, producer=PRODUCER,
+                                                          client=hello.client, capabilities=list(hello.capabilities)))
+            reader = asyncio.create_task(self._read())
+            slow = asyncio.create_task(self.out.closed.wait())
+            done, _ = await asyncio.wait({reader, writer, slow}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (reader, writer, slow):
+                task.cancel()
+            if self.out.closed.is_set():
+                log.warning("closing slow consumer", session_id=self.session_id, dropped=self.out.dropped)
+                await self._close(CloseCode.SLOW_CONSUMER, "slow consumer")
+            elif reader in done and (code := reader.result()) is not None:
+                await self._close(code, "limit violations")
+        finally:
+            writer.cancel()
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            if self.edge.sockets.close(self.session_id):
+                with contextlib.suppress(Exception):
+                    await self.edge.bus.publish(ev.SessionEnded(session_id=self.session_id, producer=PRODUCER,
+                                                                reason="socket closed"))
+
+    async def _handshake(self) -> Hello:
+        try:
+            async with asyncio.timeout(self.edge.settings.hello_timeout_s):
+                message = await self.ws.receive()
+        except TimeoutError:
+            raise AuthError(CloseCode.AUTH_MISSING, "no hello with a session token in time") from None
+        text = message.get("text")
+        if text is None:
+            raise FrameRefusedError(ProtocolError(code="bad_command", message="the first frame must be a JSON hello",
+                                        fatal=True, close_code=CloseCode.PROTOCOL_ERROR))
+        try:
+            command = COMMANDS.validate_json(text)
+        except ValidationError as error:
+            raise FrameRefusedError(ProtocolError(code="bad_command", message=f"invalid hello: {_first_error(error)}",
+                                        fatal=True, close_code=CloseCode.PROTOCOL_ERROR)) from None
+        if not isinstance(command, Hello):
+            raise FrameRefusedError(ProtocolError(code="bad_command", message="the first frame must be a hello",
+                                        fatal=True, close_code=CloseCode.PROTOCOL_ERROR))
+        self.session_id = self.edge.issuer.verify(command.token)
+        self.hello = command
+        return command
+
+    async def _subscribe(self) -> list[Subscription]:
+        nc, prefix = self.edge.bus.nc, self.edge.bus.prefix
+        events, audio = subjects.client_subjects(self.session_id, prefix)
+        subs = [await nc.subscribe(events, cb=self.out.on_event), await nc.subscribe(audio, cb=self.out.on_audio)]
+        await nc.flush()  # the server knows the interest before the client is welcomed
+        return subs
+
+    # ------------------------------------------------------------------ in
+
+    async def _read(self) -> CloseCode | None:
+        """Handle frames until the client leaves (None) or breaks the limits (the close code)."""
+        while True:
+            try:
+                message = await self.ws.receive()
+            except WebSocketDisconnect:
+                return None
+            if message["type"] == "websocket.disconnect":
+                return None
+            try:
+                if (text := message.get("text")) is not None:
+                    await self._on_text(text)
+                elif (data := message.get("bytes")) is not None:
+                    await self._on_binary(data)
+            except FrameRefusedError as refused:
+                self.violations += 1
+                self.out.send(refused.frame.model_dump_json())
+                if self.violations >= self.edge.settings.max_violations:
+                    return CloseCode.POLICY
+
+    async def _on_text(self, text: str) -> None:
+        if len(text.encode()) > self.edge.settings.max_text_frame_bytes:
+            raise FrameRefusedError(ProtocolError(code="too_big", message=f"text frame over "
+                                        f"{self.edge.settings.max_text_frame_bytes} bytes"))
+        if not self.text_rate.take():
+            raise FrameRefusedError(ProtocolError(code="rate_limited", message="too many text frames; slow down"))
+        try:
+            command = COMMANDS.validate_json(text)
+        except ValidationError as error:
+            raise FrameRefusedError(_command_error(text, error)) from None
+        await self._dispatch(command)
+
+    async def _dispatch(self, command: Command) -> None:
+        bus, sid = self.edge.bus, self.session_id
+        match command:
+            case Chat(text=text):
+                await bus.publish(ev.UserTurn(session_id=sid, turn_id=new_id(), producer=PRODUCER, text=text,
+                                              source="typed", captured_at=time.time()))
+            case Settings():
+                fields = command.model_dump(exclude={"type"}, exclude_none=True)
+                await bus.publish(ev.SessionSettings(session_id=sid, producer=PRODUCER, **fields))
+            case Interrupt():
+                await bus.publish(ev.Interrupt(session_id=sid, producer=PRODUCER, reason="client"))
+            case Ping(id=ping_id):
+                self.out.send(Pong(id=ping_id).model_dump_json())
+            case Hello():
+                raise FrameRefusedError(ProtocolError(code="bad_command", message="hello was already received"))
+
+    async def _on_binary(self, data: bytes) -> None:
+        limit = self.edge.settings.max_binary_frame_bytes
+        if len(data) > limit:
+            raise FrameRefusedError(ProtocolError(code="too_big", message=f"binary frame over {limit} bytes"))
+        if not self.binary_rate.take():
+            raise FrameRefusedError(ProtocolError(code="rate_limited", message="too many binary frames; slow down"))
+        try:
+            frame = ClientFrame.unpack(data)
+        except FrameError as error:
+            raise FrameRefusedError(ProtocolError(code="bad_frame", message=str(error))) from None
+        if frame.type is not FrameType.AUDIO_PCM16:
+            raise FrameRefusedError(ProtocolError(code="unsupported", message=f"frame type {frame.type.name} is not "
+                                        "supported by this edge yet"))
+        if len(frame.payload) % PCM_BYTES_PER_SAMPLE:
+            raise FrameRefusedError(ProtocolError(code="bad_frame", message="PCM16 payload has an odd number of bytes"))
+        rate = self.hello.audio.sample_rate if self.hello and self.hello.audio else 16_000
+        self.audio_seq = frame.seq
+        await self.edge.bus.publish_binary(ev.AudioInMeta(
+            session_id=self.session_id, producer=PRODUCER, seq=frame.seq, captured_at=frame.captured_at,
+            sample_rate=rate), frame.payload)
+
+    # ------------------------------------------------------------------ out
+
+    async def _write(self) -> None:
+        while True:
+            frame = await self.out.queue.get()
+            if isinstance(frame, str):
+                await self.ws.send_text(frame)
+            else:
+                await self.ws.send_bytes(frame)
+
+    async def _refuse(self, frame: ProtocolError, code: int) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.send_text(frame.model_dump_json())
+        await self._close(code, frame.message)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if self.ws.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=code, reason=reason[:120])
+
+    def _limits(self) -> Limits:
+        s = self.edge.settings
+        return Limits(max_text_frame_bytes=s.max_text_frame_bytes, max_binary_frame_bytes=s.max_binary_frame_bytes,
+                      text_frames_per_s=s.text_frames_per_s, binary_frames_per_s=s.binary_frames_per_s)
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def _command_error(text: str, error: ValidationError) -> ProtocolError:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return ProtocolError(code="bad_json", message="text frames must be JSON")
+    if not isinstance(data, dict) or "type" not in data:
+        return ProtocolError(code="bad_command", message="a command needs a \"type\"")
+    if data["type"] not in {"hello", "chat", "settings", "interrupt", "ping"}:
+        return ProtocolError(code="unknown_type", message=f"unknown command type {str(data['type'])[:40]!r}")
+    return ProtocolError(code="bad_command", message=f"invalid {data['type']}: {_first_error(error)}")

@@ -1,0 +1,79 @@
+"""Fan-out of one session's bus events to one socket, bounded so a slow client cannot grow memory.
+
+Policy when the client reads too slowly and the queue (``SB_OUTBOUND_QUEUE`` frames) is
+full: droppable events (reply deltas, partial transcripts, assistant audio, job progress)
+are skipped and counted, and the client is told how many with a ``dropped`` frame;
+any other event (control lane, finished turns) cannot be skipped, so the socket is closed
+with 4013 (slow consumer). After an interrupt, nothing more of the interrupted turn is
+forwarded except its ``reply.done`` / ``audio.done``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from nats.aio.msg import Msg
+
+from contracts import headers as h
+from contracts.binary import AudioOutFrame
+from contracts.client import Dropped, Flush
+from contracts.events import AudioOutMeta
+from contracts.subjects import SUBJECTS
+
+TO_CLIENT = frozenset(s.message.kind_name() for s in SUBJECTS if s.to_client)
+DROPPABLE = frozenset({"reply.delta", "transcript.partial", "audio.out", "job.progress"})
+AFTER_FLUSH = frozenset({"reply.done", "audio.done", "ctl.interrupt"})
+
+Frame = str | bytes
+
+
+class SlowConsumerError(Exception):
+    pass
+
+
+class Outbound:
+    def __init__(self, maxsize: int) -> None:
+        self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self._unreported = 0
+        self._flushed: deque[str] = deque(maxlen=64)  # recent interrupted turns
+        self._reply_turn: str | None = None  # the assistant turn being streamed
+        self.closed = asyncio.Event()  # set when the client must be disconnected (slow consumer)
+
+    def send(self, frame: Frame, droppable: bool = False) -> None:
+        """Queue a frame; never blocks. Sets ``closed`` when a must-deliver frame does not fit."""
+        if self._unreported and self.queue.qsize() < self.queue.maxsize - 1:
+            self.queue.put_nowait(Dropped(count=self._unreported).model_dump_json())
+            self._unreported = 0
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            if not droppable:
+                self.closed.set()
+                return
+            self.dropped += 1
+            self._unreported += 1
+
+    async def on_event(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        kind = headers.get(h.KIND, "")
+        if kind not in TO_CLIENT:
+            return
+        turn = headers.get(h.TURN)
+        if turn and turn in self._flushed and kind not in AFTER_FLUSH:
+            return  # late output of an interrupted turn
+        if kind == "reply.delta":
+            self._reply_turn = turn
+        elif kind == "ctl.interrupt":
+            target = turn or self._reply_turn
+            if target:
+                self._flushed.append(target)
+            self.send(Flush(turn_id=target).model_dump_json())
+        self.send(msg.data.decode(), droppable=kind in DROPPABLE)
+
+    async def on_audio(self, msg: Msg) -> None:
+        meta = AudioOutMeta.model_validate_json((msg.headers or {}).get(h.META, "{}"))
+        if meta.turn_id in self._flushed:
+            return
+        self.send(AudioOutFrame(meta.turn_id, meta.seq or 0, meta.sample_rate, msg.data).pack(), droppable=True)

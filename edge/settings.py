@@ -1,0 +1,26 @@
+"""Edge settings (same ``SB_`` prefix as every process)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from workers.runtime import RuntimeSettings
+
+
+class EdgeSettings(RuntimeSettings):
+    edge_host: str = Field(default="127.0.0.1", description="Interface the edge listens on")
+    edge_port: int = Field(default=8080, ge=0, le=65_535)
+    edge_secret: SecretStr | None = Field(
+        default=None, description="HMAC secret for session tokens; unset: a development secret in .run/")
+    edge_api_keys: list[SecretStr] = Field(
+        default_factory=list, description="JSON list; when set, POST /v1/sessions needs one as a Bearer token")
+    token_ttl_s: float = Field(default=3_600.0, gt=0, description="Lifetime of a session token")
+    hello_timeout_s: float = Field(default=5.0, gt=0, description="Time a socket has to send its hello")
+    max_text_frame_bytes: int = Field(default=16_384, ge=256)
+    max_binary_frame_bytes: int = Field(default=65_536, ge=1_024)
+    text_frames_per_s: float = Field(default=20.0, gt=0, description="Sustained rate of text commands")
+    binary_frames_per_s: float = Field(default=100.0, gt=0, description="Sustained rate of media frames")
+    burst_s: float = Field(default=2.0, gt=0, description="Rate-limit bucket size, in seconds of rate")
+    max_violations: int = Field(default=10, ge=1, description="Refused frames before the socket is closed")
+    max_sockets_per_session: int = Field(default=2, ge=1)
+    outbound_queue: int = Field(default=512, ge=8, description="Events buffered per socket for a slow client")

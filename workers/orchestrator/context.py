@@ -1,0 +1,77 @@
+"""Context hooks: memory and retrieval asked by request/reply, concurrently, each with a deadline.
+
+A slow or absent dependency degrades the turn (its status says so); it never hangs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from contracts import events as ev
+from contracts.envelope import Event
+from contracts.events import DependencyStatus
+from workers.runtime.bus import DependencyUnavailableError
+
+from .agents import Agent
+
+R = TypeVar("R", bound=Event)
+
+
+class Requester(Protocol):
+    producer: str
+
+    async def request(self, name: str, event: Event, reply_type: type[R], timeout: float) -> R: ...
+
+
+@dataclass(frozen=True)
+class Context:
+    memory: ev.ContextReply | None = None
+    passages: list[ev.Passage] = field(default_factory=list)
+    memory_status: DependencyStatus = "skipped"
+    retrieval_status: DependencyStatus = "skipped"
+
+
+class ContextHooks:
+    def __init__(self, requester: Requester, memory_timeout_s: float, retrieval_timeout_s: float,
+                 memory_tokens: int) -> None:
+        self._requester = requester
+        self._memory_timeout_s = memory_timeout_s
+        self._retrieval_timeout_s = retrieval_timeout_s
+        self._memory_tokens = memory_tokens
+
+    async def gather(self, turn: ev.UserTurn, agent: Agent, bases: list[str] | None) -> Context:
+        memory_call = self._memory(turn) if agent.uses_memory else _skipped()
+        retrieval_call = self._retrieval(turn, bases) if agent.uses_retrieval else _skipped()
+        (memory, memory_status), (retrieval, retrieval_status) = await asyncio.gather(memory_call, retrieval_call)
+        return Context(
+            memory=memory if isinstance(memory, ev.ContextReply) else None,
+            passages=retrieval.passages if isinstance(retrieval, ev.RetrievalReply) else [],
+            memory_status=memory_status, retrieval_status=retrieval_status,
+        )
+
+    async def _memory(self, turn: ev.UserTurn) -> tuple[Event | None, DependencyStatus]:
+        request = ev.ContextRequest(session_id=turn.session_id, turn_id=turn.turn_id,
+                                    producer=self._requester.producer, max_tokens=self._memory_tokens)
+        return await _ask(self._requester, "memory.context", request, ev.ContextReply, self._memory_timeout_s)
+
+    async def _retrieval(self, turn: ev.UserTurn, bases: list[str] | None) -> tuple[Event | None, DependencyStatus]:
+        request = ev.RetrievalRequest(session_id=turn.session_id, turn_id=turn.turn_id,
+                                      producer=self._requester.producer, query=turn.text,
+                                      bases=bases or ["default"])
+        return await _ask(self._requester, "retrieval.query", request, ev.RetrievalReply, self._retrieval_timeout_s)
+
+
+async def _ask(requester: Requester, name: str, request: Event, reply: type[R],
+               timeout: float) -> tuple[Event | None, DependencyStatus]:
+    try:
+        return await requester.request(name, request, reply, timeout), "ok"
+    except DependencyUnavailableError as error:
+        return None, "timeout" if error.status == "timeout" else "unavailable"
+    except ValueError:  # a reply that breaks the contract
+        return None, "error"
+
+
+async def _skipped() -> tuple[Event | None, DependencyStatus]:
+    return None, "skipped"

@@ -1,0 +1,188 @@
+"""The orchestrator's logic, testable without the bus: one in-flight turn per session, cancellable.
+
+Policy: a new user turn while a reply is in flight supersedes it (the old reply ends with
+``finish_reason="superseded"``). An interrupt cancels the in-flight reply (``"cancelled"``).
+Either way the cancelled task is awaited before its done event is published, so no delta
+of a cancelled turn can follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from contracts import events as ev
+from contracts.envelope import Event
+from workers.runtime.logging import get_logger
+
+from .agents import Router
+from .context import ContextHooks
+from .llm import ChatModel, LLMError
+from .prompt import build_messages
+
+log = get_logger("orchestrator")
+
+
+class Publisher(Protocol):
+    producer: str
+
+    async def publish(self, event: Event, *, durable: bool = False) -> None: ...
+
+
+@dataclass
+class InFlight:
+    turn: ev.UserTurn
+    agent: str
+    task: asyncio.Task[None] | None = None
+    text: list[str] = field(default_factory=list)
+    first_token_at: float | None = None
+
+
+@dataclass
+class SessionState:
+    settings: ev.SessionSettings | None = None
+    agent: str | None = None  # sticky after settings or handoff
+    history: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=12))
+    in_flight: InFlight | None = None
+
+
+SettingsLoader = Callable[[str], Awaitable[ev.SessionSettings | None]]
+
+
+class Orchestrator:
+    def __init__(self, publisher: Publisher, model: ChatModel, router: Router, hooks: ContextHooks,
+                 load_settings: SettingsLoader, max_tokens: int = 256, max_sessions: int = 100_000) -> None:
+        self._pub = publisher
+        self._model = model
+        self._router = router
+        self._hooks = hooks
+        self._load_settings = load_settings
+        self._max_tokens = max_tokens
+        self._max_sessions = max_sessions
+        self._sessions: OrderedDict[str, SessionState] = OrderedDict()
+
+    # ------------------------------------------------------------------ inputs
+
+    async def on_user_turn(self, turn: ev.UserTurn) -> None:
+        state = await self._session(turn.session_id)
+        if state.in_flight is not None:
+            await self._stop(state, "superseded")
+        route = self._router.route(turn.text, state.agent)
+        if route.handoff:
+            state.agent = route.agent.name
+            log.info("handoff", session_id=turn.session_id, turn_id=turn.turn_id, agent=route.agent.name)
+        flight = InFlight(turn, route.agent.name)
+        state.in_flight = flight
+        flight.task = asyncio.create_task(self._reply(state, flight), name=f"turn-{turn.turn_id}")
+
+    async def on_interrupt(self, interrupt: ev.Interrupt) -> None:
+        state = self._sessions.get(interrupt.session_id)
+        if state is None or state.in_flight is None:
+            return
+        if interrupt.turn_id and interrupt.turn_id != state.in_flight.turn.turn_id:
+            return  # an interrupt for a turn that is already over
+        await self._stop(state, "cancelled")
+
+    async def on_settings(self, settings: ev.SessionSettings) -> None:
+        state = await self._session(settings.session_id, loaded=settings)
+        state.settings = _merge(state.settings, settings)
+        if settings.agent:
+            state.agent = settings.agent if self._router.registry.get(settings.agent) else state.agent
+
+    async def drain(self, timeout: float) -> None:
+        """Let in-flight replies finish (shutdown)."""
+        tasks = [s.in_flight.task for s in self._sessions.values() if s.in_flight and s.in_flight.task]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    # ------------------------------------------------------------------ the turn
+
+    async def _reply(self, state: SessionState, flight: InFlight) -> None:
+        turn = flight.turn
+        agent = self._router.registry.get(flight.agent) or self._router.registry.default
+        settings = state.settings
+        context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
+        messages = build_messages(agent, settings.tone if settings else None, turn.text, state.history,
+                                  context.memory, context.passages)
+        usage = ev.TokenUsage()
+        finish: Literal["stop", "error"] = "stop"
+        try:
+            async for chunk in self._model.stream(messages, agent.model, self._max_tokens):
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if not chunk.text:
+                    continue
+                if flight.first_token_at is None:
+                    flight.first_token_at = time.time()
+                await self._pub.publish(ev.ReplyDelta(
+                    session_id=turn.session_id, turn_id=turn.turn_id, producer=self._pub.producer,
+                    seq=len(flight.text), text=chunk.text, agent=agent.name, captured_at=turn.captured_at))
+                flight.text.append(chunk.text)
+        except LLMError as error:
+            finish = "error"
+            log.warning("LLM failed", session_id=turn.session_id, turn_id=turn.turn_id, code=error.code)
+            await self._pub.publish(ev.ErrorEvent(
+                session_id=turn.session_id, turn_id=turn.turn_id, producer=self._pub.producer,
+                code=error.code, message=str(error), source="orchestrator", retryable=error.retryable))
+        text = "".join(flight.text)
+        state.in_flight = None
+        if text:
+            state.history.extend((("user", turn.text), ("assistant", text)))
+        await self._publish_done(flight, finish, usage, context.memory_status, context.retrieval_status,
+                                 [p.citation for p in context.passages])
+
+    async def _stop(self, state: SessionState, reason: Literal["cancelled", "superseded"]) -> None:
+        flight = state.in_flight
+        state.in_flight = None
+        if flight is None or flight.task is None:
+            return
+        flight.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flight.task
+        if flight.task.cancelled():
+            await self._publish_done(flight, reason, ev.TokenUsage(), "skipped", "skipped", [])
+
+    async def _publish_done(self, flight: InFlight, finish: Literal["stop", "error", "cancelled", "superseded"],
+                            usage: ev.TokenUsage, memory: ev.DependencyStatus, retrieval: ev.DependencyStatus,
+                            citations: list[ev.Citation]) -> None:
+        turn = flight.turn
+        await self._pub.publish(ev.ReplyDone(
+            session_id=turn.session_id, turn_id=turn.turn_id, producer=self._pub.producer,
+            text="".join(flight.text), agent=flight.agent, model=self._model.name, finish_reason=finish,
+            usage=usage, memory=memory, retrieval=retrieval, citations=citations,
+            first_token_at=flight.first_token_at, captured_at=turn.captured_at))
+
+    # ------------------------------------------------------------------ sessions
+
+    async def _session(self, session_id: str, loaded: ev.SessionSettings | None = None) -> SessionState:
+        state = self._sessions.get(session_id)
+        if state is None:
+            state = SessionState()
+            # A replica that never saw this session's settings reads the last ones recorded.
+            state.settings = loaded if loaded is not None else await self._load_settings(session_id)
+            if state.settings and state.settings.agent and self._router.registry.get(state.settings.agent):
+                state.agent = state.settings.agent
+            self._sessions[session_id] = state
+            if len(self._sessions) > self._max_sessions:
+                self._evict()
+        else:
+            self._sessions.move_to_end(session_id)
+        return state
+
+    def _evict(self) -> None:
+        for session_id, state in list(self._sessions.items()):
+            if state.in_flight is None:
+                del self._sessions[session_id]
+                return
+
+
+def _merge(old: ev.SessionSettings | None, new: ev.SessionSettings) -> ev.SessionSettings:
+    if old is None:
+        return new
+    changes = {k: v for k, v in new.model_dump(exclude_unset=True).items() if v is not None}
+    return old.model_copy(update=changes)

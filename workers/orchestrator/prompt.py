@@ -1,0 +1,32 @@
+"""Builds the LLM messages of one turn: agent and tone, memory, passages, recent turns, the user's text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from contracts import events as ev
+from contracts.events import Tone
+
+from .agents import Agent, tone_instruction
+from .llm import ChatMessage
+
+
+def build_messages(agent: Agent, tone: Tone | None, user_text: str, history: Iterable[tuple[str, str]],
+                   memory: ev.ContextReply | None, passages: list[ev.Passage]) -> list[ChatMessage]:
+    system = [agent.system_prompt]
+    if instruction := tone_instruction(tone):
+        system.append(instruction)
+    if memory is not None:
+        if memory.summary:
+            system.append(f"Earlier in this conversation: {memory.summary}")
+        if memory.facts:
+            system.append("What the user told you about themselves: " + "; ".join(memory.facts))
+    if passages:
+        numbered = "\n".join(f"[{i}] ({p.citation.source}{', ' + p.citation.section if p.citation.section else ''}) "
+                             f"{p.text}" for i, p in enumerate(passages, start=1))
+        system.append(f"Passages:\n{numbered}")
+    messages: list[ChatMessage] = [{"role": "system", "content": "\n\n".join(system)}]
+    turns = [(t.role, t.text) for t in memory.turns] if memory is not None else list(history)
+    messages.extend({"role": role, "content": text} for role, text in turns)
+    messages.append({"role": "user", "content": user_text})
+    return messages

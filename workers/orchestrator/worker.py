@@ -1,0 +1,89 @@
+"""Orchestrator worker.
+
+Consumes: turn.user (queue group: one replica answers each turn), interrupt and
+session.settings (every replica: whoever owns the in-flight turn acts).
+Produces: reply.delta, reply.done, error. Asks: memory.context, retrieval.query.
+Logic: core.Orchestrator (turns), agents.Router (who answers), prompt.build_messages, llm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from faststream.nats import NatsRouter
+from nats.js.errors import NotFoundError
+from pydantic import Field, SecretStr
+
+from contracts import events as ev
+from contracts.streams import EVENTS
+from contracts.subjects import BY_NAME
+from workers.runtime import Bus, RuntimeSettings, WorkerSpec
+
+from .agents import AgentRegistry, Router
+from .context import ContextHooks
+from .core import Orchestrator
+from .llm import build_model
+
+
+class OrchestratorSettings(RuntimeSettings):
+    llm_provider: Literal["openai", "echo"] = Field(
+        default="openai", description="openai: any OpenAI-compatible server; echo: zero-latency load-test model")
+    llm_base_url: str = Field(default="http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL")
+    llm_api_key: SecretStr = Field(default=SecretStr("local"), description="API key for the LLM server")
+    llm_model: str = Field(default="smollm2-135m-instruct", description="Default model of every agent")
+    llm_timeout_s: float = Field(default=30.0, gt=0, description="Deadline between bytes of the LLM stream")
+    llm_max_tokens: int = Field(default=256, ge=1, le=16_384)
+    default_agent: str = "general"
+    memory_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the memory context request")
+    retrieval_timeout_s: float = Field(default=0.5, gt=0, description="Deadline of the retrieval request")
+    memory_tokens: int = Field(default=1_500, ge=1, description="Token budget of recalled context")
+
+
+_orchestrators: dict[int, Orchestrator] = {}
+
+
+def _orchestrator(settings: OrchestratorSettings, bus: Bus) -> Orchestrator:
+    async def last_settings(session_id: str) -> ev.SessionSettings | None:
+        subject = BY_NAME["session.settings"].subject(session_id, bus.prefix)
+        try:
+            msg = await bus.js.get_last_msg(EVENTS.name, subject)
+        except NotFoundError:
+            return None
+        return ev.SessionSettings.model_validate_json(msg.data or b"{}")
+
+    model = build_model(settings.llm_provider, base_url=settings.llm_base_url, model=settings.llm_model,
+                        api_key=settings.llm_api_key.get_secret_value(), timeout_s=settings.llm_timeout_s)
+    hooks = ContextHooks(bus, settings.memory_timeout_s, settings.retrieval_timeout_s, settings.memory_tokens)
+    router = Router(AgentRegistry(default=settings.default_agent))
+    return Orchestrator(bus, model, router, hooks, last_settings, settings.llm_max_tokens)
+
+
+def build(settings: OrchestratorSettings, bus: Bus) -> NatsRouter:
+    orchestrator = _orchestrators[id(bus)] = _orchestrator(settings, bus)
+    router = NatsRouter()
+
+    @router.subscriber(BY_NAME["turn.user"].template(bus.prefix), queue="orchestrator", title="orchestrator.turn")
+    async def on_turn(turn: ev.UserTurn) -> None:
+        await orchestrator.on_user_turn(turn)
+
+    @router.subscriber(BY_NAME["interrupt"].template(bus.prefix), title="orchestrator.interrupt")
+    async def on_interrupt(interrupt: ev.Interrupt) -> None:
+        await orchestrator.on_interrupt(interrupt)
+
+    @router.subscriber(BY_NAME["session.settings"].template(bus.prefix), title="orchestrator.settings")
+    async def on_settings(settings_event: ev.SessionSettings) -> None:
+        await orchestrator.on_settings(settings_event)
+
+    return router
+
+
+@contextlib.asynccontextmanager
+async def lifespan(settings: OrchestratorSettings, bus: Bus) -> AsyncIterator[None]:
+    yield
+    await _orchestrators.pop(id(bus)).drain(settings.shutdown_timeout_s)
+
+
+WORKER = WorkerSpec(name="orchestrator", description="Chat orchestration: agents, tone, LLM streaming, barge-in",
+                    settings=OrchestratorSettings, build=build, lifespan=lifespan)
