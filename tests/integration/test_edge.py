@@ -56,25 +56,26 @@ async def test_missing_forged_and_expired_tokens_are_refused_with_documented_cod
     sid = "session-auth-01"
     forged = token({"sid": sid, "exp": int(time.time()) + 60}, secret="not-the-secret" * 4)
     expired = token({"sid": sid, "exp": int(time.time()) - 5})
-    for first_frame, code in [
+    cases: list[tuple[dict[str, object] | str, CloseCode]] = [
         ({"type": "hello", "token": forged}, CloseCode.AUTH_INVALID),
         ({"type": "hello", "token": expired}, CloseCode.AUTH_EXPIRED),
         ({"type": "hello", "token": "garbage"}, CloseCode.AUTH_INVALID),
         ({"type": "chat", "text": "hi"}, CloseCode.PROTOCOL_ERROR),
         ("not json", CloseCode.PROTOCOL_ERROR),
         ({"type": "hello"}, CloseCode.PROTOCOL_ERROR),
-    ]:
+    ]
+    for first_frame, code in cases:
         got, frames = await closed_with(edge, first_frame)
         assert got == code, (first_frame, frames)
         assert json.loads(frames[-1])["kind"] == "protocol_error"
 
 
 async def test_no_hello_in_time_closes_with_auth_missing(nats_url: str) -> None:
-    async with running_edge(nats_url, hello_timeout_s=0.3) as url:
-        async with websockets.connect(url.replace("http", "ws") + "/v1/ws") as ws:
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    await asyncio.wait_for(ws.recv(), 5)
+    async with running_edge(nats_url, hello_timeout_s=0.3) as url, \
+            websockets.connect(url.replace("http", "ws") + "/v1/ws") as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.AUTH_MISSING
 
 
@@ -139,7 +140,7 @@ async def test_rate_limit_violations_close_the_socket_and_others_are_unaffected(
 async def test_sockets_per_session_are_limited(edge: str) -> None:
     _, session_token = await new_session(edge)
     first, second = await connect(edge, session_token), await connect(edge, session_token)
-    code, frames = await closed_with(edge, {"type": "hello", "token": session_token})
+    code, _ = await closed_with(edge, {"type": "hello", "token": session_token})
     assert code == CloseCode.TOO_MANY_SOCKETS
     await first.close()
     await asyncio.sleep(0.1)
