@@ -19,8 +19,10 @@ import nats.micro
 from fastapi import Depends, FastAPI, Header, HTTPException, WebSocket
 from pydantic import BaseModel
 
+from contracts.streams import STREAMS
 from workers.runtime.bus import Bus
 from workers.runtime.logging import get_logger
+from workers.runtime.provision import provision
 from workers.runtime.worker import VERSION, connect_nats
 
 from .auth import AuthError, TokenIssuer, development_secret
@@ -47,6 +49,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         nc = await connect_nats(settings, "edge")
         bus.attach(nc)
+        # The edge records sessions' events from their first frame, even before any worker ran.
+        await provision(bus.js, STREAMS, prefix=settings.subject_prefix)
         service = await nats.micro.add_service(nc, name="edge", version=VERSION, description="WebSocket edge",
                                                metadata={"started_at": f"{time.time():.3f}"})
         log.info("edge ready", port=settings.edge_port, auth="api keys" if api_keys else "open session creation")

@@ -9,7 +9,10 @@ from __future__ import annotations
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from contracts.subjects import SUBJECTS, Lane
 from contracts.validate import check_message
+
+FAMILIES = sorted({s.pattern.split(".", 1)[0] for s in SUBJECTS if s.lane is not Lane.RPC})
 
 #: Tests that publish invalid messages on purpose (to prove dead-lettering) mark them so.
 DELIBERATELY_INVALID = "Sb-Test-Deliberately-Invalid"
@@ -22,7 +25,10 @@ class ContractTap:
         self.checked = 0
 
     async def start(self, nc: Client) -> None:
-        await nc.subscribe(">", cb=self._on_message)
+        # Every family of declared subjects, under any prefix. Not the request/reply services: a tap
+        # there would count as interest, hiding "no responders" and turning it into timeouts.
+        for family in FAMILIES:
+            await nc.subscribe(f"*.{family}.>", cb=self._on_message)
 
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers or {}

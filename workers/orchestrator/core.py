@@ -110,11 +110,13 @@ class Orchestrator:
         messages = build_messages(agent, settings.tone if settings else None, turn.text, state.history,
                                   context.memory, context.passages)
         usage = ev.TokenUsage()
-        finish: Literal["stop", "error"] = "stop"
+        finish: Literal["stop", "length", "error"] = "stop"
         try:
             async for chunk in self._model.stream(messages, agent.model, self._max_tokens):
                 if chunk.usage is not None:
                     usage = chunk.usage
+                if chunk.finish_reason == "length":
+                    finish = "length"
                 if not chunk.text:
                     continue
                 if flight.first_token_at is None:
@@ -147,7 +149,8 @@ class Orchestrator:
         if flight.task.cancelled():
             await self._publish_done(flight, reason, ev.TokenUsage(), "skipped", "skipped", [])
 
-    async def _publish_done(self, flight: InFlight, finish: Literal["stop", "error", "cancelled", "superseded"],
+    async def _publish_done(self, flight: InFlight,
+                            finish: Literal["stop", "length", "error", "cancelled", "superseded"],
                             usage: ev.TokenUsage, memory: ev.DependencyStatus, retrieval: ev.DependencyStatus,
                             citations: list[ev.Citation]) -> None:
         turn = flight.turn

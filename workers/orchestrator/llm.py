@@ -21,6 +21,7 @@ ChatMessage = dict[str, str]
 class Chunk:
     text: str = ""
     usage: TokenUsage | None = None
+    finish_reason: str | None = None
 
 
 class LLMError(Exception):
@@ -51,14 +52,22 @@ class OpenAIChatModel:
                 model=model or self.name, messages=cast(Any, messages), stream=True, max_tokens=max_tokens,
                 stream_options={"include_usage": True},
             )
+            pieces, reported = 0, False
             async for part in response:
                 usage = None
                 if part.usage is not None:
+                    reported = True
                     usage = TokenUsage(prompt_tokens=part.usage.prompt_tokens,
                                        completion_tokens=part.usage.completion_tokens)
-                text = part.choices[0].delta.content or "" if part.choices else ""
-                if text or usage:
-                    yield Chunk(text, usage)
+                choice = part.choices[0] if part.choices else None
+                text = (choice.delta.content or "") if choice else ""
+                finish = choice.finish_reason if choice else None
+                pieces += bool(text)
+                if text or usage or finish:
+                    yield Chunk(text, usage, finish)
+            if not reported:  # servers such as llama.cpp's ignore stream_options: estimate
+                yield Chunk(usage=TokenUsage(prompt_tokens=sum(len(m["content"]) for m in messages) // 4,
+                                             completion_tokens=pieces))
         except openai.APIError as error:
             raise _classify(error) from error
         except ValueError as error:  # undecodable server-sent event

