@@ -23,6 +23,10 @@ status:
 test *args:
     {{bin}}/pytest -n 2 --dist loadfile {{args}}
 
+# Regenerate docs/configuration.md from the settings classes
+docs:
+    {{bin}}/python -m ops.cli config > docs/configuration.md
+
 # ruff and mypy
 lint:
     {{bin}}/ruff check .

@@ -7,14 +7,15 @@ Timestamps are Unix epoch seconds (float); durations are milliseconds (float).
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from .envelope import Event, SessionEvent, TurnEvent, TurnId
 
 Tone = Literal["neutral", "concise", "friendly", "formal"]
 DependencyStatus = Literal["ok", "timeout", "unavailable", "error", "skipped"]
+Sentiment = Literal["positive", "neutral", "negative"]
 
 
 class _Part(BaseModel):
@@ -365,6 +366,24 @@ class DeadLetter(Event):
     payload_b64: str = Field(description="The original payload, base64")
 
 
+# ---------------------------------------------------------------- annotations (optional workers)
+
+#: One keyword: a lower-case word token (no spaces, no upper-case letters).
+Keyword = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[^\sA-Z]+$")]
+
+
+class TurnKeywords(TurnEvent):
+    """Keywords and sentiment of a user turn (workers/keywords): an annotation, nothing waits for it."""
+
+    VERSION = 1
+
+    kind: Literal["annot.keywords"] = "annot.keywords"
+    keywords: list[Keyword] = Field(default_factory=list, max_length=8,
+                                    description="Lower-case keywords, most frequent first (at most 8)")
+    sentiment: Sentiment = Field(description="Label of `score`; neutral inside a small dead zone around 0")
+    score: float = Field(ge=-1.0, le=1.0, description="(positive - negative) / max(1, positive + negative) words")
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     SessionStarted, SessionEnded, SessionSettings, UserTurn, ReplyDelta, ReplyDone,
     SpeechStarted, SpeechStopped, TranscriptPartial, TranscriptFinal,
@@ -372,6 +391,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ContextRequest, ContextReply, ForgetSession, RetrievalRequest, RetrievalReply,
     IngestJob, JobProgress, IngestResult, VideoJob, VideoResult, VideoFrameMeta,
     StatsRequest, StatsSnapshot, DeadLetter,
+    TurnKeywords,
 )
 
 EVENTS_BY_KIND: dict[str, type[Event]] = {cls.kind_name(): cls for cls in ALL_EVENTS}

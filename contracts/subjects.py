@@ -115,6 +115,9 @@ SUBJECTS: tuple[Subject, ...] = (
             "Outcome of an ingestion job", to_client=True),
     Subject("video.result", f"ev.{_S}.turn.video_result", ev.VideoResult, Lane.DATA,
             "Outcome of a video job", to_client=True),
+    # annotations by optional workers
+    Subject("turn.keywords", f"ev.{_S}.annot.keywords", ev.TurnKeywords, Lane.DATA,
+            "Keywords and sentiment of a user turn", to_client=True),
     # binary media
     Subject("audio.in", f"audio.{_S}.in", ev.AudioInMeta, Lane.DATA,
             "Microphone audio, PCM16 LE mono frames", binary=True),

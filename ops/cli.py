@@ -44,7 +44,7 @@ def status(
 
 async def _status(settings: RuntimeSettings, watch: bool, wait: float) -> int:
     nc = await connect_nats(settings, "cli")
-    expected = registry.WORKERS
+    expected = registry.SERVICES
     deadline = time.monotonic() + wait
     last: tuple[str, ...] | None = None
     try:
@@ -72,6 +72,14 @@ def _print_table(running: list[ServiceInstance], absent: list[str]) -> None:
     lines.extend(f"{name:<16} {'-':<24} {'-':<8} MISSING" for name in absent)
     verdict = "all expected services healthy" if not absent else f"missing: {', '.join(absent)}"
     typer.echo("\n".join(lines) + f"\n{verdict} ({len(running)} running)")
+
+
+@app.command()
+def config() -> None:
+    """Print the configuration reference (every SB_ variable of every process) as Markdown."""
+    from .config_doc import reference
+
+    typer.echo(reference(), nl=False)
 
 
 @contracts_app.command("gen")

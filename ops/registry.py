@@ -11,7 +11,9 @@ from typing import Any
 
 from workers.runtime import WorkerSpec
 
-WORKERS: tuple[str, ...] = ()
+WORKERS: tuple[str, ...] = ("orchestrator", "keywords")
+#: Processes that announce themselves on the bus besides the workers.
+SERVICES: tuple[str, ...] = (*WORKERS, "edge")
 
 
 def load(name: str) -> WorkerSpec[Any]:

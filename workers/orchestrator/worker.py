@@ -35,8 +35,8 @@ class OrchestratorSettings(RuntimeSettings):
     llm_api_key: SecretStr = Field(default=SecretStr("local"), description="API key for the LLM server")
     llm_model: str = Field(default="smollm2-135m-instruct", description="Default model of every agent")
     llm_timeout_s: float = Field(default=30.0, gt=0, description="Deadline between bytes of the LLM stream")
-    llm_max_tokens: int = Field(default=256, ge=1, le=16_384)
-    default_agent: str = "general"
+    llm_max_tokens: int = Field(default=256, ge=1, le=16_384, description="Longest reply, in tokens")
+    default_agent: str = Field(default="general", description="Agent of sessions that chose none")
     memory_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the memory context request")
     retrieval_timeout_s: float = Field(default=0.5, gt=0, description="Deadline of the retrieval request")
     memory_tokens: int = Field(default=1_500, ge=1, description="Token budget of recalled context")

@@ -18,11 +18,11 @@ class RuntimeSettings(BaseSettings):
 
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="One or more NATS URLs, comma-separated")
     nats_user: str | None = Field(default=None, description="NATS user (with SB_NATS_PASSWORD)")
-    nats_password: SecretStr | None = None
+    nats_password: SecretStr | None = Field(default=None, description="NATS password (never logged)")
     nats_creds: str | None = Field(default=None, description="Path to a NATS .creds file")
     subject_prefix: str = Field(default="sb", pattern=r"^[a-z][a-z0-9_-]*$",
                                 description="First token of every subject; replays use another")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log threshold")
     log_format: Literal["auto", "json", "pretty"] = Field(
         default="auto", description="auto: pretty in a terminal, JSON otherwise")
     connect_timeout_s: float = Field(default=30.0, gt=0, description="How long to keep trying NATS at start-up")
