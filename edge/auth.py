@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from workers.runtime.logging import get_logger
 
 log = get_logger("edge.auth")
 ALGORITHM = "HS256"
-DEV_SECRET_PATH = Path(__file__).resolve().parent.parent / ".run" / "edge-secret"
+DEV_SECRET_DIR = Path(__file__).resolve().parent.parent / ".run"
 
 
 class AuthError(Exception):
@@ -60,8 +61,9 @@ class TokenIssuer:
         return str(claims["sid"])
 
 
-def development_secret(path: Path = DEV_SECRET_PATH) -> str:
-    """A secret kept in .run/ so restarts keep tokens valid; never for production."""
+def development_secret(path: Path | None = None) -> str:
+    """A secret kept in .run/ (or $SB_RUN_DIR) so restarts keep tokens valid; never for production."""
+    path = path or Path(os.environ.get("SB_RUN_DIR", DEV_SECRET_DIR)) / "edge-secret"
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,12 @@ URLs are reused instead of started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,9 +26,8 @@ from .llm_server import MODEL_ALIAS, find_model, llm_command
 from .servers import find_binary, mongo_command, nats_command, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN_DIR = ROOT / ".run"
+DEFAULT_RUN_DIR = ROOT / ".run"
 NATS_CONF = ROOT / "infra" / "nats.conf"
-LOCAL_LLM_PORT = 8089
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,46 @@ class Process:
 # Servers stop last: on Ctrl-C honcho signals every process group at once, so a server runs in
 # its own session behind a shell that waits before passing the signal on, and the workers
 # drain against a live bus instead of logging a broken connection.
-_OUTLIVE = 'trap \'sleep 1.5; kill -TERM "$child"\' TERM INT; setsid "$@" & child=$!; wait "$child"; wait "$child"'
+_OUTLIVE = ('trap \'sleep 1.5; kill -TERM "$child"\' TERM INT; setsid "$@" & child=$!; '
+            'echo "$child" >> "$SB_STACK_PIDS"; wait "$child"; wait "$child"')
+# Every process records its process group, so that a start after a crash of the launcher
+# (whose children then live on) can stop the leftovers first.
+_TRACK = 'cut -d" " -f5 /proc/$$/stat >> "$SB_STACK_PIDS"; exec "$@"'
 
 
 def _outlive(command: list[str]) -> list[str]:
     return ["sh", "-c", _OUTLIVE, "sh", *command]
+
+
+def _tracked(command: list[str]) -> list[str]:
+    return ["sh", "-c", _TRACK, "sh", *command]
+
+
+def reap_leftovers(pids_file: Path) -> int:
+    """Stop the process groups a crashed earlier run left behind; returns how many."""
+    if not pids_file.exists():
+        return 0
+    groups = {int(line) for line in pids_file.read_text().split() if line.isdigit()}
+    pids_file.unlink()
+    alive = [g for g in groups if _ours(g)]
+    for group in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(_ours(g) for g in alive):
+        time.sleep(0.1)
+    for group in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    return len(alive)
+
+
+def _ours(pid: int) -> bool:
+    """Alive and started from this checkout (a recycled pid belongs to someone else)."""
+    try:
+        return str(ROOT) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
@@ -50,7 +87,10 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
 
 
 def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
-    """What to start, and notes about what is reused."""
+    """What to start, and notes about what is reused. Launcher-only variables: SB_RUN_DIR (state of
+    the local servers), SB_NATS_MONITOR_PORT (8222), SB_LLM_LOCAL_PORT (8089)."""
+    run_dir = Path(env.setdefault("SB_RUN_DIR", str(DEFAULT_RUN_DIR)))
+    env["SB_STACK_PIDS"] = str(run_dir / "stack.pids")
     processes: list[Process] = []
     notes: list[str] = []
     nats_url = env.setdefault("SB_NATS_URL", "nats://127.0.0.1:4222")
@@ -58,13 +98,14 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
     if port_open(host, port):
         notes.append(f"reusing NATS at {nats_url}")
     else:
-        processes.append(Process("nats", _outlive(nats_command(RUN_DIR / "nats", port, NATS_CONF))))
+        command = [*nats_command(run_dir / "nats", port, NATS_CONF), "-m", env.get("SB_NATS_MONITOR_PORT", "8222")]
+        processes.append(Process("nats", _outlive(command)))
     mongo_url = env.setdefault("SB_MONGO_URL", "mongodb://127.0.0.1:27017")
     host, port = _host_port(mongo_url, 27017)
     if port_open(host, port):
         notes.append(f"reusing MongoDB at {mongo_url}")
     else:
-        data = RUN_DIR / "mongo"
+        data = run_dir / "mongo"
         data.mkdir(parents=True, exist_ok=True)
         processes.append(Process("mongo", _outlive(mongo_command(data / "db.sqlite", port, data / "mongo.log",
                                                                  data / "mongo.pid"))))
@@ -72,16 +113,17 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
     if llm_url:
         notes.append(f"using the LLM at {llm_url}")
     elif env.get("SB_LLM_PROVIDER", "openai") == "openai":
-        env["SB_LLM_BASE_URL"] = f"http://127.0.0.1:{LOCAL_LLM_PORT}/v1"
+        llm_port = int(env.get("SB_LLM_LOCAL_PORT", "8089"))
+        env["SB_LLM_BASE_URL"] = f"http://127.0.0.1:{llm_port}/v1"
         env.setdefault("SB_LLM_MODEL", MODEL_ALIAS)
-        if port_open("127.0.0.1", LOCAL_LLM_PORT):
-            notes.append(f"reusing the local LLM server on port {LOCAL_LLM_PORT}")
+        if port_open("127.0.0.1", llm_port):
+            notes.append(f"reusing the local LLM server on port {llm_port}")
         else:
-            processes.append(Process("llm", _outlive(llm_command(LOCAL_LLM_PORT, find_model()))))
+            processes.append(Process("llm", _outlive(llm_command(llm_port, find_model()))))
     python = sys.executable
-    processes.extend(Process(name, [python, "-m", f"workers.{name}"]) for name in registry.WORKERS)
-    processes.append(Process("edge", [python, "-m", "edge"]))
-    processes.append(Process("health", [python, "-m", "ops.cli", "status", "--watch"]))
+    processes.extend(Process(name, _tracked([python, "-m", f"workers.{name}"])) for name in registry.WORKERS)
+    processes.append(Process("edge", _tracked([python, "-m", "edge"])))
+    processes.append(Process("health", _tracked([python, "-m", "ops.cli", "status", "--watch"])))
     return processes, notes
 
 
@@ -90,8 +132,11 @@ def up() -> int:
     env.setdefault("SB_LOG_FORMAT", "pretty")
     env.setdefault("PYTHONUNBUFFERED", "1")
     find_binary("nats-server")  # fail early with the install hint
+    run_dir = Path(env.setdefault("SB_RUN_DIR", str(DEFAULT_RUN_DIR)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if stopped := reap_leftovers(run_dir / "stack.pids"):
+        print(f"switchboard: stopped {stopped} processes left over from a previous run", flush=True)
     processes, notes = plan(env)
-    RUN_DIR.mkdir(exist_ok=True)
     manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty(), prefix=True))
     for note in notes:
         print(f"switchboard: {note}", flush=True)
