@@ -42,6 +42,14 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield env
 
 
+def still_open(candidates: list[int], within: float) -> list[int]:
+    """The ports still listening after waiting up to ``within`` seconds for all to close."""
+    deadline = time.monotonic() + within
+    while (open_ports := [p for p in candidates if port_open("127.0.0.1", p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return open_ports
+
+
 def ports(env: dict[str, str]) -> list[int]:
     return [int(env["SB_NATS_URL"].rsplit(":", 1)[1]), int(env["SB_MONGO_URL"].rsplit(":", 1)[1]),
             int(env["SB_LLM_LOCAL_PORT"]), int(env["SB_EDGE_PORT"])]
@@ -71,10 +79,7 @@ async def test_up_runs_everything_survives_a_crash_and_stops_cleanly(stack_env: 
         # One Ctrl-C stops everything.
         launcher.send_signal(signal.SIGINT)
         launcher.wait(timeout=20)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(port_open("127.0.0.1", p) for p in ports(stack_env)):
-            time.sleep(0.2)
-        assert not [p for p in ports(stack_env) if port_open("127.0.0.1", p)], log.read_text()[-3000:]
+        assert not still_open(ports(stack_env), within=10.0), log.read_text()[-3000:]
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
