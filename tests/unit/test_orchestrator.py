@@ -1,0 +1,122 @@
+"""The orchestrator's logic without the bus: routing, prompts, supersede and cancel semantics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+from contracts import events as ev
+from contracts.envelope import Event
+from workers.orchestrator.agents import TONES, AgentRegistry, Router
+from workers.orchestrator.context import ContextHooks
+from workers.orchestrator.core import Orchestrator
+from workers.orchestrator.llm import ChatMessage, Chunk, EchoChatModel
+from workers.orchestrator.prompt import build_messages
+from workers.runtime.bus import DependencyUnavailableError
+
+SID = "session-unit-01"
+E = TypeVar("E", bound=Event)
+
+
+class Recorder:
+    producer = "orchestrator"
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event, *, durable: bool = False) -> None:
+        self.events.append(event)
+
+    async def request(self, name: str, event: Event, reply_type: type[Event], timeout: float) -> Event:
+        raise DependencyUnavailableError(name, "unavailable")
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class SlowModel:
+    """Yields one token every 10 ms until cancelled."""
+
+    name = "slow"
+
+    async def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
+        for i in range(max_tokens):
+            await asyncio.sleep(0.01)
+            yield Chunk(f"t{i} ")
+
+
+def orchestrator(recorder: Recorder, model: object) -> Orchestrator:
+    async def no_settings(_: str) -> ev.SessionSettings | None:
+        return None
+
+    hooks = ContextHooks(recorder, 0.1, 0.1, 500)
+    return Orchestrator(recorder, model, Router(AgentRegistry()), hooks, no_settings, max_tokens=100)  # type: ignore[arg-type]
+
+
+def turn(text: str, turn_id: str = "t1") -> ev.UserTurn:
+    return ev.UserTurn(session_id=SID, turn_id=turn_id, text=text, source="typed", producer="test")
+
+
+def test_router_handoff_is_sticky_and_keywords_pick_knowledge() -> None:
+    router = Router(AgentRegistry())
+    assert router.route("hello", None).agent.name == "general"
+    assert router.route("what does the handbook say about leave?", None).agent.name == "knowledge"
+    handoff = router.route("can I talk to the coach please", None)
+    assert (handoff.agent.name, handoff.handoff) == ("coach", True)
+    assert router.route("the document says", "coach").agent.name == "coach"  # sticky beats keywords
+    assert router.route("switch to nobody", "coach").agent.name == "coach"  # unknown agent: no handoff
+
+
+def test_prompt_has_tone_memory_and_numbered_passages() -> None:
+    agent = AgentRegistry().get("knowledge")
+    assert agent is not None
+    memory = ev.ContextReply(session_id=SID, producer="memory", summary="They planned a trip.",
+                             facts=["lives in Oslo"],
+                             turns=[ev.MemoryTurn(role="user", text="hi", turn_id="a", at=1.0)])
+    passage = ev.Passage(text="Leave is 25 days.", score=0.8,
+                         citation=ev.Citation(document_id="d1", source="handbook.md", section="Leave"))
+    messages = build_messages(agent, "formal", "how much leave?", [("user", "ignored local")], memory, [passage])
+    system = messages[0]["content"]
+    assert TONES["formal"] in system and "They planned a trip." in system and "lives in Oslo" in system
+    assert "[1] (handbook.md, Leave) Leave is 25 days." in system
+    assert messages[1:] == [{"role": "user", "content": "hi"}, {"role": "user", "content": "how much leave?"}]
+
+
+async def test_reply_streams_deltas_then_done_with_dependency_status() -> None:
+    recorder = Recorder()
+    orch = orchestrator(recorder, EchoChatModel())
+    await orch.on_user_turn(turn("hello world"))
+    await orch.drain(1.0)
+    deltas = recorder.of(ev.ReplyDelta)
+    done = recorder.of(ev.ReplyDone)
+    assert "".join(d.text for d in deltas) == "You said: hello world"
+    assert len(done) == 1 and done[0].memory == "unavailable" and done[0].usage.completion_tokens == 4
+
+
+async def test_interrupt_stops_deltas_before_it_returns() -> None:
+    recorder = Recorder()
+    orch = orchestrator(recorder, SlowModel())
+    await orch.on_user_turn(turn("go"))
+    await asyncio.sleep(0.06)
+    await orch.on_interrupt(ev.Interrupt(session_id=SID, producer="test", reason="barge_in"))
+    count = len(recorder.of(ev.ReplyDelta))
+    await asyncio.sleep(0.05)
+    assert len(recorder.of(ev.ReplyDelta)) == count > 0
+    done = recorder.of(ev.ReplyDone)
+    assert [d.finish_reason for d in done] == ["cancelled"]
+    assert recorder.events[-1] is done[0]
+
+
+async def test_interrupt_for_another_turn_is_ignored_and_new_turn_supersedes() -> None:
+    recorder = Recorder()
+    orch = orchestrator(recorder, SlowModel())
+    await orch.on_user_turn(turn("first", "t1"))
+    await asyncio.sleep(0.03)
+    await orch.on_interrupt(ev.Interrupt(session_id=SID, turn_id="old-turn", producer="test", reason="barge_in"))
+    assert not recorder.of(ev.ReplyDone)
+    await orch.on_user_turn(turn("second", "t2"))
+    await asyncio.sleep(0.03)
+    await orch.on_interrupt(ev.Interrupt(session_id=SID, producer="test", reason="client"))
+    assert [(d.turn_id, d.finish_reason) for d in recorder.of(ev.ReplyDone)] == [
+        ("t1", "superseded"), ("t2", "cancelled")]
