@@ -28,7 +28,7 @@ class Recorder:
     async def publish(self, event: Event, *, durable: bool = False) -> None:
         self.events.append(event)
 
-    async def request(self, name: str, event: Event, reply_type: type[Event], timeout: float) -> Event:
+    async def request(self, name: str, event: Event, reply_type: type[E], timeout: float) -> E:
         raise DependencyUnavailableError(name, "unavailable")
 
     def of(self, kind: type[E]) -> list[E]:
