@@ -22,9 +22,9 @@ class CloseCode(IntEnum):
     """Why the edge closed a socket (4000-4999 are ours; 1000-1015 are RFC 6455's)."""
 
     NORMAL = 1000
-    GOING_AWAY = 1001  # the edge is shutting down; reconnect
+    SERVICE_RESTART = 1012  # the edge is shutting down (uvicorn's close on shutdown); reconnect
     TOO_BIG = 1009  # a frame over the transport's hard limit
-    PROTOCOL_ERROR = 4000  # first frame was not a valid hello, or an unsupported protocol version
+    PROTOCOL_ERROR = 4000  # first frame was not a valid hello (including an unsupported protocol version)
     AUTH_MISSING = 4001  # no hello with a token in time
     AUTH_INVALID = 4003  # forged or malformed token
     AUTH_EXPIRED = 4004  # token past its expiry: get a new one
@@ -52,7 +52,7 @@ class Hello(_Command):
     protocol: Literal[1] = 1
     token: str = Field(min_length=1, max_length=4_096)
     client: str = Field(default="", max_length=200)
-    capabilities: list[Capability] = Field(default_factory=lambda: list[Capability](["text"]))
+    capabilities: list[Capability] = Field(default_factory=lambda: list[Capability](["text"]), max_length=8)
     audio: AudioFormat | None = None
 
 
@@ -130,3 +130,8 @@ class Dropped(_Frame):
 
     kind: Literal["dropped"] = "dropped"
     count: int
+
+
+#: Everything that crosses the socket as JSON, versioned together by PROTOCOL_VERSION.
+CLIENT_MESSAGES: tuple[type[BaseModel], ...] = (
+    Hello, Chat, Settings, Interrupt, Ping, Welcome, Pong, ProtocolError, Flush, Dropped)

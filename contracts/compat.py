@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+from .client import CLIENT_MESSAGES, PROTOCOL_VERSION
 from .envelope import Event
 from .events import ALL_EVENTS
 from .subjects import SUBJECTS, Subject
@@ -37,11 +40,19 @@ def message_schema(cls: type[Event]) -> dict[str, Any]:
 
 
 def snapshot(events: tuple[type[Event], ...] = ALL_EVENTS,
-             subjects: tuple[Subject, ...] = SUBJECTS) -> dict[str, Any]:
-    """The contracts as data: what a release records and what the checker compares."""
+             subjects: tuple[Subject, ...] = SUBJECTS,
+             client: tuple[type[BaseModel], ...] = CLIENT_MESSAGES) -> dict[str, Any]:
+    """The contracts as data: what a release records and what the checker compares.
+
+    Bus messages are versioned one by one (``VERSION``); the WebSocket protocol's frames all
+    together (``PROTOCOL_VERSION``).
+    """
     return {
         "messages": {
             cls.kind_name(): {"version": cls.VERSION, "schema": message_schema(cls)} for cls in events
+        },
+        "client": {
+            cls.__name__: {"version": PROTOCOL_VERSION, "schema": cls.model_json_schema()} for cls in client
         },
         "subjects": {s.name: s.pattern for s in subjects},
     }
@@ -72,8 +83,21 @@ def _fields(schema: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
 def check(released: dict[str, Any], current: dict[str, Any]) -> list[Violation]:
     """Every breaking change from ``released`` to ``current`` not covered by a version bump."""
     found: list[Violation] = []
-    for kind, old in released["messages"].items():
-        new = current["messages"].get(kind)
+    for section in ("messages", "client"):
+        found.extend(_check_messages(released.get(section, {}), current.get(section, {})))
+    for name, pattern in released["subjects"].items():
+        now_pattern = current["subjects"].get(name)
+        if now_pattern is None:
+            found.append(Violation(name, "removed subject", pattern))
+        elif now_pattern != pattern:
+            found.append(Violation(name, "renamed subject", f"{pattern} -> {now_pattern}"))
+    return found
+
+
+def _check_messages(released: dict[str, Any], current: dict[str, Any]) -> list[Violation]:
+    found: list[Violation] = []
+    for kind, old in released.items():
+        new = current.get(kind)
         if new is None:
             found.append(Violation(kind, "removed message", "message kind no longer exists"))
             continue
@@ -91,10 +115,4 @@ def check(released: dict[str, Any], current: dict[str, Any]) -> list[Violation]:
                 found.append(Violation(kind, "changed type", name))
         for name in sorted(new_required - old_required):
             found.append(Violation(kind, "new required field", name))
-    for name, pattern in released["subjects"].items():
-        now_pattern = current["subjects"].get(name)
-        if now_pattern is None:
-            found.append(Violation(name, "removed subject", pattern))
-        elif now_pattern != pattern:
-            found.append(Violation(name, "renamed subject", f"{pattern} -> {now_pattern}"))
     return found

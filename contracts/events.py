@@ -146,7 +146,7 @@ class TranscriptFinal(TurnEvent):
 
 
 class AudioInMeta(SessionEvent):
-    """Headers of one inbound audio frame; the payload is raw PCM16 LE mono (see contracts/audio.py)."""
+    """Headers of one inbound audio frame; the payload is raw PCM16 LE mono (see contracts/binary.py)."""
 
     kind: Literal["audio.in"] = "audio.in"
     sample_rate: int = Field(default=16_000, ge=8_000, le=48_000)

@@ -115,10 +115,13 @@ class Connection:
                 close_code=CloseCode.TOO_MANY_SOCKETS), CloseCode.TOO_MANY_SOCKETS)
             return
         subs: list[Subscription] = []
-        writer = asyncio.create_task(self._write())
+        # Welcome is queued first and the writer starts once the subscriptions are live: the client
+        # hears nothing before its welcome and misses nothing after it.
+        self.out.send(Welcome(session_id=self.session_id, limits=self._limits()).model_dump_json())
+        writer: asyncio.Task[None] | None = None
         try:
             subs = await self._subscribe()
-            self.out.send(Welcome(session_id=self.session_id, limits=self._limits()).model_dump_json())
+            writer = asyncio.create_task(self._write())
             await self.edge.bus.publish(ev.SessionStarted(session_id=self.session_id, producer=PRODUCER,
                                                           client=hello.client, capabilities=list(hello.capabilities)))
             reader = asyncio.create_task(self._read())
@@ -132,7 +135,8 @@ class Connection:
             elif reader in done and (code := reader.result()) is not None:
                 await self._close(code, "limit violations")
         finally:
-            writer.cancel()
+            if writer is not None:
+                writer.cancel()
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -148,9 +152,10 @@ class Connection:
         except TimeoutError:
             raise AuthError(CloseCode.AUTH_MISSING, "no hello with a session token in time") from None
         text = message.get("text")
-        if text is None:
-            raise FrameRefusedError(ProtocolError(code="bad_command", message="the first frame must be a JSON hello",
-                                        fatal=True, close_code=CloseCode.PROTOCOL_ERROR))
+        if text is None or len(text) > self.edge.settings.max_text_frame_bytes:
+            raise FrameRefusedError(ProtocolError(
+                code="bad_command", message="the first frame must be a JSON hello within the text frame limit",
+                fatal=True, close_code=CloseCode.PROTOCOL_ERROR))
         try:
             command = COMMANDS.validate_json(text)
         except ValidationError as error:
@@ -188,8 +193,11 @@ class Connection:
                     await self._on_binary(data)
             except FrameRefusedError as refused:
                 self.violations += 1
-                self.out.send(refused.frame.model_dump_json())
+                frame = refused.frame
                 if self.violations >= self.edge.settings.max_violations:
+                    frame = frame.model_copy(update={"fatal": True, "close_code": CloseCode.POLICY})
+                self.out.send(frame.model_dump_json())
+                if frame.fatal:
                     return CloseCode.POLICY
 
     async def _on_text(self, text: str) -> None:
@@ -216,7 +224,7 @@ class Connection:
             case Interrupt():
                 await bus.publish(ev.Interrupt(session_id=sid, producer=PRODUCER, reason="client"))
             case Ping(id=ping_id):
-                self.out.send(Pong(id=ping_id).model_dump_json())
+                self.out.send(Pong(id=ping_id).model_dump_json(), droppable=True)
             case Hello():
                 raise FrameRefusedError(ProtocolError(code="bad_command", message="hello was already received"))
 
@@ -278,8 +286,8 @@ def _command_error(text: str, error: ValidationError) -> ProtocolError:
         data = json.loads(text)
     except json.JSONDecodeError:
         return ProtocolError(code="bad_json", message="text frames must be JSON")
-    if not isinstance(data, dict) or "type" not in data:
-        return ProtocolError(code="bad_command", message="a command needs a \"type\"")
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        return ProtocolError(code="bad_command", message="a command needs a \"type\" string")
     if data["type"] not in {"hello", "chat", "settings", "interrupt", "ping"}:
         return ProtocolError(code="unknown_type", message=f"unknown command type {str(data['type'])[:40]!r}")
     return ProtocolError(code="bad_command", message=f"invalid {data['type']}: {_first_error(error)}")

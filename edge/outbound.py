@@ -5,7 +5,7 @@ full: droppable events (reply deltas, partial transcripts, assistant audio, job 
 are skipped and counted, and the client is told how many with a ``dropped`` frame;
 any other event (control lane, finished turns) cannot be skipped, so the socket is closed
 with 4013 (slow consumer). After an interrupt, nothing more of the interrupted turn is
-forwarded except its ``reply.done`` / ``audio.done``.
+forwarded except its ``reply.done``, ``audio.done`` and ``error`` events (which close it).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from contracts.subjects import SUBJECTS
 
 TO_CLIENT = frozenset(s.message.kind_name() for s in SUBJECTS if s.to_client)
 DROPPABLE = frozenset({"reply.delta", "transcript.partial", "audio.out", "job.progress"})
-AFTER_FLUSH = frozenset({"reply.done", "audio.done", "ctl.interrupt"})
+AFTER_FLUSH = frozenset({"reply.done", "audio.done", "ctl.interrupt", "error"})
 
 Frame = str | bytes
 
@@ -38,7 +38,7 @@ class Outbound:
         self.dropped = 0
         self._unreported = 0
         self._flushed: deque[str] = deque(maxlen=64)  # recent interrupted turns
-        self._reply_turn: str | None = None  # the assistant turn being streamed
+        self._reply_turn: str | None = None  # the turn whose reply is being generated
         self.closed = asyncio.Event()  # set when the client must be disconnected (slow consumer)
 
     def send(self, frame: Frame, droppable: bool = False) -> None:
@@ -63,8 +63,10 @@ class Outbound:
         turn = headers.get(h.TURN)
         if turn and turn in self._flushed and kind not in AFTER_FLUSH:
             return  # late output of an interrupted turn
-        if kind == "reply.delta":
-            self._reply_turn = turn
+        if kind in ("turn.user", "reply.delta"):
+            self._reply_turn = turn  # the reply to a user turn carries that turn's id
+        elif kind == "reply.done" and turn == self._reply_turn:
+            self._reply_turn = None
         elif kind == "ctl.interrupt":
             target = turn or self._reply_turn
             if target:

@@ -16,6 +16,7 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
 from contracts import compat
+from contracts.client import CLIENT_MESSAGES
 from contracts.events import ALL_EVENTS
 from contracts.subjects import REPLIES, SUBJECTS
 
@@ -58,6 +59,7 @@ class _UnconnectedBus:
 
 def generated_files() -> dict[Path, str]:
     files = {SCHEMA_DIR / f"{cls.kind_name()}.json": _dump(cls.model_json_schema()) for cls in ALL_EVENTS}
+    files |= {SCHEMA_DIR / f"client.{cls.__name__}.json": _dump(cls.model_json_schema()) for cls in CLIENT_MESSAGES}
     files[ASYNCAPI_PATH] = _dump(asyncapi_document())
     return files
 

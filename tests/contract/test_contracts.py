@@ -5,6 +5,7 @@ Each check is also shown failing on a deliberately broken copy.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import json
@@ -165,7 +166,10 @@ async def test_contract_tap_catches_a_bad_payload_on_the_wire(nats_url: str) -> 
     await sender.publish(BY_NAME["reply.delta"].subject("sessionTAP01"), b'{"kind": "reply.delta", "text": 5}',
                          headers={DELIBERATELY_INVALID: "1"})
     await sender.flush()
-    await listener.flush()
+    for _ in range(200):  # delivery to the listener is asynchronous
+        if tap.violations:
+            break
+        await asyncio.sleep(0.01)
     await sender.close()
     await listener.close()
     assert len(tap.violations) == 1 and "ReplyDelta" in tap.violations[0]
@@ -175,3 +179,15 @@ class _NullBus:
     def __init__(self, producer: str) -> None:
         self.producer = producer
         self.prefix = "sb"
+
+
+def test_client_protocol_changes_are_checked_too() -> None:
+    from contracts import client
+
+    class Chat(client._Command):
+        type: Literal["chat"]
+        message: str  # was `text`
+
+    current = compat.snapshot(client=tuple(Chat if c is client.Chat else c for c in client.CLIENT_MESSAGES))
+    rules = {(v.target, v.rule) for v in compat.check(compat.load_released(), current)}
+    assert ("Chat", "removed or renamed field") in rules

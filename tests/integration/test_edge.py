@@ -23,7 +23,7 @@ from workers.runtime.bus import Bus
 
 @pytest.fixture(scope="module")
 async def edge(nats_url: str) -> AsyncIterator[str]:
-    async with running_edge(nats_url, text_frames_per_s=50.0, burst_s=1.0, max_violations=6) as url:
+    async with running_edge(nats_url, text_frames_per_s=50.0, burst_s=1.0, max_violations=7) as url:
         yield url
 
 
@@ -109,12 +109,13 @@ async def test_settings_ping_and_interrupt_commands(edge: str, nc: Nats) -> None
 async def test_bad_commands_get_protocol_errors_and_the_socket_stays_open(edge: str) -> None:
     client = await connect(edge)
     await client.ws.send("{not json")
+    await client.ws.send('{"type": []}')
     await client.send(type="dance")
     await client.send(type="chat", text="")
     await client.send(type="chat", text="x" * 20_000)
     await client.ws.send(b"\x01\x01")
-    codes = [(await client.until(lambda e: e["kind"] == "protocol_error"))[-1]["code"] for _ in range(5)]
-    assert codes == ["bad_json", "unknown_type", "bad_command", "too_big", "bad_frame"]
+    codes = [(await client.until(lambda e: e["kind"] == "protocol_error"))[-1]["code"] for _ in range(6)]
+    assert codes == ["bad_json", "bad_command", "unknown_type", "bad_command", "too_big", "bad_frame"]
     await client.send(type="ping", id="still-open")
     assert (await client.until(lambda e: e["kind"] == "pong"))[-1]["id"] == "still-open"
     await client.close()
@@ -131,7 +132,10 @@ async def test_rate_limit_violations_close_the_socket_and_others_are_unaffected(
         while True:
             await noisy.next_event()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.POLICY
-    assert any(e.get("code") == "rate_limited" for e in noisy.received)
+    refusals = [e for e in noisy.received if e["kind"] == "protocol_error"]
+    assert refusals and all(e["code"] == "rate_limited" for e in refusals)
+    assert refusals[-1]["fatal"] and refusals[-1]["close_code"] == CloseCode.POLICY
+    assert not any(e["fatal"] for e in refusals[:-1])
     await calm.send(type="ping", id=1)
     assert (await calm.until(lambda e: e["kind"] == "pong"))[-1]["id"] == 1
     await calm.close()
@@ -176,6 +180,20 @@ async def test_audio_frames_reach_the_audio_subject(edge: str, nc: Nats) -> None
     await client.close()
 
 
+async def test_interrupt_before_the_first_delta_flushes_the_turn_in_progress(edge: str, bus: Bus) -> None:
+    client = await connect(edge)
+    await client.chat("a question")
+    asked = (await client.until(lambda e: e["kind"] == "turn.user"))[-1]
+    await client.send(type="interrupt")
+    flush = (await client.until(lambda e: e["kind"] == "flush"))[-1]
+    assert flush["turn_id"] == asked["turn_id"]
+    await bus.publish(ev.ReplyDelta(session_id=client.session_id, turn_id=asked["turn_id"], producer="test", seq=0,
+                                    text="late", agent="g"))
+    await client.send(type="ping", id="end")
+    assert [e["kind"] for e in await client.until(lambda e: e["kind"] == "pong")] == ["ctl.interrupt", "pong"]
+    await client.close()
+
+
 async def test_late_deltas_of_an_interrupted_turn_are_not_forwarded(edge: str, bus: Bus) -> None:
     client = await connect(edge)
     sid = client.session_id
@@ -206,7 +224,9 @@ async def test_slow_client_is_bounded_then_disconnected(nats_url: str, bus: Bus)
         for i in range(3_000):
             await bus.publish(ev.ReplyDelta(session_id=sid, turn_id="t", producer="test", seq=i, text=big,
                                             agent="g"))
-        await bus.publish(ev.ReplyDone(session_id=sid, turn_id="t", producer="test", text="", agent="g"))
+        # Must-deliver events keep coming while the writer is blocked on the full socket.
+        for i in range(50):
+            await bus.publish(ev.ReplyDone(session_id=sid, turn_id=f"t{i}", producer="test", text="", agent="g"))
         await bus.nc.flush()
         kinds: list[str] = []
         with pytest.raises(ConnectionClosed) as closed:

@@ -125,12 +125,14 @@ class Orchestrator:
                     session_id=turn.session_id, turn_id=turn.turn_id, producer=self._pub.producer,
                     seq=len(flight.text), text=chunk.text, agent=agent.name, captured_at=turn.captured_at))
                 flight.text.append(chunk.text)
-        except LLMError as error:
+        except Exception as error:
             finish = "error"
-            log.warning("LLM failed", session_id=turn.session_id, turn_id=turn.turn_id, code=error.code)
+            failure = error if isinstance(error, LLMError) else LLMError("internal", "the assistant failed")
+            log.warning("reply failed", session_id=turn.session_id, turn_id=turn.turn_id, code=failure.code,
+                        error=repr(error)[:300])
             await self._pub.publish(ev.ErrorEvent(
                 session_id=turn.session_id, turn_id=turn.turn_id, producer=self._pub.producer,
-                code=error.code, message=str(error), source="orchestrator", retryable=error.retryable))
+                code=failure.code, message=str(failure), source="orchestrator", retryable=failure.retryable))
         text = "".join(flight.text)
         state.in_flight = None
         if text:
