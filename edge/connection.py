@@ -15,9 +15,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from contracts import events as ev
 from contracts import subjects
-from contracts.binary import PCM_BYTES_PER_SAMPLE, ClientFrame, FrameError, FrameType
+from contracts.binary import ClientFrame, FrameError, FrameType
 from contracts.client import (
     COMMANDS,
+    AudioFormat,
     Chat,
     CloseCode,
     Command,
@@ -34,6 +35,7 @@ from contracts.envelope import new_id
 from workers.runtime.bus import Bus
 from workers.runtime.logging import get_logger
 
+from .audio import AudioError, CompressedIngest, PcmIngest
 from .auth import AuthError, TokenIssuer
 from .limits import TokenBucket
 from .outbound import Outbound
@@ -94,7 +96,8 @@ class Connection:
         self.violations = 0
         self.session_id = ""
         self.hello: Hello | None = None
-        self.audio_seq = -1
+        self.pcm: PcmIngest | None = None
+        self.compressed: CompressedIngest | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -137,6 +140,8 @@ class Connection:
         finally:
             if writer is not None:
                 writer.cancel()
+            if self.compressed is not None:
+                await self.compressed.close()
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
@@ -238,16 +243,34 @@ class Connection:
             frame = ClientFrame.unpack(data)
         except FrameError as error:
             raise FrameRefusedError(ProtocolError(code="bad_frame", message=str(error))) from None
-        if frame.type is not FrameType.AUDIO_PCM16:
-            raise FrameRefusedError(ProtocolError(code="unsupported", message=f"frame type {frame.type.name} is not "
-                                        "supported by this edge yet"))
-        if len(frame.payload) % PCM_BYTES_PER_SAMPLE:
-            raise FrameRefusedError(ProtocolError(code="bad_frame", message="PCM16 payload has an odd number of bytes"))
-        rate = self.hello.audio.sample_rate if self.hello and self.hello.audio else 16_000
-        self.audio_seq = frame.seq
+        audio = self.hello.audio if self.hello and self.hello.audio else AudioFormat()
+        compressed = audio.encoding != "pcm_s16le"
+        if frame.type is FrameType.AUDIO_PCM16 and not compressed:
+            if self.pcm is None:
+                self.pcm = PcmIngest(audio.sample_rate)
+            try:
+                pcm = self.pcm.accept(frame)
+            except AudioError as error:
+                raise FrameRefusedError(ProtocolError(code="bad_frame", message=str(error))) from None
+            if pcm:
+                await self._publish_audio(frame.seq, frame.captured_at, pcm)
+        elif frame.type is FrameType.AUDIO_COMPRESSED and compressed:
+            if self.compressed is None:
+                container = "webm" if audio.encoding == "webm_opus" else "ogg"
+                self.compressed = CompressedIngest(container, self._publish_audio, self._decode_failed)
+            await self.compressed.feed(frame.payload)
+        else:
+            raise FrameRefusedError(ProtocolError(
+                code="unsupported", message=f"frame type {frame.type.name} does not match the hello's audio "
+                f"encoding {audio.encoding!r}" if frame.type is not FrameType.VIDEO_JPEG
+                else "video frames are not supported by this edge yet"))
+
+    async def _publish_audio(self, seq: int, captured_at: float, pcm: bytes) -> None:
         await self.edge.bus.publish_binary(ev.AudioInMeta(
-            session_id=self.session_id, producer=PRODUCER, seq=frame.seq, captured_at=frame.captured_at,
-            sample_rate=rate), frame.payload)
+            session_id=self.session_id, producer=PRODUCER, seq=seq, captured_at=captured_at), pcm)
+
+    async def _decode_failed(self, reason: str) -> None:
+        self.out.send(ProtocolError(code="bad_frame", message=reason).model_dump_json())
 
     # ------------------------------------------------------------------ out
 
