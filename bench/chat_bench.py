@@ -61,6 +61,7 @@ TARGET_IDLE_KB = 100.0
 PIPECAT_LATENCY = "Pipecat 1.14: 13 ms p50 / 24 ms p99 at 50 sessions (same kind of scripted server)"
 PIPECAT_LENGTH = "Pipecat grows ~0.3 ms per earlier turn"
 PIPECAT_IDLE = "Pipecat: 1.1-11.6 MiB per idle session"
+BUSY_OTHER_PCT = 20.0  # background CPU (% of one core) above which a level's figures are flagged
 
 
 class BenchError(RuntimeError):
@@ -105,6 +106,19 @@ def cpu_seconds(pid: int) -> float:
     # Fields after the ")" that closes the command name: state is index 0, utime 11, stime 12.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine (every core, every process) spent busy since boot."""
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in Path("/proc/stat").read_text().split()[1:8])
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
+async def background_cpu(seconds: float = 1.0) -> float:
+    """% of one core used by whatever runs on the machine (measured before our processes start)."""
+    busy0, t0 = machine_busy(), time.monotonic()
+    await asyncio.sleep(seconds)
+    return 100 * (machine_busy() - busy0) / (time.monotonic() - t0)
 
 
 @dataclass
@@ -404,13 +418,15 @@ async def run_level(label: str, sessions: int, seconds: float, pids: Callable[[]
                     make: Callable[[int], tuple[TurnFn, Callable[[], bool]]]) -> Level:
     level = Level(label, sessions, seconds)
     watched = pids()
-    cpu0, t_cpu0 = {n: cpu_seconds(p) for n, p in watched.items()}, time.monotonic()
+    cpu0, busy0, t_cpu0 = {n: cpu_seconds(p) for n, p in watched.items()}, machine_busy(), time.monotonic()
     start = time.perf_counter() + 0.1
     await asyncio.gather(*(drive(*make(i), start + i / sessions, start, seconds, level) for i in range(sessions)))
     elapsed = time.monotonic() - t_cpu0
     for name, pid in watched.items():
         with contextlib.suppress(OSError):  # a process that exited meanwhile has no figure
             level.cpu[name] = 100 * (cpu_seconds(pid) - cpu0[name]) / elapsed
+    # Everything else on the machine: other users' processes compete for the same cores.
+    level.cpu["other"] = max(0.0, 100 * (machine_busy() - busy0) / elapsed - sum(level.cpu.values()))
     return level
 
 
@@ -571,6 +587,7 @@ class Report:
     lengths: list[Length] = field(default_factory=list)
     idle: Idle | None = None
     wall_s: float = 0.0
+    background_pct: float | None = None  # other processes' CPU just before the run
 
     def tables(self) -> list[Table]:
         tables = [self._latency()]
@@ -599,7 +616,7 @@ class Report:
                 table.rows.append(self._row(names[mode], level, target, result))
         for floor in self.floors:
             table.rows.append(self._row("floor: scripted server direct", floor, "", ""))
-        for level in (lv for levels in self.levels.values() for lv in levels):
+        for level in [*(lv for levels in self.levels.values() for lv in levels), *self.floors]:
             if (problems := level.problems()):
                 table.notes.append(f"{level.label} at {level.sessions} sessions: problems {problems}")
             if level.achieved_rate < 0.95 * level.sessions:
@@ -670,7 +687,7 @@ class Report:
     def _where(self) -> Table:
         table = Table("Where the time goes: p50 per segment (wall clock, ms) and CPU (% of one core) per level",
                       ["run", "sessions", "client->edge", "edge->1st delta", "delta->client", "cpu edge",
-                       "cpu orch", "cpu nats", "cpu llm", "cpu bench"])
+                       "cpu orch", "cpu nats", "cpu llm", "cpu bench", "cpu other"])
         runs = [(f"mode {m}", lv) for m, levels in self.levels.items() for lv in levels]
         runs += [("floor", lv) for lv in self.floors]
         for name, level in runs:
@@ -679,10 +696,17 @@ class Report:
 
             table.rows.append([name, str(level.sessions), ms(level.segment("to_edge_ms")),
                                ms(level.segment("orchestrator_ms")), ms(level.segment("to_client_ms")),
-                               cpu("edge"), cpu("orchestrator"), cpu("nats"), cpu("llm"), cpu("bench")])
+                               cpu("edge"), cpu("orchestrator"), cpu("nats"), cpu("llm"), cpu("bench"),
+                               cpu("other")])
         table.notes.append("client->edge: chat sent -> edge stamps turn.user; edge->1st delta: that stamp -> the "
                            "orchestrator creates the first reply.delta (NATS hop, memory request, prompt, LLM); "
                            "delta->client: -> received by the client (NATS hop, edge fan-out, socket)")
+        table.notes.append(f"cpu: % of one core ({os.cpu_count()} cores = {100 * (os.cpu_count() or 1)}%); "
+                           "other: processes not started by this benchmark")
+        busy = [f"{name} {lv.sessions}" for name, lv in runs if lv.cpu.get("other", 0.0) > BUSY_OTHER_PCT]
+        if busy:
+            table.notes.append(f"WARNING: other processes used > {BUSY_OTHER_PCT:g}% of a core during: "
+                               f"{', '.join(busy)}; those figures are pessimistic")
         return table
 
     def markdown(self) -> str:
@@ -694,7 +718,8 @@ class Report:
             "",
             f"Machine: {machine()}. nats-server, edge, orchestrator, scripted LLM server and the load generator "
             f"share it. Levels {o.levels}, {o.seconds:g} s per level, {o.turns} turns, {o.idle_sessions} idle "
-            f"sessions; wall time {self.wall_s:.0f} s.",
+            f"sessions; wall time {self.wall_s:.0f} s. Background CPU before the run (other processes): "
+            f"{ms(self.background_pct, 0)}% of one core.",
         ]
         return "\n\n".join(["\n".join(head), *(t.markdown() for t in self.tables())])
 
@@ -722,6 +747,9 @@ def progress(message: str) -> None:
 
 
 async def run(options: argparse.Namespace, children: Children, report: Report) -> None:
+    report.background_pct = await background_cpu()
+    if report.background_pct > BUSY_OTHER_PCT:
+        progress(f"warning: the machine is busy before the run ({report.background_pct:.0f}% of one core)")
     nats = children.nats = start_nats(children.log_dir / "nats-store", log_file=children.log_dir / "nats.log")
     port = free_port()
     edge = children.start("edge", [sys.executable, "-m", "edge"], child_env(
@@ -880,7 +908,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     report.wall_s = time.monotonic() - started
     print()
     print("\n\n".join(t.plain() for t in report.tables()))
-    print(f"\nwall time {report.wall_s:.0f} s; command: {report.command}")
+    print(f"\nwall time {report.wall_s:.0f} s; background CPU before the run {ms(report.background_pct, 0)}% "
+          f"of one core; command: {report.command}")
     print("\n----- markdown for docs/benchmarks.md -----\n")
     print(report.markdown())
     print("\n----- end of markdown -----")

@@ -36,7 +36,7 @@ async def frames_of(client: Client, nc: Nats) -> Subscription:
 
 
 async def collect(sub: Subscription, quiet_s: float = 0.5) -> list[tuple[ev.AudioInMeta, bytes]]:
-    got = []
+    got: list[tuple[ev.AudioInMeta, bytes]] = []
     while True:
         try:
             msg = await sub.next_msg(timeout=quiet_s)
