@@ -112,7 +112,7 @@ class ProtocolError(_Frame):
 
     kind: Literal["protocol_error"] = "protocol_error"
     code: Literal["bad_json", "bad_command", "unknown_type", "too_big", "rate_limited", "bad_frame",
-                  "unsupported", "auth"]
+                  "unsupported", "auth", "internal"]
     message: str
     fatal: bool = False
     close_code: int | None = None

@@ -18,6 +18,7 @@ from .envelope import Event
 
 DEFAULT_PREFIX = "sb"
 SESSION_TOKEN = 2  # index of the session id in a per-session subject
+AUDIO_PARTITIONS = 8  # the server maps audio.<session>.in onto this many partitions (infra/nats.conf)
 _TEMPLATE_TOKEN = re.compile(r"\{[a-z_]+\}")
 
 
@@ -120,7 +121,9 @@ SUBJECTS: tuple[Subject, ...] = (
             "Keywords and sentiment of a user turn", to_client=True),
     # binary media
     Subject("audio.in", f"audio.{_S}.in", ev.AudioInMeta, Lane.DATA,
-            "Microphone audio, PCM16 LE mono frames", binary=True),
+            "Microphone audio, PCM16 LE mono 16 kHz frames, as the edge publishes it", binary=True),
+    Subject("audio.in.partition", f"audio.{_S}.in.{{partition}}", ev.AudioInMeta, Lane.DATA,
+            "The same audio after the server's partition mapping: what transcribers consume", binary=True),
     Subject("audio.out", f"audio.{_S}.out", ev.AudioOutMeta, Lane.DATA,
             "Assistant speech, PCM16 LE mono frames", binary=True, to_client=True),
     Subject("video.frame", f"video.{_S}.frame", ev.VideoFrameMeta, Lane.DATA,

@@ -204,6 +204,10 @@ class Connection:
                 self.out.send(frame.model_dump_json())
                 if frame.fatal:
                     return CloseCode.POLICY
+            except Exception:  # a bug must not cost the client its socket
+                log.exception("frame handling failed", session_id=self.session_id)
+                self.out.send(ProtocolError(code="internal", message="the edge failed to handle that frame")
+                              .model_dump_json())
 
     async def _on_text(self, text: str) -> None:
         if len(text.encode()) > self.edge.settings.max_text_frame_bytes:

@@ -9,6 +9,7 @@ import pytest
 from nats.aio.client import Client
 
 from ops.servers import RunningServer, start_nats
+from ops.stack import NATS_CONF
 from tests.contract_tap import ContractTap
 from workers.runtime.logging import configure_logging
 
@@ -18,7 +19,7 @@ configure_logging("warning", "json")
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A real nats-server -js on a free loopback port with a temporary store."""
-    server = start_nats(tmp_path_factory.mktemp("nats") / "store")
+    server = start_nats(tmp_path_factory.mktemp("nats") / "store", config=NATS_CONF)
     yield server
     server.stop()
 

@@ -171,7 +171,7 @@ async def test_two_sessions_never_see_each_others_events(edge: str, bus: Bus) ->
 
 async def test_audio_frames_reach_the_audio_subject(edge: str, nc: Nats) -> None:
     client = await connect(edge, audio={"sample_rate": 16000})
-    frames = await nc.subscribe(BY_NAME["audio.in"].subject(client.session_id))
+    frames = await nc.subscribe(BY_NAME["audio.in.partition"].subject(client.session_id, partition="*"))
     await nc.flush()
     await client.ws.send(ClientFrame(FrameType.AUDIO_PCM16, 3, 1.25, b"\x01\x00" * 320).pack())
     msg = await frames.next_msg(timeout=5)

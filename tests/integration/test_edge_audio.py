@@ -30,7 +30,7 @@ def tone(rate: int, seconds: float, freq: float = 440.0) -> bytes:
 
 
 async def frames_of(client: Client, nc: Nats) -> Subscription:
-    sub = await nc.subscribe(BY_NAME["audio.in"].subject(client.session_id))
+    sub = await nc.subscribe(BY_NAME["audio.in.partition"].subject(client.session_id, partition="*"))
     await nc.flush()
     return sub
 

@@ -18,7 +18,9 @@ from contracts.envelope import Event, SessionEvent
 from contracts.subjects import BY_NAME, DEFAULT_PREFIX, SUBJECTS, Subject
 
 ReplyT = TypeVar("ReplyT", bound=Event)
-_BY_KIND: dict[str, Subject] = {s.message.kind_name(): s for s in SUBJECTS}
+_BY_KIND: dict[str, Subject] = {}
+for _spec in SUBJECTS:  # the first subject declared for a kind is where producers publish it
+    _BY_KIND.setdefault(_spec.message.kind_name(), _spec)
 
 
 class BusNotConnectedError(RuntimeError):

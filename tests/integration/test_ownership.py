@@ -1,0 +1,54 @@
+"""Partition leases over a real NATS KV bucket: exclusive, balanced, and taken over when a replica dies."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig
+
+from workers.transcriber.ownership import Leases
+
+
+async def test_partitions_are_shared_exclusively_and_taken_over(nc: Client) -> None:
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket="lease_test", ttl=1.0))
+    a, b = Leases(kv, "a", 8), Leases(kv, "b", 8)
+    await a.tick()
+    assert set(a.owned) == set(range(8))  # alone: owns everything
+    await b.tick()  # b joins: sees two members, nothing free yet
+    await a.tick()  # a hands extras back
+    await b.tick()
+    assert len(a.owned) == len(b.owned) == 4 and not set(a.owned) & set(b.owned)
+    # a dies (stops renewing): its leases expire and b takes them over.
+    for _ in range(4):
+        await asyncio.sleep(0.4)
+        await b.tick()
+    assert set(b.owned) == set(range(8))
+    # a comes back late: its renewals fail and it learns it lost everything.
+    _, lost = await a.tick()
+    assert len(lost) == 4 and not set(a.owned) & set(b.owned)
+    await a.release_all()
+    await b.release_all()
+
+
+async def test_server_maps_each_session_to_one_partition(nc: Client) -> None:
+    import re
+
+    from contracts.subjects import AUDIO_PARTITIONS, BY_NAME
+    from ops.stack import NATS_CONF
+
+    assert f"partition({AUDIO_PARTITIONS},2)" in re.sub(r"\s", "", NATS_CONF.read_text())
+    sub = await nc.subscribe("sb.audio.*.in.*")
+    await nc.flush()
+    sessions = [f"session-map-{i:02d}" for i in range(24)]
+    for _ in range(2):
+        for sid in sessions:
+            await nc.publish(BY_NAME["audio.in"].subject(sid), b"", headers={"Sb-Test-Deliberately-Invalid": "1"})
+    seen: dict[str, set[str]] = {}
+    for _ in range(48):
+        msg = await sub.next_msg(timeout=2)
+        _, _, sid, _, partition = msg.subject.split(".")
+        seen.setdefault(sid, set()).add(partition)
+    assert all(len(parts) == 1 for parts in seen.values())  # a session always lands on one partition
+    assert len({p for parts in seen.values() for p in parts}) > 1  # and sessions spread out
+    assert all(0 <= int(p) < AUDIO_PARTITIONS for parts in seen.values() for p in parts)
