@@ -46,7 +46,7 @@ class ConsumerSpec(BaseModel):
 
 
 EVENTS = StreamSpec(
-    name="SB_EVENTS", subjects=("ev.>",), max_age_s=7 * DAY, max_bytes=2 * GiB,
+    name="SB_EVENTS", subjects=("ev.>",), max_age_s=7 * DAY, max_bytes=1 * GiB,
     description="Every session event, recorded for memory, stats and replay",
 )
 AUDIO = StreamSpec(
@@ -54,11 +54,11 @@ AUDIO = StreamSpec(
     description="Raw audio in and out, short retention so a session can be replayed",
 )
 JOBS = StreamSpec(
-    name="SB_JOBS", subjects=("job.>",), retention="workqueue", max_age_s=7 * DAY, max_bytes=1 * GiB,
+    name="SB_JOBS", subjects=("job.>",), retention="workqueue", max_age_s=7 * DAY, max_bytes=GiB // 4,
     description="Durable ingestion and video jobs",
 )
 DEAD_LETTERS = StreamSpec(
-    name="SB_DLQ", subjects=("dlq.>",), max_age_s=30 * DAY, max_bytes=1 * GiB, max_msg_size=8 * 1024 * 1024,
+    name="SB_DLQ", subjects=("dlq.>",), max_age_s=30 * DAY, max_bytes=GiB // 4, max_msg_size=8 * 1024 * 1024,
     description="Messages workers could not handle, with the reason",
 )
 STREAMS: tuple[StreamSpec, ...] = (EVENTS, AUDIO, JOBS, DEAD_LETTERS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -120,6 +121,7 @@ def _broker(spec: WorkerSpec[S], settings: S, bus: Bus) -> NatsBroker:
         middlewares=[dead_letter_middleware(bus, spec.name, settings.max_deliver)],
         graceful_timeout=settings.shutdown_timeout_s,
         logger=get_logger(f"faststream.{spec.name}"),
+        log_level=logging.DEBUG,  # FastStream's per-message "Received"/"Processed" lines: debug only
     )
 
 
