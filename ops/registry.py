@@ -11,7 +11,7 @@ from typing import Any
 
 from workers.runtime import WorkerSpec
 
-WORKERS: tuple[str, ...] = ("orchestrator", "keywords")
+WORKERS: tuple[str, ...] = ("orchestrator", "transcriber", "keywords")
 #: Processes that announce themselves on the bus besides the workers.
 SERVICES: tuple[str, ...] = (*WORKERS, "edge")
 
