@@ -32,7 +32,7 @@ from contracts.client import (
     Welcome,
 )
 from contracts.envelope import new_id
-from workers.runtime.bus import Bus
+from workers.runtime.bus import Bus, flush_ordered
 from workers.runtime.logging import get_logger
 
 from .audio import AudioError, CompressedIngest, PcmIngest
@@ -177,7 +177,7 @@ class Connection:
         nc, prefix = self.edge.bus.nc, self.edge.bus.prefix
         events, audio = subjects.client_subjects(self.session_id, prefix)
         subs = [await nc.subscribe(events, cb=self.out.on_event), await nc.subscribe(audio, cb=self.out.on_audio)]
-        await nc.flush()  # the server knows the interest before the client is welcomed
+        await flush_ordered(nc)  # the server knows the interest before the client is welcomed
         return subs
 
     # ------------------------------------------------------------------ in

@@ -23,6 +23,7 @@ from contracts.validate import check_message
 from ops import contracts_gen, registry
 from ops.contract_checks import undeclared_subjects
 from tests.contract_tap import DELIBERATELY_INVALID, ContractTap
+from workers.runtime.bus import flush_ordered
 
 # ------------------------------------------------------------------ (a) documents match the code
 
@@ -162,7 +163,7 @@ async def test_contract_tap_catches_a_bad_payload_on_the_wire(nats_url: str) -> 
     tap = ContractTap(skip_marked=False)
     listener, sender = await nats.connect(nats_url), await nats.connect(nats_url)
     await tap.start(listener)
-    await listener.flush()
+    await flush_ordered(listener)
     await sender.publish(BY_NAME["reply.delta"].subject("sessionTAP01"), b'{"kind": "reply.delta", "text": 5}',
                          headers={DELIBERATELY_INVALID: "1"})
     await sender.flush()

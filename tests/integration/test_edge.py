@@ -18,7 +18,7 @@ from contracts.binary import ClientFrame, FrameType
 from contracts.client import CloseCode
 from contracts.subjects import BY_NAME
 from tests.support.edge_client import SECRET, connect, new_session, running_edge
-from workers.runtime.bus import Bus
+from workers.runtime.bus import Bus, flush_ordered
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ async def test_no_hello_in_time_closes_with_auth_missing(nats_url: str) -> None:
 async def test_chat_is_published_as_a_user_turn_and_echoed_to_the_client(edge: str, nc: Nats) -> None:
     client = await connect(edge)
     turns = await nc.subscribe(BY_NAME["turn.user"].subject(client.session_id))
-    await nc.flush()
+    await flush_ordered(nc)
     await client.chat("hello edge")
     turn = ev.UserTurn.model_validate_json((await turns.next_msg(timeout=5)).data)
     assert (turn.text, turn.source, turn.producer) == ("hello edge", "typed", "edge")
@@ -94,7 +94,7 @@ async def test_chat_is_published_as_a_user_turn_and_echoed_to_the_client(edge: s
 async def test_settings_ping_and_interrupt_commands(edge: str, nc: Nats) -> None:
     client = await connect(edge)
     settings = await nc.subscribe(BY_NAME["session.settings"].subject(client.session_id))
-    await nc.flush()
+    await flush_ordered(nc)
     await client.send(type="settings", tone="formal", agent="coach")
     published = ev.SessionSettings.model_validate_json((await settings.next_msg(timeout=5)).data)
     assert (published.tone, published.agent, published.voice) == ("formal", "coach", None)
@@ -172,7 +172,7 @@ async def test_two_sessions_never_see_each_others_events(edge: str, bus: Bus) ->
 async def test_audio_frames_reach_the_audio_subject(edge: str, nc: Nats) -> None:
     client = await connect(edge, audio={"sample_rate": 16000})
     frames = await nc.subscribe(BY_NAME["audio.in.partition"].subject(client.session_id, partition="*"))
-    await nc.flush()
+    await flush_ordered(nc)
     await client.ws.send(ClientFrame(FrameType.AUDIO_PCM16, 3, 1.25, b"\x01\x00" * 320).pack())
     msg = await frames.next_msg(timeout=5)
     meta = ev.AudioInMeta.model_validate_json(msg.headers["Sb-Meta"])  # type: ignore[index]
@@ -227,7 +227,7 @@ async def test_slow_client_is_bounded_then_disconnected(nats_url: str, bus: Bus)
         # Must-deliver events keep coming while the writer is blocked on the full socket.
         for i in range(50):
             await bus.publish(ev.ReplyDone(session_id=sid, turn_id=f"t{i}", producer="test", text="", agent="g"))
-        await bus.nc.flush()
+        await flush_ordered(bus.nc)
         kinds: list[str] = []
         with pytest.raises(ConnectionClosed) as closed:
             while True:

@@ -16,6 +16,7 @@ from contracts import events as ev
 from contracts.binary import ClientFrame, FrameType
 from contracts.subjects import BY_NAME
 from tests.support.edge_client import Client, connect, running_edge
+from workers.runtime.bus import flush_ordered
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def tone(rate: int, seconds: float, freq: float = 440.0) -> bytes:
 
 async def frames_of(client: Client, nc: Nats) -> Subscription:
     sub = await nc.subscribe(BY_NAME["audio.in.partition"].subject(client.session_id, partition="*"))
-    await nc.flush()
+    await flush_ordered(nc)
     return sub
 
 

@@ -7,6 +7,7 @@ import asyncio
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
 
+from workers.runtime.bus import flush_ordered
 from workers.transcriber.ownership import Leases
 
 
@@ -39,7 +40,7 @@ async def test_server_maps_each_session_to_one_partition(nc: Client) -> None:
 
     assert f"partition({AUDIO_PARTITIONS},2)" in re.sub(r"\s", "", NATS_CONF.read_text())
     sub = await nc.subscribe("sb.audio.*.in.*")
-    await nc.flush()
+    await flush_ordered(nc)
     sessions = [f"session-map-{i:02d}" for i in range(24)]
     for _ in range(2):
         for sid in sessions:

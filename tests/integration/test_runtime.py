@@ -16,6 +16,7 @@ from contracts.streams import EVENTS, ConsumerSpec
 from contracts.subjects import BY_NAME, dead_letter_subject
 from tests.contract_tap import DELIBERATELY_INVALID
 from workers.runtime import Bus, RuntimeSettings, WorkerSpec, running_worker
+from workers.runtime.bus import flush_ordered
 
 SESSION = "session-runtime-1"
 FLAKY = ConsumerSpec(durable="test-flaky", stream=EVENTS.name, filter_subjects=(BY_NAME["memory.forget"].wildcard(),),
@@ -62,7 +63,7 @@ def user_turn(text: str, turn_id: str = "t1") -> ev.UserTurn:
 
 async def test_worker_handles_a_valid_event(echo: Bus, nc: Client) -> None:
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
-    await nc.flush()
+    await flush_ordered(nc)
     await echo.publish(user_turn("hello"))
     reply = ev.ReplyDone.model_validate_json((await replies.next_msg(timeout=5)).data)
     assert (reply.text, reply.turn_id, reply.producer) == ("HELLO", "t1", "echo")
@@ -70,9 +71,9 @@ async def test_worker_handles_a_valid_event(echo: Bus, nc: Client) -> None:
 
 async def test_invalid_event_is_dead_lettered_and_the_worker_carries_on(echo: Bus, nc: Client) -> None:
     letters = await nc.subscribe(dead_letter_subject("echo"))
-    await nc.flush()
+    await flush_ordered(nc)
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
-    await nc.flush()
+    await flush_ordered(nc)
     bad = json.dumps({"kind": "turn.user", "session_id": SESSION, "turn_id": "t2", "producer": "test",
                       "source": "typed", "text": ""}).encode()
     on_purpose = {DELIBERATELY_INVALID: "1"}
@@ -90,7 +91,7 @@ async def test_invalid_event_is_dead_lettered_and_the_worker_carries_on(echo: Bu
 
 async def test_failing_durable_message_is_redelivered_then_dead_lettered(echo: Bus, nc: Client) -> None:
     letters = await nc.subscribe(dead_letter_subject("echo"))
-    await nc.flush()
+    await flush_ordered(nc)
     forget = ev.ForgetSession(session_id=SESSION, producer="test")
     await echo.publish(forget, durable=True)
     letter = ev.DeadLetter.model_validate_json((await letters.next_msg(timeout=20)).data)
@@ -105,7 +106,7 @@ async def test_failing_durable_message_is_redelivered_then_dead_lettered(echo: B
 async def test_worker_answers_service_discovery(echo: Bus, nc: Client) -> None:
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
-    await nc.flush()
+    await flush_ordered(nc)
     await nc.publish("$SRV.PING.echo", b"", reply=inbox)
     pong = json.loads((await sub.next_msg(timeout=2)).data)
     assert pong["name"] == "echo" and pong["type"] == "io.nats.micro.v1.ping_response"
@@ -113,7 +114,7 @@ async def test_worker_answers_service_discovery(echo: Bus, nc: Client) -> None:
 
 async def test_stop_drains_in_flight_work(nats_url: str, nc: Client) -> None:
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
-    await nc.flush()
+    await flush_ordered(nc)
     async with running_worker(ECHO, EchoSettings(nats_url=nats_url, handle_delay_s=0.5)) as bus:
         await bus.publish(user_turn("in flight", "t9"))
         await asyncio.sleep(0.1)  # the handler is now sleeping mid-turn

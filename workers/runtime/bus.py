@@ -36,6 +36,18 @@ class DependencyUnavailableError(RuntimeError):
         self.status = status  # "timeout" | "unavailable"
 
 
+async def flush_ordered(nc: Client) -> None:
+    """Make sure the server has processed everything sent so far (subscriptions included).
+
+    nats-py 2.16's ``flush()`` writes its PING straight to the socket while earlier commands
+    may still sit in the client's pending buffer, so the PONG can come back before the
+    server saw a SUB: under load, a message published right after was then missed. Pushing
+    the pending buffer out first restores the order.
+    """
+    await nc._flush_pending(force_flush=True)
+    await nc.flush()
+
+
 def subject_for(event: Event, prefix: str = DEFAULT_PREFIX, **params: str) -> str:
     spec = _BY_KIND.get(event.kind)
     if spec is None:

@@ -24,7 +24,7 @@ from nats.aio.client import Client
 
 from contracts.streams import STREAMS, ConsumerSpec
 
-from .bus import Bus
+from .bus import Bus, flush_ordered
 from .deadletter import dead_letter_middleware
 from .logging import configure_logging, get_logger
 from .provision import provision
@@ -137,7 +137,7 @@ async def running_worker(spec: WorkerSpec[S], settings: S) -> AsyncIterator[Bus]
     lifespan = spec.lifespan(settings, bus) if spec.lifespan else contextlib.nullcontext()
     async with lifespan:
         await broker.start()
-        await bus.nc.flush()  # subscriptions are live on the server before anyone is told we are ready
+        await flush_ordered(bus.nc)  # subscriptions are live on the server before anyone is told we are ready
         service = await nats.micro.add_service(
             bus.nc, name=spec.name, version=VERSION, description=spec.description,
             metadata={"started_at": f"{time.time():.3f}", "prefix": settings.subject_prefix},

@@ -30,6 +30,7 @@ from contracts import headers as h
 from contracts.envelope import new_id
 from contracts.subjects import AUDIO_PARTITIONS, BY_NAME
 from workers.runtime import Bus, RuntimeSettings, WorkerSpec
+from workers.runtime.bus import flush_ordered
 from workers.runtime.logging import get_logger
 
 from .endpoint import EndpointConfig
@@ -41,9 +42,11 @@ log = get_logger("transcriber")
 
 
 class TranscriberSettings(RuntimeSettings):
-    stt_engine: Literal["pocketsphinx", "vosk", "whisper"] = Field(
-        default="pocketsphinx", description="Speech-to-text engine (see docs/speech.md for the measurements)")
-    stt_model_path: str | None = Field(default=None, description="Model directory (vosk: the language's model)")
+    stt_engine: Literal["pocketsphinx+whisper", "pocketsphinx", "whisper", "vosk"] = Field(
+        default="pocketsphinx+whisper",
+        description="Speech-to-text engine; a+b: partials from a, final from b (docs/speech.md)")
+    stt_model_path: str | None = Field(
+        default=None, description="Model directory of the (final) engine; vosk: the language's model")
     stt_language: str = Field(default="en", description="Language of the speech")
     vad_onnx: bool = Field(default=False, description="Run silero-vad through onnxruntime instead of torch")
     vad_threshold: float = Field(default=0.5, gt=0, lt=1, description="Speech probability threshold")
@@ -128,7 +131,7 @@ class Transcriber:
             await self._release(partition)
         for partition in gained:
             await self._own(partition)
-        await self.bus.nc.flush()
+        await flush_ordered(self.bus.nc)
 
     async def keep_leases(self, leases: Leases, stop: asyncio.Event) -> None:
         try:
