@@ -42,7 +42,7 @@ log = get_logger("transcriber")
 
 
 class TranscriberSettings(RuntimeSettings):
-    stt_engine: Literal["pocketsphinx+whisper", "pocketsphinx", "whisper", "vosk"] = Field(
+    stt_engine: Literal["pocketsphinx+whisper", "pocketsphinx", "whisper", "vosk", "vosk+whisper"] = Field(
         default="pocketsphinx+whisper",
         description="Speech-to-text engine; a+b: partials from a, final from b (docs/speech.md)")
     stt_model_path: str | None = Field(
