@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from ops.servers import RunningServer, start_nats
 from ops.stack import NATS_CONF
 from tests.contract_tap import ContractTap
+from tests.support.scripted_llm import ScriptedLLM
 from workers.runtime.logging import configure_logging
 
 configure_logging("warning", "json")
@@ -46,3 +47,10 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
     client = await nats.connect(nats_url)
     yield client
     await client.drain()
+
+
+@pytest.fixture(scope="module")
+async def llm() -> AsyncIterator[ScriptedLLM]:
+    """The scripted OpenAI-compatible server (real HTTP and server-sent events)."""
+    async with ScriptedLLM() as server:
+        yield server

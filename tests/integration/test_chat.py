@@ -18,12 +18,6 @@ from workers.runtime import running_worker
 
 
 @pytest.fixture(scope="module")
-async def llm() -> AsyncIterator[ScriptedLLM]:
-    async with ScriptedLLM() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 async def edge(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[str]:
     settings = OrchestratorSettings(nats_url=nats_url, llm_base_url=llm.base_url, llm_timeout_s=1.0,
                                     memory_timeout_s=0.2, retrieval_timeout_s=0.2)

@@ -31,12 +31,6 @@ WER_BOUND = 0.5  # the default engine's measured WER on piper speech is ~0.2; se
 
 
 @pytest.fixture(scope="module")
-async def llm() -> AsyncIterator[ScriptedLLM]:
-    async with ScriptedLLM() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 async def stack(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[str]:
     transcriber = TranscriberSettings(nats_url=nats_url)
     orchestrator = OrchestratorSettings(nats_url=nats_url, llm_base_url=llm.base_url)
