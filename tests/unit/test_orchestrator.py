@@ -24,11 +24,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.requests = 0
 
     async def publish(self, event: Event, *, durable: bool = False) -> None:
         self.events.append(event)
 
     async def request(self, name: str, event: Event, reply_type: type[E], timeout: float) -> E:
+        self.requests += 1
         raise DependencyUnavailableError(name, "unavailable")
 
     def of(self, kind: type[E]) -> list[E]:
@@ -120,3 +122,13 @@ async def test_interrupt_for_another_turn_is_ignored_and_new_turn_supersedes() -
     await orch.on_interrupt(ev.Interrupt(session_id=SID, producer="test", reason="client"))
     assert [(d.turn_id, d.finish_reason) for d in recorder.of(ev.ReplyDone)] == [
         ("t1", "superseded"), ("t2", "cancelled")]
+
+
+async def test_an_absent_service_is_not_asked_again_on_every_turn() -> None:
+    recorder = Recorder()
+    orch = orchestrator(recorder, EchoChatModel())
+    for i in range(3):
+        await orch.on_user_turn(turn(f"turn {i}", f"t{i}"))
+        await orch.drain(1.0)
+    assert recorder.requests == 1  # memory: no responders once, then remembered for a while
+    assert [d.memory for d in recorder.of(ev.ReplyDone)] == ["unavailable"] * 3

@@ -6,6 +6,7 @@ A slow or absent dependency degrades the turn (its status says so); it never han
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -34,9 +35,14 @@ class Context:
 
 
 class ContextHooks:
+    #: After "no responders", the service is assumed absent for this long: a deployment without
+    #: memory or retrieval should not pay a round trip per turn to learn it again.
+    ABSENT_FOR_S = 5.0
+
     def __init__(self, requester: Requester, memory_timeout_s: float, retrieval_timeout_s: float,
                  memory_tokens: int) -> None:
         self._requester = requester
+        self._absent_until: dict[str, float] = {}
         self._memory_timeout_s = memory_timeout_s
         self._retrieval_timeout_s = retrieval_timeout_s
         self._memory_tokens = memory_tokens
@@ -54,23 +60,27 @@ class ContextHooks:
     async def _memory(self, turn: ev.UserTurn) -> tuple[Event | None, DependencyStatus]:
         request = ev.ContextRequest(session_id=turn.session_id, turn_id=turn.turn_id,
                                     producer=self._requester.producer, max_tokens=self._memory_tokens)
-        return await _ask(self._requester, "memory.context", request, ev.ContextReply, self._memory_timeout_s)
+        return await self._ask("memory.context", request, ev.ContextReply, self._memory_timeout_s)
 
     async def _retrieval(self, turn: ev.UserTurn, bases: list[str] | None) -> tuple[Event | None, DependencyStatus]:
         request = ev.RetrievalRequest(session_id=turn.session_id, turn_id=turn.turn_id,
                                       producer=self._requester.producer, query=turn.text,
                                       bases=bases or ["default"])
-        return await _ask(self._requester, "retrieval.query", request, ev.RetrievalReply, self._retrieval_timeout_s)
+        return await self._ask("retrieval.query", request, ev.RetrievalReply, self._retrieval_timeout_s)
 
-
-async def _ask(requester: Requester, name: str, request: Event, reply: type[R],
-               timeout: float) -> tuple[Event | None, DependencyStatus]:
-    try:
-        return await requester.request(name, request, reply, timeout), "ok"
-    except DependencyUnavailableError as error:
-        return None, "timeout" if error.status == "timeout" else "unavailable"
-    except ValueError:  # a reply that breaks the contract
-        return None, "error"
+    async def _ask(self, name: str, request: Event, reply: type[R],
+                   timeout: float) -> tuple[Event | None, DependencyStatus]:
+        if time.monotonic() < self._absent_until.get(name, 0.0):
+            return None, "unavailable"
+        try:
+            return await self._requester.request(name, request, reply, timeout), "ok"
+        except DependencyUnavailableError as error:
+            if error.status == "unavailable":
+                self._absent_until[name] = time.monotonic() + self.ABSENT_FOR_S
+                return None, "unavailable"
+            return None, "timeout"
+        except ValueError:  # a reply that breaks the contract
+            return None, "error"
 
 
 async def _skipped() -> tuple[Event | None, DependencyStatus]:

@@ -119,12 +119,15 @@ class Orchestrator:
                     finish = "length"
                 if not chunk.text:
                     continue
-                if flight.first_token_at is None:
+                first = flight.first_token_at is None
+                if first:
                     flight.first_token_at = time.time()
                 await self._pub.publish(ev.ReplyDelta(
                     session_id=turn.session_id, turn_id=turn.turn_id, producer=self._pub.producer,
                     seq=len(flight.text), text=chunk.text, agent=agent.name, captured_at=turn.captured_at))
                 flight.text.append(chunk.text)
+                if first:
+                    await asyncio.sleep(0)  # let the client flush the first delta before parsing the rest
         except Exception as error:
             finish = "error"
             failure = error if isinstance(error, LLMError) else LLMError("internal", "the assistant failed")
