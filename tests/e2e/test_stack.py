@@ -42,6 +42,15 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield env
 
 
+def wait_for_text(path: Path, text: str, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if text in path.read_text():
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def still_open(candidates: list[int], within: float) -> list[int]:
     """The ports still listening after waiting up to ``within`` seconds for all to close."""
     deadline = time.monotonic() + within
@@ -73,8 +82,9 @@ async def test_up_runs_everything_survives_a_crash_and_stops_cleanly(stack_env: 
         launcher.wait()
         assert all(port_open("127.0.0.1", p) for p in ports(stack_env))
         launcher = launch(stack_env, log)
+        # The new launcher first stops the orphans (the old services would answer a status check).
+        assert wait_for_text(log, "left over from a previous run", within=30.0), log.read_text()[-2000:]
         assert "all expected services healthy" in wait_healthy(stack_env)
-        assert "left over from a previous run" in log.read_text()
 
         # One Ctrl-C stops everything.
         launcher.send_signal(signal.SIGINT)
