@@ -166,14 +166,6 @@ def find(subject: str, prefix: str = DEFAULT_PREFIX) -> Subject | None:
     return None
 
 
-def session_of(subject: str) -> str | None:
-    """The session id of a per-session subject."""
-    spec = find(subject)
-    if spec is None or not spec.per_session:
-        return None
-    return subject.split(".")[SESSION_TOKEN]
-
-
 def for_session(name: str, session_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     return BY_NAME[name].subject(session_id, prefix)
 
