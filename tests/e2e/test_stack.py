@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ops.servers import free_port, port_open
+from ops.stack import reap_leftovers
 from tests.support.edge_client import connect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +94,4 @@ async def test_up_runs_everything_survives_a_crash_and_stops_cleanly(stack_env: 
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
+        reap_leftovers(Path(stack_env["SB_RUN_DIR"]) / "stack.pids")  # a failed test leaves no orphans
