@@ -142,6 +142,9 @@ class Connection:
                 writer.cancel()
             if self.compressed is not None:
                 await self.compressed.close()
+            if self.pcm is not None and self.pcm.gaps:
+                log.info("audio frames missing from the client's stream", session_id=self.session_id,
+                         missing=self.pcm.gaps)
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

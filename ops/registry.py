@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from workers.runtime import WorkerSpec
+from faststream.nats import NatsRouter
+
+from workers.runtime import Bus, WorkerSpec
 
 WORKERS: tuple[str, ...] = ("orchestrator", "transcriber", "keywords")
 #: Processes that announce themselves on the bus besides the workers.
@@ -19,3 +21,9 @@ SERVICES: tuple[str, ...] = (*WORKERS, "edge")
 def load(name: str) -> WorkerSpec[Any]:
     spec: WorkerSpec[Any] = importlib.import_module(f"workers.{name}.worker").WORKER
     return spec
+
+
+def declared_router(name: str) -> NatsRouter:
+    """A worker's subscriptions as declared, built on an unconnected bus (nothing is published)."""
+    spec = load(name)
+    return spec.build(spec.settings(), Bus(producer=name))

@@ -152,31 +152,26 @@ async def test_max_tokens_truncates_with_finish_reason_length(client: openai.Asy
     assert completion.choices[0].finish_reason == "length"
 
 
-async def test_delay_marker_spaces_every_chunk(client: openai.AsyncOpenAI) -> None:
+async def content_arrivals(client: openai.AsyncOpenAI, text: str) -> list[float]:
+    """Seconds from the request to each content chunk of a streamed reply."""
     started = time.perf_counter()
     arrivals: list[float] = []
-    response = await client.chat.completions.create(
-        model="scripted", messages=user("[tokens:3] [delay:40]"), stream=True
-    )
+    response = await client.chat.completions.create(model="scripted", messages=user(text), stream=True)
     async for chunk in response:
         if chunk.choices and chunk.choices[0].delta.content:
             arrivals.append(time.perf_counter() - started)
+    return arrivals
 
+
+async def test_delay_marker_spaces_every_chunk(client: openai.AsyncOpenAI) -> None:
+    arrivals = await content_arrivals(client, "[tokens:3] [delay:40]")
     assert len(arrivals) == 3
     assert arrivals[0] >= 0.035
     assert all(later - earlier >= 0.035 for earlier, later in itertools.pairwise(arrivals))
 
 
 async def test_first_delay_marker_delays_only_the_first_chunk(client: openai.AsyncOpenAI) -> None:
-    started = time.perf_counter()
-    arrivals: list[float] = []
-    response = await client.chat.completions.create(
-        model="scripted", messages=user("[first_delay:200] [tokens:4]"), stream=True
-    )
-    async for chunk in response:
-        if chunk.choices and chunk.choices[0].delta.content:
-            arrivals.append(time.perf_counter() - started)
-
+    arrivals = await content_arrivals(client, "[first_delay:200] [tokens:4]")
     assert len(arrivals) == 4
     assert arrivals[0] >= 0.19
     assert arrivals[-1] - arrivals[0] < 0.15
