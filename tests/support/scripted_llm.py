@@ -223,6 +223,10 @@ class ScriptedLLM:
             await _respond(send, 404, _error_body(404, f"Unknown endpoint {method} {path} (scripted)."))
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Like the real API: no bearer key, no answer (so every test also checks that clients send it).
+        if not dict(scope["headers"]).get(b"authorization", b"").startswith(b"Bearer "):
+            await _respond(send, 401, _error_body(401))
+            return
         raw = bytearray()
         while True:
             message = await receive()

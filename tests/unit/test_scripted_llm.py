@@ -121,14 +121,18 @@ async def test_models_lists_scripted(client: openai.AsyncOpenAI) -> None:
 
 
 async def test_unknown_path_and_bad_json_get_openai_style_errors(llm: ScriptedLLM) -> None:
-    async with httpx.AsyncClient(base_url=llm.base_url) as http:
+    async with httpx.AsyncClient(base_url=llm.base_url, headers={"authorization": "Bearer test"}) as http:
         missing = await http.get("/nope")
         bad = await http.post("/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+        no_key = await http.post("/chat/completions", json={"model": "m", "messages": []},
+                                 headers={"authorization": ""})
 
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "invalid_request_error"
     assert bad.status_code == 400
     assert "message" in bad.json()["error"]
+    assert no_key.status_code == 401
+    assert no_key.json()["error"]["code"] == "invalid_api_key"
     assert llm.requests == []
 
 

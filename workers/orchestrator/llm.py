@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from contracts.events import TokenUsage
 
@@ -47,11 +48,16 @@ class OpenAIChatModel:
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
 
     async def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
+        # `chat.completions.create()` runs the SDK's generic parameter transform over every message
+        # (1.3 ms of CPU for one message, ~6 ms for a prompt with history, measured here). Our messages
+        # are plain strings, already in wire form, so we post the body through the client's documented
+        # custom-request path: same HTTP stack, auth, server-sent-event parser and error types.
+        body = {"model": model or self.name, "messages": messages, "stream": True, "max_tokens": max_tokens,
+                "stream_options": {"include_usage": True}}
         try:
-            response = await self._client.chat.completions.create(
-                model=model or self.name, messages=cast(Any, messages), stream=True, max_tokens=max_tokens,
-                stream_options={"include_usage": True},
-            )
+            response = await self._client.post(
+                "/chat/completions", cast_to=ChatCompletion, body=body, options={"security": {"bearer_auth": True}},
+                stream=True, stream_cls=openai.AsyncStream[ChatCompletionChunk])
             pieces, reported = 0, False
             async for part in response:
                 usage = None
