@@ -4,6 +4,7 @@ HTTP:
   POST /v1/sessions            a new session and its token (Bearer API key when SB_EDGE_API_KEYS is set)
   POST /v1/sessions/refresh    a fresh token for the session of the Bearer session token
   GET  /healthz                liveness and NATS connectivity
+  GET  /                       the browser client (edge/static)
 WebSocket:
   /v1/ws                       protocol v1 (docs/protocol.md); first frame: hello with the token
 """
@@ -25,6 +26,7 @@ from workers.runtime.logging import get_logger
 from workers.runtime.provision import provision
 from workers.runtime.worker import VERSION, connect_nats
 
+from . import page
 from .auth import AuthError, TokenIssuer, development_secret
 from .connection import Connection, Edge, SessionSockets
 from .settings import EdgeSettings
@@ -92,4 +94,6 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def websocket(ws: WebSocket) -> None:
         await Connection(edge, ws).run()
 
+    app.include_router(page.router)
+    app.mount("/static", page.static_files, name="static")
     return app

@@ -23,7 +23,8 @@ SECRET = "test-secret-" + "x" * 40
 @contextlib.asynccontextmanager
 async def running_edge(nats_url: str, **overrides: Any) -> AsyncIterator[str]:
     """The edge on a free port; yields its base URL (http://127.0.0.1:PORT)."""
-    settings = EdgeSettings(nats_url=nats_url, edge_port=free_port(), edge_secret=SECRET, **overrides)
+    overrides.setdefault("edge_port", free_port())
+    settings = EdgeSettings(nats_url=nats_url, edge_secret=SECRET, **overrides)
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
