@@ -35,10 +35,11 @@ being answered right now (it drops when a client abandons a stream or times out)
 
 Speech (``/v1/audio/speech``): only ``response_format: "pcm"`` (24 kHz PCM16 LE mono, OpenAI's
 raw format), streamed in 100 ms chunks (each its own write). The audio is a 220 Hz tone whose
-length is :data:`SPEECH_S_PER_CHAR` per character of ``input`` (markers removed), at least
-0.3 s. A voice OpenAI does not have gets 400, like the real API. Markers in ``input``:
-``[status:CODE]``, ``[delay:MS]`` (before every chunk), ``[disconnect]`` (half the audio, then
-the connection closes mid-body). ``llm.speech_requests`` holds the parsed bodies.
+length is :data:`SPEECH_S_PER_CHAR` per character of ``input``, at least 0.3 s. A voice OpenAI
+does not have gets 400, like the real API. ``llm.script_speech(status=..., disconnect=True,
+delay_ms=...)`` scripts the next speech request: an error status, or half the audio and then
+the connection closed mid-body, or a delay before each chunk. ``llm.speech_requests`` holds
+the parsed bodies.
 
 Run by hand: ``python -m tests.support.scripted_llm --port 8090``.
 """
@@ -107,6 +108,13 @@ class _Script:
     delay_ms: float
 
 
+@dataclass(frozen=True)
+class _SpeechScript:
+    status: int | None
+    disconnect: bool
+    delay_ms: float
+
+
 @dataclass
 class _Plan:
     pieces: list[str]
@@ -150,6 +158,7 @@ class ScriptedLLM:
         # Chat requests being answered right now; drops when a client abandons a stream.
         self.in_flight = 0
         self._scripts: deque[_Script] = deque()
+        self._speech_scripts: deque[_SpeechScript] = deque()
         self._server: uvicorn.Server | None = None
         self._count = 0
 
@@ -160,11 +169,17 @@ class ScriptedLLM:
     def clear(self) -> None:
         """Forget recorded requests and any scripts not yet used."""
         self.requests.clear()
+        self.speech_requests.clear()
         self._scripts.clear()
+        self._speech_scripts.clear()
 
     def script(self, reply: str | None = None, status: int | None = None, delay_ms: float = 0) -> None:
         """Script one upcoming chat request: its reply text, an error status, a delay before each chunk."""
         self._scripts.append(_Script(reply, status, delay_ms))
+
+    def script_speech(self, status: int | None = None, disconnect: bool = False, delay_ms: float = 0) -> None:
+        """Script one upcoming speech request: an error status, a cut-off body, a delay before each chunk."""
+        self._speech_scripts.append(_SpeechScript(status, disconnect, delay_ms))
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -278,19 +293,19 @@ class ScriptedLLM:
         if body is None:
             return
         self.speech_requests.append(body)
+        script = self._speech_scripts.popleft() if self._speech_scripts else _SpeechScript(None, False, 0)
         text = str(body.get("input") or "")
-        markers = {(m.group(1) or m.group(3)): m.group(2) for m in _MARKER.finditer(text)}
         problem = ("Invalid voice." if body.get("voice") not in SPEECH_VOICES else
                    "Only response_format 'pcm' is scripted." if body.get("response_format") != "pcm" else
                    "Input is empty." if not text.strip() else None)
-        if "status" in markers or problem:
-            status = int(float(markers.get("status") or 400))
-            await _respond(send, status, _error_body(status, problem if "status" not in markers else None))
+        if script.status is not None or problem:
+            status = script.status or 400
+            await _respond(send, status, _error_body(status, problem if script.status is None else None))
             return
         self._count += 1
-        audio = _tone(max(0.3, len(_MARKER.sub("", text).strip()) * SPEECH_S_PER_CHAR))
+        audio = _tone(max(0.3, len(text.strip()) * SPEECH_S_PER_CHAR))
         chunks = [audio[i:i + SPEECH_RATE // 5] for i in range(0, len(audio), SPEECH_RATE // 5)]  # 100 ms each
-        if "disconnect" in markers:
+        if script.disconnect:
             chunks = chunks[: max(1, len(chunks) // 2)]
         gone = asyncio.Event()
         watcher = asyncio.create_task(_watch(receive, gone))
@@ -298,10 +313,10 @@ class ScriptedLLM:
             headers = self._headers([(b"content-type", b"application/octet-stream")])
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             for chunk in chunks:
-                if not await _pause(float(markers.get("delay") or 0) / 1000, gone):
+                if not await _pause(script.delay_ms / 1000, gone):
                     return
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if "disconnect" in markers:
+            if script.disconnect:
                 await self._close_connection(scope)
             else:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})

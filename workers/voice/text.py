@@ -24,6 +24,7 @@ _WORD = re.compile(r"\S+(?=\s)")
 _URL = re.compile(r"\b(?:https?://|www\.)([^\s/?#<>\"')\]]+)[^\s<>\"]*", re.IGNORECASE)
 _MARKUP = re.compile(r"[*_`#~|<>{}\[\]\\^]+")
 _SPACES = re.compile(r"\s+")
+_SPACE_BEFORE_MARK = re.compile(r"\s+([.,!?;:])")
 # Letters, marks, numbers, punctuation and spaces are spoken; symbols (emoji, arrows, math) are not.
 _KEEP = ("L", "M", "N", "P", "Z")
 
@@ -105,5 +106,5 @@ def speakable(unit: str) -> str:
     text = _URL.sub(lambda m: " link to " + m.group(1).removeprefix("www.").replace(".", " dot ") + " ", unit)
     text = _MARKUP.sub(" ", text)
     text = "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c)[0] in _KEEP)
-    text = _SPACES.sub(" ", text).strip()
+    text = _SPACE_BEFORE_MARK.sub(r"\1", _SPACES.sub(" ", text)).strip()
     return text if any(c.isalnum() for c in text) else ""
