@@ -27,6 +27,7 @@ _SPACES = re.compile(r"\s+")
 _SPACE_BEFORE_MARK = re.compile(r"\s+([.,!?;:])")
 # Letters, marks, numbers, punctuation and spaces are spoken; symbols (emoji, arrows, math) are not.
 _KEEP = ("L", "M", "N", "P", "Z")
+_VARIATION = 0xFE00  # variation selectors 1-16 (emoji presentation) are marks, but say nothing
 
 
 class Chunker:
@@ -105,6 +106,7 @@ def speakable(unit: str) -> str:
     """The unit as a voice should read it; empty when nothing in it can be pronounced."""
     text = _URL.sub(lambda m: " link to " + m.group(1).removeprefix("www.").replace(".", " dot ") + " ", unit)
     text = _MARKUP.sub(" ", text)
-    text = "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c)[0] in _KEEP)
+    text = "".join(c for c in unicodedata.normalize("NFKC", text)
+                   if unicodedata.category(c)[0] in _KEEP and not _VARIATION <= ord(c) <= _VARIATION + 15)
     text = _SPACE_BEFORE_MARK.sub(r"\1", _SPACES.sub(" ", text)).strip()
     return text if any(c.isalnum() for c in text) else ""
