@@ -53,6 +53,11 @@ class SessionSettings(SessionEvent):
     language: str | None = Field(default=None, max_length=16, description="BCP-47 tag, e.g. en-US")
     knowledge_bases: list[str] | None = Field(default=None, description="Retrieval bases this session searches")
 
+    def updated(self, newer: SessionSettings) -> SessionSettings:
+        """These settings with every field ``newer`` sets (None means unchanged)."""
+        changes = {k: v for k, v in newer.model_dump(exclude_unset=True).items() if v is not None}
+        return self.model_copy(update=changes)
+
 
 # ---------------------------------------------------------------- turns
 

@@ -6,6 +6,8 @@ are skipped and counted, and the client is told how many with a ``dropped`` fram
 any other event (control lane, finished turns) cannot be skipped, so the socket is closed
 with 4013 (slow consumer). After an interrupt, nothing more of the interrupted turn is
 forwarded except its ``reply.done``, ``audio.done`` and ``error`` events (which close it).
+An interrupt without a turn id targets the turn being generated and, for a client that
+declared ``audio_out``, the turn whose audio has not ended with ``audio.done`` yet.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Outbound:
         self._unreported = 0
         self._flushed: deque[str] = deque(maxlen=64)  # recent interrupted turns
         self._reply_turn: str | None = None  # the turn whose reply is being generated
+        self._audio_turn: str | None = None  # the turn whose speech may still be coming
+        self.audio_out = False  # the client declared audio_out: replies are spoken
         self.closed = asyncio.Event()  # set when the client must be disconnected (slow consumer)
 
     def send(self, frame: Frame, droppable: bool = False) -> None:
@@ -65,17 +69,26 @@ class Outbound:
             return  # late output of an interrupted turn
         if kind in ("turn.user", "reply.delta"):
             self._reply_turn = turn  # the reply to a user turn carries that turn's id
-        elif kind == "reply.done" and turn == self._reply_turn:
-            self._reply_turn = None
+        elif kind == "reply.done":
+            if turn == self._reply_turn:
+                self._reply_turn = None
+            if self.audio_out and turn:
+                self._audio_turn = turn  # its speech may come after the text
+        elif kind == "audio.done" and turn == self._audio_turn:
+            self._audio_turn = None
         elif kind == "ctl.interrupt":
-            target = turn or self._reply_turn
-            if target:
-                self._flushed.append(target)
-            self.send(Flush(turn_id=target).model_dump_json())
+            self._flush([turn] if turn else [t for t in dict.fromkeys((self._reply_turn, self._audio_turn)) if t])
         self.send(msg.data.decode(), droppable=kind in DROPPABLE)
+
+    def _flush(self, turns: list[str]) -> None:
+        self._flushed.extend(turns)
+        targets: list[str | None] = [*turns] or [None]
+        for turn in targets:
+            self.send(Flush(turn_id=turn).model_dump_json())
 
     async def on_audio(self, msg: Msg) -> None:
         meta = AudioOutMeta.model_validate_json((msg.headers or {}).get(h.META, "{}"))
         if meta.turn_id in self._flushed:
             return
+        self._audio_turn = meta.turn_id
         self.send(AudioOutFrame(meta.turn_id, meta.seq or 0, meta.sample_rate, msg.data).pack(), droppable=True)

@@ -13,6 +13,7 @@ import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from contracts.binary import AudioOutFrame
 from edge.app import create_app
 from edge.settings import EdgeSettings
 from ops.servers import free_port
@@ -56,6 +57,8 @@ class Client:
         self.session_id = session_id
         self.ws = ws
         self.received: list[dict[str, Any]] = []
+        #: Assistant audio frames, each with how many text events had arrived before it.
+        self.audio: list[tuple[int, AudioOutFrame]] = []
 
     async def send(self, **command: Any) -> None:
         await self.ws.send(json.dumps(command))
@@ -63,13 +66,21 @@ class Client:
     async def chat(self, text: str) -> None:
         await self.send(type="chat", text=text)
 
+    async def next_frame(self, timeout: float = 5.0) -> dict[str, Any] | AudioOutFrame:
+        """The next frame of either kind: a text event or an assistant audio frame (both are recorded)."""
+        frame = await asyncio.wait_for(self.ws.recv(), timeout)
+        if isinstance(frame, bytes):
+            audio = AudioOutFrame.unpack(frame)
+            self.audio.append((len(self.received), audio))
+            return audio
+        event: dict[str, Any] = json.loads(frame)
+        self.received.append(event)
+        return event
+
     async def next_event(self, timeout: float = 5.0) -> dict[str, Any]:
-        while True:
-            frame = await asyncio.wait_for(self.ws.recv(), timeout)
-            if isinstance(frame, str):
-                event: dict[str, Any] = json.loads(frame)
-                self.received.append(event)
-                return event
+        while not isinstance(frame := await self.next_frame(timeout), dict):
+            continue
+        return frame
 
     async def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> list[dict[str, Any]]:
         """Every text event up to and including the first that satisfies ``predicate``."""

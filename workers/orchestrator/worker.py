@@ -13,14 +13,12 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 from faststream.nats import NatsRouter
-from nats.js.errors import NotFoundError
 from pydantic import Field, SecretStr
 
 from contracts import events as ev
-from contracts.streams import EVENTS
 from contracts.subjects import BY_NAME
 from workers.runtime import Bus, RuntimeSettings, WorkerSpec
-from workers.runtime.provision import stream_name
+from workers.runtime.recorded import last_recorded
 
 from .agents import AgentRegistry, Router
 from .context import ContextHooks
@@ -47,12 +45,7 @@ _orchestrators: dict[int, Orchestrator] = {}
 
 def _orchestrator(settings: OrchestratorSettings, bus: Bus) -> Orchestrator:
     async def last_settings(session_id: str) -> ev.SessionSettings | None:
-        subject = BY_NAME["session.settings"].subject(session_id, bus.prefix)
-        try:
-            msg = await bus.js.get_last_msg(stream_name(EVENTS, bus.prefix), subject)
-        except NotFoundError:
-            return None
-        return ev.SessionSettings.model_validate_json(msg.data or b"{}")
+        return await last_recorded(bus, "session.settings", session_id, ev.SessionSettings)
 
     model = build_model(settings.llm_provider, base_url=settings.llm_base_url, model=settings.llm_model,
                         api_key=settings.llm_api_key.get_secret_value(), timeout_s=settings.llm_timeout_s)

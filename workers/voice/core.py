@@ -1,0 +1,312 @@
+"""The voice worker's logic, testable without the bus: per session, one turn spoken at a time.
+
+A turn's speech starts with its first reply delta and ends after its reply.done; text goes
+through :class:`~.text.Chunker` and :func:`~.text.speakable` into the session's provider.
+Frames are paced: at most ``lead_s`` of audio ahead of real-time playback, so an interrupt
+leaves little buffered at the client and synthesis never runs far ahead. ``audio.done`` of a
+turn is published once, when its audio would have finished playing (``cancelled`` when it
+was stopped or failed), also for a turn with nothing to say: the transcriber's barge-in
+waits for it.
+
+Only sessions whose client declared the ``audio_out`` capability are voiced. A new user
+turn, an interrupt, or a cancelled or superseded reply stops the turn being spoken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from contracts import events as ev
+from contracts.envelope import Event
+from workers.runtime.logging import get_logger
+
+from .providers.base import ProviderError, TTSProvider
+from .text import Chunker, speakable
+
+log = get_logger("voice")
+SOURCE = "voice"
+
+
+class Publisher(Protocol):
+    producer: str
+
+    async def publish(self, event: Event, *, durable: bool = False) -> None: ...
+
+    async def publish_binary(self, meta: Event, payload: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    default_provider: str = "piper"
+    frame_ms: int = 100
+    lead_s: float = 1.0
+    first_words: int = 6
+    max_unit_chars: int = 300
+    max_chars: int = 4_000  # per turn; the rest is not read aloud
+
+
+@dataclass
+class Session:
+    ready: asyncio.Task[None] | None = None  # loading what the bus recorded about it
+    speaks: bool = False  # the client declared audio_out
+    settings: ev.SessionSettings | None = None
+    turn: TurnSpeech | None = None
+    finished: deque[str] = field(default_factory=lambda: deque(maxlen=16))  # turns spoken or stopped
+
+
+Recorded = Callable[[str], Awaitable[tuple[ev.SessionStarted | None, ev.SessionSettings | None]]]
+
+
+async def publish_error(pub: Publisher, session_id: str, turn_id: str | None, code: str, message: str) -> None:
+    await pub.publish(ev.ErrorEvent(session_id=session_id, turn_id=turn_id, producer=pub.producer, code=code,
+                                    message=message[:500], source=SOURCE, retryable=code == "tts_failed"))
+
+
+class VoiceService:
+    def __init__(self, publisher: Publisher, providers: dict[str, TTSProvider], config: SpeechConfig,
+                 recorded: Recorded, max_sessions: int = 100_000) -> None:
+        self._pub = publisher
+        self._providers = providers
+        self._config = config
+        self._recorded = recorded
+        self._max_sessions = max_sessions
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+
+    # ------------------------------------------------------------------ inputs
+
+    async def on_session_started(self, started: ev.SessionStarted) -> None:
+        session = await self._session(started.session_id)
+        session.speaks = "audio_out" in started.capabilities
+
+    async def on_session_ended(self, ended: ev.SessionEnded) -> None:
+        session = self._sessions.pop(ended.session_id, None)
+        if session is not None and session.turn is not None:
+            await session.turn.stop()
+
+    async def on_settings(self, settings: ev.SessionSettings) -> None:
+        session = await self._session(settings.session_id)
+        merged = session.settings.updated(settings) if session.settings else settings
+        problem = self._choose(merged, asked_voice=settings.voice is not None)[2]
+        if problem is not None:
+            code, message = problem
+            log.info("voice settings refused", session_id=settings.session_id, code=code, reason=message)
+            await publish_error(self._pub, settings.session_id, None, code, message)
+            return  # the previous choice stays
+        session.settings = merged
+
+    async def on_user_turn(self, turn: ev.UserTurn) -> None:
+        session = self._sessions.get(turn.session_id)
+        if session is not None and session.turn is not None and session.turn.turn_id != turn.turn_id:
+            await self._stop(session)  # the user moved on: a new turn supersedes the old speech
+
+    async def on_delta(self, delta: ev.ReplyDelta) -> None:
+        session = await self._session(delta.session_id)
+        turn = await self._turn(session, delta)
+        if turn is not None:
+            turn.feed(delta.text)
+
+    async def on_reply_done(self, done: ev.ReplyDone) -> None:
+        session = await self._session(done.session_id)
+        if done.finish_reason in ("cancelled", "superseded"):
+            if session.turn is not None and session.turn.turn_id == done.turn_id:
+                await self._stop(session)
+            return
+        turn = await self._turn(session, done)
+        if turn is not None:
+            turn.finish(done.text)
+
+    async def on_interrupt(self, interrupt: ev.Interrupt) -> None:
+        session = self._sessions.get(interrupt.session_id)
+        if session is None or session.turn is None:
+            return
+        if interrupt.turn_id is None or interrupt.turn_id == session.turn.turn_id:
+            await self._stop(session)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.turn.stop() for s in self._sessions.values() if s.turn))
+
+    # ------------------------------------------------------------------ turns
+
+    async def _turn(self, session: Session, event: ev.ReplyDelta | ev.ReplyDone) -> TurnSpeech | None:
+        """The turn this event belongs to, started on its first event; None when it is not to be voiced."""
+        if session.turn is not None and session.turn.turn_id == event.turn_id:
+            return session.turn
+        if not session.speaks or event.turn_id in session.finished:
+            return None  # not voiced, or late text of a turn already spoken or stopped
+        provider, voice, _ = self._choose(session.settings, asked_voice=False)
+        session.finished.append(event.turn_id)
+        turn = TurnSpeech(self._pub, event, provider, voice, self._config,
+                          on_end=lambda: self._ended(session, event.turn_id))
+        previous, session.turn = session.turn, turn
+        if previous is not None:
+            await previous.stop()  # a new reply supersedes the speech of the previous one
+        return turn
+
+    def _ended(self, session: Session, turn_id: str) -> None:
+        if session.turn is not None and session.turn.turn_id == turn_id:
+            session.turn = None
+
+    async def _stop(self, session: Session) -> None:
+        if session.turn is not None:
+            await session.turn.stop()
+
+    def _choose(self, settings: ev.SessionSettings | None, asked_voice: bool
+                ) -> tuple[TTSProvider, str, tuple[str, str] | None]:
+        """The provider and voice to use, and what was wrong with the asked ones (they are then not used)."""
+        default = self._providers[self._config.default_provider]
+        name = settings.tts_provider if settings else None
+        provider = self._providers.get(name or default.name)
+        if provider is None:
+            return default, default.default_voice, (
+                "tts_unknown_provider", f"No text-to-speech provider {name!r} here; "
+                f"available: {', '.join(sorted(self._providers))}.")
+        voice = settings.voice if settings else None
+        if voice is None or provider.has_voice(voice):
+            return provider, voice or provider.default_voice, None
+        problem = ("tts_unknown_voice", f"{provider.name} has no voice {voice!r}.") if asked_voice else None
+        return provider, provider.default_voice, problem
+
+    # ------------------------------------------------------------------ sessions
+
+    async def _session(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = self._sessions[session_id] = Session()
+            session.ready = asyncio.create_task(self._load(session_id, session))
+            if len(self._sessions) > self._max_sessions:
+                self._evict()
+        else:
+            self._sessions.move_to_end(session_id)
+        if session.ready is not None:
+            await session.ready
+        return session
+
+    async def _load(self, session_id: str, session: Session) -> None:
+        """A session this replica never saw start: what the bus recorded about it."""
+        try:
+            started, settings = await self._recorded(session_id)
+        except Exception as error:  # JetStream unreachable: the session's live events will tell
+            log.warning("could not read the session's recorded events", session_id=session_id, error=repr(error))
+            started, settings = None, None
+        session.speaks = started is not None and "audio_out" in started.capabilities
+        session.settings = settings
+        session.ready = None
+
+    def _evict(self) -> None:
+        for session_id, session in list(self._sessions.items()):
+            if session.turn is None and session.ready is None:
+                del self._sessions[session_id]
+                return
+
+
+class TurnSpeech:
+    """One turn: text in (``feed``, ``finish``), paced audio frames and one ``audio.done`` out."""
+
+    def __init__(self, publisher: Publisher, first: ev.ReplyDelta | ev.ReplyDone, provider: TTSProvider, voice: str,
+                 config: SpeechConfig, on_end: Callable[[], None]) -> None:
+        self.session_id, self.turn_id = first.session_id, first.turn_id
+        self._captured_at = first.captured_at
+        self._pub = publisher
+        self._config = config
+        self._chunker = Chunker(config.first_words, config.max_unit_chars)
+        self._stream = provider.stream(voice)
+        self._received = ""
+        self._spoken_chars = 0
+        self._truncated = False
+        self._finished = False
+        self._frames = 0
+        self._seconds = 0.0
+        self._done_sent = False
+        self._on_end = on_end
+        self._task = asyncio.create_task(self._play(), name=f"voice-{self.turn_id}")
+
+    def feed(self, text: str) -> None:
+        if self._finished:
+            return
+        self._received += text
+        for unit in self._chunker.feed(text):
+            self._say(unit)
+
+    def finish(self, full_text: str) -> None:
+        """The reply is complete; its full text covers deltas this worker may not have seen."""
+        if self._finished:
+            return
+        if full_text.startswith(self._received):
+            self.feed(full_text[len(self._received):])
+        for unit in self._chunker.flush():
+            self._say(unit)
+        self._finished = True
+        self._stream.end()
+
+    async def stop(self) -> None:
+        """Stop at once: synthesis is cancelled, no frame follows, ``audio.done`` says cancelled."""
+        self._finished = True
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._stream.cancel()
+        await self._done(cancelled=True)
+
+    def _say(self, unit: str) -> None:
+        text = speakable(unit)
+        if not text or self._truncated:
+            return
+        if self._spoken_chars + len(text) > self._config.max_chars:
+            self._truncated = True
+            return
+        self._spoken_chars += len(text)
+        self._stream.feed(text)
+
+    async def _play(self) -> None:
+        playhead = 0.0  # monotonic time at which the client will have played everything sent
+        carry = b""
+        rate = 0
+        try:
+            async for audio in self._stream:
+                rate = audio.sample_rate
+                frame_bytes = rate * self._config.frame_ms // 1000 * 2
+                carry += audio.pcm
+                while len(carry) >= frame_bytes:
+                    playhead = await self._send(carry[:frame_bytes], rate, playhead)
+                    carry = carry[frame_bytes:]
+            if carry:
+                playhead = await self._send(carry, rate, playhead)
+        except ProviderError as error:
+            log.warning("synthesis failed", session_id=self.session_id, turn_id=self.turn_id, code=error.code,
+                        error=str(error)[:300])
+            await publish_error(self._pub, self.session_id, self.turn_id, error.code,
+                                "Speech stopped: the voice failed. The text reply is complete.")
+            await self._done(cancelled=True)
+            return
+        if self._truncated:
+            await publish_error(self._pub, self.session_id, self.turn_id, "tts_truncated",
+                                f"Only the first {self._config.max_chars} characters were read aloud.")
+        await asyncio.sleep(max(0.0, playhead - time.monotonic()))
+        await self._done(cancelled=False)
+
+    async def _send(self, pcm: bytes, rate: int, playhead: float) -> float:
+        now = time.monotonic()
+        await self._pub.publish_binary(ev.AudioOutMeta(
+            session_id=self.session_id, turn_id=self.turn_id, producer=self._pub.producer, seq=self._frames,
+            sample_rate=rate, captured_at=self._captured_at), pcm)
+        self._frames += 1
+        seconds = len(pcm) / 2 / rate
+        self._seconds += seconds
+        playhead = max(playhead, now) + seconds
+        await asyncio.sleep(max(0.0, playhead - self._config.lead_s - time.monotonic()))
+        return playhead
+
+    async def _done(self, cancelled: bool) -> None:
+        if self._done_sent:
+            return
+        self._done_sent = True
+        self._on_end()
+        await self._pub.publish(ev.AudioOutDone(
+            session_id=self.session_id, turn_id=self.turn_id, producer=self._pub.producer, frames=self._frames,
+            duration_ms=round(self._seconds * 1000, 1), cancelled=cancelled, captured_at=self._captured_at))
