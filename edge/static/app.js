@@ -12,7 +12,7 @@ const FRAME_TYPE_AUDIO_OUT = 0x81;
 const sb = (window.sb = {
   status: "connecting", sessionId: null, welcomed: false, reconnects: 0, closes: [],
   micOn: false, muted: false, level: 0, sentFrames: 0,
-  audioFrames: 0, scheduledBuffers: 0, playedBuffers: 0, flushes: 0,
+  audioFrames: 0, scheduledBuffers: 0, playedBuffers: 0, flushes: 0, stoppedByFlush: 0,
   turns: {}, notice: null, protocolErrors: [], skewS: null,
 });
 
@@ -152,7 +152,7 @@ function send(command) {
 // ------------------------------------------------------------------ events from the edge
 
 function turnOf(id) {
-  if (!sb.turns[id]) sb.turns[id] = { id, user: null, reply: "", timing: {}, latency: {}, audioFrames: 0 };
+  if (!sb.turns[id]) sb.turns[id] = { id, user: null, reply: "", timing: {}, latency: {}, audioFrames: 0, played: 0 };
   return sb.turns[id];
 }
 
@@ -260,6 +260,7 @@ const handlers = {
   flush(event) {
     sb.flushes += 1;
     if (event.turn_id) flushedTurns.add(event.turn_id);
+    sb.stoppedByFlush += playing.size;
     stopPlayback();
   },
   "audio.done"(event) {
@@ -353,6 +354,7 @@ function onAudio(buffer) {
   source.onended = () => {
     playing.delete(source);
     sb.playedBuffers += 1;
+    turn.played += 1;
   };
 }
 
