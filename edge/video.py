@@ -14,7 +14,6 @@ published.
 from __future__ import annotations
 
 import tempfile
-from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from nats.js.errors import NotFoundError
@@ -56,11 +55,9 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIRo
             buckets.append(await object_store(bus.js, VIDEO_OBJECTS, bus.prefix))
         return buckets[0]
 
-    SessionId = Annotated[str, Depends(session)]  # noqa: N806 - a type alias
-
     @router.post("", status_code=202)
-    async def upload(request: Request, session_id: SessionId, filename: str = Query(default="", max_length=500),
-                     transcribe: bool = True,
+    async def upload(request: Request, session_id: str = Depends(session),
+                     filename: str = Query(default="", max_length=500), transcribe: bool = True,
                      ingest_base: str | None = Query(default=None, min_length=3, max_length=63,
                                                      pattern=r"^[A-Za-z0-9_-]+$")) -> VideoAccepted:
         declared = request.headers.get("content-length")
@@ -90,12 +87,12 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIRo
         return VideoAccepted(job_id=job_id, object_name=name, size=size)
 
     @router.delete("/{job_id}", status_code=202)
-    async def cancel(job_id: str, session_id: SessionId) -> dict[str, str]:
+    async def cancel(job_id: str, session_id: str = Depends(session)) -> dict[str, str]:
         await bus.publish(ev.VideoCancel(session_id=session_id, producer=PRODUCER, job_id=job_id[:64]))
         return {"job_id": job_id, "status": "cancel requested"}
 
     @router.get("/{job_id}/keyframes/{index}")
-    async def keyframe(job_id: str, index: int, session_id: SessionId) -> Response:
+    async def keyframe(job_id: str, index: int, session_id: str = Depends(session)) -> Response:
         bucket = await store()
         try:  # the name starts with the session id: a session reads only its own keyframes
             found = await bucket.get(f"{session_id}/{job_id}/keyframe-{index:03d}.jpg")

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from faststream import AckPolicy
 from faststream.nats import JStream, NatsMessage, NatsRouter, PullSub
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
@@ -255,7 +256,8 @@ def build(settings: VideoSettings, bus: Bus) -> NatsRouter:
 
     @router.subscriber(BY_NAME["video.job"].subject(prefix=bus.prefix), title="video.run_job",
                        stream=JStream(stream_name(JOBS, bus.prefix), declare=False), durable=VIDEO.durable,
-                       pull_sub=PullSub(batch_size=1, timeout=1.0), max_workers=settings.video_max_jobs)
+                       pull_sub=PullSub(batch_size=1, timeout=1.0), max_workers=settings.video_max_jobs,
+                       ack_policy=AckPolicy.NACK_ON_ERROR)
     async def on_job(job: ev.VideoJob, msg: NatsMessage) -> None:
         await jobs.handle(job, msg)
 
@@ -272,7 +274,8 @@ def build(settings: VideoSettings, bus: Bus) -> NatsRouter:
     async def on_session_ended(ended: ev.SessionEnded) -> None:
         jobs.frames.forget(ended.session_id)
 
-    @router.subscriber(BY_NAME["video.describe"].subject(prefix=bus.prefix), queue="video", title="video.describe_frame")
+    @router.subscriber(BY_NAME["video.describe"].subject(prefix=bus.prefix), queue="video",
+                       title="video.describe_frame")
     async def on_describe(request: ev.FrameDescribeRequest) -> ev.FrameDescription:
         return await jobs.describe(request)
 
