@@ -113,7 +113,7 @@ class SpeechPool:
                                    initargs=(self._config,))
 
     async def start(self) -> None:
-        """Wait until the models are loaded (so the first job is not the one that pays)."""
+        """Load the models now (a benchmark, a warm-up); otherwise the first job loads them."""
         await self._call(_ready)
 
     async def spans(self, pcm_path: Path) -> list[tuple[float, float]]:

@@ -298,8 +298,7 @@ async def lifespan(settings: VideoSettings, bus: Bus) -> AsyncIterator[None]:
     if settings.video_vision_model:
         key = settings.video_vision_api_key.get_secret_value() if settings.video_vision_api_key else "unused"
         jobs.vision = AsyncOpenAI(base_url=settings.video_vision_base_url, api_key=key, max_retries=0)
-    try:
-        await jobs.speech.start()
+    try:  # the speech models load in their child process with the first job, not at start-up
         yield
     finally:
         jobs.speech.shutdown()
