@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support.speech import Voice, synthesize, word_error_rate  # noqa: E402
-from workers.transcriber.engines.base import Engine  # noqa: E402
+from workers.speech.engines.base import Engine  # noqa: E402
 
 SENTENCES = (
     "Please turn off the lights in the kitchen.",
@@ -59,14 +59,14 @@ FRAME = 640  # 20 ms of PCM16 mono at 16 kHz
 
 
 def _vosk() -> Engine:
-    from workers.transcriber.engines.vosk_engine import VoskEngine
+    from workers.speech.engines.vosk_engine import VoskEngine
 
     return VoskEngine()
 
 
 def _sphinx(second_pass: bool) -> Callable[[], Engine]:
     def make() -> Engine:
-        from workers.transcriber.engines.sphinx_engine import PocketSphinxEngine
+        from workers.speech.engines.sphinx_engine import PocketSphinxEngine
 
         return PocketSphinxEngine(second_pass=second_pass)
 
@@ -75,7 +75,7 @@ def _sphinx(second_pass: bool) -> Callable[[], Engine]:
 
 def _whisper(window_s: float | None, beam_size: int = 1) -> Callable[[], Engine]:
     def make() -> Engine:
-        from workers.transcriber.engines.whisper_engine import WhisperEngine
+        from workers.speech.engines.whisper_engine import WhisperEngine
 
         return WhisperEngine(window_s=window_s, beam_size=beam_size)
 

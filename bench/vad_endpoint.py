@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from workers.speech.vad import SAMPLE_RATE, WINDOW, SileroModel, VadEvent, VoiceActivity, load_model
 from workers.transcriber.endpoint import Decision, EndpointConfig, TurnEndpoint
-from workers.transcriber.vad import SAMPLE_RATE, WINDOW, SileroModel, VadEvent, VoiceActivity, load_model
 
 FRAME = SAMPLE_RATE // 50  # 20 ms
 AMPLITUDE_THRESHOLD = 0.01  # "true" speech boundary: first/last sample above this (clean signal)
@@ -204,7 +204,7 @@ def rss_mb() -> float:
 _LOAD_PROBE = """
 import json, sys, time
 t0 = time.perf_counter()
-from workers.transcriber.vad import load_model
+from workers.speech.vad import load_model
 model = load_model(onnx=sys.argv[1] == "onnx")
 seconds = time.perf_counter() - t0
 rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))

@@ -322,6 +322,18 @@ class VideoResult(SessionEvent):
     keyframes: list[str] = Field(default_factory=list, description="Object-store names of JPEG keyframes")
     transcript: list[TranscriptSegment] = Field(default_factory=list)
     error: str = ""
+    error_code: str = Field(default="", max_length=64,
+                            description="Stable code when status is failed (docs/video.md), e.g. not_a_video")
+    keyframe_times_s: list[float] = Field(default_factory=list, description="Position of each keyframe (s)")
+    keyframe_method: Literal["scene", "interval", ""] = Field(
+        default="", description="scene: at scene changes; interval: fixed interval (no scene change found)")
+
+
+class VideoCancel(SessionEvent):
+    """Cancel a video job of the session (running or still queued)."""
+
+    kind: Literal["video.cancel"] = "video.cancel"
+    job_id: str = Field(min_length=1, max_length=64)
 
 
 class VideoFrameMeta(SessionEvent):
@@ -330,6 +342,29 @@ class VideoFrameMeta(SessionEvent):
     kind: Literal["video.frame"] = "video.frame"
     width: int | None = None
     height: int | None = None
+
+
+class FrameDescribeRequest(SessionEvent):
+    """Ask what the session's camera shows now (its latest sampled snapshot)."""
+
+    kind: Literal["video.describe_request"] = "video.describe_request"
+    prompt: str = Field(default="", max_length=2_000, description="What the agent wants to know (vision model only)")
+
+
+class FrameDescription(SessionEvent):
+    """A short description of the session's latest camera snapshot."""
+
+    kind: Literal["video.description"] = "video.description"
+    available: bool = Field(description="False when the session sent no camera frame (recently)")
+    source: Literal["facts", "vision_model", "none"] = Field(
+        description="facts: plain measurements of the image (no model); vision_model: a model's description")
+    text: str = Field(default="", max_length=4_000, description="The description, stating which source it is")
+    width: int | None = Field(default=None, ge=1)
+    height: int | None = Field(default=None, ge=1)
+    brightness: float | None = Field(default=None, ge=0.0, le=1.0, description="Mean luma, 0 black to 1 white")
+    motion: float | None = Field(default=None, ge=0.0, le=1.0,
+                                 description="Mean absolute luma change since the previous sampled frame")
+    frame_captured_at: float | None = Field(default=None, description="Capture time of the frame described")
 
 
 # ---------------------------------------------------------------- stats and ops
@@ -394,7 +429,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SpeechStarted, SpeechStopped, TranscriptPartial, TranscriptFinal,
     AudioInMeta, AudioOutMeta, AudioOutDone, Interrupt, ErrorEvent,
     ContextRequest, ContextReply, ForgetSession, RetrievalRequest, RetrievalReply,
-    IngestJob, JobProgress, IngestResult, VideoJob, VideoResult, VideoFrameMeta,
+    IngestJob, JobProgress, IngestResult, VideoJob, VideoResult, VideoCancel, VideoFrameMeta,
+    FrameDescribeRequest, FrameDescription,
     StatsRequest, StatsSnapshot, DeadLetter,
     TurnKeywords,
 )

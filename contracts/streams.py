@@ -77,3 +77,20 @@ VIDEO = ConsumerSpec(
     ack_wait_s=600.0, max_deliver=3, max_ack_pending=2, description="Video processing jobs",
 )
 CONSUMERS: tuple[ConsumerSpec, ...] = (MEMORY_WRITER, INGEST, VIDEO)
+
+
+class ObjectStoreSpec(BaseModel):
+    """A JetStream object-store bucket (large payloads: uploads, keyframes)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    description: str
+    max_bytes: int
+    ttl_s: float = Field(description="Objects older than this are removed by the server")
+
+
+VIDEO_OBJECTS = ObjectStoreSpec(
+    bucket="SB_VIDEO", max_bytes=4 * GiB, ttl_s=7 * DAY,
+    description="Uploaded videos (deleted once their job ends) and the keyframes of finished jobs",
+)

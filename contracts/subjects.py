@@ -99,6 +99,8 @@ SUBJECTS: tuple[Subject, ...] = (
             "All audio of a turn was sent", to_client=True),
     Subject("memory.forget", f"ev.{_S}.ctl.forget", ev.ForgetSession, Lane.CONTROL,
             "Delete the session's memory"),
+    Subject("video.cancel", f"ev.{_S}.ctl.video_cancel", ev.VideoCancel, Lane.CONTROL,
+            "Cancel one of the session's video jobs"),
     # turns and their streamed pieces
     Subject("turn.user", f"ev.{_S}.turn.user", ev.UserTurn, Lane.DATA,
             "A user turn, typed or spoken", to_client=True),
@@ -135,6 +137,8 @@ SUBJECTS: tuple[Subject, ...] = (
             "Top-k passages; replies with RetrievalReply"),
     Subject("stats.snapshot", "svc.stats.snapshot", ev.StatsRequest, Lane.RPC,
             "Current figures; replies with StatsSnapshot"),
+    Subject("video.describe", "svc.video.describe", ev.FrameDescribeRequest, Lane.RPC,
+            "What the session's camera shows now; replies with FrameDescription"),
     # durable jobs
     Subject("ingest.job", "job.ingest", ev.IngestJob, Lane.JOB, "Add, replace or delete a document"),
     Subject("video.job", "job.video", ev.VideoJob, Lane.JOB, "Process an uploaded video"),
@@ -150,6 +154,7 @@ REPLIES: dict[str, type[Event]] = {
     "memory.context": ev.ContextReply,
     "retrieval.query": ev.RetrievalReply,
     "stats.snapshot": ev.StatsSnapshot,
+    "video.describe": ev.FrameDescription,
 }
 
 def dead_letter_subject(worker: str, prefix: str = DEFAULT_PREFIX) -> str:

@@ -30,6 +30,7 @@ from . import page
 from .auth import AuthError, TokenIssuer, development_secret
 from .connection import Connection, Edge, SessionSockets
 from .settings import EdgeSettings
+from .video import video_router
 
 log = get_logger("edge")
 
@@ -61,6 +62,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         await nc.drain()
 
     app = FastAPI(title="Switchboard edge", version=VERSION, lifespan=lifespan)
+    app.include_router(video_router(settings, bus, issuer))
 
     def require_api_key(authorization: str | None = Header(default=None)) -> None:
         if not api_keys:

@@ -93,6 +93,7 @@ class Connection:
         self.out = Outbound(s.outbound_queue)
         self.text_rate = TokenBucket(s.text_frames_per_s, s.text_frames_per_s * s.burst_s)
         self.binary_rate = TokenBucket(s.binary_frames_per_s, s.binary_frames_per_s * s.burst_s)
+        self.video_rate = TokenBucket(s.video_frames_per_s, s.video_frames_per_s * s.burst_s)
         self.violations = 0
         self.session_id = ""
         self.hello: Hello | None = None
@@ -251,6 +252,9 @@ class Connection:
             frame = ClientFrame.unpack(data)
         except FrameError as error:
             raise FrameRefusedError(ProtocolError(code="bad_frame", message=str(error))) from None
+        if frame.type is FrameType.VIDEO_JPEG:
+            await self._on_video(frame)
+            return
         audio = self.hello.audio if self.hello and self.hello.audio else AudioFormat()
         compressed = audio.encoding != "pcm_s16le"
         if frame.type is FrameType.AUDIO_PCM16 and not compressed:
@@ -270,8 +274,19 @@ class Connection:
         else:
             raise FrameRefusedError(ProtocolError(
                 code="unsupported", message=f"frame type {frame.type.name} does not match the hello's audio "
-                f"encoding {audio.encoding!r}" if frame.type is not FrameType.VIDEO_JPEG
-                else "video frames are not supported by this edge yet"))
+                f"encoding {audio.encoding!r}"))
+
+    async def _on_video(self, frame: ClientFrame) -> None:
+        """A camera snapshot: JPEG only, at most ``video_frames_per_s``; the video worker samples them."""
+        if not self.video_rate.take():
+            raise FrameRefusedError(ProtocolError(
+                code="rate_limited", message=f"camera frames over {self.edge.settings.video_frames_per_s:g} "
+                "per second; slow down"))
+        if not frame.payload.startswith(b"\xff\xd8\xff"):
+            raise FrameRefusedError(ProtocolError(code="bad_frame", message="a camera frame must be a JPEG image"))
+        await self.edge.bus.publish_binary(ev.VideoFrameMeta(
+            session_id=self.session_id, producer=PRODUCER, seq=frame.seq, captured_at=frame.captured_at),
+            frame.payload)
 
     async def _publish_audio(self, seq: int, captured_at: float, pcm: bytes) -> None:
         await self.edge.bus.publish_binary(ev.AudioInMeta(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tests.support.speech import silence, synthesize
+from workers.speech.vad import SAMPLE_RATE, VadEvent, VoiceActivity, load_model
 from workers.transcriber.endpoint import Decision, EndpointConfig, TurnEndpoint, continues
-from workers.transcriber.vad import SAMPLE_RATE, VadEvent, VoiceActivity, load_model
 
 STEP_S = 0.02  # polled after each 20 ms frame
 EPS = 1e-9

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.speech import silence, synthesize, word_error_rate
-from workers.transcriber.engines import Engine, EngineError, Recognizer, Transcript, load_engine
-from workers.transcriber.engines.sphinx_engine import PocketSphinxEngine
-from workers.transcriber.engines.vosk_engine import VoskEngine
-from workers.transcriber.engines.whisper_engine import WhisperEngine, join_model
+from workers.speech.engines import Engine, EngineError, Recognizer, Transcript, load_engine
+from workers.speech.engines.sphinx_engine import PocketSphinxEngine
+from workers.speech.engines.vosk_engine import VoskEngine
+from workers.speech.engines.whisper_engine import WhisperEngine, join_model
 
 pytestmark = pytest.mark.slow
 
@@ -347,7 +347,7 @@ def test_whisper_model_folder_without_model_bin_is_refused(tmp_path: Path) -> No
 
 def test_hybrid_streams_sphinx_partials_and_finals_with_whisper(
         sphinx: PocketSphinxEngine, whisper: WhisperEngine, speech: dict[str, bytes]) -> None:
-    from workers.transcriber.engines.hybrid import HybridEngine
+    from workers.speech.engines.hybrid import HybridEngine
 
     engine = HybridEngine(sphinx, whisper)
     recognizer = engine.recognizer()

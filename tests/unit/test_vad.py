@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.support.speech import silence, synthesize
-from workers.transcriber.vad import SAMPLE_RATE, SileroModel, VadEvent, VoiceActivity, load_model
+from workers.speech.vad import SAMPLE_RATE, SileroModel, VadEvent, VoiceActivity, load_model
 
 pytestmark = pytest.mark.slow
 

@@ -9,13 +9,15 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DiscardPolicy,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import APIError, NotFoundError
+from nats.js.object_store import ObjectStore
 
-from contracts.streams import ConsumerSpec, StreamSpec
+from contracts.streams import ConsumerSpec, ObjectStoreSpec, StreamSpec
 from contracts.subjects import DEFAULT_PREFIX
 
 from .logging import get_logger
@@ -115,3 +117,19 @@ async def provision(
     by_name = {s.name: stream_name(s, prefix) for s in streams}
     for consumer in consumers:
         await js.add_consumer(by_name.get(consumer.stream, consumer.stream), consumer_config(consumer, prefix))
+
+
+def bucket_name(spec: ObjectStoreSpec, prefix: str = DEFAULT_PREFIX) -> str:
+    """Buckets of another prefix get their own names, like streams."""
+    return spec.bucket if prefix == DEFAULT_PREFIX else f"{spec.bucket}_{prefix.upper().replace('-', '_')}"
+
+
+async def object_store(js: JetStreamContext, spec: ObjectStoreSpec, prefix: str = DEFAULT_PREFIX) -> ObjectStore:
+    """The bucket, created on first use with the declared limits and TTL (idempotent)."""
+    name = bucket_name(spec, prefix)
+    try:
+        return await js.object_store(name)
+    except NotFoundError:
+        config = ObjectStoreConfig(bucket=name, description=spec.description, max_bytes=spec.max_bytes,
+                                   ttl=spec.ttl_s)
+        return await js.create_object_store(name, config=config)

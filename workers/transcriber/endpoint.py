@@ -1,6 +1,6 @@
 """End of the user's turn, decided from VAD events, the partial transcript and the audio clock.
 
-Two timers, on purpose: the VAD (:mod:`workers.transcriber.vad`) says "speech stopped" after a
+Two timers, on purpose: the VAD (:mod:`workers.speech.vad`) says "speech stopped" after a
 short silence (a responsive barge-in signal), and this class ends the *turn* only after a
 longer silence with no new speech. A pause inside a sentence shows up as a VAD "end" followed
 by a "start" before the window is over, and does not split the turn.
@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from workers.transcriber.vad import VadEvent
+from workers.speech.vad import VadEvent
 
 
 @dataclass(frozen=True)

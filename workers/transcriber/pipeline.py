@@ -14,10 +14,10 @@ from typing import Literal
 
 from contracts.binary import PCM_BYTES_PER_SAMPLE, PCM_SAMPLE_RATE
 from contracts.envelope import new_id
+from workers.speech.engines.base import Recognizer
+from workers.speech.vad import VadEvent, VoiceActivity
 
 from .endpoint import TurnEndpoint
-from .engines.base import Recognizer
-from .vad import VadEvent, VoiceActivity
 
 PRE_ROLL_S = 0.3  # audio kept before a speech start so the recognizer hears the first syllable
 

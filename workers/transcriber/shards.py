@@ -11,11 +11,12 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from workers.speech.engines import load_engine
+from workers.speech.engines.base import Engine
+from workers.speech.vad import SileroModel, VoiceActivity, load_model
+
 from .endpoint import EndpointConfig, TurnEndpoint
-from .engines import load_engine
-from .engines.base import Engine
 from .pipeline import Output, SessionPipeline
-from .vad import SileroModel, VoiceActivity, load_model
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime.assets import package_dir
-from workers.transcriber.engines.base import (
+from workers.speech.engines.base import (
     SAMPLE_RATE,
     SAMPLE_WIDTH,
     EngineError,

@@ -1,4 +1,4 @@
-"""What every speech-to-text engine offers the transcriber: plain domain objects, no bus, no asyncio.
+"""What every speech-to-text engine offers its callers (transcriber, video): plain domain objects, no bus, no asyncio.
 
 The worker calls these from a thread pool. Contract for thread safety, the same for every engine:
 

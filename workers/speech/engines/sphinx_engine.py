@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime.assets import package_dir
-from workers.transcriber.engines.base import EngineError, Transcript, check_pcm, clamp01
+from workers.speech.engines.base import EngineError, Transcript, check_pcm, clamp01
 
 INSTALL_HINT = "`pip install pocketsphinx` (its wheel carries the en-us model)"
 # Words of the hypothesis that are no words: sentence marks, silence and filler/noise units.

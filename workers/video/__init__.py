@@ -1,0 +1,1 @@
+"""Video worker: uploaded videos (metadata, keyframes, transcript) and live camera frames."""

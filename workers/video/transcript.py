@@ -1,0 +1,138 @@
+"""A timed transcript of a video's audio: silero VAD finds the speech, an STT engine reads each span.
+
+Both run in child processes (:class:`SpeechPool`): the engines hold the GIL while they decode, so
+threads would stall the event loop. The audio stays in a file (PCM16 LE mono 16 kHz) that the
+child reads, so only file names and offsets cross the process boundary. A job asks for the spans
+once, then for one span at a time: progress is reported, and a cancelled job stops, between spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from workers.speech.engines import load_engine
+from workers.speech.engines.base import Engine
+from workers.speech.vad import SileroModel, VoiceActivity, load_model
+
+T = TypeVar("T")
+SAMPLE_RATE = 16_000
+BYTES_PER_S = 2 * SAMPLE_RATE
+CHUNK_S = 0.5  # how much audio is pushed to the VAD at a time
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    engine: str
+    model_path: str | None
+    language: str
+    vad_onnx: bool
+    min_silence_ms: int  # a pause at least this long ends a segment
+    max_segment_s: float  # longer speech is cut into pieces this long
+
+
+# ------------------------------------------------------------------ inside a child process
+
+_config: SpeechConfig | None = None
+_vad: SileroModel | None = None
+_engine: Engine | None = None
+
+
+def _load(config: SpeechConfig) -> None:
+    global _config, _vad, _engine  # noqa: PLW0603 - the process's own models, loaded once
+    _config = config
+    _vad = load_model(config.vad_onnx)
+    _engine = load_engine(config.engine, config.model_path, config.language)
+
+
+def _ready() -> bool:
+    return _engine is not None
+
+
+def speech_spans(pcm_path: str) -> list[tuple[float, float]]:
+    """(start, end) seconds of each stretch of speech, none longer than ``max_segment_s``."""
+    assert _config is not None and _vad is not None
+    vad = VoiceActivity(_vad, min_silence_ms=_config.min_silence_ms, speech_pad_ms=100)
+    spans: list[tuple[float, float]] = []
+    start: float | None = None
+    with Path(pcm_path).open("rb") as audio:
+        while chunk := audio.read(int(CHUNK_S * BYTES_PER_S)):
+            for event in vad.push(chunk):
+                if event.kind == "start":
+                    start = event.at_s
+                elif start is not None:
+                    spans.append((start, event.at_s))
+                    start = None
+    if start is not None:  # speech runs to the end of the audio
+        spans.append((start, vad.position_s))
+    return [piece for span in spans for piece in _cut(span, _config.max_segment_s)]
+
+
+def _cut(span: tuple[float, float], longest: float) -> list[tuple[float, float]]:
+    start, end = span
+    pieces = []
+    while end - start > longest:
+        pieces.append((start, start + longest))
+        start += longest
+    pieces.append((start, end))
+    return pieces
+
+
+def recognize(pcm_path: str, start_s: float, end_s: float) -> str:
+    """The engine's text for one span of the audio file."""
+    assert _engine is not None
+    first = int(start_s * SAMPLE_RATE) * 2
+    with Path(pcm_path).open("rb") as audio:
+        audio.seek(first)
+        pcm = audio.read(int(end_s * SAMPLE_RATE) * 2 - first)
+    recognizer = _engine.recognizer()
+    recognizer.accept(pcm)
+    return recognizer.final().text.strip()
+
+
+# ------------------------------------------------------------------ in the worker
+
+
+class SpeechPool:
+    """A bounded pool of child processes holding the VAD and the engine; rebuilt if one dies."""
+
+    def __init__(self, processes: int, config: SpeechConfig) -> None:
+        self._processes = processes
+        self._config = config
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
+        return ProcessPoolExecutor(self._processes, mp_context=context, initializer=_load,
+                                   initargs=(self._config,))
+
+    async def start(self) -> None:
+        """Load the models now (a benchmark, a warm-up); otherwise the first job loads them."""
+        await self._call(_ready)
+
+    async def spans(self, pcm_path: Path) -> list[tuple[float, float]]:
+        return await self._call(speech_spans, str(pcm_path))
+
+    async def recognize(self, pcm_path: Path, start_s: float, end_s: float) -> str:
+        return await self._call(recognize, str(pcm_path), start_s, end_s)
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run in a child; a dead child (killed, out of memory) breaks the pool: the next call gets
+        a fresh one, and this call raises so that the job is retried."""
+        pool = self._pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except BrokenProcessPool:
+            if self._pool is pool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            raise
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
