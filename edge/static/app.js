@@ -312,7 +312,8 @@ function renderReadout(turn) {
     meta.className = "meta";
     li.append(meta);
   }
-  meta.textContent = parts.length ? `${origin} → ${parts.join(" · ")}` : "";
+  const stopped = ["cancelled", "superseded"].includes(turn.done?.finish_reason) ? "interrupted · " : "";
+  meta.textContent = stopped + (parts.length ? `${origin} → ${parts.join(" · ")}` : "");
 }
 
 // ------------------------------------------------------------------ assistant audio
