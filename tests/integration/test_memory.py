@@ -12,6 +12,7 @@ import pytest
 from nats.aio.client import Client
 
 from contracts import events as ev
+from contracts.envelope import SessionEvent
 from contracts.subjects import BY_NAME, dead_letter_subject
 from tests.contract_tap import DELIBERATELY_INVALID
 from tests.support.edge_client import connect, running_edge
@@ -68,7 +69,7 @@ def reply(session: str, turn: str, text: str) -> ev.ReplyDone:
     return ev.ReplyDone(session_id=session, turn_id=turn, text=text, agent="general", producer="test")
 
 
-async def publish(bus: Bus, *events: ev.SessionEvent) -> None:
+async def publish(bus: Bus, *events: SessionEvent) -> None:
     for event in events:
         await bus.publish(event, durable=True)
 
