@@ -79,7 +79,9 @@ class Run:
 
     async def until_stored(self, count: int, timeout: float = 90.0) -> None:
         async with asyncio.timeout(timeout):
-            while await self.stored() < count:
+            while True:
+                if await self.stored() >= count:
+                    return
                 await asyncio.sleep(0.2)
 
     async def check_exactly_once_in_order(self) -> None:

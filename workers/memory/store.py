@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
@@ -181,12 +181,10 @@ class MemoryStore:
     async def count_turns(self) -> int:
         return await self.db.turns.count_documents({})
 
-    async def bulk_add_turns(self, docs: list[Doc]) -> None:
-        """Seed many turns at once (benchmarks); each doc carries its ``_id``."""
+    async def seed_turns(self, docs: list[Doc]) -> None:
+        """Insert many new turns at once (benchmarks); each doc carries its ``_id``."""
         now = _utcnow()
-        await self.db.turns.bulk_write(
-            [UpdateOne({"_id": d["_id"]}, {"$setOnInsert": {**d, "stored_at": now}}, upsert=True) for d in docs],
-            ordered=False)
+        await self.db.turns.insert_many([{**d, "stored_at": now} for d in docs], ordered=False)
 
 
 async def while_unreachable(operation: Callable[[], Awaitable[T]], keepalive: Callable[[], Awaitable[None]],

@@ -89,7 +89,8 @@ def build(settings: MemorySettings, bus: Bus) -> NatsRouter:
         position = int(message.raw_message.metadata.sequence.stream)
         await while_unreachable(lambda: memory.record(event, position), message.in_progress)
 
-    @router.subscriber(BY_NAME["memory.context"].subject(prefix=bus.prefix), queue="memory", title="memory.serve_context")
+    @router.subscriber(BY_NAME["memory.context"].subject(prefix=bus.prefix), queue="memory",
+                       title="memory.serve_context")
     async def on_context(request: ev.ContextRequest) -> ev.ContextReply | None:
         try:
             return await memory.context(request)
@@ -97,7 +98,8 @@ def build(settings: MemorySettings, bus: Bus) -> NatsRouter:
             log.warning("context unavailable", error=repr(error)[:200])
             return None
 
-    @router.subscriber(BY_NAME["memory.history"].subject(prefix=bus.prefix), queue="memory", title="memory.serve_history")
+    @router.subscriber(BY_NAME["memory.history"].subject(prefix=bus.prefix), queue="memory",
+                       title="memory.serve_history")
     async def on_history(request: ev.HistoryRequest) -> ev.HistoryReply | None:
         try:
             return await memory.history(request)
