@@ -4,7 +4,7 @@ Starts its own nats-server and nx-27017 (temporary stores) unless --nats-url / -
 runs the memory worker in-process, and measures:
 
 * write: sustained throughput of the durable writer (a burst of turns published at once) and the
-  time from publish to durable write (``stored_at - published_at``) at a steady 200 turns/s;
+  time from publish to durable write (``stored_at - published_at``) at a steady 50 turns/s;
 * context fetch p50/p99 through NATS request/reply with 10,000 and then 100,000 stored turns
   (100 turns per session), uncached (every request a session not in the cache) and cached;
 * baseline: raw ``insert_one`` and the context's own query (a session's 40 latest turns) straight
@@ -34,6 +34,7 @@ from workers.runtime import Bus, running_worker
 from workers.runtime.logging import configure_logging
 
 TURNS_PER_SESSION = 100
+CONTEXT_TURNS = MemorySettings.model_fields["context_turns"].default
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -63,11 +64,12 @@ async def worker(nats_url: str, mongo_url: str, prefix: str, cache: int) -> Asyn
         yield bus
 
 
-async def stored(store: MemoryStore, session: str, count: int) -> None:
+async def stored(store: MemoryStore, last: ev.UserTurn) -> None:
+    """The writer applies a session's turns in order: once the last is stored, all are."""
     while True:
-        if await store.db.turns.count_documents({"session_id": session}) >= count:
+        if await store.db.turns.find_one({"_id": last.event_id}, {"_id": 1}) is not None:
             return
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
 
 
 async def writes(bus: Bus, store: MemoryStore, burst: int) -> None:
@@ -76,31 +78,33 @@ async def writes(bus: Bus, store: MemoryStore, burst: int) -> None:
                            source="typed", producer="bench")
 
     session = f"burst-{time.time_ns()}"
+    turns = [turn(session, i) for i in range(burst)]
     started = time.perf_counter()
-    for i in range(burst):
-        await bus.publish(turn(session, i), durable=True)
-    await stored(store, session, burst)
+    for event in turns:
+        await bus.publish(event, durable=True)
+    await stored(store, turns[-1])
     elapsed = time.perf_counter() - started
     print(f"{'writer, sustained (burst of ' + str(burst) + ' turns)':<58} {burst / elapsed:7.0f} turns/s")
     session = f"steady-{time.time_ns()}"
-    for i in range(500):
-        await bus.publish(turn(session, i), durable=True)
-        await asyncio.sleep(0.005)
-    await stored(store, session, 500)
+    turns = [turn(session, i) for i in range(500)]
+    for event in turns:
+        await bus.publish(event, durable=True)
+        await asyncio.sleep(0.02)
+    await stored(store, turns[-1])
     docs = await store.db.turns.find({"session_id": session}).to_list()
-    print(line("writer, publish -> durable write at 200 turns/s", [
+    print(line("writer, publish -> durable write at 50 turns/s", [
         (d["stored_at"].timestamp() - d["at"]) * 1000 for d in docs]))
 
 
 async def seed(store: MemoryStore, until: int, have: int) -> list[str]:
-    for first in range(have, until, 10_000):
+    for first in range(have, until, 2_000):
         docs = []
-        for n in range(first, min(until, first + 10_000)):
+        for n in range(first, min(until, first + 2_000)):
             session, k = f"seed-{n // TURNS_PER_SESSION:05d}", n % TURNS_PER_SESSION
             docs.append({"_id": f"seed-{n}", "session_id": session, "position": n + 1, "turn_id": f"t{k}",
                          "role": "user" if k % 2 == 0 else "assistant", "text": f"seeded turn {k} " + "words " * 15,
                          "at": time.time()})
-        await store.seed_turns(docs)
+        await store.seed_turns(docs, keep=CONTEXT_TURNS)
     return [f"seed-{s:05d}" for s in range(until // TURNS_PER_SESSION)]
 
 

@@ -191,7 +191,7 @@ async def test_a_malformed_stored_document_is_skipped(memory: Bus, store: Memory
     session = "session-malformed-1"
     await publish(memory, user(session, "t1", "good"))
     await eventually(lambda: stored_texts(store, session), bool)
-    await store.db.turns.insert_one({"_id": "broken-1", "session_id": session, "position": 10**9, "role": "robot"})
+    await store.db.sessions.update_one({"_id": session}, {"$set": {"window.999999999": {"role": "robot"}}})
     request = ev.ContextRequest(session_id=session, turn_id="t9", producer="test")
     await publish(memory, reply(session, "t1", "still good"))  # also invalidates the cache
     await eventually(lambda: stored_texts(store, session), lambda t: len(t) == 2)
@@ -204,7 +204,7 @@ async def test_forget_deletes_the_sessions_memory(memory: Bus, store: MemoryStor
     await publish(memory, user(session, "t1", "My name is Bob."), user(other, "t1", "keep me"),
                   ev.ForgetSession(session_id=session, producer="test"), user(session, "t2", "after forgetting"))
     await eventually(lambda: stored_texts(store, session), lambda t: t == ["after forgetting"])
-    assert await store.facts(session) == []
+    assert (await store.session(session, 10)).facts == []
     assert await stored_texts(store, other) == ["keep me"]
 
 

@@ -3,9 +3,10 @@
 Context of a turn = the running summary, the user's facts, and the most recent turns that fit the
 token budget (newest kept first; returned oldest first; the asking turn itself left out). Tokens are
 estimated as ``ceil(chars / 4) + 4`` per turn. The material of a session (its last
-``context_turns`` turns, summary and facts) is cached per replica, LRU-bounded; a stored turn, a new
-summary or a forget invalidates the session's entry, and a load that raced an invalidation is not
-cached, so the cache is never older than the last write this replica made.
+``context_turns`` turns, summary and facts: one document, one read) is cached per replica,
+LRU-bounded; a stored turn, a new summary or a forget invalidates the session's entry, and a load
+that raced an invalidation is not cached, so the cache is never older than the last write this
+replica made.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from __future__ import annotations
 import contextlib
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from contracts import events as ev
 
 from .facts import extract_facts
-from .store import Fact, MemoryStore, Summary, Turn
+from .store import MemoryStore, SessionMemory
 
 TURN_OVERHEAD_TOKENS = 4
 Recordable = ev.UserTurn | ev.ReplyDone | ev.TranscriptFinal | ev.ForgetSession
@@ -27,13 +27,6 @@ Recordable = ev.UserTurn | ev.ReplyDone | ev.TranscriptFinal | ev.ForgetSession
 
 def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
-
-
-@dataclass(frozen=True)
-class Material:
-    turns: list[Turn]  # newest first
-    summary: Summary | None
-    facts: list[Fact]
 
 
 class SummaryScheduler(Protocol):
@@ -44,13 +37,13 @@ class SummaryScheduler(Protocol):
 
 class ContextCache:
     def __init__(self, max_sessions: int) -> None:
-        self._entries: OrderedDict[str, Material] = OrderedDict()
+        self._entries: OrderedDict[str, SessionMemory] = OrderedDict()
         self._loading: Counter[str] = Counter()
         self._stale: set[str] = set()
         self._max = max_sessions
         self.hits = self.misses = 0
 
-    def get(self, session_id: str) -> Material | None:
+    def get(self, session_id: str) -> SessionMemory | None:
         entry = self._entries.get(session_id)
         if entry is None:
             self.misses += 1
@@ -70,7 +63,7 @@ class ContextCache:
             if not self._loading[session_id]:
                 del self._loading[session_id]
 
-    def put(self, session_id: str, material: Material) -> None:
+    def put(self, session_id: str, material: SessionMemory) -> None:
         if session_id in self._stale:
             if session_id not in self._loading:
                 self._stale.discard(session_id)
@@ -86,7 +79,7 @@ class ContextCache:
             self._stale.add(session_id)
 
 
-def assemble(material: Material, max_tokens: int, exclude_turn_id: str | None) -> tuple[list[ev.MemoryTurn], int]:
+def assemble(material: SessionMemory, max_tokens: int, exclude_turn_id: str | None) -> tuple[list[ev.MemoryTurn], int]:
     """The most recent turns that fit the budget after the summary and facts, oldest first."""
     used = estimate_tokens(material.summary.text) if material.summary else 0
     used += sum(estimate_tokens(f.text) for f in material.facts)
@@ -111,6 +104,7 @@ class Memory:
         self._summaries = summaries
         self._context_turns = context_turns
         self._producer = producer
+        self._window_writes: Counter[str] = Counter()
 
     async def record(self, event: Recordable, position: int) -> bool:
         """Persist one event at its bus position; False when it was already stored (a duplicate)."""
@@ -118,6 +112,7 @@ class Memory:
         if isinstance(event, ev.ForgetSession):
             await self.store.forget(session)
             self._summaries.forget(session)
+            self._window_writes.pop(session, None)
             self.cache.invalidate(session)
             return True
         if isinstance(event, ev.TranscriptFinal):
@@ -134,22 +129,26 @@ class Memory:
             fields = {"role": "assistant", "text": event.text, "turn_id": event.turn_id, "at": event.published_at,
                       "agent": event.agent, "finish_reason": event.finish_reason}
         stored = await self.store.add_turn(event.event_id, session, position, fields)
+        # Repeating these for a duplicate is harmless (same position, same content), and completes a
+        # write that a crash cut short after the turn itself was stored.
+        await self.store.add_to_window(session, position, {k: fields[k] for k in ("role", "text", "turn_id", "at")})
         if isinstance(event, ev.UserTurn) and (facts := extract_facts(event.text)):
             await self.store.set_facts(session, position, facts)
         self.cache.invalidate(session)
         if stored:
             self._summaries.stored(session)
+            self._window_writes[session] += 1
+            if self._window_writes[session] >= self._context_turns:
+                del self._window_writes[session]
+                await self.store.trim_window(session, self._context_turns)
         return stored
 
-    async def material(self, session_id: str) -> Material:
+    async def material(self, session_id: str) -> SessionMemory:
         cached = self.cache.get(session_id)
         if cached is not None:
             return cached
         with self.cache.loading(session_id):
-            turns = await self.store.recent_turns(session_id, self._context_turns)
-            summary = await self.store.summary(session_id)
-            facts = await self.store.facts(session_id)
-            material = Material(turns, summary, facts)
+            material = await self.store.session(session_id, self._context_turns)
             self.cache.put(session_id, material)
         return material
 

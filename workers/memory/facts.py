@@ -48,6 +48,7 @@ _HYPOTHETICAL = re.compile(r"\b(?:if|suppose|supposing|imagine|pretend|unless|wh
 _NOT_A_VALUE = frozenset({"not", "no", "never", "a", "an", "the", "sure", "going", "trying", "just"})
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
 MAX_VALUE_WORDS = 4
+_KEY_UNSAFE = re.compile(r"[^a-z0-9_]+")  # keys are field names in the store: no dots, no dollars
 
 
 def extract_facts(text: str) -> list[Fact]:
@@ -84,4 +85,4 @@ def _fact(key: str, template: str, match: re.Match[str], sentence: str) -> Fact 
     elif key == "allergy":
         key = f"allergy_{value.lower()}"
     article = f"{groups['article'].lower()} " if groups.get("article") else ""
-    return Fact(key, template.format(value=value, topic=topic, article=article))
+    return Fact(_KEY_UNSAFE.sub("_", key), template.format(value=value, topic=topic, article=article))

@@ -8,9 +8,11 @@ Collections (database from ``SB_MONGO_URL``'s path, else ``SB_MONGO_DB``):
                  bus, whatever order the writes happened in.
 ``transcripts``  final transcripts with the recognizer's details (engine, confidence, audio span);
                  the text itself also arrives as the user turn, so transcripts are not turns.
-``facts``        what a user stated about themselves, one document per (session, key); a later
-                 statement replaces an earlier one.
-``summaries``    one running summary per session and the position it covers up to.
+``sessions``     one document per session: what a context needs, in one read by ``_id``. ``window``
+                 maps positions to the latest turns (setting a position twice is harmless; trimmed
+                 to the newest ``keep`` now and then), ``facts`` maps keys to what the user stated
+                 about themselves (a later statement replaces an earlier one), ``summary`` is the
+                 running summary and ``until`` the position it covers up to.
 
 Retention is a periodic delete of documents older than ``retention_days`` (:meth:`MemoryStore.prune`),
 not a TTL index: correctness and speed must not depend on how a server implements TTL (the
@@ -27,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
@@ -41,8 +43,7 @@ T = TypeVar("T")
 INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "turns": [[("session_id", ASCENDING), ("position", ASCENDING)], [("stored_at", ASCENDING)]],
     "transcripts": [[("session_id", ASCENDING), ("position", ASCENDING)], [("stored_at", ASCENDING)]],
-    "facts": [[("session_id", ASCENDING)], [("stored_at", ASCENDING)]],
-    "summaries": [[("stored_at", ASCENDING)]],
+    "sessions": [[("stored_at", ASCENDING)]],
 }
 
 
@@ -67,6 +68,15 @@ class Fact:
     text: str
 
 
+@dataclass(frozen=True)
+class SessionMemory:
+    """What a context is made of: the latest turns (newest first), the summary, the facts."""
+
+    turns: list[Turn]
+    summary: Summary | None
+    facts: list[Fact]
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -85,9 +95,10 @@ def parse_turn(doc: Doc) -> Turn | None:
 
 class MemoryStore:
     def __init__(self, url: str, database: str, timeout_s: float = 2.0) -> None:
+        # Only server selection is short: a connect timeout that short also bounds the driver's heartbeats,
+        # and a server busy for longer (a big insert on nx-27017) would see its pool cleared mid-operation.
         self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
-            url, serverSelectionTimeoutMS=int(timeout_s * 1000), connectTimeoutMS=int(timeout_s * 1000),
-            tz_aware=True)
+            url, serverSelectionTimeoutMS=int(timeout_s * 1000), tz_aware=True)
         self.db: AsyncDatabase[Doc] = self.client.get_default_database(default=database)
 
     async def close(self) -> None:
@@ -131,25 +142,37 @@ class MemoryStore:
         result = await self.db.transcripts.update_one({"_id": event_id}, {"$setOnInsert": doc}, upsert=True)
         return result.upserted_id is not None
 
+    async def add_to_window(self, session_id: str, position: int, turn: Doc) -> None:
+        await self.db.sessions.update_one(
+            {"_id": session_id}, {"$set": {f"window.{position}": turn, "stored_at": _utcnow()}}, upsert=True)
+
+    async def trim_window(self, session_id: str, keep: int) -> None:
+        doc = await self.db.sessions.find_one({"_id": session_id}, {"window": 1})
+        window = doc.get("window") if doc else None
+        if not isinstance(window, dict) or len(window) <= keep:
+            return
+        old = sorted(window, key=_position)[: len(window) - keep]
+        await self.db.sessions.update_one({"_id": session_id}, {"$unset": {f"window.{k}": "" for k in old}})
+
     async def set_facts(self, session_id: str, position: int, facts: list[Fact]) -> None:
         """A fact replaces the one with its key unless that one was stated later (redelivery after a newer turn)."""
         for fact in facts:
-            doc = {"session_id": session_id, "key": fact.key, "text": fact.text, "position": position,
-                   "stored_at": _utcnow()}
+            path = f"facts.{fact.key}"
             with contextlib.suppress(DuplicateKeyError):  # a newer statement of the same fact is stored
-                await self.db.facts.update_one({"_id": f"{session_id}:{fact.key}", "position": {"$lt": position}},
-                                               {"$set": doc}, upsert=True)
+                await self.db.sessions.update_one(
+                    {"_id": session_id, "$or": [{path: {"$exists": False}}, {f"{path}.position": {"$lt": position}}]},
+                    {"$set": {path: {"text": fact.text, "position": position}, "stored_at": _utcnow()}}, upsert=True)
 
     async def set_summary(self, session_id: str, summary: Summary) -> None:
-        await self.db.summaries.update_one(
+        await self.db.sessions.update_one(
             {"_id": session_id},
-            {"$set": {"text": summary.text, "until": summary.until, "stored_at": _utcnow()}}, upsert=True)
+            {"$set": {"summary": summary.text, "until": summary.until, "stored_at": _utcnow()}}, upsert=True)
 
     async def forget(self, session_id: str) -> int:
         """Delete everything stored about the session; returns how many documents."""
         results = await asyncio.gather(*(self.db[name].delete_many({"session_id": session_id})
-                                         for name in ("turns", "transcripts", "facts")),
-                                       self.db.summaries.delete_many({"_id": session_id}))
+                                         for name in ("turns", "transcripts")),
+                                       self.db.sessions.delete_many({"_id": session_id}))
         return sum(r.deleted_count for r in results)
 
     # ------------------------------------------------------------------ reads
@@ -168,23 +191,46 @@ class MemoryStore:
                       .sort("position", ASCENDING).limit(limit).to_list())
         return [t for t in map(parse_turn, docs) if t is not None]
 
-    async def summary(self, session_id: str) -> Summary | None:
-        doc = await self.db.summaries.find_one({"_id": session_id})
-        if doc is None or not isinstance(doc.get("text"), str):
-            return None
-        return Summary(doc["text"], int(doc.get("until", 0)))
+    async def session(self, session_id: str, turns: int) -> SessionMemory:
+        """The session's context material in one read; malformed parts are skipped."""
+        doc = await self.db.sessions.find_one({"_id": session_id}) or {}
+        window: Doc = doc["window"] if isinstance(doc.get("window"), dict) else {}
+        latest = sorted(window, key=_position, reverse=True)[:turns]
+        parsed = (parse_turn({**window[k], "position": k, "_id": f"{session_id}:{k}"})
+                  for k in latest if isinstance(window[k], dict))
+        facts: Doc = doc["facts"] if isinstance(doc.get("facts"), dict) else {}
+        stated = sorted(((v.get("position", 0), k, v["text"]) for k, v in facts.items()
+                         if isinstance(v, dict) and isinstance(v.get("text"), str)), key=lambda f: f[0])
+        return SessionMemory([t for t in parsed if t is not None], _summary(doc),
+                             [Fact(key, text) for _, key, text in stated])
 
-    async def facts(self, session_id: str) -> list[Fact]:
-        docs = await self.db.facts.find({"session_id": session_id}).sort("position", ASCENDING).to_list()
-        return [Fact(str(d["key"]), d["text"]) for d in docs if isinstance(d.get("text"), str) and "key" in d]
+    async def summary(self, session_id: str) -> Summary | None:
+        return _summary(await self.db.sessions.find_one({"_id": session_id}, {"summary": 1, "until": 1}) or {})
 
     async def count_turns(self) -> int:
-        return await self.db.turns.count_documents({})
+        """From the collection's metadata: cheap on any server, exact enough for reports."""
+        return await self.db.turns.estimated_document_count()
 
-    async def seed_turns(self, docs: list[Doc]) -> None:
-        """Insert many new turns at once (benchmarks); each doc carries its ``_id``."""
+    async def seed_turns(self, docs: list[Doc], keep: int) -> None:
+        """Insert many new turns at once, and each session's newest ``keep`` in its window (benchmarks)."""
         now = _utcnow()
         await self.db.turns.insert_many([{**d, "stored_at": now} for d in docs], ordered=False)
+        windows: dict[str, dict[str, Doc]] = {}
+        for d in sorted(docs, key=lambda d: int(d["position"])):
+            windows.setdefault(d["session_id"], {})[f"window.{d['position']}"] = {
+                k: d[k] for k in ("role", "text", "turn_id", "at")}
+        await self.db.sessions.bulk_write([
+            UpdateOne({"_id": session}, {"$set": {**dict(list(entries.items())[-keep:]), "stored_at": now}},
+                      upsert=True) for session, entries in windows.items()], ordered=False)
+
+
+def _position(key: str) -> int:
+    return int(key) if key.isdigit() else 0
+
+
+def _summary(doc: Doc) -> Summary | None:
+    text = doc.get("summary")
+    return Summary(text, int(doc.get("until") or 0)) if isinstance(text, str) and text else None
 
 
 async def while_unreachable(operation: Callable[[], Awaitable[T]], keepalive: Callable[[], Awaitable[None]],
