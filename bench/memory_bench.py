@@ -7,8 +7,8 @@ runs the memory worker in-process, and measures:
   time from publish to durable write (``stored_at - published_at``) at a steady 50 turns/s;
 * context fetch p50/p99 through NATS request/reply with 10,000 and then 100,000 stored turns
   (100 turns per session), uncached (every request a session not in the cache) and cached;
-* baseline: raw ``insert_one`` and the context's own query (a session's 40 latest turns) straight
-  through PyMongo against the same collection.
+* baseline: raw ``insert_one``, a session's 40 latest turns from the ``turns`` collection, and
+  ``find_one`` of the session document a context reads, straight through PyMongo, same server.
 
     .venv/bin/python bench/memory_bench.py [--burst 3000] [--requests 500]
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,7 +44,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def line(name: str, values: list[float]) -> str:
-    return (f"{name:<58} p50 {percentile(values, 0.5):7.2f} ms   p99 {percentile(values, 0.99):7.2f} ms"
+    return (f"{name:<72} p50 {percentile(values, 0.5):7.2f} ms   p99 {percentile(values, 0.99):7.2f} ms"
             f"   (n={len(values)})")
 
 
@@ -84,7 +85,7 @@ async def writes(bus: Bus, store: MemoryStore, burst: int) -> None:
         await bus.publish(event, durable=True)
     await stored(store, turns[-1])
     elapsed = time.perf_counter() - started
-    print(f"{'writer, sustained (burst of ' + str(burst) + ' turns)':<58} {burst / elapsed:7.0f} turns/s")
+    print(f"{'writer, sustained (burst of ' + str(burst) + ' turns)':<72} {burst / elapsed:7.0f} turns/s")
     session = f"steady-{time.time_ns()}"
     turns = [turn(session, i) for i in range(500)]
     for event in turns:
@@ -110,7 +111,7 @@ async def seed(store: MemoryStore, until: int, have: int) -> list[str]:
 
 async def contexts(uncached: Bus, cached: Bus, store: MemoryStore, sessions: list[str], requests: int) -> None:
     total = await store.count_turns()
-    rotation = iter(sessions * (1 + requests // len(sessions)))
+    rotation = itertools.cycle(sessions)
 
     async def ask(bus: Bus, session: str) -> None:
         request = ev.ContextRequest(session_id=session, turn_id="next", producer="bench")
@@ -119,6 +120,8 @@ async def contexts(uncached: Bus, cached: Bus, store: MemoryStore, sessions: lis
     print(line(f"raw PyMongo find (a session's 40 latest turns), {total} turns", await timed(
         lambda: store.db.turns.find({"session_id": next(rotation)}).sort("position", DESCENDING).limit(40).to_list(),
         requests)))
+    print(line(f"raw PyMongo find_one (the session document a context reads), {total} turns", await timed(
+        lambda: store.db.sessions.find_one({"_id": next(rotation)}), requests)))
     print(line(f"context fetch uncached, {total} turns", await timed(lambda: ask(uncached, next(rotation)),
                                                                       requests)))
     await ask(cached, sessions[0])

@@ -11,6 +11,7 @@ replica made.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -62,11 +63,10 @@ class ContextCache:
             self._loading[session_id] -= 1
             if not self._loading[session_id]:
                 del self._loading[session_id]
+                self._stale.discard(session_id)  # the next load starts after the write
 
     def put(self, session_id: str, material: SessionMemory) -> None:
         if session_id in self._stale:
-            if session_id not in self._loading:
-                self._stale.discard(session_id)
             return
         self._entries[session_id] = material
         self._entries.move_to_end(session_id)
@@ -128,10 +128,11 @@ class Memory:
                 return False  # a reply that produced nothing (failed or cancelled at once) has nothing to recall
             fields = {"role": "assistant", "text": event.text, "turn_id": event.turn_id, "at": event.published_at,
                       "agent": event.agent, "finish_reason": event.finish_reason}
-        stored = await self.store.add_turn(event.event_id, session, position, fields)
-        # Repeating these for a duplicate is harmless (same position, same content), and completes a
-        # write that a crash cut short after the turn itself was stored.
-        await self.store.add_to_window(session, position, {k: fields[k] for k in ("role", "text", "turn_id", "at")})
+        # The window write is repeated for a duplicate, harmlessly (same position, same content): that
+        # completes a write a crash cut short after the turn itself was stored.
+        stored, _ = await asyncio.gather(
+            self.store.add_turn(event.event_id, session, position, fields),
+            self.store.add_to_window(session, position, {k: fields[k] for k in ("role", "text", "turn_id", "at")}))
         if isinstance(event, ev.UserTurn) and (facts := extract_facts(event.text)):
             await self.store.set_facts(session, position, facts)
         self.cache.invalidate(session)
