@@ -8,7 +8,8 @@ runs the memory worker in-process, and measures:
 * context fetch p50/p99 through NATS request/reply with 10,000 and then 100,000 stored turns
   (100 turns per session), uncached (every request a session not in the cache) and cached;
 * baseline: raw ``insert_one``, a session's 40 latest turns from the ``turns`` collection, and
-  ``find_one`` of the session document a context reads, straight through PyMongo, same server.
+  ``find_one`` of the session document a context reads, straight through PyMongo, same server;
+  and a bare NATS request/reply answered with a canned reply, in the same process.
 
     .venv/bin/python bench/memory_bench.py [--burst 3000] [--requests 500]
 """
@@ -25,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from nats.aio.msg import Msg
 from pymongo import DESCENDING
 
 from contracts import events as ev
@@ -127,6 +129,15 @@ async def contexts(uncached: Bus, cached: Bus, store: MemoryStore, sessions: lis
                                                                       requests)))
     await ask(cached, sessions[0])
     print(line(f"context fetch cached, {total} turns", await timed(lambda: ask(cached, sessions[0]), requests)))
+    reply = ev.ContextReply(session_id=sessions[0], producer="bench").model_dump_json().encode()
+
+    async def echo(msg: Msg) -> None:
+        await msg.respond(reply)
+
+    sub = await cached.nc.subscribe("bench.raw.context", cb=echo)
+    print(line("raw NATS request/reply with a canned reply (the floor of a cached fetch)", await timed(
+        lambda: cached.nc.request("bench.raw.context", b"{}", timeout=5), requests)))
+    await sub.unsubscribe()
 
 
 async def run(nats_url: str, mongo_url: str, burst: int, requests: int) -> None:
