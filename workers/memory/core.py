@@ -42,15 +42,11 @@ class ContextCache:
         self._loading: Counter[str] = Counter()
         self._stale: set[str] = set()
         self._max = max_sessions
-        self.hits = self.misses = 0
 
     def get(self, session_id: str) -> SessionMemory | None:
         entry = self._entries.get(session_id)
-        if entry is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._entries.move_to_end(session_id)
+        if entry is not None:
+            self._entries.move_to_end(session_id)
         return entry
 
     @contextlib.contextmanager

@@ -53,7 +53,6 @@ class Summarizer:
         self._counts: Counter[str] = Counter()
         self._queued: set[str] = set()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self.runs = self.failures = 0
 
     def stored(self, session_id: str) -> None:
         if not self._after:
@@ -84,7 +83,6 @@ class Summarizer:
             try:
                 await self.summarize(session)
             except Exception as error:  # the LLM or the store failed: retried after more turns
-                self.failures += 1
                 log.warning("summary failed", session_id=session, error=repr(error)[:300])
 
     async def summarize(self, session_id: str) -> Summary | None:
@@ -101,7 +99,6 @@ class Summarizer:
             raise ValueError("the LLM returned an empty summary")
         summary = Summary(text, older[-1].position)
         await self._store.set_summary(session_id, summary)
-        self.runs += 1
         self._on_summary(session_id)
         log.info("summary updated", session_id=session_id, turns=len(older), until=summary.until)
         return summary
