@@ -15,6 +15,10 @@ setup:
 up:
     {{bin}}/python -m ops.cli up
 
+# Create the memory database's collections and indexes and apply retention (SB_MONGO_URL; idempotent)
+init-db:
+    {{bin}}/python -m ops.cli init-db
+
 # Which services are running (NATS service discovery)
 status:
     {{bin}}/python -m ops.cli status

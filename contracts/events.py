@@ -228,6 +228,29 @@ class ForgetSession(SessionEvent):
     kind: Literal["memory.forget"] = "memory.forget"
 
 
+class HistoryRequest(SessionEvent):
+    """Ask memory for one page of a session's stored turns, newest page first."""
+
+    kind: Literal["memory.history_request"] = "memory.history_request"
+    before: int | None = Field(default=None, ge=1,
+                               description="Cursor: only turns stored before this position (a page's `next_before`)")
+    limit: int = Field(default=50, ge=1, le=200, description="Turns per page")
+
+
+class StoredTurn(_Part):
+    role: Literal["user", "assistant"]
+    text: str
+    turn_id: TurnId
+    at: float = Field(description="When the turn was published (epoch s)")
+    position: int = Field(ge=1, description="Order within the session (the bus's sequence number)")
+
+
+class HistoryReply(SessionEvent):
+    kind: Literal["memory.history_reply"] = "memory.history_reply"
+    turns: list[StoredTurn] = Field(default_factory=list, description="One page, oldest first")
+    next_before: int | None = Field(default=None, description="Cursor of the next (older) page; None at the start")
+
+
 # ---------------------------------------------------------------- retrieval
 
 
@@ -428,7 +451,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SessionStarted, SessionEnded, SessionSettings, UserTurn, ReplyDelta, ReplyDone,
     SpeechStarted, SpeechStopped, TranscriptPartial, TranscriptFinal,
     AudioInMeta, AudioOutMeta, AudioOutDone, Interrupt, ErrorEvent,
-    ContextRequest, ContextReply, ForgetSession, RetrievalRequest, RetrievalReply,
+    ContextRequest, ContextReply, ForgetSession, HistoryRequest, HistoryReply, RetrievalRequest, RetrievalReply,
     IngestJob, JobProgress, IngestResult, VideoJob, VideoResult, VideoCancel, VideoFrameMeta,
     FrameDescribeRequest, FrameDescription,
     StatsRequest, StatsSnapshot, DeadLetter,

@@ -65,8 +65,10 @@ STREAMS: tuple[StreamSpec, ...] = (EVENTS, AUDIO, JOBS, DEAD_LETTERS)
 
 MEMORY_WRITER = ConsumerSpec(
     durable="memory-writer", stream=EVENTS.name,
-    filter_subjects=tuple(BY_NAME[n].wildcard() for n in ("turn.user", "reply.done", "memory.forget")),
-    description="Persists user turns and replies; idempotent by event id",
+    filter_subjects=tuple(BY_NAME[n].wildcard()
+                          for n in ("turn.user", "reply.done", "transcript.final", "memory.forget")),
+    ack_wait_s=10.0,  # a lost ack (bus restart) is redelivered after this; the writer keeps a slow write alive
+    description="Persists user turns, replies and final transcripts in bus order; idempotent by event id",
 )
 INGEST = ConsumerSpec(
     durable="retriever-ingest", stream=JOBS.name, filter_subjects=(BY_NAME["ingest.job"].wildcard(),),

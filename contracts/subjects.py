@@ -133,6 +133,8 @@ SUBJECTS: tuple[Subject, ...] = (
     # request/reply services
     Subject("memory.context", "svc.memory.context", ev.ContextRequest, Lane.RPC,
             "Context for a session's next turn; replies with ContextReply"),
+    Subject("memory.history", "svc.memory.history", ev.HistoryRequest, Lane.RPC,
+            "One page of a session's stored turns; replies with HistoryReply"),
     Subject("retrieval.query", "svc.retrieval.query", ev.RetrievalRequest, Lane.RPC,
             "Top-k passages; replies with RetrievalReply"),
     Subject("stats.snapshot", "svc.stats.snapshot", ev.StatsRequest, Lane.RPC,
@@ -152,6 +154,7 @@ BY_NAME: dict[str, Subject] = {s.name: s for s in SUBJECTS}
 #: Replies to request/reply subjects (they travel on inboxes, so they have no subject).
 REPLIES: dict[str, type[Event]] = {
     "memory.context": ev.ContextReply,
+    "memory.history": ev.HistoryReply,
     "retrieval.query": ev.RetrievalReply,
     "stats.snapshot": ev.StatsSnapshot,
     "video.describe": ev.FrameDescription,

@@ -5,6 +5,7 @@ HTTP:
   POST /v1/sessions/refresh    a fresh token for the session of the Bearer session token
   GET  /healthz                liveness and NATS connectivity
   GET  /                       the browser client (edge/static)
+  /v1/sessions/{id}/history, /v1/sessions/{id}/memory: the session's stored memory (edge/memory.py)
 WebSocket:
   /v1/ws                       protocol v1 (docs/protocol.md); first frame: hello with the token
 """
@@ -29,6 +30,7 @@ from workers.runtime.worker import VERSION, connect_nats
 from . import page
 from .auth import AuthError, TokenIssuer, development_secret
 from .connection import Connection, Edge, SessionSockets
+from .memory import memory_router
 from .settings import EdgeSettings
 from .video import video_router
 
@@ -84,6 +86,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             raise HTTPException(status_code=401, detail=str(error)) from None
         grant = issuer.issue(session_id)
         return SessionGrant(session_id=grant.session_id, token=grant.token, expires_at=grant.expires_at)
+
+    app.include_router(memory_router(issuer, bus))
 
     @app.get("/healthz")
     async def health() -> dict[str, object]:

@@ -95,3 +95,13 @@ def start_nats(store_dir: Path, port: int | None = None, config: Path | None = N
 def mongo_command(db_file: Path, port: int, log_file: Path, pid_file: Path) -> list[str]:
     return [find_binary("nx-27017"), "--db", str(db_file), "--host", "127.0.0.1", "-p", str(port),
             "--log-file", str(log_file), "--pid-file", str(pid_file)]
+
+
+def start_mongo(data_dir: Path, port: int | None = None) -> RunningServer:
+    """The nx-27017 MongoDB wire-protocol server on ``data_dir/db.sqlite``; the same dir and port restart it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    cmd = mongo_command(data_dir / "db.sqlite", port, data_dir / "mongo.log", data_dir / "mongo.pid")
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", port, 15.0, process)
+    return RunningServer(f"mongodb://127.0.0.1:{port}", port, process)

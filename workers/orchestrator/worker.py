@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 from faststream.nats import NatsRouter
-from pydantic import Field, SecretStr
+from pydantic import Field
 
 from contracts import events as ev
 from contracts.subjects import BY_NAME
-from workers.runtime import Bus, RuntimeSettings, WorkerSpec
+from workers.runtime import Bus, WorkerSpec
 from workers.runtime.recorded import last_recorded
+from workers.runtime.settings import LLMSettings
 
 from .agents import AgentRegistry, Router
 from .context import ContextHooks
@@ -26,13 +27,9 @@ from .core import Orchestrator
 from .llm import build_model
 
 
-class OrchestratorSettings(RuntimeSettings):
+class OrchestratorSettings(LLMSettings):
     llm_provider: Literal["openai", "echo"] = Field(
         default="openai", description="openai: any OpenAI-compatible server; echo: zero-latency load-test model")
-    llm_base_url: str = Field(default="http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL")
-    llm_api_key: SecretStr = Field(default=SecretStr("local"), description="API key for the LLM server")
-    llm_model: str = Field(default="smollm2-135m-instruct", description="Default model of every agent")
-    llm_timeout_s: float = Field(default=30.0, gt=0, description="Deadline between bytes of the LLM stream")
     llm_max_tokens: int = Field(default=256, ge=1, le=16_384, description="Longest reply, in tokens")
     default_agent: str = Field(default="general", description="Agent of sessions that chose none")
     memory_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the memory context request")

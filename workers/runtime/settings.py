@@ -33,6 +33,16 @@ class RuntimeSettings(BaseSettings):
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]
 
 
+class LLMSettings(RuntimeSettings):
+    """For workers that call an OpenAI-compatible LLM (the ``SB_LLM_*`` variables mean the same everywhere)."""
+
+    llm_base_url: str = Field(default="http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL")
+    llm_api_key: SecretStr = Field(default=SecretStr("local"), description="API key for the LLM server")
+    llm_model: str = Field(default="smollm2-135m-instruct", description="Default model of every agent")
+    llm_timeout_s: float = Field(default=30.0, gt=0,
+                                 description="Deadline of an LLM request (between bytes when streaming)")
+
+
 SettingsT = TypeVar("SettingsT", bound=RuntimeSettings)
 
 

@@ -1,0 +1,1 @@
+"""Memory: every turn stored durably (MongoDB wire protocol), context for the next turn, history, forget."""
