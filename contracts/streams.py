@@ -77,3 +77,20 @@ VIDEO = ConsumerSpec(
     ack_wait_s=600.0, max_deliver=3, max_ack_pending=2, description="Video processing jobs",
 )
 CONSUMERS: tuple[ConsumerSpec, ...] = (MEMORY_WRITER, INGEST, VIDEO)
+
+
+class ObjectStoreSpec(BaseModel):
+    """A JetStream object store bucket: files too large for a message travel through it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str
+    max_age_s: float
+    max_bytes: int
+
+
+INGEST_FILES = ObjectStoreSpec(
+    name="SB_INGEST_FILES", max_age_s=1 * DAY, max_bytes=GiB // 2,
+    description="Uploaded documents waiting for their ingestion job (IngestJob.object_name)",
+)

@@ -9,13 +9,15 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DiscardPolicy,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import APIError, NotFoundError
+from nats.js.object_store import ObjectStore
 
-from contracts.streams import ConsumerSpec, StreamSpec
+from contracts.streams import ConsumerSpec, ObjectStoreSpec, StreamSpec
 from contracts.subjects import DEFAULT_PREFIX
 
 from .logging import get_logger
@@ -27,7 +29,7 @@ class StreamConflictError(RuntimeError):
     """A stream exists with a config that cannot be changed in place."""
 
 
-def stream_name(spec: StreamSpec, prefix: str = DEFAULT_PREFIX) -> str:
+def stream_name(spec: StreamSpec | ObjectStoreSpec, prefix: str = DEFAULT_PREFIX) -> str:
     """Streams of another prefix (replays, isolated tests) get their own names."""
     return spec.name if prefix == DEFAULT_PREFIX else f"{spec.name}_{prefix.upper()}"
 
@@ -115,3 +117,14 @@ async def provision(
     by_name = {s.name: stream_name(s, prefix) for s in streams}
     for consumer in consumers:
         await js.add_consumer(by_name.get(consumer.stream, consumer.stream), consumer_config(consumer, prefix))
+
+
+async def object_store(js: JetStreamContext, spec: ObjectStoreSpec, prefix: str = DEFAULT_PREFIX) -> ObjectStore:
+    """The bucket of ``spec`` (per prefix), created on first use."""
+    name = stream_name(spec, prefix)
+    try:
+        return await js.object_store(name)
+    except NotFoundError:  # BucketNotFoundError included
+        config = ObjectStoreConfig(bucket=name, description=spec.description, ttl=spec.max_age_s,
+                                   max_bytes=spec.max_bytes, storage=StorageType.FILE)
+        return await js.create_object_store(config=config)
