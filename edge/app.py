@@ -3,6 +3,7 @@
 HTTP:
   POST /v1/sessions            a new session and its token (Bearer API key when SB_EDGE_API_KEYS is set)
   POST /v1/sessions/refresh    a fresh token for the session of the Bearer session token
+  POST /v1/ingest              upload a document into a knowledge base (edge/ingest.py)
   GET  /healthz                liveness and NATS connectivity
 WebSocket:
   /v1/ws                       protocol v1 (docs/protocol.md); first frame: hello with the token
@@ -27,6 +28,7 @@ from workers.runtime.worker import VERSION, connect_nats
 
 from .auth import AuthError, TokenIssuer, development_secret
 from .connection import Connection, Edge, SessionSockets
+from .ingest import ingest_router
 from .settings import EdgeSettings
 
 log = get_logger("edge")
@@ -80,6 +82,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             raise HTTPException(status_code=401, detail=str(error)) from None
         grant = issuer.issue(session_id)
         return SessionGrant(session_id=grant.session_id, token=grant.token, expires_at=grant.expires_at)
+
+    app.include_router(ingest_router(settings, bus, issuer))
 
     @app.get("/healthz")
     async def health() -> dict[str, object]:

@@ -119,3 +119,12 @@ class Embedder:
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         unit: Vectors = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
         return unit
+
+
+if __name__ == "__main__":  # infra/setup.sh: export once at setup rather than at a worker's first start
+    from workers.runtime import load_settings
+
+    from .settings import RetrieverSettings
+
+    cached = onnx_path(load_settings(RetrieverSettings).model_cache())
+    print(cached if cached.exists() else export_onnx(cached))

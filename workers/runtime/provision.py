@@ -127,4 +127,4 @@ async def object_store(js: JetStreamContext, spec: ObjectStoreSpec, prefix: str 
     except NotFoundError:  # BucketNotFoundError included
         config = ObjectStoreConfig(bucket=name, description=spec.description, ttl=spec.max_age_s,
                                    max_bytes=spec.max_bytes, storage=StorageType.FILE)
-        return await js.create_object_store(config=config)
+        return await js.create_object_store(name, config=config)
