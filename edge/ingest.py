@@ -46,18 +46,27 @@ class Submitted(BaseModel):
     result: ev.IngestResult | None = None
 
 
+class SessionAuth:
+    """Dependency: the session whose token the request carries (``Authorization: Bearer``), else 401."""
+
+    def __init__(self, issuer: TokenIssuer) -> None:
+        self._issuer = issuer
+
+    def __call__(self, authorization: Annotated[str | None, Header()] = None) -> str:
+        try:
+            return self._issuer.verify((authorization or "").removeprefix("Bearer ").strip())
+        except AuthError as error:
+            raise HTTPException(status_code=401, detail=str(error)) from None
+
+
 def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIRouter:
     router = APIRouter(prefix="/v1/ingest", tags=["retrieval"])
     limit = settings.edge_max_upload_bytes
 
-    def session_of(authorization: Annotated[str | None, Header()] = None) -> str:
-        try:
-            return issuer.verify((authorization or "").removeprefix("Bearer ").strip())
-        except AuthError as error:
-            raise HTTPException(status_code=401, detail=str(error)) from None
+    session_of = SessionAuth(issuer)
 
     @router.post("")
-    async def upload(request: Request, session_id: Annotated[str, Depends(session_of)], filename: Filename,
+    async def upload(request: Request, filename: Filename, session_id: str = Depends(session_of),
                      base: Base = "default", wait: Wait = 0.0,
                      content_type: Annotated[str | None, Header()] = None) -> JSONResponse:
         if int(request.headers.get("content-length") or 0) > limit:
@@ -79,7 +88,7 @@ def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIR
                 return await _reply(job, watch, wait)
 
     @router.delete("")
-    async def delete(session_id: Annotated[str, Depends(session_of)], filename: Filename, base: Base = "default",
+    async def delete(filename: Filename, session_id: str = Depends(session_of), base: Base = "default",
                      wait: Wait = 0.0) -> JSONResponse:
         async with watch_jobs(bus.nc, session_id, bus.prefix) as watch:
             return await _reply(await submit_delete(bus, session_id, filename, base), watch, wait)
