@@ -1,7 +1,7 @@
 """Token-aware chunking with overlap, counted in the embedding model's own tokens.
 
 Each section is cut into windows of at most ``size`` tokens; a window ends at the last
-sentence end (or line break) in its second half when there is one, else at a word boundary,
+sentence end (or line break) in its second half when there is one, else at a whitespace boundary,
 and the next window starts ``overlap`` tokens before that end (also at a word start). So no
 chunk is ever truncated by the model and no word is split between chunks.
 """
@@ -45,13 +45,13 @@ class Chunker:
 
     def split(self, text: str) -> list[str]:
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
-        offsets, words = encoding.offsets, encoding.word_ids
+        offsets = encoding.offsets
         n = len(offsets)
         if n <= self.size:
             return [text.strip()] if text.strip() else []
 
-        def word_start(i: int) -> bool:
-            return i <= 0 or i >= n or words[i] != words[i - 1]
+        def word_start(i: int) -> bool:  # whitespace before the token: "God," stays one piece
+            return i <= 0 or i >= n or offsets[i][0] > offsets[i - 1][1]
 
         pieces: list[str] = []
         start = 0
@@ -77,6 +77,6 @@ class Chunker:
             if (before and before[-1] in _SENTENCE_END and gap) or "\n" in gap:
                 return j
         j = end
-        while j > start + 1 and not word_start(j):
+        while j > start + self.size // 2 and not word_start(j):
             j -= 1
-        return j
+        return j if word_start(j) else end  # one endless "word" (a URL, base64): cut it hard
