@@ -160,10 +160,16 @@ async def test_server_mode_through_chroma_run(nats_url: str, tmp_path: Path) -> 
             assert results[gettysburg.name].status == "ingested"
             reply = await query(bus, "government of the people, by the people")
             assert reply.passages[0].citation.source == gettysburg.name
-        client = chromadb.HttpClient(host="127.0.0.1", port=server.port)
-        names = [c.name for c in client.list_collections()]
-        assert names == ["kb-default-minilm-l6"]
-        assert client.get_collection("kb-default-minilm-l6").count() == results[gettysburg.name].chunks
-        assert not (tmp_path / "chroma").exists()  # nothing went to an embedded index
+            client = chromadb.HttpClient(host="127.0.0.1", port=server.port)
+            assert [c.name for c in client.list_collections()] == ["kb-default-minilm-l6"]
+            assert client.get_collection("kb-default-minilm-l6").count() == results[gettysburg.name].chunks
+            assert not (tmp_path / "chroma").exists()  # nothing went to an embedded index
+            # The index goes away: the job is retried, then fails with the reason and is dead-lettered.
+            server.stop()
+            letters = await bus.nc.subscribe(BY_NAME["deadletter"].subject(prefix="rtvs", worker="retriever"))
+            failed = (await ingest(bus, {"late.txt": b"Written while the index is down."}))["late.txt"]
+            assert failed.status == "failed" and failed.error.startswith("internal error after 3 attempts"), failed
+            letter = ev.DeadLetter.model_validate_json((await letters.next_msg(timeout=10)).data)
+            assert letter.deliveries == 3 and letter.original_subject == "rtvs.job.ingest"
     finally:
         server.stop()
