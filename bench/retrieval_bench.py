@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,7 @@ def fill(retriever: Retriever, size: int, seed: int = 11) -> None:
 
 
 async def query_latency(retriever: Retriever, asked: list[str], n: int) -> tuple[list[float], list[float]]:
+    """Interleaved: each question through Retriever.query, then the raw chromadb query for it."""
     collection = retriever.store._client.get_collection(collection_name("bench"), embedding_function=None)
     vectors = retriever.embedder.embed(asked)
     ours, raw = [], []
@@ -130,7 +132,8 @@ async def query_latency(retriever: Retriever, asked: list[str], n: int) -> tuple
     return ours, raw
 
 
-def st_throughput(texts: list[str]) -> float:
+def torch_baseline(texts: list[str], asked: list[str], n: int) -> tuple[float, list[float]]:
+    """sentence-transformers on the same weights (torch): chunks/s, and one-question latencies."""
     from sentence_transformers import SentenceTransformer
 
     from workers.retriever.embedder import model_dir
@@ -139,7 +142,19 @@ def st_throughput(texts: list[str]) -> float:
     model.encode(texts[:32], batch_size=32)
     started = time.perf_counter()
     model.encode(texts, batch_size=32)
-    return len(texts) / (time.perf_counter() - started)
+    rate = len(texts) / (time.perf_counter() - started)
+    return rate, timed(lambda i: model.encode([asked[i % len(asked)]]), n)
+
+
+def timed(call: Callable[[int], object], n: int) -> list[float]:
+    """Milliseconds of ``n`` calls after 10 warm-up calls."""
+    samples = []
+    for i in range(n + 10):
+        started = time.perf_counter()
+        call(i)
+        if i >= 10:
+            samples.append((time.perf_counter() - started) * 1000)
+    return samples
 
 
 async def main() -> None:
@@ -159,15 +174,18 @@ async def main() -> None:
         t0 = time.perf_counter()
         retriever.embedder.embed(texts)
         embed_rate = len(texts) / (time.perf_counter() - t0)
-        st_rate = st_throughput(texts)
+        asked = [q.question for q in questions()]
+        st_rate, st_query = torch_baseline(texts, asked, args.queries)
+        onnx_query = timed(lambda i: retriever.embedder.embed([asked[i % len(asked)]]), args.queries)
         print(f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
         print("\n| ingestion | chunks/s |\n|---|---:|")
         print(f"| Retriever.ingest: extract, chunk, embed (onnxruntime), store ({chunks} chunks, "
               f"{len(documents)} documents) | {chunks / seconds:.0f} |")
         print(f"| embedding alone, onnxruntime ({len(texts)} chunks) | {embed_rate:.0f} |")
         print(f"| embedding alone, sentence-transformers (torch), same chunks | {st_rate:.0f} |")
-        asked = [q.question for q in questions()]
         print("\n| query (top 4) | p50 | p99 |\n|---|---:|---:|")
+        print(row("embedding one question alone, onnxruntime", onnx_query))
+        print(row("embedding one question alone, sentence-transformers (torch)", st_query))
         for size in sizes:
             await asyncio.to_thread(fill, retriever, size)
             ours, raw = await query_latency(retriever, asked, args.queries)

@@ -18,6 +18,7 @@ from tests.contract_tap import DELIBERATELY_INVALID
 from tests.support.pdf import image_only_pdf
 from tests.support.retrieval import SESSION, answers, corpus_files, delete, ingest, query, questions, running_retriever
 from workers.runtime import Bus
+from workers.runtime.ingest import watch_jobs
 from workers.runtime.provision import object_store
 
 PREFIX = "rtv"
@@ -119,6 +120,15 @@ async def test_bad_documents_fail_with_a_reason_and_leave_nothing(retriever: Bus
         store = await object_store(nc.jetstream(), INGEST_FILES, PREFIX)  # the upload is cleaned up
         with pytest.raises(NotFoundError):
             await store.get_info(result.job_id)
+
+
+async def test_a_job_whose_upload_is_gone_fails_at_once(retriever: Bus) -> None:
+    async with watch_jobs(retriever.nc, SESSION, PREFIX) as watch:
+        job = ev.IngestJob(session_id=SESSION, producer="test", job_id="gone-1", source="gone.pdf",
+                           content_type="application/pdf", object_name="never-uploaded")
+        await retriever.publish(job, durable=True)
+        result = await anext(watch.results({job.job_id}, 30.0))
+    assert result.status == "failed" and "is gone" in result.error
 
 
 async def test_queries_that_cannot_run(retriever: Bus, nc: Client) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsRouter, PullSub
 from faststream.nats.annotations import NatsMessage
+from nats.js.errors import NotFoundError
 
 from contracts import events as ev
 from contracts.streams import INGEST, INGEST_FILES, JOBS
@@ -94,7 +95,11 @@ class Jobs:
         if job.object_name is None:
             return (job.text or "").encode()
         store = await object_store(self._bus.js, INGEST_FILES, self._bus.prefix)
-        info = await store.get_info(job.object_name)
+        try:
+            info = await store.get_info(job.object_name)
+        except NotFoundError:
+            raise DocumentError(f"the uploaded file {job.object_name!r} is gone (expired after a day, or "
+                                f"deleted)") from None
         retriever.check_size(info.size or 0)
         data: bytes = (await store.get(job.object_name)).data or b""
         return data
