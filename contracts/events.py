@@ -271,7 +271,8 @@ class Passage(_Part):
 
 class RetrievalReply(SessionEvent):
     kind: Literal["retrieval.reply"] = "retrieval.reply"
-    passages: list[Passage] = Field(default_factory=list)
+    passages: list[Passage] = Field(default_factory=list, description="Best first, each above the floor")
+    error: str = Field(default="", max_length=500, description="Why the query could not run (e.g. a blank query)")
 
 
 class IngestJob(SessionEvent):

@@ -96,3 +96,8 @@ VIDEO_OBJECTS = ObjectStoreSpec(
     bucket="SB_VIDEO", max_bytes=4 * GiB, ttl_s=7 * DAY,
     description="Uploaded videos (deleted once their job ends) and the keyframes of finished jobs",
 )
+
+INGEST_FILES = ObjectStoreSpec(
+    bucket="SB_INGEST_FILES", max_bytes=GiB // 2, ttl_s=1 * DAY,
+    description="Uploaded documents waiting for their ingestion job (IngestJob.object_name)",
+)

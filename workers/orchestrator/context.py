@@ -66,7 +66,10 @@ class ContextHooks:
         request = ev.RetrievalRequest(session_id=turn.session_id, turn_id=turn.turn_id,
                                       producer=self._requester.producer, query=turn.text,
                                       bases=bases or ["default"])
-        return await self._ask("retrieval.query", request, ev.RetrievalReply, self._retrieval_timeout_s)
+        reply, status = await self._ask("retrieval.query", request, ev.RetrievalReply, self._retrieval_timeout_s)
+        if isinstance(reply, ev.RetrievalReply) and reply.error:
+            return reply, "error"  # the retriever refused the query (e.g. a blank one)
+        return reply, status
 
     async def _ask(self, name: str, request: Event, reply: type[R],
                    timeout: float) -> tuple[Event | None, DependencyStatus]:

@@ -1,0 +1,185 @@
+"""The retriever worker on a real NATS server and a real chromadb: jobs, queries, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+
+from contracts import events as ev
+from contracts.streams import INGEST_FILES
+from contracts.subjects import BY_NAME
+from tests.contract_tap import DELIBERATELY_INVALID
+from tests.support.pdf import image_only_pdf
+from tests.support.retrieval import SESSION, answers, corpus_files, delete, ingest, query, questions, running_retriever
+from workers.runtime import Bus
+from workers.runtime.ingest import watch_jobs
+from workers.runtime.provision import object_store
+
+PREFIX = "rtv"
+
+
+@pytest.fixture(scope="module")
+async def retriever(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bus]:
+    folder = tmp_path_factory.mktemp("retriever")
+    async with running_retriever(nats_url, folder, PREFIX, retriever_max_document_bytes=2_000_000) as bus:
+        results = await ingest(bus, {p.name: p.read_bytes() for p in corpus_files()})
+        assert {r.status for r in results.values()} == {"ingested"}, results
+        yield bus
+
+
+async def test_corpus_recall_at_5_is_at_least_0_9(retriever: Bus) -> None:
+    asked = questions()
+    found = [answers(q, (await query(retriever, q.question, top_k=5, min_score=0.0)).passages) for q in asked]
+    recall = sum(found) / len(found)
+    missed = [q.question for q, ok in zip(asked, found, strict=True) if not ok]
+    assert recall >= 0.9, f"recall@5 = {recall:.2f}; missed: {missed}"
+
+
+async def test_passages_carry_citations_scores_and_the_floor_holds(retriever: Bus) -> None:
+    reply = await query(retriever, "Which amendment forbids cruel and unusual punishments?", top_k=3)
+    best = reply.passages[0]
+    assert best.citation.source == "bill-of-rights.html" and best.citation.section == "Amendment VIII"
+    assert best.citation.title == "The Bill of Rights" and best.score == best.citation.score > 0.5
+    assert [p.score for p in reply.passages] == sorted((p.score for p in reply.passages), reverse=True)
+    assert all(p.score >= 0.3 for p in reply.passages) and len(reply.passages) <= 3
+    # Nothing in the corpus is about baking: the default floor lets nothing through.
+    assert (await query(retriever, "How long should sourdough bread proof before baking?")).passages == []
+    assert (await query(retriever, "cruel and unusual punishments", min_score=0.99)).passages == []
+
+
+async def test_metadata_filters_restrict_the_search(retriever: Bus) -> None:
+    reply = await query(retriever, "all men are created equal", top_k=5, min_score=0.0,
+                        filters={"source": "gettysburg-address.txt"})
+    assert reply.passages and {p.citation.source for p in reply.passages} == {"gettysburg-address.txt"}
+    pages = await query(retriever, "pledge our Lives, our Fortunes and our sacred Honor", min_score=0.0,
+                        filters={"source": "declaration-of-independence.pdf", "section": "page 2"})
+    assert pages.passages and {p.citation.section for p in pages.passages} == {"page 2"}
+
+
+async def test_reingesting_unchanged_documents_does_nothing(retriever: Bus) -> None:
+    before = await query(retriever, "Slow but steady wins the race", top_k=50, min_score=-1.0)
+    results = await ingest(retriever, {p.name: p.read_bytes() for p in corpus_files()})
+    assert {r.status for r in results.values()} == {"unchanged"} and {r.chunks for r in results.values()} == {0}
+    after = await query(retriever, "Slow but steady wins the race", top_k=50, min_score=-1.0)
+    assert [p.text for p in after.passages] == [p.text for p in before.passages]
+
+
+async def test_a_changed_document_replaces_its_chunks_and_delete_removes_them(retriever: Bus) -> None:
+    progress: list[ev.JobProgress] = []
+    first = (await ingest(retriever, {"harbour.md": b"# Harbour\n\nThe ferry to the island leaves at seven "
+                                                     b"in the morning from pier four."}, progress=progress))
+    assert first["harbour.md"].status == "ingested" and first["harbour.md"].chunks == 1
+    assert {"parsing", "embedding", "storing"} <= {p.stage for p in progress}
+    second = await ingest(retriever, {"harbour.md": b"# Harbour\n\nThe ferry to the island now leaves at nine "
+                                                    b"from pier two.\n\n## Fares\n\nA return ticket costs ten."})
+    assert second["harbour.md"].status == "ingested" and second["harbour.md"].chunks == 2
+    assert second["harbour.md"].document_id == first["harbour.md"].document_id
+    texts = [p.text for p in (await query(retriever, "when does the ferry leave", top_k=50, min_score=-1.0,
+                                          filters={"source": "harbour.md"})).passages]
+    assert len(texts) == 2 and any("nine" in t for t in texts) and not any("seven" in t for t in texts)
+    gone = await delete(retriever, "harbour.md")
+    assert (gone.status, gone.chunks) == ("deleted", 2)
+    assert (await query(retriever, "ferry", min_score=-1.0, filters={"source": "harbour.md"})).passages == []
+    assert (await delete(retriever, "harbour.md")).chunks == 0  # deleting again is harmless
+
+
+async def test_bases_are_separate_collections(retriever: Bus) -> None:
+    results = await ingest(retriever, {"lighthouse.txt": b"The lighthouse keeper polishes the great lens daily."},
+                           base="coast")
+    assert results["lighthouse.txt"].status == "ingested"
+    question = "who polishes the lighthouse lens"
+    assert (await query(retriever, question, bases=["default"])).passages == []
+    coast = await query(retriever, question, bases=["coast"])
+    assert [p.citation.source for p in coast.passages] == ["lighthouse.txt"]
+    both = await query(retriever, question, bases=["default", "coast", "no-such-base"])
+    assert both.passages[0].citation.source == "lighthouse.txt"
+
+
+@pytest.mark.parametrize(("name", "data", "error"), [
+    ("empty.txt", b"", "empty"),
+    ("blank.md", b"   \n\n  ", "empty"),
+    ("junk.txt", bytes(range(256)) * 64, "not UTF-8 text"),
+    ("controls.txt", b"\x01\x02\x03\x04" * 400, "binary data"),
+    ("scan.pdf", image_only_pdf(), "no text layer"),
+    ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "not a readable PDF"),
+    ("slides.pptx", b"PK\x03\x04 zipped slides", "unsupported content type"),
+    ("huge.txt", b"word " * 500_000, "limit is 2.0 MB"),
+])
+async def test_bad_documents_fail_with_a_reason_and_leave_nothing(retriever: Bus, nc: Client, name: str,
+                                                                  data: bytes, error: str) -> None:
+    result = (await ingest(retriever, {name: data}))[name]
+    assert result.status == "failed" and error in result.error, result
+    assert (await query(retriever, "anything at all", min_score=-1.0, filters={"source": name})).passages == []
+    if len(data) > 256 * 1024 or name.endswith((".pdf", ".pptx")) or name == "junk.txt":
+        store = await object_store(nc.jetstream(), INGEST_FILES, PREFIX)  # the upload is cleaned up
+        with pytest.raises(NotFoundError):
+            await store.get_info(result.job_id)
+
+
+async def test_a_job_whose_upload_is_gone_fails_at_once(retriever: Bus) -> None:
+    async with watch_jobs(retriever.nc, SESSION, PREFIX) as watch:
+        job = ev.IngestJob(session_id=SESSION, producer="test", job_id="gone-1", source="gone.pdf",
+                           content_type="application/pdf", object_name="never-uploaded")
+        await retriever.publish(job, durable=True)
+        result = await anext(watch.results({job.job_id}, 30.0))
+    assert result.status == "failed" and "is gone" in result.error
+
+
+async def test_queries_that_cannot_run(retriever: Bus, nc: Client) -> None:
+    blank = await query(retriever, "   ")
+    assert blank.passages == [] and blank.error == "the query is blank"
+    letters = await nc.subscribe(BY_NAME["deadletter"].subject(prefix=PREFIX, worker="retriever"))
+    empty = json.dumps({"kind": "retrieval.request", "session_id": SESSION, "producer": "test", "query": ""})
+    # An empty query breaks the contract: dead-lettered, and the requester hears so at once (an empty
+    # reply, which Bus.request reports as a ValueError and the orchestrator as retrieval "error").
+    reply = await nc.request(BY_NAME["retrieval.query"].subject(prefix=PREFIX), empty.encode(), timeout=5.0,
+                             headers={DELIBERATELY_INVALID: "1"})
+    assert reply.data == b""
+    with pytest.raises(ValueError, match="Invalid JSON"):
+        ev.RetrievalReply.model_validate_json(reply.data)
+    letter = ev.DeadLetter.model_validate_json((await letters.next_msg(timeout=5)).data)
+    assert letter.error_type == "ValidationError" and "query" in letter.reason
+    assert (await query(retriever, "the fox and the grapes")).passages  # and the worker carries on
+
+
+async def test_duplicate_uploads_in_one_go_index_one_copy(retriever: Bus) -> None:
+    text = b"Tide tables: high water at the harbour mouth is at noon on the first of May."
+    session_results = await asyncio.gather(*(ingest(retriever, {"tides.txt": text}) for _ in range(3)))
+    statuses = sorted(r["tides.txt"].status for r in session_results)
+    assert statuses == ["ingested", "unchanged", "unchanged"]
+    found = await query(retriever, "high water", min_score=-1.0, top_k=10, filters={"source": "tides.txt"})
+    assert len(found.passages) == 1
+
+
+async def test_server_mode_through_chroma_run(nats_url: str, tmp_path: Path) -> None:
+    import chromadb
+
+    from ops.servers import start_chroma
+
+    server = start_chroma(tmp_path / "chroma-server")
+    try:
+        async with running_retriever(nats_url, tmp_path, "rtvs", retriever_chroma_url=server.url) as bus:
+            gettysburg = next(p for p in corpus_files() if p.name == "gettysburg-address.txt")
+            results = await ingest(bus, {gettysburg.name: gettysburg.read_bytes()})
+            assert results[gettysburg.name].status == "ingested"
+            reply = await query(bus, "government of the people, by the people")
+            assert reply.passages[0].citation.source == gettysburg.name
+            client = chromadb.HttpClient(host="127.0.0.1", port=server.port)
+            assert [c.name for c in client.list_collections()] == ["kb-default-minilm-l6"]
+            assert client.get_collection("kb-default-minilm-l6").count() == results[gettysburg.name].chunks
+            assert not (tmp_path / "chroma").exists()  # nothing went to an embedded index
+            # The index goes away: the job is retried, then fails with the reason and is dead-lettered.
+            server.stop()
+            letters = await bus.nc.subscribe(BY_NAME["deadletter"].subject(prefix="rtvs", worker="retriever"))
+            failed = (await ingest(bus, {"late.txt": b"Written while the index is down."}))["late.txt"]
+            assert failed.status == "failed" and failed.error.startswith("internal error after 3 attempts"), failed
+            letter = ev.DeadLetter.model_validate_json((await letters.next_msg(timeout=10)).data)
+            assert letter.deliveries == 3 and letter.original_subject == "rtvs.job.ingest"
+    finally:
+        server.stop()

@@ -1,0 +1,1 @@
+"""Retriever: documents in as durable ingestion jobs, passages out by request/reply (chromadb, MiniLM)."""

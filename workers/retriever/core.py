@@ -1,0 +1,109 @@
+"""The retriever's logic, testable without the bus: ingest, delete and query documents.
+
+Ingestion: extract sections -> token-aware chunks -> embeddings (batched) -> replace the
+document's chunks in its base's collection. A document is identified by its source within a
+base; its content hash makes re-ingesting unchanged bytes a no-op. Every CPU- or IO-bound
+step runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from contracts import events as ev
+
+from .chunker import Chunker
+from .embedder import Embedder
+from .extract import DocumentError, extract
+from .store import ChunkStore, Hit, Scalar
+
+Progress = Callable[[str, int, int], Awaitable[None]]  # stage, done, total
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Literal["ingested", "unchanged", "deleted"]
+    document_id: str
+    chunks: int
+
+
+class QueryError(ValueError):
+    """The query cannot run as asked (a blank query)."""
+
+
+def document_id(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:32]
+
+
+async def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+class Retriever:
+    def __init__(self, embedder: Embedder, chunker: Chunker, store: ChunkStore,
+                 max_document_bytes: int, max_chunks: int) -> None:
+        self.embedder = embedder
+        self.chunker = chunker
+        self.store = store
+        self.max_document_bytes = max_document_bytes
+        self.max_chunks = max_chunks
+
+    async def ingest(self, base: str, source: str, content_type: str, data: bytes,
+                     progress: Progress = _no_progress) -> Outcome:
+        """Index ``data`` as the document ``source`` of ``base``; DocumentError for bad input."""
+        self.check_size(len(data))
+        doc_id = document_id(source)
+        content_hash = hashlib.sha256(data).hexdigest()
+        if await asyncio.to_thread(self.store.stored_hash, base, doc_id) == content_hash:
+            return Outcome("unchanged", doc_id, 0)
+        await progress("parsing", 0, 1)
+        document = await asyncio.to_thread(extract, data, content_type, source)
+        chunks = await asyncio.to_thread(self.chunker.chunks, document)
+        if len(chunks) > self.max_chunks:
+            raise DocumentError(f"the document makes {len(chunks)} chunks; the limit is {self.max_chunks}")
+        texts = [c.text for c in chunks]
+        embedded = [f"{c.section}: {c.text}" if c.section else c.text for c in chunks]
+        step = self.embedder.batch_size * 4
+        vectors = []
+        for i in range(0, len(embedded), step):
+            await progress("embedding", i, len(chunks))
+            vectors.append(await asyncio.to_thread(self.embedder.embed, embedded[i:i + step]))
+        await progress("storing", len(chunks), len(chunks))
+        metadatas: list[dict[str, Scalar]] = [
+            {"document_id": doc_id, "source": source, "title": document.title, "section": c.section,
+             "position": c.position, "content_hash": content_hash, "content_type": content_type}
+            for c in chunks]
+        await asyncio.to_thread(self.store.replace, base, doc_id, content_hash, texts, np.concatenate(vectors),
+                                metadatas)
+        return Outcome("ingested", doc_id, len(chunks))
+
+    def check_size(self, size: int) -> None:
+        if size > self.max_document_bytes:
+            raise DocumentError(f"the document is {size / 1e6:.1f} MB; the limit is "
+                                f"{self.max_document_bytes / 1e6:.1f} MB")
+
+    async def delete(self, base: str, source: str) -> Outcome:
+        doc_id = document_id(source)
+        removed = await asyncio.to_thread(self.store.delete, base, doc_id)
+        return Outcome("deleted", doc_id, removed)
+
+    async def query(self, request: ev.RetrievalRequest) -> list[ev.Passage]:
+        """Top-k passages over the request's bases, each at or above ``min_score``, best first."""
+        if not request.query.strip():
+            raise QueryError("the query is blank")
+        hits = await asyncio.to_thread(self._search, request)
+        return [ev.Passage(text=hit.text, score=round(hit.score, 4), citation=ev.Citation(
+            document_id=str(hit.metadata["document_id"]), source=str(hit.metadata["source"]),
+            title=str(hit.metadata.get("title", "")), section=str(hit.metadata.get("section", "")),
+            position=int(hit.metadata.get("position", 0)), score=round(hit.score, 4)))
+            for hit in hits if hit.score >= request.min_score]
+
+    def _search(self, request: ev.RetrievalRequest) -> list[Hit]:
+        vector = self.embedder.embed([request.query.strip()])[0]
+        return self.store.query(request.bases, vector, request.top_k, request.filters)

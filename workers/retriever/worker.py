@@ -1,0 +1,155 @@
+"""Retriever worker: knowledge bases of the user's documents, on chromadb with offline embeddings.
+
+Consumes: ingest.job (durable JetStream pull consumer INGEST on SB_JOBS: one job at a time per
+replica; bad documents fail their job, other errors are redelivered then dead-lettered) and
+retrieval.query (request/reply, queue group "retriever").
+Produces: job.progress and ingest.result on the requesting session; RetrievalReply replies.
+Logic: core.Retriever (extract -> chunker -> embedder -> store), plain classes without the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsRouter, PullSub
+from faststream.nats.annotations import NatsMessage
+from nats.js.errors import NotFoundError
+
+from contracts import events as ev
+from contracts.streams import INGEST, INGEST_FILES, JOBS
+from contracts.subjects import BY_NAME
+from workers.runtime import Bus, WorkerSpec
+from workers.runtime.logging import get_logger
+from workers.runtime.provision import object_store, stream_name
+
+from .chunker import Chunker
+from .core import Outcome, QueryError, Retriever
+from .embedder import Embedder, load_tokenizer
+from .extract import DocumentError
+from .settings import RetrieverSettings
+from .store import ChunkStore, open_client
+
+log = get_logger("retriever")
+
+
+@dataclass
+class _Slot:
+    """Filled by the lifespan (model and index load there, not in build())."""
+
+    retriever: Retriever | None = None
+
+    @property
+    def ready(self) -> Retriever:
+        assert self.retriever is not None, "the retriever's lifespan has not run"
+        return self.retriever
+
+
+_slots: dict[int, _Slot] = {}
+
+
+def open_retriever(settings: RetrieverSettings) -> Retriever:
+    """Load the embedding model (exporting it to ONNX on first use) and open the index. Blocking."""
+    embedder = Embedder(settings.model_cache(), settings.retriever_threads, settings.retriever_batch_size)
+    chunker = Chunker(load_tokenizer(), settings.retriever_chunk_tokens, settings.retriever_chunk_overlap)
+    store = ChunkStore(open_client(settings.retriever_chroma_url, settings.chroma_path()))
+    return Retriever(embedder, chunker, store, settings.retriever_max_document_bytes, settings.retriever_max_chunks)
+
+
+class Jobs:
+    """One ingestion job: fetch its bytes, run it, report progress and the result, clean up."""
+
+    def __init__(self, bus: Bus, slot: _Slot, max_deliver: int) -> None:
+        self._bus = bus
+        self._slot = slot
+        self._max_deliver = max_deliver
+
+    async def run(self, job: ev.IngestJob, msg: NatsMessage) -> None:
+        async def progress(stage: str, done: int, total: int) -> None:
+            await msg.in_progress()  # long jobs keep their ack deadline
+            await self._bus.publish(ev.JobProgress(session_id=job.session_id, producer=self._bus.producer,
+                                                   job_id=job.job_id, stage=stage, done=done, total=total))
+
+        retriever = self._slot.ready
+        try:
+            if job.delete:
+                outcome = await retriever.delete(job.base, job.source)
+            else:
+                outcome = await retriever.ingest(job.base, job.source, job.content_type,
+                                                 await self._content(job, retriever), progress)
+        except DocumentError as error:
+            log.info("ingestion refused", job_id=job.job_id, source=job.source, error=str(error))
+            await self._finish(job, error=str(error))
+            return
+        except Exception as error:
+            if msg.raw_message.metadata.num_delivered >= self._max_deliver:
+                await self._finish(job, error=f"internal error after {self._max_deliver} attempts: "
+                                              f"{type(error).__name__}: {str(error)[:300]}", keep_object=True)
+            raise  # redelivered, or dead-lettered with the reason
+        await self._finish(job, outcome)
+
+    async def _content(self, job: ev.IngestJob, retriever: Retriever) -> bytes:
+        if job.object_name is None:
+            return (job.text or "").encode()
+        store = await object_store(self._bus.js, INGEST_FILES, self._bus.prefix)
+        try:
+            info = await store.get_info(job.object_name)
+        except NotFoundError:
+            raise DocumentError(f"the uploaded file {job.object_name!r} is gone (expired after a day, or "
+                                f"deleted)") from None
+        retriever.check_size(info.size or 0)
+        data: bytes = (await store.get(job.object_name)).data or b""
+        return data
+
+    async def _finish(self, job: ev.IngestJob, outcome: Outcome | None = None, error: str = "",
+                      keep_object: bool = False) -> None:
+        if job.object_name and not keep_object:  # kept after an internal error: a replay needs it
+            store = await object_store(self._bus.js, INGEST_FILES, self._bus.prefix)
+            with contextlib.suppress(Exception):
+                await store.delete(job.object_name)
+        result = ev.IngestResult(session_id=job.session_id, producer=self._bus.producer, job_id=job.job_id,
+                                 status=outcome.status if outcome else "failed",
+                                 document_id=outcome.document_id if outcome else "",
+                                 chunks=outcome.chunks if outcome else 0, error=error[:2000])
+        log.info("ingestion job done", job_id=job.job_id, source=job.source, status=result.status,
+                 chunks=result.chunks)
+        await self._bus.publish(result, durable=True)
+
+
+def build(settings: RetrieverSettings, bus: Bus) -> NatsRouter:
+    slot = _slots[id(bus)] = _Slot()
+    jobs = Jobs(bus, slot, settings.max_deliver)
+    router = NatsRouter()
+
+    @router.subscriber(BY_NAME["ingest.job"].template(bus.prefix),
+                       stream=JStream(stream_name(JOBS, bus.prefix), declare=False), durable=INGEST.durable,
+                       pull_sub=PullSub(batch_size=1, timeout=1.0), ack_policy=AckPolicy.NACK_ON_ERROR,
+                       title="retriever.ingest")
+    async def on_job(job: ev.IngestJob, msg: NatsMessage) -> None:
+        await jobs.run(job, msg)
+
+    @router.subscriber(BY_NAME["retrieval.query"].template(bus.prefix), queue="retriever", title="retriever.query")
+    async def on_query(request: ev.RetrievalRequest) -> ev.RetrievalReply:
+        reply = {"session_id": request.session_id, "turn_id": request.turn_id, "producer": bus.producer}
+        try:
+            return ev.RetrievalReply(**reply, passages=await slot.ready.query(request))
+        except QueryError as error:
+            return ev.RetrievalReply(**reply, error=str(error))
+
+    return router
+
+
+@contextlib.asynccontextmanager
+async def lifespan(settings: RetrieverSettings, bus: Bus) -> AsyncIterator[None]:
+    _slots[id(bus)].retriever = await asyncio.to_thread(open_retriever, settings)
+    try:
+        yield
+    finally:
+        _slots.pop(id(bus), None)
+
+
+WORKER = WorkerSpec(name="retriever", description="Knowledge bases: document ingestion and passage retrieval",
+                    settings=RetrieverSettings, build=build, lifespan=lifespan, consumers=(INGEST,))
