@@ -13,7 +13,7 @@ from faststream.nats import NatsRouter
 
 from workers.runtime import Bus, WorkerSpec
 
-WORKERS: tuple[str, ...] = ("orchestrator", "transcriber", "keywords")
+WORKERS: tuple[str, ...] = ("orchestrator", "transcriber", "keywords", "stats")
 #: Processes that announce themselves on the bus besides the workers.
 SERVICES: tuple[str, ...] = (*WORKERS, "edge")
 
