@@ -10,12 +10,13 @@ import typer
 from workers.runtime.settings import RuntimeSettings, load_settings
 from workers.runtime.worker import StartupError, connect_nats
 
-from . import registry
+from . import registry, tools
 from .health import ServiceInstance, discover, missing
 
 app = typer.Typer(help="Switchboard operations", no_args_is_help=True, add_completion=False)
 contracts_app = typer.Typer(help="Contract documents and releases", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
+tools.register(app)  # tail, replay, trace
 
 
 @app.command()
