@@ -4,6 +4,7 @@ HTTP:
   POST /v1/sessions            a new session and its token (Bearer API key when SB_EDGE_API_KEYS is set)
   POST /v1/sessions/refresh    a fresh token for the session of the Bearer session token
   GET  /healthz                liveness and NATS connectivity
+  /ops/...                     the operators' dashboard and metrics (edge/dashboard.py)
 WebSocket:
   /v1/ws                       protocol v1 (docs/protocol.md); first frame: hello with the token
 """
@@ -27,6 +28,7 @@ from workers.runtime.worker import VERSION, connect_nats
 
 from .auth import AuthError, TokenIssuer, development_secret
 from .connection import Connection, Edge, SessionSockets
+from .dashboard import dashboard_router
 from .settings import EdgeSettings
 
 log = get_logger("edge")
@@ -87,6 +89,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         if not connected:
             raise HTTPException(status_code=503, detail="NATS disconnected")
         return {"status": "ok", "sockets": edge.sockets.count()}
+
+    app.include_router(dashboard_router(settings, bus))
 
     @app.websocket("/v1/ws")
     async def websocket(ws: WebSocket) -> None:

@@ -23,4 +23,6 @@ class EdgeSettings(RuntimeSettings):
     burst_s: float = Field(default=2.0, gt=0, description="Rate-limit bucket size, in seconds of rate")
     max_violations: int = Field(default=10, ge=1, description="Refused frames before the socket is closed")
     max_sockets_per_session: int = Field(default=2, ge=1)
+    edge_operator_token: SecretStr | None = Field(
+        default=None, description="Operators' token for the dashboard and metrics under /ops; unset: /ops is off")
     outbound_queue: int = Field(default=512, ge=8, description="Events buffered per socket for a slow client")

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 started=$SECONDS
 
-APT_PACKAGES=(espeak-ng sox)
+APT_PACKAGES=(espeak-ng sox chromium)  # chromium: the dashboard's browser test (playwright drives it)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if ((${#missing[@]})); then

@@ -28,7 +28,7 @@ from ops import tools
 from ops.servers import free_port
 from tests.support.edge_client import Client, connect, running_edge
 from tests.support.scripted_llm import ScriptedLLM
-from tests.support.speech import synthesize
+from tests.support.speech import silence, synthesize
 from tests.support.voice_double import VoiceDouble
 from workers.orchestrator.worker import WORKER as ORCHESTRATOR
 from workers.orchestrator.worker import OrchestratorSettings
@@ -42,6 +42,8 @@ from workers.transcriber.worker import TranscriberSettings
 PREFIX = "statsit"
 QUESTION = "What is the weather like in Paris today?"
 ROOT = Path(__file__).resolve().parents[2]
+OPERATOR = "operator-" + "y" * 30
+ARTIFACTS = ROOT / "test-artifacts"  # gitignored: the dashboard's screenshot
 
 
 @dataclass
@@ -77,11 +79,11 @@ async def conversation(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[Convers
                                                               llm_base_url=llm.base_url)), \
             running_worker(STATS, StatsSettings(nats_url=nats_url, subject_prefix=PREFIX, metrics_port=metrics_port)), \
             running_edge(nats_url, subject_prefix=PREFIX, binary_frames_per_s=2000.0, burst_s=5.0,
-                         edge_operator_token="operator-" + "y" * 30) as url:
+                         edge_operator_token=OPERATOR) as url:
         client = await connect(url, capabilities=["text", "audio_in", "audio_out"])
         await client.chat("Hello there")
         typed = (await client.until(lambda e: e["kind"] == "reply.done"))[-1]
-        sent = await speak_live(client, synthesize(QUESTION))
+        sent = await speak_live(client, synthesize(QUESTION) + silence(1.0))  # a live mic keeps streaming
         events = await client.until(lambda e: e["kind"] == "reply.done", timeout=30)
         final = next(e for e in events if e["kind"] == "transcript.final")
         await client.chat("[status:503]")  # the LLM fails: one error event
@@ -276,3 +278,51 @@ async def test_sb_tail_follows_live_events_filtered(conversation: Conversation, 
             process.kill()
             await process.wait()
     assert "reply.done" in line and c.session_id[:12] in line and '"text": "You said: tail me"' in line
+
+
+async def test_ops_routes_need_the_operator_token(conversation: Conversation, nats_url: str) -> None:
+    async with httpx.AsyncClient(base_url=conversation.edge_url) as http:
+        assert (await http.get("/ops/api/snapshot")).status_code == 401
+        assert (await http.get("/ops/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        assert (await http.post("/ops/login", json={"token": "wrong"})).status_code == 401
+        assert "operator token" in (await http.get("/ops")).text  # the login form, not the figures
+        bearer = {"Authorization": f"Bearer {OPERATOR}"}
+        snap = (await http.get("/ops/api/snapshot", params={"session_id": conversation.session_id},
+                               headers=bearer)).raise_for_status().json()
+        assert snap["kind"] == "stats.snapshot" and snap["turns"] >= 4
+        metrics = (await http.get("/ops/metrics", headers=bearer)).raise_for_status().text
+        assert 'sb_published_total{kind="turn.user",producer="edge"}' in metrics
+        assert (await http.post("/ops/login", json={"token": OPERATOR})).status_code == 204
+        assert "sb_ops" in http.cookies and "Latency by stage" in (await http.get("/ops")).text
+    async with running_edge(nats_url, subject_prefix=PREFIX) as url, httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/ops")).status_code == 404  # no operator token configured: no dashboard
+
+
+async def test_dashboard_loads_in_a_real_browser_without_errors(conversation: Conversation) -> None:
+    from playwright.async_api import async_playwright
+
+    problems: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in (
+                "error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            await page.goto(f"{conversation.edge_url}/ops")
+            await page.fill("#t", OPERATOR)
+            await page.click("button")
+            await page.wait_for_selector("body[data-ready='true']", timeout=15_000)
+            assert int(await page.locator(".tile b").nth(2).inner_text()) >= 4  # turns
+            assert await page.locator(".card[data-stage='voice_to_voice'] svg rect").count() > 0
+            await page.click(f"tr[data-turn='{conversation.spoken_turn}']")
+            waterfall = page.locator("#waterfall-svg rect")
+            assert await waterfall.count() == 5  # every stage of the spoken turn
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        finally:
+            await browser.close()
+    assert problems == []
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
