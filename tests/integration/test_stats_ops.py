@@ -26,6 +26,7 @@ from contracts.binary import PCM_FRAME_BYTES, ClientFrame, FrameType
 from contracts.envelope import Event
 from ops import tools
 from ops.servers import free_port
+from tests.contract_tap import DELIBERATELY_INVALID
 from tests.support.edge_client import Client, connect, running_edge
 from tests.support.scripted_llm import ScriptedLLM
 from tests.support.speech import silence, synthesize
@@ -174,6 +175,27 @@ async def test_prometheus_exposes_stages_and_counts(conversation: Conversation) 
     assert 'sb_turns_total{source="spoken"}' in text and "sb_interruptions_total" in text
     assert 'sb_handler_seconds_count{kind="turn.user",outcome="ok",worker="orchestrator"}' in text
     assert 'sb_published_total{kind="reply.delta",producer="orchestrator"}' in text
+
+
+async def test_an_unreadable_recorded_event_is_counted_and_the_aggregator_goes_on(conversation: Conversation,
+                                                                                 nc: Nats) -> None:
+    async def unreadable() -> float:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(conversation.metrics_url)).raise_for_status().text
+        return float(next(line.split()[1] for line in text.splitlines()
+                          if line.startswith("sb_stats_unreadable_total ")))
+
+    before = await unreadable()
+    # Recorded (ev.> is SB_EVENTS) but consumed by no worker here, so only stats reads it.
+    await nc.publish(f"{PREFIX}.ev.{conversation.session_id}.data.job_progress", b"{not json",
+                     headers={DELIBERATELY_INVALID: "1"})
+    deadline = time.monotonic() + 10
+    while await unreadable() == before:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert await unreadable() == before + 1
+    snap = await snapshot_when(nc, conversation.session_id, lambda s: True)
+    assert snap.turns >= 4  # still answering, nothing lost
 
 
 def depth(line: str) -> int:
