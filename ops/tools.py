@@ -128,14 +128,24 @@ def summary(kind: str, data: bytes, width: int = 100) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def pretty(msg: Msg, at: float | None = None) -> str:
+def session_of(msg: Msg) -> str | None:
+    """The session a live message belongs to; for a dead letter, the session of the message it keeps."""
+    session = (msg.headers or {}).get(h.SESSION)
+    if session is None and _kind(msg) == "deadletter":
+        with contextlib.suppress(ValueError, AttributeError):
+            session = json.loads(msg.data).get("headers", {}).get(h.SESSION)
+    return session
+
+
+def pretty(msg: Msg) -> str:
     hdrs = msg.headers or {}
     kind = _kind(msg)
-    stamp = time.strftime("%H:%M:%S", time.localtime(at or time.time())) + f".{int((at or time.time()) % 1 * 1000):03d}"
-    family = msg.subject.split(".")[1] if msg.subject.count(".") else ""
-    lane = msg.subject.split(".")[3] if family == "ev" and msg.subject.count(".") >= 3 else family
+    now = time.time()
+    stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+    tokens = msg.subject.split(".")
+    lane = tokens[3] if len(tokens) > 3 and tokens[1] == "ev" else tokens[1] if len(tokens) > 1 else ""
     name = typer.style(f"{kind:<22}", fg=_COLORS.get(lane))
-    return (f"{stamp} {name} {hdrs.get(h.SESSION, '-')[:12]:<12} {hdrs.get(h.TURN, '-')[:8]:<8} "
+    return (f"{stamp} {name} {(session_of(msg) or '-')[:12]:<12} {hdrs.get(h.TURN, '-')[:8]:<8} "
             f"{hdrs.get(h.PRODUCER, '-'):<13} {summary(kind, msg.data)}")
 
 
@@ -163,8 +173,7 @@ async def _tail(settings: RuntimeSettings, session: str | None, pattern: str | N
 
     async def show(msg: Msg) -> None:
         nonlocal printed
-        hdrs = msg.headers or {}
-        if session and hdrs.get(h.SESSION, session) != session:
+        if session and session_of(msg) != session:
             return
         if (pattern and not subject_matches(pattern, msg.subject)) or (kinds and _kind(msg) not in kinds):
             return

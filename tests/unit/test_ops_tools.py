@@ -89,3 +89,15 @@ def test_the_launcher_gives_each_process_its_own_metrics_port(tmp_path: Path) ->
     assert len(ports) == len(set(ports)) >= 5 and "SB_METRICS_PORT=9300" in ports
     assert not [arg for p in plan({**env, "SB_METRICS_PORT": "0"})[0] for arg in p.command
                 if arg.startswith("SB_METRICS_PORT=")]
+
+
+def test_tail_lines_name_the_session_also_of_a_dead_letter() -> None:
+    letter = ev.DeadLetter(producer="orchestrator", worker="orchestrator", original_subject="sb.ev.x.turn.user",
+                           reason="invalid", error_type="ValidationError", payload_b64="", headers={h.SESSION: S})
+    record = recorded(letter, 1.0, subject="sb.dlq.orchestrator")
+    assert tools.session_of(record.msg) == S
+    line = tools.pretty(record.msg)
+    assert "deadletter" in line and S in line and '"reason": "invalid"' in line
+    turn = recorded(ev.UserTurn(session_id=S, turn_id="t1", producer="edge", text="hi", source="typed"), 1.0,
+                    subject=f"sb.ev.{S}.turn.user")
+    assert tools.session_of(turn.msg) == S and " t1 " in tools.pretty(turn.msg)
