@@ -1,8 +1,9 @@
 """Prometheus metrics every process shares, and its scrape endpoint (``SB_METRICS_PORT``; 0: none).
 
-Handled messages are timed by :func:`metrics_middleware` (per worker and subscribed subject
-pattern, outcome ok/error), published events are counted by the bus; a worker adds its own
-metrics with ``prometheus_client`` as usual and they appear on the same endpoint.
+Handled messages are timed by :func:`metrics_middleware` (per worker, message kind and outcome
+ok/error), published events are counted by the bus (per producer and kind); a worker adds its
+own metrics with ``prometheus_client`` as usual and they appear on the same endpoint. Labels
+only take declared values (unknown kinds count as "other"), so their number stays bounded.
 """
 
 from __future__ import annotations
