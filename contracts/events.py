@@ -397,6 +397,8 @@ class FrameDescription(SessionEvent):
 class StatsRequest(Event):
     kind: Literal["stats.request"] = "stats.request"
     session_id: str | None = Field(default=None, description="Limit to one session")
+    recent_turns: int = Field(default=0, ge=0, le=1_000,
+                              description="Also return the timelines of this many most recent turns")
 
 
 class StageLatency(_Part):
@@ -404,6 +406,17 @@ class StageLatency(_Part):
     p50_ms: float | None = None
     p95_ms: float | None = None
     p99_ms: float | None = None
+
+
+class TurnTimeline(_Part):
+    """One turn's waterfall: when each step happened (epoch s) and the stage latencies (ms)."""
+
+    session_id: str
+    turn_id: str
+    source: Literal["typed", "spoken", "unknown"] = "unknown"
+    marks: dict[str, float] = Field(default_factory=dict, description="Step name -> epoch s")
+    stages: dict[str, float] = Field(default_factory=dict, description="Stage name -> ms")
+    outcome: str = Field(default="", description="The reply's finish reason, once known")
 
 
 class StatsSnapshot(Event):
@@ -415,6 +428,12 @@ class StatsSnapshot(Event):
     dead_letters: int = 0
     tokens: int = 0
     stages: dict[str, StageLatency] = Field(default_factory=dict)
+    sessions_total: int = Field(default=0, description="Sessions started since the aggregator's window began")
+    turns_by_source: dict[str, int] = Field(default_factory=dict)
+    audio_in_s: float = Field(default=0.0, description="Seconds of microphone audio received")
+    audio_out_s: float = Field(default=0.0, description="Seconds of assistant speech sent")
+    since: float | None = Field(default=None, description="Start of the aggregated window (epoch s)")
+    recent: list[TurnTimeline] = Field(default_factory=list, description="Most recent turns, oldest first")
 
 
 class DeadLetter(Event):

@@ -11,7 +11,8 @@ SESSION = "Sb-Session"
 TURN = "Sb-Turn"
 PRODUCER = "Sb-Producer"
 META = "Sb-Meta"  # binary messages: the meta model as JSON
-TRACEPARENT = "traceparent"  # W3C trace context
+TRACEPARENT = "traceparent"  # W3C trace context: this message's trace and span
+PARENT_SPAN = "Sb-Parent-Span"  # span id of the message whose handling published this one
 
 
 def event_headers(event: Event) -> dict[str, str]:

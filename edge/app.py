@@ -7,6 +7,7 @@ HTTP:
   GET  /healthz                liveness and NATS connectivity
   GET  /                       the browser client (edge/static)
   /v1/sessions/{id}/history, /v1/sessions/{id}/memory: the session's stored memory (edge/memory.py)
+  /ops/...                     the operators' dashboard and metrics (edge/dashboard.py)
 WebSocket:
   /v1/ws                       protocol v1 (docs/protocol.md); first frame: hello with the token
 """
@@ -31,6 +32,7 @@ from workers.runtime.worker import VERSION, connect_nats
 from . import page
 from .auth import AuthError, TokenIssuer, development_secret
 from .connection import Connection, Edge, SessionSockets
+from .dashboard import dashboard_router
 from .ingest import ingest_router
 from .memory import memory_router
 from .settings import EdgeSettings
@@ -98,6 +100,8 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         if not connected:
             raise HTTPException(status_code=503, detail="NATS disconnected")
         return {"status": "ok", "sockets": edge.sockets.count()}
+
+    app.include_router(dashboard_router(settings, bus))
 
     @app.websocket("/v1/ws")
     async def websocket(ws: WebSocket) -> None:

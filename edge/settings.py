@@ -24,6 +24,8 @@ class EdgeSettings(RuntimeSettings):
     max_violations: int = Field(default=10, ge=1, description="Refused frames before the socket is closed")
     max_sockets_per_session: int = Field(default=2, ge=1)
     edge_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest document upload (bytes)")
+    edge_operator_token: SecretStr | None = Field(
+        default=None, description="Operators' token for the dashboard and metrics under /ops; unset: /ops is off")
     outbound_queue: int = Field(default=512, ge=8, description="Events buffered per socket for a slow client")
     edge_video_max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1_024,
                                              description="Largest video upload accepted (POST /v1/videos)")

@@ -10,7 +10,7 @@ import typer
 from workers.runtime.settings import RuntimeSettings, load_settings
 from workers.runtime.worker import StartupError, connect_nats
 
-from . import ingest, memory_db, registry
+from . import ingest, memory_db, registry, tools
 from .health import ServiceInstance, discover, missing
 
 app = typer.Typer(help="Switchboard operations", no_args_is_help=True, add_completion=False)
@@ -18,6 +18,7 @@ contracts_app = typer.Typer(help="Contract documents and releases", no_args_is_h
 app.add_typer(contracts_app, name="contracts")
 app.command("init-db")(memory_db.init_db)
 app.command()(ingest.ingest)
+tools.register(app)  # tail, replay, trace
 
 
 @app.command()

@@ -13,7 +13,7 @@ from faststream.nats import NatsRouter
 
 from workers.runtime import Bus, WorkerSpec
 
-WORKERS: tuple[str, ...] = ("orchestrator", "transcriber", "voice", "memory", "retriever", "keywords", "video")
+WORKERS: tuple[str, ...] = ("orchestrator", "transcriber", "voice", "memory", "retriever", "keywords", "video", "stats")
 #: Processes that announce themselves on the bus besides the workers.
 SERVICES: tuple[str, ...] = (*WORKERS, "edge")
 

@@ -88,7 +88,8 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
 
 def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
     """What to start, and notes about what is reused. Launcher-only variables: SB_RUN_DIR (state of
-    the local servers), SB_NATS_MONITOR_PORT (8222), SB_LLM_LOCAL_PORT (8089)."""
+    the local servers), SB_NATS_MONITOR_PORT (8222), SB_LLM_LOCAL_PORT (8089); SB_METRICS_PORT is the
+    first of one metrics port per process."""
     run_dir = Path(env.setdefault("SB_RUN_DIR", str(DEFAULT_RUN_DIR)))
     env["SB_STACK_PIDS"] = str(run_dir / "stack.pids")
     processes: list[Process] = []
@@ -121,8 +122,11 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
         else:
             processes.append(Process("llm", _outlive(llm_command(llm_port, find_model()))))
     python = sys.executable
-    processes.extend(Process(name, _tracked([python, "-m", f"workers.{name}"])) for name in registry.WORKERS)
-    processes.append(Process("edge", _tracked([python, "-m", "edge"])))
+    # SB_METRICS_PORT=N gives each process its own Prometheus endpoint: N, N+1, ... in this order.
+    base = int(env.get("SB_METRICS_PORT", "0"))
+    for i, (name, module) in enumerate([*((w, f"workers.{w}") for w in registry.WORKERS), ("edge", "edge")]):
+        metrics = ["env", f"SB_METRICS_PORT={base + i}"] if base else []
+        processes.append(Process(name, _tracked([*metrics, python, "-m", module])))
     processes.append(Process("health", _tracked([python, "-m", "ops.cli", "status", "--watch"])))
     return processes, notes
 

@@ -142,7 +142,13 @@ def test_undeclared_subject_is_detected() -> None:
     @router.subscriber(BY_NAME["turn.user"].template())
     async def on_turn(msg: ev.UserTurn) -> None: ...
 
-    assert undeclared_subjects(router) == ["sb.ev.*.data.gossip"]
+    @router.subscriber("replay.ev.>")  # a whole recorded stream (what stats reads) is declared
+    async def on_recorded(msg: dict[str, Any]) -> None: ...
+
+    @router.subscriber("sb.ev.*.>")
+    async def on_any(msg: dict[str, Any]) -> None: ...
+
+    assert undeclared_subjects(router) == ["sb.ev.*.>", "sb.ev.*.data.gossip"]
 
 
 def test_wire_check_accepts_valid_and_flags_invalid_messages() -> None:

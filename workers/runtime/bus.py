@@ -17,6 +17,9 @@ from contracts import headers as h
 from contracts.envelope import Event, SessionEvent
 from contracts.subjects import BY_NAME, DEFAULT_PREFIX, SUBJECTS, Subject
 
+from . import tracing
+from .metrics import PUBLISHED
+
 ReplyT = TypeVar("ReplyT", bound=Event)
 _BY_KIND: dict[str, Subject] = {}
 for _spec in SUBJECTS:  # the first subject declared for a kind is where producers publish it
@@ -46,6 +49,14 @@ async def flush_ordered(nc: Client) -> None:
     """
     await nc._flush_pending(force_flush=True)
     await nc.flush()
+
+
+def headers_for(event: Event) -> dict[str, str]:
+    """The standard headers plus trace context: what every message this bus sends carries."""
+    headers = h.event_headers(event)
+    tracing.stamp(headers, event.turn_id if isinstance(event, SessionEvent) else None)
+    PUBLISHED.labels(event.producer, event.kind).inc()
+    return headers
 
 
 def subject_for(event: Event, prefix: str = DEFAULT_PREFIX, **params: str) -> str:
@@ -85,7 +96,7 @@ class Bus:
         """Publish on the event's declared subject. ``durable`` waits for JetStream's ack."""
         subject = subject_for(event, self.prefix, **params)
         payload = event.model_dump_json().encode()
-        headers = h.event_headers(event)
+        headers = headers_for(event)
         if durable:
             await self.js.publish(subject, payload, headers=headers)
         else:
@@ -93,7 +104,7 @@ class Bus:
 
     async def publish_binary(self, meta: Event, payload: bytes) -> None:
         """Publish raw media with its meta model in the ``Sb-Meta`` header."""
-        headers = h.event_headers(meta)
+        headers = headers_for(meta)
         headers[h.META] = meta.model_dump_json()
         await self.nc.publish(subject_for(meta, self.prefix), payload, headers=headers)
 
@@ -102,7 +113,7 @@ class Bus:
         subject = BY_NAME[name].subject(prefix=self.prefix)
         try:
             msg = await self.nc.request(subject, event.model_dump_json().encode(),
-                                        timeout=timeout, headers=h.event_headers(event))
+                                        timeout=timeout, headers=headers_for(event))
         except nats.errors.NoRespondersError:
             raise DependencyUnavailableError(name, "unavailable") from None
         except (TimeoutError, nats.errors.TimeoutError):

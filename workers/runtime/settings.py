@@ -28,6 +28,8 @@ class RuntimeSettings(BaseSettings):
     connect_timeout_s: float = Field(default=30.0, gt=0, description="How long to keep trying NATS at start-up")
     shutdown_timeout_s: float = Field(default=10.0, gt=0, description="Grace for in-flight work on stop")
     max_deliver: int = Field(default=5, ge=1, le=100, description="Deliveries before a message is dead-lettered")
+    metrics_port: int = Field(default=0, ge=0, le=65_535,
+                              description="Port of the Prometheus scrape endpoint (/metrics); 0: none")
 
     def nats_servers(self) -> list[str]:
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]

@@ -27,8 +27,10 @@ from contracts.streams import STREAMS, ConsumerSpec
 from .bus import Bus, flush_ordered
 from .deadletter import dead_letter_middleware
 from .logging import configure_logging, get_logger
+from .metrics import metrics_middleware, serve_metrics
 from .provision import provision
 from .settings import RuntimeSettings, load_settings
+from .tracing import tracing_middleware
 
 S = TypeVar("S", bound=RuntimeSettings)
 VERSION = "0.1.0"
@@ -118,7 +120,9 @@ def _broker(spec: WorkerSpec[S], settings: S, bus: Bus) -> NatsBroker:
         **options,
         security=NatsUserPassword(user, password) if user else None,
         error_cb=_log_nats_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
-        middlewares=[dead_letter_middleware(bus, spec.name, settings.max_deliver)],
+        # Outermost first: a dead letter carries the trace of the message it keeps.
+        middlewares=[tracing_middleware(), dead_letter_middleware(bus, spec.name, settings.max_deliver),
+                     metrics_middleware(spec.name)],
         graceful_timeout=settings.shutdown_timeout_s,
         logger=get_logger(f"faststream.{spec.name}"),
         log_level=logging.DEBUG,  # FastStream's per-message "Received"/"Processed" lines: debug only
@@ -134,6 +138,7 @@ async def running_worker(spec: WorkerSpec[S], settings: S) -> AsyncIterator[Bus]
     broker.include_router(spec.build(settings, bus))
     bus.attach(await _with_retry(settings, broker.connect))
     await provision(bus.js, STREAMS, spec.consumers, settings.subject_prefix)
+    serve_metrics(settings.metrics_port)
     lifespan = spec.lifespan(settings, bus) if spec.lifespan else contextlib.nullcontext()
     async with lifespan:
         await broker.start()

@@ -1,0 +1,53 @@
+"""Prometheus metrics every process shares, and its scrape endpoint (``SB_METRICS_PORT``; 0: none).
+
+Handled messages are timed by :func:`metrics_middleware` (per worker, message kind and outcome
+ok/error), published events are counted by the bus (per producer and kind); a worker adds its
+own metrics with ``prometheus_client`` as usual and they appear on the same endpoint. Labels
+only take declared values (unknown kinds count as "other"), so their number stays bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faststream import BaseMiddleware
+from faststream.message import StreamMessage
+from prometheus_client import Counter, Histogram, start_http_server
+
+from contracts import headers as h
+from contracts.events import EVENTS_BY_KIND
+
+#: Seconds; from sub-millisecond handlers to a slow LLM stream.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+HANDLED = Histogram("sb_handler_seconds", "Time a worker spent handling one message",
+                    ("worker", "kind", "outcome"), buckets=LATENCY_BUCKETS)
+PUBLISHED = Counter("sb_published_total", "Events published", ("producer", "kind"))
+
+_serving: set[int] = set()
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
+    """Start the scrape endpoint once per port (several in-process workers share one registry)."""
+    if port and port not in _serving:
+        start_http_server(port, addr=host)
+        _serving.add(port)
+
+
+def metrics_middleware(worker: str) -> type[BaseMiddleware]:
+    class MetricsMiddleware(BaseMiddleware):
+        async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
+            kind = (getattr(msg.raw_message, "headers", None) or {}).get(h.KIND, "")
+            kind = kind if kind in EVENTS_BY_KIND else "other"  # a label never takes arbitrary values
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                result = await call_next(msg)
+                outcome = "ok"
+                return result
+            finally:
+                HANDLED.labels(worker, kind, outcome).observe(time.perf_counter() - started)
+
+    return MetricsMiddleware
