@@ -1,5 +1,5 @@
 """Stats and ops through the real stack: a typed and spoken conversation (edge, transcriber, orchestrator
-with the scripted LLM, a voice stand-in), the stats snapshot checked against the recorded timestamps,
+with the scripted LLM, the voice worker on espeak-ng), the stats snapshot checked against the recorded timestamps,
 Prometheus, one trace per turn, replay into an isolated prefix, a transcriber re-driven by the replay,
 and the `sb` commands as an operator runs them."""
 
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
 from nats.aio.client import Client as Nats
 
@@ -30,7 +29,6 @@ from tests.contract_tap import DELIBERATELY_INVALID
 from tests.support.edge_client import Client, connect, running_edge
 from tests.support.scripted_llm import ScriptedLLM
 from tests.support.speech import silence, synthesize
-from tests.support.voice_double import VoiceDouble
 from workers.orchestrator.worker import WORKER as ORCHESTRATOR
 from workers.orchestrator.worker import OrchestratorSettings
 from workers.runtime import Bus, running_worker
@@ -39,6 +37,8 @@ from workers.stats.worker import WORKER as STATS
 from workers.stats.worker import StatsSettings
 from workers.transcriber.worker import WORKER as TRANSCRIBER
 from workers.transcriber.worker import TranscriberSettings
+from workers.voice.worker import WORKER as VOICE
+from workers.voice.worker import VoiceSettings
 
 PREFIX = "statsit"
 QUESTION = "What is the weather like in Paris today?"
@@ -72,10 +72,8 @@ async def speak_live(client: Client, pcm: bytes) -> int:
 @pytest.fixture(scope="module")
 async def conversation(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[Conversation]:
     metrics_port = free_port()
-    nc = await nats.connect(nats_url)
-    voice = VoiceDouble(nc, PREFIX)
-    await voice.start()
-    async with running_worker(TRANSCRIBER, TranscriberSettings(nats_url=nats_url, subject_prefix=PREFIX)), \
+    async with running_worker(VOICE, VoiceSettings(nats_url=nats_url, subject_prefix=PREFIX, tts_provider="espeak")), \
+            running_worker(TRANSCRIBER, TranscriberSettings(nats_url=nats_url, subject_prefix=PREFIX)), \
             running_worker(ORCHESTRATOR, OrchestratorSettings(nats_url=nats_url, subject_prefix=PREFIX,
                                                               llm_base_url=llm.base_url)), \
             running_worker(STATS, StatsSettings(nats_url=nats_url, subject_prefix=PREFIX, metrics_port=metrics_port)), \
@@ -84,20 +82,24 @@ async def conversation(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[Convers
         client = await connect(url, capabilities=["text", "audio_in", "audio_out"])
         await client.chat("Hello there")
         typed = (await client.until(lambda e: e["kind"] == "reply.done"))[-1]
+        # Listen to the whole answer before speaking: speaking over it would be a barge-in (an interruption).
+        if not any(e["kind"] == "audio.done" and e["turn_id"] == typed["turn_id"] for e in client.received):
+            await client.until(lambda e: e["kind"] == "audio.done" and e["turn_id"] == typed["turn_id"])
         sent = await speak_live(client, synthesize(QUESTION) + silence(1.0))  # a live mic keeps streaming
         events = await client.until(lambda e: e["kind"] == "reply.done", timeout=30)
         final = next(e for e in events if e["kind"] == "transcript.final")
         await client.chat("[status:503]")  # the LLM fails: one error event
         await client.until(lambda e: e["kind"] == "reply.done")
         await client.chat("[tokens:300] [delay:20]")
-        await client.until(lambda e: e["kind"] == "reply.delta" and e["seq"] >= 2)
+        interrupted = (await client.until(lambda e: e["kind"] == "reply.delta" and e["seq"] >= 2))[-1]["turn_id"]
         await client.send(type="interrupt")
         await client.until(lambda e: e["kind"] == "reply.done")
+        # The interrupted turn's audio.done is the last one: a new turn or an interrupt ends earlier speech.
+        if not any(e["kind"] == "audio.done" and e["turn_id"] == interrupted for e in client.received):
+            await client.until(lambda e: e["kind"] == "audio.done" and e["turn_id"] == interrupted)
         yield Conversation(client.session_id, typed["turn_id"], final["turn_id"], final["text"], sent,
                            f"http://127.0.0.1:{metrics_port}/metrics", url, client)
         await client.close()
-    await voice.stop()
-    await nc.drain()
 
 
 async def snapshot_when(nc: Nats, session_id: str | None, ready: Any, prefix: str = PREFIX) -> ev.StatsSnapshot:
@@ -119,7 +121,7 @@ def recorded_events(records: list[tools.Recorded]) -> list[Event]:
 async def test_snapshot_counts_and_latencies_match_the_recorded_timestamps(conversation: Conversation,
                                                                            nc: Nats) -> None:
     c = conversation
-    snap = await snapshot_when(nc, c.session_id, lambda s: s.turns == 4 and s.audio_out_s >= 0.9
+    snap = await snapshot_when(nc, c.session_id, lambda s: s.turns == 4 and s.audio_out_s > 0
                                and s.stages["voice_to_voice"].count == 1)
     records = await tools.recorded_session(nc.jetstream(), c.session_id, PREFIX)
     events = recorded_events(records)
@@ -131,7 +133,9 @@ async def test_snapshot_counts_and_latencies_match_the_recorded_timestamps(conve
     assert len(errors) == 1 and snap.errors == {errors[0].code: 1}
     assert snap.tokens == sum(d.usage.prompt_tokens + d.usage.completion_tokens for d in dones) > 0
     assert snap.audio_in_s == pytest.approx(c.audio_bytes / 32_000, abs=0.001)
-    assert snap.audio_out_s == pytest.approx(0.3 * 3)  # the voice stand-in spoke in every turn that had a delta
+    spoken_audio = [e for e in events if isinstance(e, ev.AudioOutDone)]
+    assert spoken_audio and snap.audio_out_s == pytest.approx(sum(e.duration_ms for e in spoken_audio) / 1000,
+                                                              abs=0.002)
 
     def first(kind: type[Event], turn: str) -> Any:
         return next(e for e in events if isinstance(e, kind) and getattr(e, "turn_id", None) == turn)

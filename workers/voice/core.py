@@ -24,6 +24,7 @@ from typing import Protocol
 
 from contracts import events as ev
 from contracts.envelope import Event
+from workers.runtime import tracing
 from workers.runtime.logging import get_logger
 
 from .providers.base import ProviderError, TTSProvider
@@ -224,6 +225,7 @@ class TurnSpeech:
         self._seconds = 0.0
         self._done_sent = False
         self._on_end = on_end
+        self._trace = tracing.current()  # the turn's trace, also when another turn's message stops this one
         self._task = asyncio.create_task(self._play(), name=f"voice-{self.turn_id}")
 
     def feed(self, text: str) -> None:
@@ -307,6 +309,7 @@ class TurnSpeech:
             return
         self._done_sent = True
         self._on_end()
-        await self._pub.publish(ev.AudioOutDone(
-            session_id=self.session_id, turn_id=self.turn_id, producer=self._pub.producer, frames=self._frames,
-            duration_ms=round(self._seconds * 1000, 1), cancelled=cancelled, captured_at=self._captured_at))
+        with tracing.handling(self._trace):
+            await self._pub.publish(ev.AudioOutDone(
+                session_id=self.session_id, turn_id=self.turn_id, producer=self._pub.producer, frames=self._frames,
+                duration_ms=round(self._seconds * 1000, 1), cancelled=cancelled, captured_at=self._captured_at))
