@@ -259,7 +259,12 @@ const handlers = {
   },
   flush(event) {
     sb.flushes += 1;
-    if (event.turn_id) flushedTurns.add(event.turn_id);
+    if (event.turn_id) {
+      flushedTurns.add(event.turn_id);
+      const turn = turnOf(event.turn_id);
+      turn.flushed = playing.size > 0 || !turn.done;
+      renderReadout(turn);
+    }
     sb.stoppedByFlush += playing.size;
     stopPlayback();
   },
@@ -300,7 +305,7 @@ function finishReadout(turn) {
 function renderReadout(turn) {
   const li = turn.assistantEl;
   if (!li) return;
-  const l = turn.latency;
+  const l = turn.latency ?? {};
   const origin = turn.source === "spoken" ? "end of speech" : "sent";
   const parts = [];
   if (l.toFinal !== null && l.toFinal !== undefined) parts.push(`transcript ${l.toFinal} ms`);
@@ -312,7 +317,8 @@ function renderReadout(turn) {
     meta.className = "meta";
     li.append(meta);
   }
-  const stopped = ["cancelled", "superseded"].includes(turn.done?.finish_reason) ? "interrupted · " : "";
+  const cut = turn.flushed || ["cancelled", "superseded"].includes(turn.done?.finish_reason);
+  const stopped = cut ? "interrupted · " : "";
   meta.textContent = stopped + (parts.length ? `${origin} → ${parts.join(" · ")}` : "");
 }
 

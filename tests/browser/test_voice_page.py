@@ -93,6 +93,7 @@ async def test_speaking_over_the_assistant_flushes_playback_and_starts_a_new_tur
         # The second question interrupts: playback is flushed at once and a new turn begins.
         await ui.until("sb.flushes >= 1", timeout_s=40)
         assert (await ui.state())["stoppedByFlush"] > 0, "nothing was playing when the flush came"
+        await expect(ui.page.locator(".msg.assistant").first.locator(".meta")).to_contain_text("interrupted")
         await expect(ui.page.locator(".msg.user[data-source='spoken']")).to_have_count(2, timeout=40_000)
         await expect(ui.page.locator(".msg.assistant").nth(1).locator(".text")).to_contain_text(
             "You said:", timeout=20_000)
