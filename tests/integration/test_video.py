@@ -27,6 +27,8 @@ from contracts.streams import VIDEO_OBJECTS
 from tests.support.edge_client import connect, new_session, running_edge
 from tests.support.speech import word_error_rate
 from tests.support.video import decode_jpeg, huge_video, make_video, solid_jpeg, unsupported_codec_video
+from workers.orchestrator.worker import WORKER as ORCHESTRATOR
+from workers.orchestrator.worker import OrchestratorSettings
 from workers.runtime import Bus, running_worker
 from workers.runtime.bus import flush_ordered
 from workers.runtime.provision import object_store
@@ -333,4 +335,20 @@ async def test_edge_uploads_cancels_and_forwards_camera_frames(
             await client.ws.send(ClientFrame(FrameType.VIDEO_JPEG, seq, now(), solid_jpeg("black")).pack())
         limited = await client.until(lambda e: e.get("code") == "rate_limited")
         assert "camera frames" in limited[-1]["message"]
+        await client.close()
+
+
+async def test_the_general_agent_sees_what_the_camera_shows(worker: Bus, nats_url: str, llm: Any) -> None:
+    orchestrator = OrchestratorSettings(nats_url=nats_url, subject_prefix=PREFIX, llm_base_url=llm.base_url)
+    async with running_worker(ORCHESTRATOR, orchestrator), running_edge(nats_url, subject_prefix=PREFIX) as url:
+        client = await connect(url, capabilities=["text", "video"])
+        await client.chat("[echo_system] hello")
+        before = (await client.until(lambda e: e["kind"] == "reply.done"))[-1]["text"]
+        assert "camera" not in before  # no frame yet: nothing is said about a camera
+
+        await client.ws.send(ClientFrame(FrameType.VIDEO_JPEG, 0, now(), solid_jpeg("white")).pack())
+        await asyncio.sleep(0.5)  # the worker samples the frame
+        await client.chat("[echo_system] what do you see?")
+        after = (await client.until(lambda e: e["kind"] == "reply.done"))[-1]["text"]
+        assert "The user's camera, just now: Plain image facts" in after and "320x240" in after
         await client.close()

@@ -20,7 +20,7 @@ class Agent:
     name: str
     description: str
     system_prompt: str
-    tools: frozenset[str] = field(default_factory=frozenset)  # "memory", "retrieval"
+    tools: frozenset[str] = field(default_factory=frozenset)  # "memory", "retrieval", "camera"
     model: str | None = None  # None: the deployment's default model
 
     @property
@@ -31,11 +31,15 @@ class Agent:
     def uses_memory(self) -> bool:
         return "memory" in self.tools
 
+    @property
+    def uses_camera(self) -> bool:
+        return "camera" in self.tools
+
 
 DEFAULT_AGENTS: tuple[Agent, ...] = (
     Agent("general", "Everyday questions and conversation",
           "You are Switchboard, a helpful voice and chat assistant. Replies are spoken aloud, so keep them "
-          "short and natural, without markdown.", frozenset({"memory"})),
+          "short and natural, without markdown.", frozenset({"memory", "camera"})),
     Agent("knowledge", "Answers from the user's documents, with citations",
           "You answer from the provided passages only and cite them as [1], [2]. If the passages do not "
           "contain the answer, say so.", frozenset({"memory", "retrieval"})),

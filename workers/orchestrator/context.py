@@ -32,6 +32,7 @@ class Context:
     passages: list[ev.Passage] = field(default_factory=list)
     memory_status: DependencyStatus = "skipped"
     retrieval_status: DependencyStatus = "skipped"
+    camera: ev.FrameDescription | None = None  # only when the session's camera sent a frame recently
 
 
 class ContextHooks:
@@ -40,22 +41,31 @@ class ContextHooks:
     ABSENT_FOR_S = 5.0
 
     def __init__(self, requester: Requester, memory_timeout_s: float, retrieval_timeout_s: float,
-                 memory_tokens: int) -> None:
+                 memory_tokens: int, camera_timeout_s: float = 0.25) -> None:
         self._requester = requester
         self._absent_until: dict[str, float] = {}
         self._memory_timeout_s = memory_timeout_s
         self._retrieval_timeout_s = retrieval_timeout_s
         self._memory_tokens = memory_tokens
+        self._camera_timeout_s = camera_timeout_s
 
     async def gather(self, turn: ev.UserTurn, agent: Agent, bases: list[str] | None) -> Context:
         memory_call = self._memory(turn) if agent.uses_memory else _skipped()
         retrieval_call = self._retrieval(turn, bases) if agent.uses_retrieval else _skipped()
-        (memory, memory_status), (retrieval, retrieval_status) = await asyncio.gather(memory_call, retrieval_call)
+        camera_call = self._camera(turn) if agent.uses_camera else _skipped()
+        (memory, memory_status), (retrieval, retrieval_status), (camera, _) = await asyncio.gather(
+            memory_call, retrieval_call, camera_call)
         return Context(
             memory=memory if isinstance(memory, ev.ContextReply) else None,
             passages=retrieval.passages if isinstance(retrieval, ev.RetrievalReply) else [],
             memory_status=memory_status, retrieval_status=retrieval_status,
+            camera=camera if isinstance(camera, ev.FrameDescription) and camera.available else None,
         )
+
+    async def _camera(self, turn: ev.UserTurn) -> tuple[Event | None, DependencyStatus]:
+        request = ev.FrameDescribeRequest(session_id=turn.session_id, turn_id=turn.turn_id,
+                                          producer=self._requester.producer, prompt=turn.text[:2_000])
+        return await self._ask("video.describe", request, ev.FrameDescription, self._camera_timeout_s)
 
     async def _memory(self, turn: ev.UserTurn) -> tuple[Event | None, DependencyStatus]:
         request = ev.ContextRequest(session_id=turn.session_id, turn_id=turn.turn_id,

@@ -108,7 +108,7 @@ class Orchestrator:
         settings = state.settings
         context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
         messages = build_messages(agent, settings.tone if settings else None, turn.text, state.history,
-                                  context.memory, context.passages, context.retrieval_status)
+                                  context.memory, context.passages, context.retrieval_status, context.camera)
         usage = ev.TokenUsage()
         finish: Literal["stop", "length", "error"] = "stop"
         try:

@@ -18,7 +18,7 @@ SEARCH_DOWN = ("The document search is unavailable right now: tell the user that
 
 def build_messages(agent: Agent, tone: Tone | None, user_text: str, history: Iterable[tuple[str, str]],
                    memory: ev.ContextReply | None, passages: list[ev.Passage],
-                   retrieval: DependencyStatus = "ok") -> list[ChatMessage]:
+                   retrieval: DependencyStatus = "ok", camera: ev.FrameDescription | None = None) -> list[ChatMessage]:
     system = [agent.system_prompt]
     if instruction := tone_instruction(tone):
         system.append(instruction)
@@ -33,6 +33,8 @@ def build_messages(agent: Agent, tone: Tone | None, user_text: str, history: Ite
         system.append(f"Passages:\n{numbered}")
     elif agent.uses_retrieval:
         system.append(NO_PASSAGES if retrieval == "ok" else SEARCH_DOWN)
+    if camera is not None:
+        system.append(f"The user's camera, just now: {camera.text}")
     messages: list[ChatMessage] = [{"role": "system", "content": "\n\n".join(system)}]
     turns = [(t.role, t.text) for t in memory.turns] if memory is not None else list(history)
     messages.extend({"role": role, "content": text} for role, text in turns)

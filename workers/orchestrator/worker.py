@@ -2,7 +2,7 @@
 
 Consumes: turn.user (queue group: one replica answers each turn), interrupt and
 session.settings (every replica: whoever owns the in-flight turn acts).
-Produces: reply.delta, reply.done, error. Asks: memory.context, retrieval.query.
+Produces: reply.delta, reply.done, error. Asks: memory.context, retrieval.query, video.describe.
 Logic: core.Orchestrator (turns), agents.Router (who answers), prompt.build_messages, llm.
 """
 
@@ -34,6 +34,7 @@ class OrchestratorSettings(LLMSettings):
     default_agent: str = Field(default="general", description="Agent of sessions that chose none")
     memory_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the memory context request")
     retrieval_timeout_s: float = Field(default=0.5, gt=0, description="Deadline of the retrieval request")
+    camera_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the camera description request")
     memory_tokens: int = Field(default=1_500, ge=1, description="Token budget of recalled context")
 
 
@@ -46,7 +47,8 @@ def _orchestrator(settings: OrchestratorSettings, bus: Bus) -> Orchestrator:
 
     model = build_model(settings.llm_provider, base_url=settings.llm_base_url, model=settings.llm_model,
                         api_key=settings.llm_api_key.get_secret_value(), timeout_s=settings.llm_timeout_s)
-    hooks = ContextHooks(bus, settings.memory_timeout_s, settings.retrieval_timeout_s, settings.memory_tokens)
+    hooks = ContextHooks(bus, settings.memory_timeout_s, settings.retrieval_timeout_s, settings.memory_tokens,
+                         settings.camera_timeout_s)
     router = Router(AgentRegistry(default=settings.default_agent))
     return Orchestrator(bus, model, router, hooks, last_settings, settings.llm_max_tokens)
 
