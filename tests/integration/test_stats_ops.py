@@ -69,6 +69,12 @@ async def speak_live(client: Client, pcm: bytes) -> int:
     return len(pcm)
 
 
+async def heard(client: Client, turn_id: str) -> None:
+    """Wait for the turn's audio.done (the end of its speech, or its cancellation)."""
+    if not any(e["kind"] == "audio.done" and e["turn_id"] == turn_id for e in client.received):
+        await client.until(lambda e: e["kind"] == "audio.done" and e["turn_id"] == turn_id, timeout=30)
+
+
 @pytest.fixture(scope="module")
 async def conversation(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[Conversation]:
     metrics_port = free_port()
@@ -83,20 +89,18 @@ async def conversation(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[Convers
         await client.chat("Hello there")
         typed = (await client.until(lambda e: e["kind"] == "reply.done"))[-1]
         # Listen to the whole answer before speaking: speaking over it would be a barge-in (an interruption).
-        if not any(e["kind"] == "audio.done" and e["turn_id"] == typed["turn_id"] for e in client.received):
-            await client.until(lambda e: e["kind"] == "audio.done" and e["turn_id"] == typed["turn_id"])
+        await heard(client, typed["turn_id"])
         sent = await speak_live(client, synthesize(QUESTION) + silence(1.0))  # a live mic keeps streaming
         events = await client.until(lambda e: e["kind"] == "reply.done", timeout=30)
         final = next(e for e in events if e["kind"] == "transcript.final")
+        await heard(client, final["turn_id"])  # a new turn would cut the spoken reply's speech short
         await client.chat("[status:503]")  # the LLM fails: one error event
         await client.until(lambda e: e["kind"] == "reply.done")
         await client.chat("[tokens:300] [delay:20]")
         interrupted = (await client.until(lambda e: e["kind"] == "reply.delta" and e["seq"] >= 2))[-1]["turn_id"]
         await client.send(type="interrupt")
         await client.until(lambda e: e["kind"] == "reply.done")
-        # The interrupted turn's audio.done is the last one: a new turn or an interrupt ends earlier speech.
-        if not any(e["kind"] == "audio.done" and e["turn_id"] == interrupted for e in client.received):
-            await client.until(lambda e: e["kind"] == "audio.done" and e["turn_id"] == interrupted)
+        await heard(client, interrupted)  # the last audio.done: an interrupt ends the speech at once
         yield Conversation(client.session_id, typed["turn_id"], final["turn_id"], final["text"], sent,
                            f"http://127.0.0.1:{metrics_port}/metrics", url, client)
         await client.close()

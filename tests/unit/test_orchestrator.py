@@ -130,5 +130,5 @@ async def test_an_absent_service_is_not_asked_again_on_every_turn() -> None:
     for i in range(3):
         await orch.on_user_turn(turn(f"turn {i}", f"t{i}"))
         await orch.drain(1.0)
-    assert recorder.requests == 1  # memory: no responders once, then remembered for a while
+    assert recorder.requests == 2  # memory and the camera: no responders once each, then remembered for a while
     assert [d.memory for d in recorder.of(ev.ReplyDone)] == ["unavailable"] * 3
