@@ -11,9 +11,8 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from workers.speech.engines import load_engine
-from workers.speech.engines.base import Engine
-from workers.speech.vad import SileroModel, VoiceActivity, load_model
+from workers.speech import child
+from workers.speech.vad import VoiceActivity
 
 from .endpoint import EndpointConfig, TurnEndpoint
 from .pipeline import Output, SessionPipeline
@@ -34,28 +33,23 @@ class ShardConfig:
 # ------------------------------------------------------------------ inside a shard process
 
 _config: ShardConfig | None = None
-_vad: SileroModel | None = None
-_engine: Engine | None = None
 _pipelines: dict[str, SessionPipeline] = {}
 
 
 def _load(config: ShardConfig) -> None:
-    global _config, _vad, _engine  # noqa: PLW0603 - the process's own models, loaded once
+    global _config  # noqa: PLW0603 - the process's own settings, set once
     _config = config
-    _vad = load_model(config.vad_onnx)
-    _engine = load_engine(config.engine, config.model_path, config.language)
-
-
-def _ready() -> bool:
-    return _engine is not None
+    child.load(config)
 
 
 def _pipeline(session_id: str) -> SessionPipeline:
     pipeline = _pipelines.get(session_id)
     if pipeline is None:
-        assert _config is not None and _vad is not None and _engine is not None
-        pipeline = SessionPipeline(VoiceActivity(_vad, _config.vad_threshold, _config.vad_min_silence_ms),
-                                   _engine.recognizer(), TurnEndpoint(_config.endpoint), _config.partial_interval_s)
+        assert _config is not None
+        models = child.models()
+        vad = VoiceActivity(models.vad, _config.vad_threshold, _config.vad_min_silence_ms)
+        pipeline = SessionPipeline(vad, models.engine.recognizer(), TurnEndpoint(_config.endpoint),
+                                   _config.partial_interval_s)
         _pipelines[session_id] = pipeline
     return pipeline
 
@@ -83,7 +77,7 @@ class Shards:
     async def start(self) -> None:
         """Wait until every shard has loaded its models (so the first frame is not slow)."""
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(pool, _ready) for pool in self._pools))
+        await asyncio.gather(*(loop.run_in_executor(pool, child.ready) for pool in self._pools))
 
     def _pool(self, session_id: str) -> ProcessPoolExecutor:
         return self._pools[zlib.crc32(session_id.encode()) % len(self._pools)]

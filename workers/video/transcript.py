@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from workers.speech.engines import load_engine
-from workers.speech.engines.base import Engine
-from workers.speech.vad import SileroModel, VoiceActivity, load_model
+from workers.speech import child
+from workers.speech.vad import VoiceActivity
 
 T = TypeVar("T")
 SAMPLE_RATE = 16_000
@@ -40,25 +39,18 @@ class SpeechConfig:
 # ------------------------------------------------------------------ inside a child process
 
 _config: SpeechConfig | None = None
-_vad: SileroModel | None = None
-_engine: Engine | None = None
 
 
 def _load(config: SpeechConfig) -> None:
-    global _config, _vad, _engine  # noqa: PLW0603 - the process's own models, loaded once
+    global _config  # noqa: PLW0603 - the process's own settings, set once
     _config = config
-    _vad = load_model(config.vad_onnx)
-    _engine = load_engine(config.engine, config.model_path, config.language)
-
-
-def _ready() -> bool:
-    return _engine is not None
+    child.load(config)
 
 
 def speech_spans(pcm_path: str) -> list[tuple[float, float]]:
     """(start, end) seconds of each stretch of speech, none longer than ``max_segment_s``."""
-    assert _config is not None and _vad is not None
-    vad = VoiceActivity(_vad, min_silence_ms=_config.min_silence_ms, speech_pad_ms=100)
+    assert _config is not None
+    vad = VoiceActivity(child.models().vad, min_silence_ms=_config.min_silence_ms, speech_pad_ms=100)
     spans: list[tuple[float, float]] = []
     start: float | None = None
     with Path(pcm_path).open("rb") as audio:
@@ -86,12 +78,11 @@ def _cut(span: tuple[float, float], longest: float) -> list[tuple[float, float]]
 
 def recognize(pcm_path: str, start_s: float, end_s: float) -> str:
     """The engine's text for one span of the audio file."""
-    assert _engine is not None
     first = int(start_s * SAMPLE_RATE) * 2
     with Path(pcm_path).open("rb") as audio:
         audio.seek(first)
         pcm = audio.read(int(end_s * SAMPLE_RATE) * 2 - first)
-    recognizer = _engine.recognizer()
+    recognizer = child.models().engine.recognizer()
     recognizer.accept(pcm)
     return recognizer.final().text.strip()
 
@@ -114,7 +105,7 @@ class SpeechPool:
 
     async def start(self) -> None:
         """Load the models now (a benchmark, a warm-up); otherwise the first job loads them."""
-        await self._call(_ready)
+        await self._call(child.ready)
 
     async def spans(self, pcm_path: Path) -> list[tuple[float, float]]:
         return await self._call(speech_spans, str(pcm_path))
