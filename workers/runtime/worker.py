@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.micro
@@ -87,11 +88,23 @@ async def _with_retry(settings: RuntimeSettings, connect: Callable[[], Awaitable
             return await connect()
     except (TimeoutError, *_CONNECT_ERRORS) as error:
         raise StartupError(
-            f"cannot reach NATS at {settings.nats_url} after {settings.connect_timeout_s:g}s "
+            f"cannot reach NATS at {shown_url(settings.nats_url)} after {settings.connect_timeout_s:g}s "
             f"({type(error).__name__}); start it with `just up` or set SB_NATS_URL") from None
 
 
 _CONNECT_ERRORS = (OSError, nats.errors.NoServersError, TimeoutError)
+
+
+def shown_url(urls: str) -> str:
+    """Server URLs as they may appear in messages and logs: a password in them becomes ***."""
+    def one(url: str) -> str:
+        parts = urlsplit(url.strip())
+        if parts.password is None:
+            return url.strip()
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+    return ",".join(one(url) for url in urls.split(","))
 
 
 _last_error_log = 0.0
