@@ -106,6 +106,7 @@ async def test_new_turn_supersedes_the_one_in_flight(edge: str) -> None:
     ("[status:429]", "llm_rate_limited"),
     ("[hang]", "llm_timeout"),
     ("[malformed]", "llm_bad_stream"),
+    ("[misshapen]", "llm_bad_stream"),
 ])
 async def test_llm_failures_become_error_events_and_the_worker_carries_on(edge: str, marker: str, code: str) -> None:
     client = await connect(edge)

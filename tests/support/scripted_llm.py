@@ -25,6 +25,7 @@ Markers in the LAST user message script the response (they combine):
     [status:CODE]     answer at once with HTTP CODE and an OpenAI-style JSON error body
     [hang]            send nothing at all (not even headers) until the client goes away
     [malformed]       one valid chunk, then a ``data:`` line that is not JSON, then end the body
+    [misshapen]       streamed: one valid chunk, then JSON that is no chunk (its delta is a string), then [DONE]
     [disconnect]      two valid chunks, then close the connection without finishing the body
     [echo_system]     reply with the first system (or developer) message verbatim
 
@@ -75,7 +76,7 @@ SPEECH_VOICES = frozenset({"alloy", "ash", "ballad", "cedar", "coral", "echo", "
                            "sage", "shimmer", "verse"})
 
 _MARKER = re.compile(
-    r"\[(tokens|delay|first_delay|status):(\d+(?:\.\d+)?)\]|\[(hang|malformed|disconnect|echo_system)\]"
+    r"\[(tokens|delay|first_delay|status):(\d+(?:\.\d+)?)\]|\[(hang|malformed|misshapen|disconnect|echo_system)\]"
 )
 _PIECE = re.compile(r"\s*\S+\s*")
 
@@ -124,6 +125,7 @@ class _Plan:
     first_delay: float = 0.0
     hang: bool = False
     malformed: bool = False
+    misshapen: bool = False
     disconnect: bool = False
 
 
@@ -403,8 +405,8 @@ class ScriptedLLM:
 
         await send({"type": "http.response.start", "status": 200, "headers": self._headers(_SSE_HEADERS)})
         pieces = plan.pieces
-        if plan.malformed or plan.disconnect:
-            for index, piece in enumerate(pieces[: 1 if plan.malformed else 2]):
+        if plan.malformed or plan.misshapen or plan.disconnect:
+            for index, piece in enumerate(pieces[: 2 if plan.disconnect else 1]):
                 if not await _pause(plan.first_delay * (index == 0) + plan.delay, gone):
                     return
                 chunk = event(content(piece, role=index == 0))
@@ -412,6 +414,9 @@ class ScriptedLLM:
             if plan.malformed:
                 await send({"type": "http.response.body", "body": b'data: {"id": "chatcmpl-', "more_body": True})
                 await send({"type": "http.response.body", "body": b" not json\n\n", "more_body": False})
+            elif plan.misshapen:
+                misshapen = event(b'"not an object"') + b"data: [DONE]\n\n"
+                await send({"type": "http.response.body", "body": misshapen, "more_body": False})
             else:
                 await self._close_connection(scope)
             return

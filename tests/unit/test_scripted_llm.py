@@ -252,6 +252,15 @@ async def test_malformed_marker_breaks_stream_iteration_after_one_chunk(client: 
     assert received == ["You "]
 
 
+async def test_misshapen_marker_sends_json_that_is_no_chunk_after_one_valid_chunk(client: openai.AsyncOpenAI) -> None:
+    body = {"model": "scripted", "messages": user("[misshapen] hi"), "stream": True}
+    response = await client.post("/chat/completions", cast_to=object, body=body, stream=True,
+                                 stream_cls=openai.AsyncStream[object])
+    events: list[Any] = [event async for event in response]
+
+    assert [e["choices"][0]["delta"] for e in events] == [{"role": "assistant", "content": "You "}, "not an object"]
+
+
 async def test_disconnect_marker_raises_connection_error_after_two_chunks(client: openai.AsyncOpenAI) -> None:
     received: list[ChatCompletionChunk] = []
     response = await client.chat.completions.create(model="scripted", messages=user("[disconnect] hi"), stream=True)

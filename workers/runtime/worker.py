@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.micro
+import uvloop
 from faststream.nats import NatsBroker, NatsRouter
 from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
@@ -184,7 +185,7 @@ def main(spec: WorkerSpec[Any]) -> None:
     settings = load_settings(spec.settings)
     configure_logging(settings.log_level, settings.log_format, process=spec.name)
     try:
-        asyncio.run(serve(spec, settings))
+        uvloop.run(serve(spec, settings))
     except StartupError as error:
         log.error(str(error))
         raise SystemExit(1) from None
