@@ -8,12 +8,14 @@ from sending a ``chat`` frame to receiving the first ``reply.delta`` of that tur
 
   mode 1  system overhead: the orchestrator's echo model (zero-latency, in-process)
   mode 2  comparable to peers: the openai provider against the scripted server, and the floor:
-          the scripted server called directly with openai.AsyncOpenAI at the same rate
+          the scripted server called directly with openai.AsyncOpenAI at the same rate; ours and
+          the floor alternate in blocks (--blocks) so both see the same machine
 
-    .venv/bin/python bench/chat_bench.py [--seconds 10] [--levels 1,50,200] [--modes 1,2] [--quick]
+    .venv/bin/python bench/chat_bench.py [--seconds 20] [--levels 1,50,200] [--modes 1,2] [--quick]
 
 Every session sends one turn per second (start times spread over the first second), the
-first second of each level is warm-up. The load generator shares the machine's cores with
+first second of each level (and block) is warm-up; a level lasts long enough for
+--min-turns measured turns (the 1-session level: 41 s). The load generator shares the machine's cores with
 everything it measures, so the client is one asyncio loop (uvloop) that prints nothing per turn.
 """
 
@@ -374,9 +376,11 @@ class Level:
     def latencies(self) -> list[float]:
         return [t.latency_ms for t in self.turns if t.ok and t.latency_ms is not None]
 
+    blocks: int = 1  # each block's first second is warm-up
+
     @property
     def achieved_rate(self) -> float:
-        return self.sent_in_window / max(self.seconds - 1.0, 1e-9)
+        return self.sent_in_window / max(self.seconds - self.blocks, 1e-9)
 
     def problems(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -388,6 +392,15 @@ class Level:
     def segment(self, name: str) -> float | None:
         values = [v for t in self.turns if t.ok and (v := getattr(t, name)) is not None]
         return p50(values)
+
+    def absorb(self, block: Level) -> None:
+        """Add one more block of the same run (same sessions): turns pooled, CPU weighted by time."""
+        total = self.seconds + block.seconds
+        for name in self.cpu.keys() | block.cpu.keys():
+            self.cpu[name] = (self.cpu.get(name, 0.0) * self.seconds + block.cpu.get(name, 0.0) * block.seconds) / total
+        self.turns += block.turns
+        self.sent_in_window += block.sent_in_window
+        self.seconds = total
 
 
 TurnFn = Callable[[], Awaitable[Turn]]
@@ -430,19 +443,15 @@ async def run_level(label: str, sessions: int, seconds: float, pids: Callable[[]
     return level
 
 
-async def edge_level(client: Client, label: str, sessions: int, seconds: float, text: str,
+async def edge_level(opened: Sequence[Session], label: str, seconds: float, text: str,
                      pids: Callable[[], dict[str, int]]) -> Level:
-    opened = await client.open_many(sessions)
     frame = chat_frame(text)
 
     def make(i: int) -> tuple[TurnFn, Callable[[], bool]]:
         session = opened[i]
         return (lambda: session.turn(frame)), (lambda: not session.broken)
 
-    try:
-        return await run_level(label, sessions, seconds, pids, make)
-    finally:
-        await close_all(opened)
+    return await run_level(label, len(opened), seconds, pids, make)
 
 
 async def floor_turn(llm: openai.AsyncOpenAI, text: str) -> Turn:
@@ -626,8 +635,8 @@ class Report:
         if 1 in self.levels and not any(lv.sessions == TARGET_ECHO_SESSIONS for lv in self.levels[1]):
             table.notes.append(f"mode 1 targets (p50 <= {TARGET_ECHO_P50_MS:g} ms, p99 <= {TARGET_ECHO_P99_MS:g} ms) "
                                f"apply at {TARGET_ECHO_SESSIONS} sessions: not run")
-        table.notes.append("warm-up (first second of each level) excluded; one turn per session per second, "
-                           "start times spread over the first second")
+        table.notes.append("warm-up (first second of each level, and of each block in mode 2) excluded; one turn per "
+                           "session per second, start times spread over the first second")
         return table
 
     @staticmethod
@@ -794,16 +803,10 @@ async def run_mode(mode: int, options: argparse.Namespace, children: Children, c
         floor_client = openai.AsyncOpenAI(base_url=llm_url, api_key="x", max_retries=0) if mode == 2 else None
         try:
             for sessions in options.levels:
-                progress(f"mode {mode}: {sessions} sessions for {options.seconds:g} s")
-                level = await edge_level(client, f"mode {mode}", sessions, options.seconds, CHAT_TEXT,
-                                         children.pids)
+                level, floor = await measure_level(client, floor_client, mode, sessions, options, children.pids)
                 report.levels.setdefault(mode, []).append(level)
-                await asyncio.sleep(0.5)
-                if floor_client is not None:
-                    progress(f"floor: {sessions} sessions for {options.seconds:g} s")
-                    report.floors.append(await floor_level(floor_client, "floor", sessions, options.seconds,
-                                                           CHAT_TEXT, children.pids))
-                    await asyncio.sleep(0.5)
+                if floor is not None:
+                    report.floors.append(floor)
         finally:
             if floor_client is not None:
                 await floor_client.close()
@@ -814,9 +817,42 @@ async def run_mode(mode: int, options: argparse.Namespace, children: Children, c
         children.stop("orchestrator")
 
 
+async def measure_level(client: Client, floor_client: openai.AsyncOpenAI | None, mode: int, sessions: int,
+                        options: argparse.Namespace, pids: Callable[[], dict[str, int]]) -> tuple[Level, Level | None]:
+    """One concurrency level. With a floor, ours and the floor alternate in blocks, so whatever else
+    the machine does during the run weighs on both alike."""
+    seconds = max(options.seconds, options.min_turns / sessions + 1)
+    blocks = options.blocks if floor_client is not None else 1
+    block_s = max(seconds / blocks, 2.0)
+    opened = await client.open_many(sessions)
+    ours: Level | None = None
+    floor: Level | None = None
+    try:
+        for block in range(blocks):
+            progress(f"mode {mode}: {sessions} sessions, block {block + 1}/{blocks} of {block_s:.0f} s")
+            ours = merged(ours, await edge_level(opened, f"mode {mode}", block_s, CHAT_TEXT, pids))
+            await asyncio.sleep(0.5)
+            if floor_client is not None:
+                progress(f"floor: {sessions} sessions, block {block + 1}/{blocks} of {block_s:.0f} s")
+                floor = merged(floor, await floor_level(floor_client, "floor", sessions, block_s, CHAT_TEXT, pids))
+                await asyncio.sleep(0.5)
+    finally:
+        await close_all(opened)
+    assert ours is not None
+    return ours, floor
+
+
+def merged(total: Level | None, block: Level) -> Level:
+    if total is None:
+        return block
+    total.absorb(block)
+    total.blocks += 1
+    return total
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--seconds", type=float, help="Duration of each concurrency level (default 10; quick 3)")
+    parser.add_argument("--seconds", type=float, help="Duration of each concurrency level (default 20; quick 3)")
     parser.add_argument("--levels", help="Concurrent sessions per level, comma-separated (default 1,50,200; "
                                          "quick 1,50)")
     parser.add_argument("--modes", default="1,2", help="1: echo model (system overhead); 2: openai provider "
@@ -828,16 +864,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-length", action="store_true", help="Skip the conversation-length run")
     parser.add_argument("--ws-compression", choices=["deflate", "none"], default="deflate",
                         help="permessage-deflate offered by the client (browsers offer it; default deflate)")
+    parser.add_argument("--blocks", type=int,
+                        help="Mode 2: ours and the floor alternate in this many blocks per level, each at least "
+                             "2 s with its first second as warm-up (default 4; quick 1)")
+    parser.add_argument("--min-turns", type=int,
+                        help="A level lasts long enough for this many measured turns (default 40: the 1-session "
+                             "level runs 41 s; quick 0)")
     parser.add_argument("--quick", action="store_true", help="Smoke run: levels 1,50; 3 s; 50 turns; 200 idle")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.seconds = args.seconds if args.seconds is not None else (3.0 if quick else 10.0)
+    args.seconds = args.seconds if args.seconds is not None else (3.0 if quick else 20.0)
     args.levels = [int(x) for x in (args.levels or ("1,50" if quick else "1,50,200")).split(",") if x.strip()]
     args.modes = [int(x) for x in args.modes.split(",") if x.strip()]
     args.turns = args.turns if args.turns is not None else (50 if quick else 300)
+    args.min_turns = args.min_turns if args.min_turns is not None else (0 if quick else 40)
+    args.blocks = args.blocks if args.blocks is not None else (1 if quick else 4)
     args.idle_sessions = args.idle_sessions if args.idle_sessions is not None else (200 if quick else 1000)
     if args.seconds < 2:
         parser.error("--seconds must be at least 2 (the first second is warm-up)")
+    if args.blocks < 1:
+        parser.error("--blocks must be at least 1")
     if not args.levels or min(args.levels) < 1:
         parser.error("--levels needs positive session counts")
     if not set(args.modes) <= {1, 2} or not args.modes:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import nats.micro
+import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, WebSocket
 from pydantic import BaseModel
 
@@ -110,3 +111,16 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     app.include_router(page.router)
     app.mount("/static", page.static_files, name="static")
     return app
+
+
+def server_config(settings: EdgeSettings, **overrides: object) -> uvicorn.Config:
+    """The uvicorn configuration of the edge (also what the tests serve it with)."""
+    options: dict[str, object] = {
+        "host": settings.edge_host, "port": settings.edge_port, "log_level": "warning", "access_log": False,
+        # The frame limits are enforced per frame by the edge with a protocol error; this is the hard cap.
+        "ws_max_size": 4 * max(settings.max_text_frame_bytes, settings.max_binary_frame_bytes),
+        "timeout_graceful_shutdown": 5,
+        "ws_per_message_deflate": False,  # measured: ~41 KB per socket and CPU on every frame
+        "ws": "websockets-sansio",  # measured: ~0.1 ms less per WebSocket round trip than uvicorn's legacy one
+    }
+    return uvicorn.Config(create_app(settings), **(options | overrides))  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from contracts.binary import AudioOutFrame
-from edge.app import create_app
+from edge.app import server_config
 from edge.settings import EdgeSettings
 from ops.servers import free_port
 
@@ -26,16 +26,7 @@ async def running_edge(nats_url: str, **overrides: Any) -> AsyncIterator[str]:
     """The edge on a free port; yields its base URL (http://127.0.0.1:PORT)."""
     overrides.setdefault("edge_port", free_port())
     settings = EdgeSettings(nats_url=nats_url, edge_secret=SECRET, **overrides)
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=settings.edge_port,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        ws_max_size=4 * settings.max_binary_frame_bytes,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(server_config(settings, host="127.0.0.1", lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
