@@ -83,7 +83,7 @@ async def test_speaking_over_the_assistant_flushes_playback_and_starts_a_new_tur
         stack: str, llm: ScriptedLLM, tmp_path: Path) -> None:
     llm.script(reply=STORY)  # the first question gets a reply that takes a minute to say
     audio = (silence(1.0) + synthesize("Tell me a long story about the sea.") + silence(9.0)
-             + synthesize("Stop. What time is it?") + silence(3.0))
+             + synthesize("Stop, what time is it?") + silence(3.0))
     wav = write_wav(tmp_path / "barge_in.wav", audio)
     async with chromium(*fake_microphone(wav)) as browser, open_page(browser, f"{stack}/?aec=0") as ui:
         await ui.until("sb.status === 'connected'")
@@ -94,13 +94,15 @@ async def test_speaking_over_the_assistant_flushes_playback_and_starts_a_new_tur
         await ui.until("sb.flushes >= 1", timeout_s=40)
         assert (await ui.state())["stoppedByFlush"] > 0, "nothing was playing when the flush came"
         await expect(ui.page.locator(".msg.assistant").first.locator(".meta")).to_contain_text("interrupted")
-        await expect(ui.page.locator(".msg.user[data-source='spoken']")).to_have_count(2, timeout=40_000)
         await expect(ui.page.locator(".msg.assistant").nth(1).locator(".text")).to_contain_text(
-            "You said:", timeout=20_000)
+            "You said:", timeout=40_000)
+        # A pause after "Stop" may end a turn of its own: what counts is everything said after the story.
+        await ui.until("Object.values(sb.turns).filter(t => t.source === 'spoken').slice(1)"
+                       ".map(t => t.user || '').join(' ').toLowerCase().includes('time')", timeout_s=40)
         turns = [t for t in (await ui.state("sb.turns")).values() if t.get("source") == "spoken"]
-        story, second = turns[0], turns[1]
+        story, heard = turns[0], " ".join(t["user"] for t in turns[1:])
         assert story["played"] < story["audioFrames"] or story["audioDone"]["cancelled"], story
         assert story["reply"].startswith("Sentence number 1")
-        assert word_error_rate("What time is it?", second["user"]) <= 0.5 or "time" in second["user"].lower()
+        assert word_error_rate("Stop, what time is it?", heard) <= 0.5, heard
         await ui.screenshot("barge_in")
         assert ui.errors == []
