@@ -1,0 +1,184 @@
+"""What one hop costs on this machine, back to back and after a pause (cold).
+
+The chat benchmark's sessions send one turn per second, so every hop of a turn runs on code
+that has been idle; this script shows how much that costs per kind of hop, each beside its
+own raw baseline measured in the same run:
+
+  nats     a UserTurn published -> the handler has it: a raw nats-py subscriber that
+           validates the event (baseline) vs a FastStream subscriber with the worker
+           runtime's middlewares (tracing, dead letters, metrics), as every worker runs
+  ws       a chat frame's round trip through uvicorn + Starlette (echo), for uvicorn's
+           WebSocket protocols: websockets-sansio (the edge's) and websockets (legacy)
+
+    .venv/bin/python bench/hop_bench.py [--messages 2000] [--pause-ms 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats
+import uvloop
+import websockets
+from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
+
+from contracts import events as ev
+from ops.servers import free_port, start_nats, wait_for_port
+from workers.runtime.bus import Bus, headers_for
+from workers.runtime.deadletter import dead_letter_middleware
+from workers.runtime.logging import configure_logging, get_logger
+from workers.runtime.metrics import metrics_middleware
+from workers.runtime.tracing import tracing_middleware
+
+SUBJECT = "bench.hop.turn"
+TURN = ev.UserTurn(session_id="bench-session-1", turn_id="t" * 32, producer="edge", text="hello there",
+                   source="typed", captured_at=1.0)
+FRAME = '{"type": "chat", "text": "hello there"}'
+ECHO_SERVER = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+
+async def echo(ws):
+    await ws.accept()
+    while (message := await ws.receive())["type"] != "websocket.disconnect":
+        await ws.send_text(message["text"])
+
+uvicorn.run(Starlette(routes=[WebSocketRoute("/ws", echo)]), host="127.0.0.1", port=int(sys.argv[1]),
+            ws=sys.argv[2], ws_per_message_deflate=False, log_level="warning")
+"""
+
+Handler = Callable[[ev.UserTurn], Awaitable[None]]
+Stop = Callable[[], Awaitable[None]]
+
+
+def p50(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def line(name: str, hot: list[float], cold: list[float], baseline: tuple[list[float], list[float]] | None) -> str:
+    text = f"{name:44} back to back p50 {p50(hot):7.0f} us   after a pause p50 {p50(cold):7.0f} us"
+    if baseline:
+        text += f"   (+{p50(hot) - p50(baseline[0]):.0f} / +{p50(cold) - p50(baseline[1]):.0f} us over the baseline)"
+    return text
+
+
+async def raw_subscriber(url: str, handler: Handler) -> Stop:
+    nc = await nats.connect(url)
+
+    async def on_message(msg: Msg) -> None:
+        await handler(ev.UserTurn.model_validate_json(msg.data))
+
+    await nc.subscribe(SUBJECT, cb=on_message)
+    await nc.flush()
+    return nc.close
+
+
+async def faststream_subscriber(url: str, handler: Handler) -> Stop:
+    bus = Bus("bench")
+    broker = NatsBroker(url, middlewares=[tracing_middleware(), dead_letter_middleware(bus, "bench", 5),
+                                          metrics_middleware("bench")],
+                        logger=get_logger("faststream.bench"), log_level=logging.DEBUG)
+
+    @broker.subscriber(SUBJECT)
+    async def on_turn(turn: ev.UserTurn) -> None:
+        await handler(turn)
+
+    await broker.start()
+    return broker.stop
+
+
+async def nats_hops(url: str, start: Callable[[str, Handler], Awaitable[Stop]], count: int,
+                    pause_s: float) -> list[float]:
+    arrived = asyncio.Event()
+    at = 0.0
+
+    async def handler(_: ev.UserTurn) -> None:
+        nonlocal at
+        at = time.perf_counter()
+        arrived.set()
+
+    stop = await start(url, handler)
+    publisher = await nats.connect(url)
+    payload, headers = TURN.model_dump_json().encode(), headers_for(TURN)
+    took: list[float] = []
+    try:
+        for _ in range(count):
+            arrived.clear()
+            sent = time.perf_counter()
+            await publisher.publish(SUBJECT, payload, headers=headers)
+            await arrived.wait()
+            took.append((at - sent) * 1e6)
+            if pause_s:
+                await asyncio.sleep(pause_s)
+    finally:
+        await publisher.close()
+        await stop()
+    return took[count // 10:]  # the first tenth warms up
+
+
+def start_echo(protocol: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    # -W ignore: uvicorn warns that its legacy protocol is deprecated (the reason the edge left it).
+    server = subprocess.Popen([sys.executable, "-W", "ignore", "-c", ECHO_SERVER, str(port), protocol])
+    wait_for_port("127.0.0.1", port, 20.0, server)
+    return server, port
+
+
+async def ws_round_trips(port: int, count: int, pause_s: float) -> list[float]:
+    took: list[float] = []
+    async with websockets.connect(f"ws://127.0.0.1:{port}/ws", compression=None, proxy=None) as ws:
+        for _ in range(count):
+            sent = time.perf_counter()
+            await ws.send(FRAME)
+            await ws.recv()
+            took.append((time.perf_counter() - sent) * 1e6)
+            if pause_s:
+                await asyncio.sleep(pause_s)
+    return took[count // 10:]
+
+
+async def run(url: str, echo_ports: dict[str, int], count: int, pause_s: float) -> None:
+    cold = max(count // 10, 50)  # a pause per message: fewer of them
+    raw = (await nats_hops(url, raw_subscriber, count, 0), await nats_hops(url, raw_subscriber, cold, pause_s))
+    print(line("nats: raw nats-py subscriber (baseline)", *raw, None))
+    fast = (await nats_hops(url, faststream_subscriber, count, 0),
+            await nats_hops(url, faststream_subscriber, cold, pause_s))
+    print(line("nats: FastStream + runtime middlewares", *fast, raw))
+    legacy_port, sansio_port = echo_ports["websockets"], echo_ports["websockets-sansio"]
+    legacy = (await ws_round_trips(legacy_port, count, 0), await ws_round_trips(legacy_port, cold, pause_s))
+    print(line("ws: uvicorn websockets (legacy, baseline)", *legacy, None))
+    sansio = (await ws_round_trips(sansio_port, count, 0), await ws_round_trips(sansio_port, cold, pause_s))
+    print(line("ws: uvicorn websockets-sansio (the edge's)", *sansio, legacy))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000, help="Messages per back-to-back run (default 2000)")
+    parser.add_argument("--pause-ms", type=float, default=10.0, help="Idle time before each cold message (default 10)")
+    args = parser.parse_args()
+    configure_logging("warning", "json", process="bench")
+    with tempfile.TemporaryDirectory(prefix="hop-bench-") as tmp:
+        nats_server = start_nats(Path(tmp) / "nats")
+        echoes = {protocol: start_echo(protocol) for protocol in ("websockets", "websockets-sansio")}
+        try:
+            uvloop.run(run(nats_server.url, {p: port for p, (_, port) in echoes.items()}, args.messages,
+                           args.pause_ms / 1000))
+        finally:
+            nats_server.stop()
+            for process, _ in echoes.values():
+                process.terminate()
+                process.wait()
+
+
+if __name__ == "__main__":
+    main()
