@@ -7,11 +7,13 @@ worker can neither publish on an undeclared subject nor forget a header.
 
 from __future__ import annotations
 
+import functools
 from typing import TypeVar
 
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 
 from contracts import headers as h
 from contracts.envelope import Event, SessionEvent
@@ -55,8 +57,13 @@ def headers_for(event: Event) -> dict[str, str]:
     """The standard headers plus trace context: what every message this bus sends carries."""
     headers = h.event_headers(event)
     tracing.stamp(headers, event.turn_id if isinstance(event, SessionEvent) else None)
-    PUBLISHED.labels(event.producer, event.kind).inc()
+    _published(event.producer, event.kind).inc()
     return headers
+
+
+@functools.cache  # labels() takes a lock and builds a key on every call; producers and kinds are few
+def _published(producer: str, kind: str) -> Counter:
+    return PUBLISHED.labels(producer, kind)
 
 
 def subject_for(event: Event, prefix: str = DEFAULT_PREFIX, **params: str) -> str:
