@@ -6,7 +6,8 @@ own raw baseline measured in the same run:
 
   nats     a UserTurn published -> the handler has it: a raw nats-py subscriber that
            validates the event (baseline) vs a FastStream subscriber with the worker
-           runtime's middlewares (tracing, dead letters, metrics), as every worker runs
+           runtime's middleware (log and trace context, metrics, dead letters), as workers
+           run, vs the runtime's direct subscription (the same scope without FastStream)
   ws       a chat frame's round trip through uvicorn + Starlette (echo), for uvicorn's
            WebSocket protocols: websockets-sansio (the edge's) and websockets (legacy)
 
@@ -34,13 +35,12 @@ from nats.aio.msg import Msg
 from contracts import events as ev
 from ops.servers import free_port, start_nats, wait_for_port
 from workers.runtime.bus import Bus, headers_for
-from workers.runtime.deadletter import dead_letter_middleware
+from workers.runtime.handling import DirectSubscription, runtime_middleware, serve_direct
 from workers.runtime.logging import configure_logging, get_logger
-from workers.runtime.metrics import metrics_middleware
-from workers.runtime.tracing import tracing_middleware
 
-SUBJECT = "bench.hop.turn"
-TURN = ev.UserTurn(session_id="bench-session-1", turn_id="t" * 32, producer="edge", text="hello there",
+TURN_SESSION = "bench-session-1"
+SUBJECT = f"bench.ev.{TURN_SESSION}.turn.user"  # what BY_NAME["turn.user"] is under the prefix "bench"
+TURN = ev.UserTurn(session_id=TURN_SESSION, turn_id="t" * 32, producer="edge", text="hello there",
                    source="typed", captured_at=1.0)
 FRAME = '{"type": "chat", "text": "hello there"}'
 ECHO_SERVER = """
@@ -85,8 +85,7 @@ async def raw_subscriber(url: str, handler: Handler) -> Stop:
 
 async def faststream_subscriber(url: str, handler: Handler) -> Stop:
     bus = Bus("bench")
-    broker = NatsBroker(url, middlewares=[tracing_middleware(), dead_letter_middleware(bus, "bench", 5),
-                                          metrics_middleware("bench")],
+    broker = NatsBroker(url, middlewares=[runtime_middleware(bus, "bench", 5)],
                         logger=get_logger("faststream.bench"), log_level=logging.DEBUG)
 
     @broker.subscriber(SUBJECT)
@@ -95,6 +94,14 @@ async def faststream_subscriber(url: str, handler: Handler) -> Stop:
 
     await broker.start()
     return broker.stop
+
+
+async def direct_subscriber(url: str, handler: Handler) -> Stop:
+    bus = Bus("bench", prefix="bench")
+    bus.attach(await nats.connect(url))
+    await serve_direct(bus, DirectSubscription("turn.user", ev.UserTurn, handler), "bench", 5)
+    await bus.nc.flush()
+    return bus.nc.close
 
 
 async def nats_hops(url: str, start: Callable[[str, Handler], Awaitable[Stop]], count: int,
@@ -153,7 +160,9 @@ async def run(url: str, echo_ports: dict[str, int], count: int, pause_s: float) 
     print(line("nats: raw nats-py subscriber (baseline)", *raw, None))
     fast = (await nats_hops(url, faststream_subscriber, count, 0),
             await nats_hops(url, faststream_subscriber, cold, pause_s))
-    print(line("nats: FastStream + runtime middlewares", *fast, raw))
+    print(line("nats: FastStream + runtime middleware", *fast, raw))
+    direct = (await nats_hops(url, direct_subscriber, count, 0), await nats_hops(url, direct_subscriber, cold, pause_s))
+    print(line("nats: runtime direct subscription", *direct, raw))
     legacy_port, sansio_port = echo_ports["websockets"], echo_ports["websockets-sansio"]
     legacy = (await ws_round_trips(legacy_port, count, 0), await ws_round_trips(legacy_port, cold, pause_s))
     print(line("ws: uvicorn websockets (legacy, baseline)", *legacy, None))

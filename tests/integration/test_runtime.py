@@ -1,10 +1,14 @@
-"""The worker runtime against a real NATS server: dead letters, redelivery, health, drain."""
+"""The worker runtime against a real NATS server: dead letters, redelivery, health, drain.
+
+The user-turn tests run twice: the turn reaches the handler through FastStream, or through a
+direct subscription (runtime/handling.py); both ways in must give the same guarantees.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from faststream import AckPolicy
@@ -12,11 +16,14 @@ from faststream.nats import JStream, NatsRouter, PullSub
 from nats.aio.client import Client
 
 from contracts import events as ev
+from contracts import headers as h
 from contracts.streams import EVENTS, ConsumerSpec
 from contracts.subjects import BY_NAME, dead_letter_subject
 from tests.contract_tap import DELIBERATELY_INVALID
 from workers.runtime import Bus, RuntimeSettings, WorkerSpec, running_worker
 from workers.runtime.bus import flush_ordered
+from workers.runtime.handling import DirectSubscription
+from workers.runtime.tracing import parse_traceparent
 
 SESSION = "session-runtime-1"
 FLAKY = ConsumerSpec(durable="test-flaky", stream=EVENTS.name, filter_subjects=(BY_NAME["memory.forget"].wildcard(),),
@@ -25,18 +32,24 @@ FLAKY = ConsumerSpec(durable="test-flaky", stream=EVENTS.name, filter_subjects=(
 
 class EchoSettings(RuntimeSettings):
     handle_delay_s: float = 0.0
+    direct_turns: bool = False  # user turns through a direct subscription instead of FastStream
+
+
+def answer(settings: EchoSettings, bus: Bus) -> Callable[[ev.UserTurn], Awaitable[None]]:
+    async def on_turn(turn: ev.UserTurn) -> None:
+        await asyncio.sleep(settings.handle_delay_s)
+        await bus.publish(ev.ReplyDone(session_id=turn.session_id, turn_id=turn.turn_id, producer=bus.producer,
+                                       text=turn.text.upper(), agent="echo"))
+
+    return on_turn
 
 
 def build_echo(settings: EchoSettings, bus: Bus) -> NatsRouter:
     """Answers each user turn with a reply; fails on every forget request (to test redelivery)."""
     router = NatsRouter()
     attempts: list[str] = []
-
-    @router.subscriber(BY_NAME["turn.user"].template(), queue="echo")
-    async def on_turn(turn: ev.UserTurn) -> None:
-        await asyncio.sleep(settings.handle_delay_s)
-        await bus.publish(ev.ReplyDone(session_id=turn.session_id, turn_id=turn.turn_id, producer=bus.producer,
-                                       text=turn.text.upper(), agent="echo"))
+    if not settings.direct_turns:
+        router.subscriber(BY_NAME["turn.user"].template(), queue="echo")(answer(settings, bus))
 
     @router.subscriber(FLAKY.filter_subjects[0], stream=JStream(EVENTS.name, declare=False), durable=FLAKY.durable,
                        pull_sub=PullSub(batch_size=1, timeout=0.2), ack_policy=AckPolicy.NACK_ON_ERROR)
@@ -47,13 +60,22 @@ def build_echo(settings: EchoSettings, bus: Bus) -> NatsRouter:
     return router
 
 
+def direct_echo(settings: EchoSettings, bus: Bus) -> list[DirectSubscription[ev.UserTurn]]:
+    if not settings.direct_turns:
+        return []
+    return [DirectSubscription("turn.user", ev.UserTurn, answer(settings, bus), queue="echo")]
+
+
 ECHO = WorkerSpec(name="echo", description="test worker", settings=EchoSettings, build=build_echo,
-                  consumers=(FLAKY,))
+                  consumers=(FLAKY,), direct=direct_echo)
+WAYS_IN = pytest.mark.parametrize("direct", [False, True], ids=["faststream", "direct"])
+ECHO_WAYS_IN = pytest.mark.parametrize("echo", [False, True], ids=["faststream", "direct"], indirect=True)
 
 
 @pytest.fixture
-async def echo(nats_url: str) -> AsyncIterator[Bus]:
-    async with running_worker(ECHO, EchoSettings(nats_url=nats_url, max_deliver=3)) as bus:
+async def echo(nats_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    direct = getattr(request, "param", False)
+    async with running_worker(ECHO, EchoSettings(nats_url=nats_url, max_deliver=3, direct_turns=direct)) as bus:
         yield bus
 
 
@@ -61,14 +83,23 @@ def user_turn(text: str, turn_id: str = "t1") -> ev.UserTurn:
     return ev.UserTurn(session_id=SESSION, turn_id=turn_id, text=text, source="typed", producer="test")
 
 
-async def test_worker_handles_a_valid_event(echo: Bus, nc: Client) -> None:
+@ECHO_WAYS_IN
+async def test_worker_handles_a_valid_event_within_its_trace(echo: Bus, nc: Client) -> None:
+    turns = await nc.subscribe(BY_NAME["turn.user"].subject(SESSION))
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
     await flush_ordered(nc)
     await echo.publish(user_turn("hello"))
-    reply = ev.ReplyDone.model_validate_json((await replies.next_msg(timeout=5)).data)
+    message = await replies.next_msg(timeout=5)
+    reply = ev.ReplyDone.model_validate_json(message.data)
     assert (reply.text, reply.turn_id, reply.producer) == ("HELLO", "t1", "echo")
+    turn_span = parse_traceparent(((await turns.next_msg(timeout=5)).headers or {}).get(h.TRACEPARENT))
+    reply_headers = message.headers or {}
+    reply_span = parse_traceparent(reply_headers.get(h.TRACEPARENT))
+    assert turn_span and reply_span and reply_span.trace_id == turn_span.trace_id
+    assert reply_headers.get(h.PARENT_SPAN) == turn_span.span_id  # published while handling the turn
 
 
+@ECHO_WAYS_IN
 async def test_invalid_event_is_dead_lettered_and_the_worker_carries_on(echo: Bus, nc: Client) -> None:
     letters = await nc.subscribe(dead_letter_subject("echo"))
     await flush_ordered(nc)
@@ -112,10 +143,12 @@ async def test_worker_answers_service_discovery(echo: Bus, nc: Client) -> None:
     assert pong["name"] == "echo" and pong["type"] == "io.nats.micro.v1.ping_response"
 
 
-async def test_stop_drains_in_flight_work(nats_url: str, nc: Client) -> None:
+@WAYS_IN
+async def test_stop_drains_in_flight_work(nats_url: str, nc: Client, direct: bool) -> None:
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
     await flush_ordered(nc)
-    async with running_worker(ECHO, EchoSettings(nats_url=nats_url, handle_delay_s=0.5)) as bus:
+    settings = EchoSettings(nats_url=nats_url, handle_delay_s=0.5, direct_turns=direct)
+    async with running_worker(ECHO, settings) as bus:
         await bus.publish(user_turn("in flight", "t9"))
         await asyncio.sleep(0.1)  # the handler is now sleeping mid-turn
     reply = ev.ReplyDone.model_validate_json((await replies.next_msg(timeout=2)).data)

@@ -1,7 +1,8 @@
 """Orchestrator worker.
 
-Consumes: turn.user (queue group: one replica answers each turn), interrupt and
-session.settings (every replica: whoever owns the in-flight turn acts).
+Consumes: turn.user (queue group: one replica answers each turn; a direct subscription, the
+latency-critical path), interrupt and session.settings (every replica: whoever owns the
+in-flight turn acts).
 Produces: reply.delta, reply.done, error. Asks: memory.context, retrieval.query, video.describe.
 Logic: core.Orchestrator (turns), agents.Router (who answers), prompt.build_messages, llm.
 """
@@ -18,6 +19,7 @@ from pydantic import Field
 from contracts import events as ev
 from contracts.subjects import BY_NAME
 from workers.runtime import Bus, WorkerSpec
+from workers.runtime.handling import DirectSubscription
 from workers.runtime.recorded import last_recorded
 from workers.runtime.settings import LLMSettings
 
@@ -57,10 +59,6 @@ def build(settings: OrchestratorSettings, bus: Bus) -> NatsRouter:
     orchestrator = _orchestrators[id(bus)] = _orchestrator(settings, bus)
     router = NatsRouter()
 
-    @router.subscriber(BY_NAME["turn.user"].template(bus.prefix), queue="orchestrator", title="orchestrator.turn")
-    async def on_turn(turn: ev.UserTurn) -> None:
-        await orchestrator.on_user_turn(turn)
-
     @router.subscriber(BY_NAME["interrupt"].template(bus.prefix), title="orchestrator.interrupt")
     async def on_interrupt(interrupt: ev.Interrupt) -> None:
         await orchestrator.on_interrupt(interrupt)
@@ -72,6 +70,12 @@ def build(settings: OrchestratorSettings, bus: Bus) -> NatsRouter:
     return router
 
 
+def direct(settings: OrchestratorSettings, bus: Bus) -> list[DirectSubscription[ev.UserTurn]]:
+    orchestrator = _orchestrators[id(bus)]
+    return [DirectSubscription("turn.user", ev.UserTurn, orchestrator.on_user_turn, queue="orchestrator",
+                               title="orchestrator.turn")]
+
+
 @contextlib.asynccontextmanager
 async def lifespan(settings: OrchestratorSettings, bus: Bus) -> AsyncIterator[None]:
     yield
@@ -79,4 +83,4 @@ async def lifespan(settings: OrchestratorSettings, bus: Bus) -> AsyncIterator[No
 
 
 WORKER = WorkerSpec(name="orchestrator", description="Chat orchestration: agents, tone, LLM streaming, barge-in",
-                    settings=OrchestratorSettings, build=build, lifespan=lifespan)
+                    settings=OrchestratorSettings, build=build, lifespan=lifespan, direct=direct)

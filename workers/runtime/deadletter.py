@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
-from faststream import BaseMiddleware
-from faststream.message import StreamMessage
+from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from contracts import headers as h
 from contracts.events import DeadLetter
 
 from .bus import Bus
@@ -36,28 +32,17 @@ def _deliveries(raw: Any) -> int | None:
     return None
 
 
-def dead_letter_middleware(bus: Bus, worker: str, max_deliver: int) -> Callable[..., BaseMiddleware]:
-    class DeadLetterMiddleware(BaseMiddleware):
-        async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
-            raw = msg.raw_message
-            hdrs: dict[str, str] = dict(getattr(raw, "headers", None) or {})
-            structlog.contextvars.bind_contextvars(
-                session_id=hdrs.get(h.SESSION), turn_id=hdrs.get(h.TURN), subject=raw.subject)
-            try:
-                return await call_next(msg)
-            except Exception as error:
-                deliveries = _deliveries(raw)
-                permanent = isinstance(error, PERMANENT_ERRORS)
-                if deliveries is not None and not permanent and deliveries < max_deliver:
-                    log.warning("handler failed; will be redelivered", error=repr(error)[:300],
-                                delivery=deliveries, max_deliver=max_deliver)
-                    raise
-                await _dead_letter(bus, worker, raw, hdrs, error, deliveries or 1)
-                return None
-            finally:
-                structlog.contextvars.unbind_contextvars("session_id", "turn_id", "subject")
-
-    return DeadLetterMiddleware
+async def settle_failure(bus: Bus, worker: str, raw: Msg, headers: dict[str, str], error: Exception,
+                         max_deliver: int) -> bool:
+    """Dead-letter the message that failed (True), or leave it to JetStream's redelivery (False)."""
+    deliveries = _deliveries(raw)
+    permanent = isinstance(error, PERMANENT_ERRORS)
+    if deliveries is not None and not permanent and deliveries < max_deliver:
+        log.warning("handler failed; will be redelivered", error=repr(error)[:300],
+                    delivery=deliveries, max_deliver=max_deliver)
+        return False
+    await _dead_letter(bus, worker, raw, headers, error, deliveries or 1)
+    return True
 
 
 async def _dead_letter(bus: Bus, worker: str, raw: Any, hdrs: dict[str, str],

@@ -1,22 +1,16 @@
 """Prometheus metrics every process shares, and its scrape endpoint (``SB_METRICS_PORT``; 0: none).
 
-Handled messages are timed by :func:`metrics_middleware` (per worker, message kind and outcome
-ok/error), published events are counted by the bus (per producer and kind); a worker adds its
-own metrics with ``prometheus_client`` as usual and they appear on the same endpoint. Labels
-only take declared values (unknown kinds count as "other"), so their number stays bounded.
+Handled messages are timed by the runtime's handling scope (per worker, message kind and
+outcome ok/error, :func:`observe_handled`), published events are counted by the bus (per
+producer and kind); a worker adds its own metrics with ``prometheus_client`` as usual and
+they appear on the same endpoint. Labels only take declared values (unknown kinds count as
+"other"), so their number stays bounded.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
-
-from faststream import BaseMiddleware
-from faststream.message import StreamMessage
 from prometheus_client import Counter, Histogram, start_http_server
 
-from contracts import headers as h
 from contracts.events import EVENTS_BY_KIND
 
 #: Seconds; from sub-millisecond handlers to a slow LLM stream.
@@ -36,18 +30,6 @@ def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
         _serving.add(port)
 
 
-def metrics_middleware(worker: str) -> type[BaseMiddleware]:
-    class MetricsMiddleware(BaseMiddleware):
-        async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
-            kind = (getattr(msg.raw_message, "headers", None) or {}).get(h.KIND, "")
-            kind = kind if kind in EVENTS_BY_KIND else "other"  # a label never takes arbitrary values
-            started = time.perf_counter()
-            outcome = "error"
-            try:
-                result = await call_next(msg)
-                outcome = "ok"
-                return result
-            finally:
-                HANDLED.labels(worker, kind, outcome).observe(time.perf_counter() - started)
-
-    return MetricsMiddleware
+def observe_handled(worker: str, kind: str, outcome: str, seconds: float) -> None:
+    kind = kind if kind in EVENTS_BY_KIND else "other"  # a label never takes arbitrary values
+    HANDLED.labels(worker, kind, outcome).observe(seconds)

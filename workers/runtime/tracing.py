@@ -4,7 +4,7 @@ Vocabulary of OpenTelemetry: a *trace* (128-bit ``trace_id``) is made of *spans*
 ``span_id``); here every published message is a span, its ``traceparent`` header carries the
 trace id and the message's own span id, and ``Sb-Parent-Span`` names the span of the message
 whose handling published it (absent for a root). Handlers get the incoming message's context
-from the FastStream middleware (:func:`tracing_middleware`) through a context variable, which
+from the runtime's handling scope (:func:`workers.runtime.handling.handled`) through a context variable, which
 asyncio copies into the tasks a handler starts; :class:`~workers.runtime.bus.Bus` stamps every
 publish from it. A turn event published outside any handler (the transcriber's audio loop, the
 edge's typed chat) starts the trace whose id is derived from its ``turn_id``, so every producer
@@ -18,14 +18,9 @@ import contextvars
 import hashlib
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-import structlog
-from faststream import BaseMiddleware
-from faststream.message import StreamMessage
 
 from contracts import headers as h
 
@@ -85,19 +80,3 @@ def stamp(headers: dict[str, str], turn_id: str | None) -> None:
     else:
         trace_id = turn_trace_id(turn_id) if turn_id else os.urandom(16).hex()
     headers[h.TRACEPARENT] = SpanContext(trace_id, new_span_id()).traceparent
-
-
-def tracing_middleware() -> type[BaseMiddleware]:
-    class TracingMiddleware(BaseMiddleware):
-        async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
-            hdrs = getattr(msg.raw_message, "headers", None) or {}
-            context = parse_traceparent(hdrs.get(h.TRACEPARENT))
-            if context is not None:
-                structlog.contextvars.bind_contextvars(trace_id=context.trace_id)
-            try:
-                with handling(context):
-                    return await call_next(msg)
-            finally:
-                structlog.contextvars.unbind_contextvars("trace_id")
-
-    return TracingMiddleware

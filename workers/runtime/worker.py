@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -27,12 +27,11 @@ from nats.aio.client import Client
 from contracts.streams import STREAMS, ConsumerSpec
 
 from .bus import Bus, flush_ordered
-from .deadletter import dead_letter_middleware
+from .handling import DirectSubscription, runtime_middleware, serve_direct
 from .logging import configure_logging, get_logger
-from .metrics import metrics_middleware, serve_metrics
+from .metrics import serve_metrics
 from .provision import provision
 from .settings import RuntimeSettings, load_settings
-from .tracing import tracing_middleware
 
 S = TypeVar("S", bound=RuntimeSettings)
 VERSION = "0.1.0"
@@ -45,6 +44,8 @@ class WorkerSpec(Generic[S]):
 
     ``build`` wires subjects to the worker's domain logic and returns a FastStream router.
     ``lifespan`` (optional) opens and closes resources around the run (clients, models).
+    ``direct`` (optional) lists latency-critical core NATS subscriptions the runtime serves
+    without FastStream, with the same dead letters, tracing and metrics (runtime/handling.py).
     """
 
     name: str
@@ -53,6 +54,7 @@ class WorkerSpec(Generic[S]):
     build: Callable[[S, Bus], NatsRouter]
     lifespan: Callable[[S, Bus], AbstractAsyncContextManager[None]] | None = None
     consumers: tuple[ConsumerSpec, ...] = field(default_factory=tuple)
+    direct: Callable[[S, Bus], Sequence[DirectSubscription[Any]]] | None = None
 
 
 class StartupError(RuntimeError):
@@ -134,9 +136,7 @@ def _broker(spec: WorkerSpec[S], settings: S, bus: Bus) -> NatsBroker:
         **options,
         security=NatsUserPassword(user, password) if user else None,
         error_cb=_log_nats_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
-        # Outermost first: a dead letter carries the trace of the message it keeps.
-        middlewares=[tracing_middleware(), dead_letter_middleware(bus, spec.name, settings.max_deliver),
-                     metrics_middleware(spec.name)],
+        middlewares=[runtime_middleware(bus, spec.name, settings.max_deliver)],
         graceful_timeout=settings.shutdown_timeout_s,
         logger=get_logger(f"faststream.{spec.name}"),
         log_level=logging.DEBUG,  # FastStream's per-message "Received"/"Processed" lines: debug only
@@ -156,6 +156,8 @@ async def running_worker(spec: WorkerSpec[S], settings: S) -> AsyncIterator[Bus]
     lifespan = spec.lifespan(settings, bus) if spec.lifespan else contextlib.nullcontext()
     async with lifespan:
         await broker.start()
+        direct = [await serve_direct(bus, subscription, spec.name, settings.max_deliver)
+                  for subscription in (spec.direct(settings, bus) if spec.direct else ())]
         await flush_ordered(bus.nc)  # subscriptions are live on the server before anyone is told we are ready
         service = await nats.micro.add_service(
             bus.nc, name=spec.name, version=VERSION, description=spec.description,
@@ -166,6 +168,8 @@ async def running_worker(spec: WorkerSpec[S], settings: S) -> AsyncIterator[Bus]
             yield bus
         finally:
             await service.stop()
+            for subscription in direct:
+                await subscription.drain()  # type: ignore[no-untyped-call]  # received ones are handled first
             await broker.stop()  # waits up to graceful_timeout for in-flight handlers, then drains
             log.info("worker stopped", worker=spec.name)
 
