@@ -60,12 +60,12 @@ def reap_leftovers(pids_file: Path) -> int:
         return 0
     groups = {int(line) for line in pids_file.read_text().split() if line.isdigit()}
     pids_file.unlink()
-    alive = [g for g in groups if _ours(g)]
+    alive = [g for g in groups if started_by_stack(g, pids_file)]
     for group in alive:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGTERM)
     deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(_ours(g) for g in alive):
+    while time.monotonic() < deadline and any(started_by_stack(g, pids_file) for g in alive):
         time.sleep(0.1)
     for group in alive:
         with contextlib.suppress(ProcessLookupError):
@@ -73,12 +73,14 @@ def reap_leftovers(pids_file: Path) -> int:
     return len(alive)
 
 
-def _ours(pid: int) -> bool:
-    """Alive and started from this checkout (a recycled pid belongs to someone else)."""
+def started_by_stack(pid: int, pids_file: Path) -> bool:
+    """Alive and started by this stack (a recycled pid belongs to someone else): its environment
+    names our pids file. The command line proves nothing: the venv may live outside the checkout."""
     try:
-        return str(ROOT) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
+    return f"SB_STACK_PIDS={pids_file}".encode() in environ.split(b"\0")
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:

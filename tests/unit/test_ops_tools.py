@@ -3,6 +3,9 @@ and the launcher's one metrics port per process."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ from contracts import events as ev
 from contracts import headers as h
 from contracts.envelope import Event
 from ops import tools
-from ops.stack import plan
+from ops.stack import plan, started_by_stack
 from workers.runtime import tracing
 from workers.runtime.bus import headers_for
 
@@ -101,3 +104,19 @@ def test_tail_lines_name_the_session_also_of_a_dead_letter() -> None:
     turn = recorded(ev.UserTurn(session_id=S, turn_id="t1", producer="edge", text="hi", source="typed"), 1.0,
                     subject=f"sb.ev.{S}.turn.user")
     assert tools.session_of(turn.msg) == S and " t1 " in tools.pretty(turn.msg)
+
+
+def test_leftovers_are_recognised_by_the_stack_environment_not_the_command_line(tmp_path: Path) -> None:
+    pids_file = tmp_path / "stack.pids"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]  # a python from anywhere, like a venv elsewhere
+    ours = subprocess.Popen(sleeper, env={**os.environ, "SB_STACK_PIDS": str(pids_file)})
+    theirs = subprocess.Popen(sleeper, env={k: v for k, v in os.environ.items() if k != "SB_STACK_PIDS"})
+    try:
+        assert started_by_stack(ours.pid, pids_file)
+        assert not started_by_stack(theirs.pid, pids_file)
+        assert not started_by_stack(ours.pid, tmp_path / "another-stack.pids")
+    finally:
+        for process in (ours, theirs):
+            process.kill()
+            process.wait()
+    assert not started_by_stack(ours.pid, pids_file)  # gone
