@@ -401,6 +401,7 @@ class Level:
         self.turns += block.turns
         self.sent_in_window += block.sent_in_window
         self.seconds = total
+        self.blocks += block.blocks
 
 
 TurnFn = Callable[[], Awaitable[Turn]]
@@ -848,7 +849,6 @@ def merged(total: Level | None, block: Level) -> Level:
     if total is None:
         return block
     total.absorb(block)
-    total.blocks += 1
     return total
 
 

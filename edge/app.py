@@ -121,6 +121,6 @@ def server_config(settings: EdgeSettings, **overrides: object) -> uvicorn.Config
         "ws_max_size": 4 * max(settings.max_text_frame_bytes, settings.max_binary_frame_bytes),
         "timeout_graceful_shutdown": 5,
         "ws_per_message_deflate": False,  # measured: ~41 KB per socket and CPU on every frame
-        "ws": "websockets-sansio",  # measured: ~0.1 ms less per WebSocket round trip than uvicorn's legacy one
+        "ws": "websockets-sansio",  # uvicorn deprecates its legacy protocol; ~30 us less per round trip here
     }
     return uvicorn.Config(create_app(settings), **(options | overrides))  # type: ignore[arg-type]
