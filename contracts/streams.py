@@ -70,6 +70,11 @@ MEMORY_WRITER = ConsumerSpec(
     ack_wait_s=10.0,  # a lost ack (bus restart) is redelivered after this; the writer keeps a slow write alive
     description="Persists user turns, replies and final transcripts in bus order; idempotent by event id",
 )
+USER_TURNS = ConsumerSpec(
+    durable="orchestrator-turns", stream=EVENTS.name, filter_subjects=(BY_NAME["turn.user"].wildcard(),),
+    ack_wait_s=10.0,  # a dead replica's turn is answered by another after this; live replicas keep theirs alive
+    max_deliver=3, description="User turns to answer: one replica answers each, acked once its reply is done",
+)
 INGEST = ConsumerSpec(
     durable="retriever-ingest", stream=JOBS.name, filter_subjects=(BY_NAME["ingest.job"].wildcard(),),
     ack_wait_s=300.0, max_deliver=3, max_ack_pending=4, description="Document ingestion jobs",
@@ -78,7 +83,7 @@ VIDEO = ConsumerSpec(
     durable="video-jobs", stream=JOBS.name, filter_subjects=(BY_NAME["video.job"].wildcard(),),
     ack_wait_s=600.0, max_deliver=3, max_ack_pending=2, description="Video processing jobs",
 )
-CONSUMERS: tuple[ConsumerSpec, ...] = (MEMORY_WRITER, INGEST, VIDEO)
+CONSUMERS: tuple[ConsumerSpec, ...] = (MEMORY_WRITER, USER_TURNS, INGEST, VIDEO)
 
 
 class ObjectStoreSpec(BaseModel):

@@ -19,6 +19,7 @@ from contracts import compat
 from contracts.client import CLIENT_MESSAGES
 from contracts.events import ALL_EVENTS
 from contracts.subjects import REPLIES, SUBJECTS
+from workers.runtime.asyncapi import declared_router
 
 from . import registry
 
@@ -42,7 +43,7 @@ def asyncapi_document() -> dict[str, Any]:
             description += "; binary payload, this model travels in the Sb-Meta header"
         broker.publisher(subject.template(), schema=subject.message, title=subject.name, description=description)
     for name in registry.WORKERS:
-        broker.include_router(registry.declared_router(name))
+        broker.include_router(declared_router(registry.load(name)))
     spec_doc = AsyncAPI(broker, title="Switchboard", version=VERSION, schema_version="3.0.0")
     doc: dict[str, Any] = spec_doc.to_specification().to_jsonable()
     return doc

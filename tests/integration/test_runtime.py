@@ -1,18 +1,16 @@
 """The worker runtime against a real NATS server: dead letters, redelivery, health, drain.
 
-The user-turn tests run twice: the turn reaches the handler through FastStream, or through a
-direct subscription (runtime/handling.py); both ways in must give the same guarantees.
+The user-turn tests run twice: the turn reaches the handler through a core NATS subscription,
+or through a durable JetStream consumer; both ways in must give the same guarantees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsRouter, PullSub
 from nats.aio.client import Client
 
 from contracts import events as ev
@@ -20,62 +18,64 @@ from contracts import headers as h
 from contracts.streams import EVENTS, ConsumerSpec
 from contracts.subjects import BY_NAME, dead_letter_subject
 from tests.contract_tap import DELIBERATELY_INVALID
-from workers.runtime import Bus, RuntimeSettings, WorkerSpec, running_worker
+from workers.runtime import Bus, RuntimeSettings, Worker, consumes, running_worker
 from workers.runtime.bus import flush_ordered
-from workers.runtime.handling import DirectSubscription
 from workers.runtime.tracing import parse_traceparent
 
 SESSION = "session-runtime-1"
+ECHO_TURNS = ConsumerSpec(durable="test-echo-turns", stream=EVENTS.name,
+                          filter_subjects=(BY_NAME["turn.user"].wildcard(),), ack_wait_s=2.0, max_deliver=3,
+                          description="test consumer of user turns")
 FLAKY = ConsumerSpec(durable="test-flaky", stream=EVENTS.name, filter_subjects=(BY_NAME["memory.forget"].wildcard(),),
                      ack_wait_s=2.0, max_deliver=3, description="test consumer that always fails")
 
 
 class EchoSettings(RuntimeSettings):
     handle_delay_s: float = 0.0
-    direct_turns: bool = False  # user turns through a direct subscription instead of FastStream
 
 
-def answer(settings: EchoSettings, bus: Bus) -> Callable[[ev.UserTurn], Awaitable[None]]:
-    async def on_turn(turn: ev.UserTurn) -> None:
-        await asyncio.sleep(settings.handle_delay_s)
-        await bus.publish(ev.ReplyDone(session_id=turn.session_id, turn_id=turn.turn_id, producer=bus.producer,
-                                       text=turn.text.upper(), agent="echo"))
-
-    return on_turn
-
-
-def build_echo(settings: EchoSettings, bus: Bus) -> NatsRouter:
+class Echo(Worker[EchoSettings]):
     """Answers each user turn with a reply; fails on every forget request (to test redelivery)."""
-    router = NatsRouter()
-    attempts: list[str] = []
-    if not settings.direct_turns:
-        router.subscriber(BY_NAME["turn.user"].template(), queue="echo")(answer(settings, bus))
 
-    @router.subscriber(FLAKY.filter_subjects[0], stream=JStream(EVENTS.name, declare=False), durable=FLAKY.durable,
-                       pull_sub=PullSub(batch_size=1, timeout=0.2), ack_policy=AckPolicy.NACK_ON_ERROR)
-    async def on_forget(forget: ev.ForgetSession) -> None:
-        attempts.append(forget.event_id)
-        raise RuntimeError(f"store down (attempt {len(attempts)})")
+    name = "echo"
+    description = "test worker"
 
-    return router
+    def __init__(self, settings: EchoSettings, bus: Bus) -> None:
+        super().__init__(settings, bus)
+        self.attempts: list[str] = []
+
+    async def answer(self, turn: ev.UserTurn) -> None:
+        await asyncio.sleep(self.settings.handle_delay_s)
+        await self.bus.publish(ev.ReplyDone(session_id=turn.session_id, turn_id=turn.turn_id,
+                                            producer=self.bus.producer, text=turn.text.upper(), agent="echo"))
+
+    @consumes(delivery="jetstream", durable=FLAKY)
+    async def on_forget(self, forget: ev.ForgetSession) -> None:
+        self.attempts.append(forget.event_id)
+        raise RuntimeError(f"store down (attempt {len(self.attempts)})")
 
 
-def direct_echo(settings: EchoSettings, bus: Bus) -> list[DirectSubscription[ev.UserTurn]]:
-    if not settings.direct_turns:
-        return []
-    return [DirectSubscription("turn.user", ev.UserTurn, answer(settings, bus), queue="echo")]
+class DirectEcho(Echo):
+    @consumes("turn.user", queue="echo")
+    async def on_turn(self, turn: ev.UserTurn) -> None:
+        await self.answer(turn)
 
 
-ECHO = WorkerSpec(name="echo", description="test worker", settings=EchoSettings, build=build_echo,
-                  consumers=(FLAKY,), direct=direct_echo)
-WAYS_IN = pytest.mark.parametrize("direct", [False, True], ids=["faststream", "direct"])
-ECHO_WAYS_IN = pytest.mark.parametrize("echo", [False, True], ids=["faststream", "direct"], indirect=True)
+class DurableEcho(Echo):
+    @consumes("turn.user", delivery="jetstream", durable=ECHO_TURNS)
+    async def on_turn(self, turn: ev.UserTurn) -> None:
+        await self.answer(turn)
+
+
+WAYS_IN = pytest.mark.parametrize("worker", [DirectEcho, DurableEcho], ids=["direct", "jetstream"])
+ECHO_WAYS_IN = pytest.mark.parametrize("echo", [DirectEcho, DurableEcho], ids=["direct", "jetstream"],
+                                       indirect=True)
 
 
 @pytest.fixture
 async def echo(nats_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
-    direct = getattr(request, "param", False)
-    async with running_worker(ECHO, EchoSettings(nats_url=nats_url, max_deliver=3, direct_turns=direct)) as bus:
+    worker: type[Echo] = getattr(request, "param", DirectEcho)
+    async with running_worker(worker, EchoSettings(nats_url=nats_url, max_deliver=3)) as bus:
         yield bus
 
 
@@ -144,11 +144,11 @@ async def test_worker_answers_service_discovery(echo: Bus, nc: Client) -> None:
 
 
 @WAYS_IN
-async def test_stop_drains_in_flight_work(nats_url: str, nc: Client, direct: bool) -> None:
+async def test_stop_drains_in_flight_work(nats_url: str, nc: Client, worker: type[Echo]) -> None:
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
     await flush_ordered(nc)
-    settings = EchoSettings(nats_url=nats_url, handle_delay_s=0.5, direct_turns=direct)
-    async with running_worker(ECHO, settings) as bus:
+    settings = EchoSettings(nats_url=nats_url, handle_delay_s=0.5)
+    async with running_worker(worker, settings) as bus:
         await bus.publish(user_turn("in flight", "t9"))
         await asyncio.sleep(0.1)  # the handler is now sleeping mid-turn
     reply = ev.ReplyDone.model_validate_json((await replies.next_msg(timeout=2)).data)

@@ -32,7 +32,7 @@ from workers.orchestrator.worker import OrchestratorSettings
 from workers.runtime import Bus, running_worker
 from workers.runtime.bus import flush_ordered
 from workers.runtime.provision import object_store
-from workers.video.worker import _JOBS, WORKER, VideoSettings
+from workers.video.worker import WORKER, VideoSettings, VideoWorker
 
 pytestmark = pytest.mark.slow
 PREFIX = "vid"
@@ -222,8 +222,9 @@ async def test_a_running_job_is_cancelled_and_a_queued_one_never_runs(
 async def test_a_crashing_job_is_retried_then_dead_lettered_with_the_reason(
         nats_url: str, videos: dict[str, Path], nc: Nats) -> None:
     prefix = "vidcrash"
-    async with running_worker(WORKER, settings(nats_url, prefix)) as bus:
-        jobs = _JOBS[id(bus)]
+    started: list[VideoWorker] = []
+    async with running_worker(WORKER, settings(nats_url, prefix), started=started.append) as bus:
+        jobs = started[0].jobs
         crash_store = await object_store(bus.js, VIDEO_OBJECTS, prefix)
         session = new_id()
         async with Watch(nc, session, prefix) as watch:

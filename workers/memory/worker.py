@@ -13,24 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated
 
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsRouter, PullSub
-from faststream.nats.annotations import NatsMessage
 from pydantic import Field
 from pymongo.errors import PyMongoError
 
 from contracts import events as ev
-from contracts.streams import EVENTS, MEMORY_WRITER
-from contracts.subjects import BY_NAME
-from workers.runtime import Bus, WorkerSpec
+from contracts.streams import MEMORY_WRITER
+from workers.runtime import Bus, Delivery, StartupError, Worker, consumes, serves
 from workers.runtime.logging import get_logger
-from workers.runtime.provision import stream_name
 from workers.runtime.settings import LLMSettings
-from workers.runtime.worker import StartupError
 
 from .core import ContextCache, Memory
 from .store import MemoryStore, while_unreachable
@@ -54,83 +46,70 @@ class MemorySettings(LLMSettings):
     summary_max_tokens: int = Field(default=200, ge=16, description="Longest summary, in tokens")
 
 
-@dataclass
-class _Parts:
-    store: MemoryStore
-    memory: Memory
-    summarizer: Summarizer
-
-
-_parts: dict[int, _Parts] = {}
 PRUNE_EVERY_S = 3_600.0
 
 
-def _assemble(settings: MemorySettings, bus: Bus) -> _Parts:
-    store = MemoryStore(settings.mongo_url, settings.mongo_db, settings.mongo_timeout_s)
-    cache = ContextCache(settings.context_cache_sessions)
-    complete = openai_completion(settings.llm_base_url, settings.llm_api_key.get_secret_value(), settings.llm_model,
-                                 settings.llm_timeout_s, settings.summary_max_tokens)
-    summarizer = Summarizer(store, complete, settings.summary_after_turns, settings.summary_keep_recent,
-                            on_summary=cache.invalidate)
-    return _Parts(store, Memory(store, cache, summarizer, settings.context_turns, bus.producer), summarizer)
+class MemoryWorker(Worker[MemorySettings]):
+    name = "memory"
+    description = "Durable conversation memory and the context service"
 
+    def __init__(self, settings: MemorySettings, bus: Bus) -> None:
+        super().__init__(settings, bus)
+        self.store = MemoryStore(settings.mongo_url, settings.mongo_db, settings.mongo_timeout_s)
+        cache = ContextCache(settings.context_cache_sessions)
+        complete = openai_completion(settings.llm_base_url, settings.llm_api_key.get_secret_value(),
+                                     settings.llm_model, settings.llm_timeout_s, settings.summary_max_tokens)
+        self.summarizer = Summarizer(self.store, complete, settings.summary_after_turns,
+                                     settings.summary_keep_recent, on_summary=cache.invalidate)
+        self.memory = Memory(self.store, cache, self.summarizer, settings.context_turns, bus.producer)
+        self._background = contextlib.AsyncExitStack()
 
-def build(settings: MemorySettings, bus: Bus) -> NatsRouter:
-    parts = _parts[id(bus)] = _assemble(settings, bus)
-    memory = parts.memory
-    router = NatsRouter()
-
-    @router.subscriber(
-        BY_NAME["turn.user"].wildcard(bus.prefix), stream=JStream(stream_name(EVENTS, bus.prefix), declare=False),
-        durable=MEMORY_WRITER.durable, pull_sub=PullSub(batch_size=1, timeout=0.5),
-        ack_policy=AckPolicy.NACK_ON_ERROR, title="memory.writer",
-        description="Durable consumer memory-writer: " + ", ".join(MEMORY_WRITER.filter_subjects))
-    async def on_event(event: Recorded, message: NatsMessage) -> None:
-        position = int(message.raw_message.metadata.sequence.stream)
-        await while_unreachable(lambda: memory.record(event, position), message.in_progress)
-
-    @router.subscriber(BY_NAME["memory.context"].subject(prefix=bus.prefix), queue="memory",
-                       title="memory.serve_context")
-    async def on_context(request: ev.ContextRequest) -> ev.ContextReply | None:
+    async def start(self) -> None:
         try:
-            return await memory.context(request)
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                created = await while_unreachable(self.store.ensure_schema, _nothing)
+        except TimeoutError:
+            await self.store.close()
+            raise StartupError(f"cannot reach the database at {self.settings.mongo_url} after "
+                               f"{self.settings.connect_timeout_s:g}s; start it with `just up` or set SB_MONGO_URL"
+                               ) from None
+        if created:
+            log.info("database initialised", created=created)
+        prune = asyncio.create_task(_prune_periodically(self.store, self.settings.retention_days),
+                                    name="memory-prune")
+        self._background.push_async_callback(_cancelled, prune)
+        await self._background.enter_async_context(self.summarizer.running())
+
+    async def stop(self) -> None:
+        await self._background.aclose()
+        await self.store.close()
+
+    @consumes(delivery="jetstream", durable=MEMORY_WRITER)
+    async def on_event(self, event: Recorded, delivery: Delivery) -> None:
+        position = delivery.stream_sequence
+        await while_unreachable(lambda: self.memory.record(event, position), delivery.in_progress)
+
+    @serves("memory.context", queue="memory")
+    async def on_context(self, request: ev.ContextRequest) -> ev.ContextReply | None:
+        try:
+            return await self.memory.context(request)
         except PyMongoError as error:  # an empty reply: the asker reports "error" at once instead of waiting
             log.warning("context unavailable", error=repr(error)[:200])
             return None
 
-    @router.subscriber(BY_NAME["memory.history"].subject(prefix=bus.prefix), queue="memory",
-                       title="memory.serve_history")
-    async def on_history(request: ev.HistoryRequest) -> ev.HistoryReply | None:
+    @serves("memory.history", queue="memory")
+    async def on_history(self, request: ev.HistoryRequest) -> ev.HistoryReply | None:
         try:
-            return await memory.history(request)
+            return await self.memory.history(request)
         except PyMongoError as error:
             log.warning("history unavailable", error=repr(error)[:200])
             return None
 
-    return router
 
-
-@contextlib.asynccontextmanager
-async def lifespan(settings: MemorySettings, bus: Bus) -> AsyncIterator[None]:
-    parts = _parts.pop(id(bus))
-    try:
-        async with asyncio.timeout(settings.connect_timeout_s):
-            created = await while_unreachable(parts.store.ensure_schema, _nothing)
-    except TimeoutError:
-        await parts.store.close()
-        raise StartupError(f"cannot reach the database at {settings.mongo_url} after "
-                           f"{settings.connect_timeout_s:g}s; start it with `just up` or set SB_MONGO_URL") from None
-    if created:
-        log.info("database initialised", created=created)
-    prune = asyncio.create_task(_prune_periodically(parts.store, settings.retention_days), name="memory-prune")
-    try:
-        async with parts.summarizer.running():
-            yield
-    finally:
-        prune.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await prune
-        await parts.store.close()
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _nothing() -> None:
@@ -148,5 +127,4 @@ async def _prune_periodically(store: MemoryStore, retention_days: float) -> None
         await asyncio.sleep(max(0.0, PRUNE_EVERY_S - (time.monotonic() - started)))
 
 
-WORKER = WorkerSpec(name="memory", description="Durable conversation memory and the context service",
-                    settings=MemorySettings, build=build, lifespan=lifespan, consumers=(MEMORY_WRITER,))
+WORKER = MemoryWorker

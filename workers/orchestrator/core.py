@@ -84,6 +84,21 @@ class Orchestrator:
         # first delta when the machine is otherwise idle).
         await asyncio.sleep(0)
 
+    async def answer(self, turn: ev.UserTurn) -> None:
+        """Answer ``turn`` and return once its reply is done (or superseded, or cancelled)."""
+        await self.on_user_turn(turn)
+        state = self._sessions.get(turn.session_id)
+        flight = state.in_flight if state else None
+        if flight is not None and flight.turn is turn and flight.task is not None:
+            await asyncio.wait([flight.task])
+
+    async def refuse(self, turn: ev.UserTurn, code: str, message: str) -> None:
+        """End ``turn`` without answering it: an error event, then its reply.done."""
+        await self._pub.publish(ev.ErrorEvent(session_id=turn.session_id, turn_id=turn.turn_id,
+                                              producer=self._pub.producer, code=code, message=message,
+                                              source="orchestrator", retryable=True))
+        await self._publish_done(InFlight(turn, ""), "error", ev.TokenUsage(), "skipped", "skipped", [])
+
     async def on_interrupt(self, interrupt: ev.Interrupt) -> None:
         state = self._sessions.get(interrupt.session_id)
         if state is None or state.in_flight is None:

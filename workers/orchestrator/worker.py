@@ -1,25 +1,28 @@
 """Orchestrator worker.
 
-Consumes: turn.user (queue group: one replica answers each turn; a direct subscription, the
-latency-critical path), interrupt and session.settings (every replica: whoever owns the
-in-flight turn acts).
+Consumes: turn.user through the durable consumer USER_TURNS (one replica answers each turn; acked
+once the reply is done, so a turn sent while no orchestrator runs, or held by one that died, is
+answered by the next; a redelivered turn that was answered already is not answered again; one
+older than SB_TURN_DEADLINE_S gets an error instead); interrupt and session.settings (every
+replica: whoever owns the in-flight turn acts).
 Produces: reply.delta, reply.done, error. Asks: memory.context, retrieval.query, video.describe.
 Logic: core.Orchestrator (turns), agents.Router (who answers), prompt.build_messages, llm.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
+import time
 from typing import Literal
 
-from faststream.nats import NatsRouter
+from nats.js.errors import NotFoundError
 from pydantic import Field
 
 from contracts import events as ev
+from contracts.streams import EVENTS, USER_TURNS
 from contracts.subjects import BY_NAME
-from workers.runtime import Bus, WorkerSpec
-from workers.runtime.handling import DirectSubscription
+from workers.runtime import Bus, Delivery, Worker, consumes
+from workers.runtime.logging import get_logger
+from workers.runtime.provision import stream_name
 from workers.runtime.recorded import last_recorded
 from workers.runtime.settings import LLMSettings
 
@@ -27,6 +30,8 @@ from .agents import AgentRegistry, Router
 from .context import ContextHooks
 from .core import Orchestrator
 from .llm import build_model
+
+log = get_logger("orchestrator")
 
 
 class OrchestratorSettings(LLMSettings):
@@ -38,49 +43,65 @@ class OrchestratorSettings(LLMSettings):
     retrieval_timeout_s: float = Field(default=0.5, gt=0, description="Deadline of the retrieval request")
     camera_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the camera description request")
     memory_tokens: int = Field(default=1_500, ge=1, description="Token budget of recalled context")
+    turn_deadline_s: float = Field(
+        default=120.0, gt=0, description="A turn still unanswered this long after it was sent (no orchestrator "
+        "ran) gets an error (turn_not_answered) instead of a late reply")
 
 
-_orchestrators: dict[int, Orchestrator] = {}
+class OrchestratorWorker(Worker[OrchestratorSettings]):
+    name = "orchestrator"
+    description = "Chat orchestration: agents, tone, LLM streaming, barge-in"
+
+    def __init__(self, settings: OrchestratorSettings, bus: Bus) -> None:
+        super().__init__(settings, bus)
+
+        async def last_settings(session_id: str) -> ev.SessionSettings | None:
+            return await last_recorded(bus, "session.settings", session_id, ev.SessionSettings)
+
+        model = build_model(settings.llm_provider, base_url=settings.llm_base_url, model=settings.llm_model,
+                            api_key=settings.llm_api_key.get_secret_value(), timeout_s=settings.llm_timeout_s)
+        hooks = ContextHooks(bus, settings.memory_timeout_s, settings.retrieval_timeout_s, settings.memory_tokens,
+                             settings.camera_timeout_s)
+        self.core = Orchestrator(bus, model, Router(AgentRegistry(default=settings.default_agent)), hooks,
+                                 last_settings, settings.llm_max_tokens)
+
+    @consumes("turn.user", delivery="jetstream", durable=USER_TURNS)
+    async def on_turn(self, turn: ev.UserTurn, delivery: Delivery) -> None:
+        if delivery.deliveries > 1 and await self._answered(turn, delivery.stream_sequence):
+            log.info("turn already answered; not answering again", turn_id=turn.turn_id)
+            return
+        if time.time() - turn.published_at > self.settings.turn_deadline_s:
+            await self.core.refuse(turn, "turn_not_answered",
+                                   f"no assistant was available for {self.settings.turn_deadline_s:g} s; "
+                                   "please ask again")
+            return
+        await self.core.answer(turn)
+
+    @consumes("interrupt")
+    async def on_interrupt(self, interrupt: ev.Interrupt) -> None:
+        await self.core.on_interrupt(interrupt)
+
+    @consumes("session.settings")
+    async def on_settings(self, settings_event: ev.SessionSettings) -> None:
+        await self.core.on_settings(settings_event)
+
+    async def stop(self) -> None:
+        await self.core.drain(self.settings.shutdown_timeout_s)
+
+    async def _answered(self, turn: ev.UserTurn, turn_sequence: int) -> bool:
+        """Whether the bus recorded a reply.done for this turn after it (a replica died before its ack)."""
+        stream = stream_name(EVENTS, self.bus.prefix)
+        subject = BY_NAME["reply.done"].subject(turn.session_id, self.bus.prefix)
+        sequence = turn_sequence
+        for _ in range(100):  # replies recorded after the turn: a handful at most
+            try:
+                msg = await self.bus.js.get_msg(stream, seq=sequence + 1, subject=subject, next=True)
+            except NotFoundError:
+                return False
+            if ev.ReplyDone.model_validate_json(msg.data or b"{}").turn_id == turn.turn_id:
+                return True
+            sequence = int(msg.seq or sequence + 1)
+        return False
 
 
-def _orchestrator(settings: OrchestratorSettings, bus: Bus) -> Orchestrator:
-    async def last_settings(session_id: str) -> ev.SessionSettings | None:
-        return await last_recorded(bus, "session.settings", session_id, ev.SessionSettings)
-
-    model = build_model(settings.llm_provider, base_url=settings.llm_base_url, model=settings.llm_model,
-                        api_key=settings.llm_api_key.get_secret_value(), timeout_s=settings.llm_timeout_s)
-    hooks = ContextHooks(bus, settings.memory_timeout_s, settings.retrieval_timeout_s, settings.memory_tokens,
-                         settings.camera_timeout_s)
-    router = Router(AgentRegistry(default=settings.default_agent))
-    return Orchestrator(bus, model, router, hooks, last_settings, settings.llm_max_tokens)
-
-
-def build(settings: OrchestratorSettings, bus: Bus) -> NatsRouter:
-    orchestrator = _orchestrators[id(bus)] = _orchestrator(settings, bus)
-    router = NatsRouter()
-
-    @router.subscriber(BY_NAME["interrupt"].template(bus.prefix), title="orchestrator.interrupt")
-    async def on_interrupt(interrupt: ev.Interrupt) -> None:
-        await orchestrator.on_interrupt(interrupt)
-
-    @router.subscriber(BY_NAME["session.settings"].template(bus.prefix), title="orchestrator.settings")
-    async def on_settings(settings_event: ev.SessionSettings) -> None:
-        await orchestrator.on_settings(settings_event)
-
-    return router
-
-
-def direct(settings: OrchestratorSettings, bus: Bus) -> list[DirectSubscription[ev.UserTurn]]:
-    orchestrator = _orchestrators[id(bus)]
-    return [DirectSubscription("turn.user", ev.UserTurn, orchestrator.on_user_turn, queue="orchestrator",
-                               title="orchestrator.turn")]
-
-
-@contextlib.asynccontextmanager
-async def lifespan(settings: OrchestratorSettings, bus: Bus) -> AsyncIterator[None]:
-    yield
-    await _orchestrators.pop(id(bus)).drain(settings.shutdown_timeout_s)
-
-
-WORKER = WorkerSpec(name="orchestrator", description="Chat orchestration: agents, tone, LLM streaming, barge-in",
-                    settings=OrchestratorSettings, build=build, lifespan=lifespan, direct=direct)
+WORKER = OrchestratorWorker

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsRouter, PullSub
-from faststream.nats.annotations import NatsMessage
 from nats.js.errors import NotFoundError
 
 from contracts import events as ev
-from contracts.streams import INGEST, INGEST_FILES, JOBS
-from contracts.subjects import BY_NAME
-from workers.runtime import Bus, WorkerSpec
+from contracts.streams import INGEST, INGEST_FILES
+from workers.runtime import Bus, Delivery, Worker, consumes, serves
 from workers.runtime.logging import get_logger
-from workers.runtime.provision import object_store, stream_name
+from workers.runtime.provision import object_store
 
 from .chunker import Chunker
 from .core import Outcome, QueryError, Retriever
@@ -38,7 +33,7 @@ log = get_logger("retriever")
 
 @dataclass
 class _Slot:
-    """Filled by the lifespan (model and index load there, not in build())."""
+    """Filled by start() (the model and index load there, not in the constructor)."""
 
     retriever: Retriever | None = None
 
@@ -48,7 +43,6 @@ class _Slot:
         return self.retriever
 
 
-_slots: dict[int, _Slot] = {}
 
 
 def open_retriever(settings: RetrieverSettings) -> Retriever:
@@ -67,9 +61,8 @@ class Jobs:
         self._slot = slot
         self._max_deliver = max_deliver
 
-    async def run(self, job: ev.IngestJob, msg: NatsMessage) -> None:
+    async def run(self, job: ev.IngestJob, deliveries: int) -> None:
         async def progress(stage: str, done: int, total: int) -> None:
-            await msg.in_progress()  # long jobs keep their ack deadline
             await self._bus.publish(ev.JobProgress(session_id=job.session_id, producer=self._bus.producer,
                                                    job_id=job.job_id, stage=stage, done=done, total=total))
 
@@ -85,7 +78,7 @@ class Jobs:
             await self._finish(job, error=str(error))
             return
         except Exception as error:
-            if msg.raw_message.metadata.num_delivered >= self._max_deliver:
+            if deliveries >= self._max_deliver:
                 await self._finish(job, error=f"internal error after {self._max_deliver} attempts: "
                                               f"{type(error).__name__}: {str(error)[:300]}", keep_object=True)
             raise  # redelivered, or dead-lettered with the reason
@@ -119,37 +112,30 @@ class Jobs:
         await self._bus.publish(result, durable=True)
 
 
-def build(settings: RetrieverSettings, bus: Bus) -> NatsRouter:
-    slot = _slots[id(bus)] = _Slot()
-    jobs = Jobs(bus, slot, settings.max_deliver)
-    router = NatsRouter()
+class RetrieverWorker(Worker[RetrieverSettings]):
+    name = "retriever"
+    description = "Knowledge bases: document ingestion and passage retrieval"
 
-    @router.subscriber(BY_NAME["ingest.job"].template(bus.prefix),
-                       stream=JStream(stream_name(JOBS, bus.prefix), declare=False), durable=INGEST.durable,
-                       pull_sub=PullSub(batch_size=1, timeout=1.0), ack_policy=AckPolicy.NACK_ON_ERROR,
-                       title="retriever.ingest")
-    async def on_job(job: ev.IngestJob, msg: NatsMessage) -> None:
-        await jobs.run(job, msg)
+    def __init__(self, settings: RetrieverSettings, bus: Bus) -> None:
+        super().__init__(settings, bus)
+        self.slot = _Slot()
+        self.jobs = Jobs(bus, self.slot, settings.max_deliver)
 
-    @router.subscriber(BY_NAME["retrieval.query"].template(bus.prefix), queue="retriever", title="retriever.query")
-    async def on_query(request: ev.RetrievalRequest) -> ev.RetrievalReply:
-        reply = {"session_id": request.session_id, "turn_id": request.turn_id, "producer": bus.producer}
+    async def start(self) -> None:
+        self.slot.retriever = await asyncio.to_thread(open_retriever, self.settings)
+
+    # One job at a time per replica (the runtime keeps a long job's ack deadline alive).
+    @consumes("ingest.job", delivery="jetstream", durable=INGEST, max_in_flight=1)
+    async def on_job(self, job: ev.IngestJob, delivery: Delivery) -> None:
+        await self.jobs.run(job, delivery.deliveries)
+
+    @serves("retrieval.query", queue="retriever")
+    async def on_query(self, request: ev.RetrievalRequest) -> ev.RetrievalReply:
+        reply = {"session_id": request.session_id, "turn_id": request.turn_id, "producer": self.bus.producer}
         try:
-            return ev.RetrievalReply(**reply, passages=await slot.ready.query(request))
+            return ev.RetrievalReply(**reply, passages=await self.slot.ready.query(request))
         except QueryError as error:
             return ev.RetrievalReply(**reply, error=str(error))
 
-    return router
 
-
-@contextlib.asynccontextmanager
-async def lifespan(settings: RetrieverSettings, bus: Bus) -> AsyncIterator[None]:
-    _slots[id(bus)].retriever = await asyncio.to_thread(open_retriever, settings)
-    try:
-        yield
-    finally:
-        _slots.pop(id(bus), None)
-
-
-WORKER = WorkerSpec(name="retriever", description="Knowledge bases: document ingestion and passage retrieval",
-                    settings=RetrieverSettings, build=build, lifespan=lifespan, consumers=(INGEST,))
+WORKER = RetrieverWorker

@@ -22,7 +22,12 @@ from .logging import get_logger
 
 log = get_logger("deadletter")
 
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, json.JSONDecodeError, UnicodeDecodeError)
+class PermanentError(Exception):
+    """A message that can never be handled, whatever is retried: dead-lettered at once."""
+
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValidationError, json.JSONDecodeError, UnicodeDecodeError,
+                                                     PermanentError)
 
 
 def _deliveries(raw: Any) -> int | None:

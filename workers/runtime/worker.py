@@ -1,6 +1,7 @@
-"""Running a worker: connect (with retry), provision streams, subscribe, announce health, drain on stop.
+"""Running a worker: connect (with retry), provision streams, start it, serve its handlers, announce
+health, drain on stop (with deadlines, also when the bus is gone).
 
-A worker module declares a :class:`WorkerSpec`; ``python -m workers.<name>`` calls
+A worker module defines a :class:`Worker` subclass; ``python -m workers.<name>`` calls
 :func:`main`, and tests use :func:`running_worker` to run the same code in-process.
 """
 
@@ -8,57 +9,99 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import json
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any, ClassVar, Generic, TypeVar, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.micro
 import uvloop
-from faststream.nats import NatsBroker, NatsRouter
-from faststream.nats.security import NatsUserPassword
 from nats.aio.client import Client
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service
 
 from contracts.streams import STREAMS, ConsumerSpec
 
 from .bus import Bus, flush_ordered
-from .handling import DirectSubscription, runtime_middleware, serve_direct
+from .consumes import Consumption, consumptions
 from .logging import configure_logging, get_logger
 from .metrics import serve_metrics
 from .provision import provision
 from .settings import RuntimeSettings, load_settings
+from .transports import PartitionedTransport, Transport, transport_for
 
 S = TypeVar("S", bound=RuntimeSettings)
 VERSION = "0.1.0"
+HEALTH_ENDPOINT = "health"
 log = get_logger("runtime")
 
 
-@dataclass(frozen=True)
-class WorkerSpec(Generic[S]):
-    """What a worker is: its name, settings, how to build its subscriptions, and its resources.
+class Worker(Generic[S]):
+    """A worker: its settings, its resources, and handler methods marked with ``@consumes``/``@serves``.
 
-    ``build`` wires subjects to the worker's domain logic and returns a FastStream router.
-    ``lifespan`` (optional) opens and closes resources around the run (clients, models).
-    ``direct`` (optional) lists latency-critical core NATS subscriptions the runtime serves
-    without FastStream, with the same dead letters, tracing and metrics (runtime/handling.py).
+    The runtime constructs it once per process (after connecting and provisioning), calls
+    :meth:`start`, serves every marked handler on its transport, and on stop drains the
+    transports before :meth:`stop`. Its settings class is the type argument:
+    ``class Keywords(Worker[RuntimeSettings])``.
     """
 
-    name: str
-    description: str
-    settings: type[S]
-    build: Callable[[S, Bus], NatsRouter]
-    lifespan: Callable[[S, Bus], AbstractAsyncContextManager[None]] | None = None
-    consumers: tuple[ConsumerSpec, ...] = field(default_factory=tuple)
-    direct: Callable[[S, Bus], Sequence[DirectSubscription[Any]]] | None = None
+    name: ClassVar[str]
+    description: ClassVar[str]
+    settings_type: ClassVar[type[RuntimeSettings]] = RuntimeSettings
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            args = get_args(base)
+            if args and isinstance(args[0], type) and issubclass(args[0], RuntimeSettings):
+                cls.settings_type = args[0]
+
+    def __init__(self, settings: S, bus: Bus) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.transports: dict[str, Transport] = {}
+
+    async def start(self) -> None:
+        """Open resources (models, clients, tasks) before the first message is delivered."""
+
+    async def stop(self) -> None:
+        """Finish in-flight work and close resources; subscriptions have stopped already."""
+
+    def problems(self) -> list[str]:
+        """What is broken now, in words (empty: healthy). The runtime adds its transports' problems."""
+        return []
+
+    def recorded_since(self) -> float:
+        """Where ``recorded`` handlers start reading (epoch seconds); by default, now."""
+        return time.time()
+
+    def partitions(self, handler: Callable[..., Awaitable[Any]]) -> PartitionedTransport:
+        """The partitioned subscription of ``handler``: ``own(partition)`` / ``release(partition)``."""
+        transport = self.transports[handler.__name__]
+        assert isinstance(transport, PartitionedTransport), f"{handler.__name__} is not partitioned"
+        return transport
+
+    @classmethod
+    def consumptions(cls) -> list[Consumption]:
+        return consumptions(cls)
+
+    @classmethod
+    def consumers(cls) -> tuple[ConsumerSpec, ...]:
+        """The durable JetStream consumers its handlers read (provisioned before it starts)."""
+        return tuple(c.durable for c in cls.consumptions() if c.durable is not None)
+
+    def health(self) -> list[str]:
+        return [*self.problems(), *(p for t in self.transports.values() for p in t.problems())]
 
 class StartupError(RuntimeError):
     pass
+
+
+W = TypeVar("W", bound=Worker[Any])
 
 
 def connect_options(settings: RuntimeSettings, name: str) -> dict[str, Any]:
@@ -129,67 +172,107 @@ async def _on_reconnect() -> None:
     log.info("NATS reconnected")
 
 
-def _broker(spec: WorkerSpec[S], settings: S, bus: Bus) -> NatsBroker:
-    options = connect_options(settings, spec.name)
-    user, password = options.pop("user", None), options.pop("password", None)
-    return NatsBroker(
-        **options,
-        security=NatsUserPassword(user, password) if user else None,
-        error_cb=_log_nats_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
-        middlewares=[runtime_middleware(bus, spec.name, settings.max_deliver)],
-        graceful_timeout=settings.shutdown_timeout_s,
-        logger=get_logger(f"faststream.{spec.name}"),
-        log_level=logging.DEBUG,  # FastStream's per-message "Received"/"Processed" lines: debug only
+@contextlib.asynccontextmanager
+async def running_worker(worker_type: type[W], settings: RuntimeSettings,
+                         started: Callable[[W], None] | None = None) -> AsyncIterator[Bus]:
+    """Run a worker until the block exits, then drain it. Yields its bus; ``started`` gets the worker."""
+    began = time.monotonic()
+    name = worker_type.name
+    bus = Bus(producer=name, prefix=settings.subject_prefix)
+    worker: W | None = None
+
+    async def reconnected() -> None:
+        await _on_reconnect()
+        for transport in worker.transports.values() if worker else ():
+            transport.on_reconnect()
+
+    bus.attach(await connect_nats(settings, name, disconnected_cb=_on_disconnect, reconnected_cb=reconnected))
+    try:
+        await provision(bus.js, STREAMS, worker_type.consumers(), settings.subject_prefix)
+        serve_metrics(settings.metrics_port)
+        worker = worker_type(settings, bus)
+        for declared in worker_type.consumptions():
+            consumption = declared
+            if isinstance(declared.max_in_flight, str):  # named after a setting
+                consumption = replace(declared, max_in_flight=int(getattr(settings, declared.max_in_flight)))
+            worker.transports[consumption.method] = transport_for(
+                bus, name, consumption, getattr(worker, consumption.method), settings.max_deliver,
+                worker.recorded_since())
+        await worker.start()  # may open partitions already; other subscriptions start after it
+        try:
+            for transport in worker.transports.values():
+                await transport.start()
+            await flush_ordered(bus.nc)  # subscriptions are live on the server before anyone is told we are ready
+            service = await _announce(worker)
+            if started is not None:
+                started(worker)
+            log.info("worker ready", worker=name, startup_ms=round((time.monotonic() - began) * 1000, 1))
+            try:
+                yield bus
+            finally:
+                await _bounded(service.stop(), 2.0)
+        finally:
+            await _stop(worker, settings.shutdown_timeout_s)
+    finally:
+        await _bounded(bus.nc.drain(), 2.0 if bus.nc.is_connected else 0.0)
+        if not bus.nc.is_closed:
+            await bus.nc.close()
+
+
+async def _stop(worker: Worker[Any], timeout: float) -> None:
+    """Transports first (received messages are handled), then the worker; each with a deadline, and a
+    short one when the bus is gone (nothing can be acked or published then anyway)."""
+    deadline = timeout if worker.bus.nc.is_connected else min(timeout, 2.0)
+    for transport in worker.transports.values():
+        await _bounded(transport.stop(), deadline)
+    await _bounded(worker.stop(), deadline)
+    log.info("worker stopped", worker=worker.name)
+
+
+async def _bounded(step: Awaitable[Any], seconds: float) -> None:
+    try:
+        async with asyncio.timeout(max(seconds, 0.01)):
+            await step
+    except TimeoutError:
+        log.warning("shutdown step timed out", seconds=seconds)
+    except Exception as error:
+        log.warning("shutdown step failed", error=repr(error)[:200])
+
+
+async def _announce(worker: Worker[Any]) -> Service:
+    """NATS service discovery: ``sb status`` finds the worker and asks its health endpoint."""
+    settings = worker.settings
+    service = await nats.micro.add_service(
+        worker.bus.nc, name=worker.name, version=VERSION, description=worker.description,
+        metadata={"started_at": f"{time.time():.3f}", "prefix": settings.subject_prefix},
     )
 
+    async def health(request: Request) -> None:
+        problems = worker.health()
+        await request.respond(json.dumps({"status": "degraded" if problems else "ok",
+                                          "problems": problems}).encode())
 
-@contextlib.asynccontextmanager
-async def running_worker(spec: WorkerSpec[S], settings: S) -> AsyncIterator[Bus]:
-    """Run a worker until the block exits, then drain it. Yields its bus."""
-    started = time.monotonic()
-    bus = Bus(producer=spec.name, prefix=settings.subject_prefix)
-    broker = _broker(spec, settings, bus)
-    broker.include_router(spec.build(settings, bus))
-    bus.attach(await _with_retry(settings, broker.connect))
-    await provision(bus.js, STREAMS, spec.consumers, settings.subject_prefix)
-    serve_metrics(settings.metrics_port)
-    lifespan = spec.lifespan(settings, bus) if spec.lifespan else contextlib.nullcontext()
-    async with lifespan:
-        await broker.start()
-        direct = [await serve_direct(bus, subscription, spec.name, settings.max_deliver)
-                  for subscription in (spec.direct(settings, bus) if spec.direct else ())]
-        await flush_ordered(bus.nc)  # subscriptions are live on the server before anyone is told we are ready
-        service = await nats.micro.add_service(
-            bus.nc, name=spec.name, version=VERSION, description=spec.description,
-            metadata={"started_at": f"{time.time():.3f}", "prefix": settings.subject_prefix},
-        )
-        log.info("worker ready", worker=spec.name, startup_ms=round((time.monotonic() - started) * 1000, 1))
-        try:
-            yield bus
-        finally:
-            await service.stop()
-            for subscription in direct:
-                await subscription.drain()  # type: ignore[no-untyped-call]  # received ones are handled first
-            await broker.stop()  # waits up to graceful_timeout for in-flight handlers, then drains
-            log.info("worker stopped", worker=spec.name)
+    await service.add_endpoint(EndpointConfig(
+        name=HEALTH_ENDPOINT, subject=f"$SRV.HEALTH.{worker.name}.{service.id}", handler=health))
+    return service
 
 
-async def serve(spec: WorkerSpec[S], settings: S) -> None:
+async def serve(worker_type: type[Worker[Any]], settings: RuntimeSettings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_worker(spec, settings):
+    async with running_worker(worker_type, settings):
         await stop.wait()
-        log.info("stopping: draining in-flight work", worker=spec.name)
+        log.info("stopping: draining in-flight work", worker=worker_type.name)
 
 
-def main(spec: WorkerSpec[Any]) -> None:
+def main(worker_type: type[Worker[Any]]) -> None:
     """Entry point of ``python -m workers.<name>``."""
-    settings = load_settings(spec.settings)
-    configure_logging(settings.log_level, settings.log_format, process=spec.name)
+    settings = load_settings(worker_type.settings_type)
+    configure_logging(settings.log_level, settings.log_format, process=worker_type.name)
     try:
-        uvloop.run(serve(spec, settings))
+        uvloop.run(serve(worker_type, settings))
     except StartupError as error:
         log.error(str(error))
         raise SystemExit(1) from None

@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
-from faststream.nats import JStream, NatsMessage, NatsRouter
-from faststream.nats.subscriber.usecases import PushStreamSubscriber
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -25,11 +21,9 @@ from pydantic import Field, ValidationError
 
 from contracts import events as ev
 from contracts import headers as h
-from contracts.streams import AUDIO, DEAD_LETTERS, EVENTS, StreamSpec
-from contracts.subjects import BY_NAME
-from workers.runtime import Bus, RuntimeSettings, WorkerSpec
+from contracts.streams import AUDIO, DEAD_LETTERS, EVENTS
+from workers.runtime import Bus, Delivery, RuntimeSettings, Worker, consumes, serves
 from workers.runtime.logging import get_logger
-from workers.runtime.provision import stream_name
 
 from .core import StatsAggregator
 
@@ -52,7 +46,7 @@ class CountsCollector(Collector):
     """The aggregator's totals, read at scrape time (no second bookkeeping)."""
 
     def __init__(self) -> None:
-        self.aggregators: dict[int, StatsAggregator] = {}
+        self.aggregators: dict[int, StatsAggregator] = {}  # one per running worker (tests run several)
 
     def collect(self) -> Iterator[Metric]:
         if not self.aggregators:
@@ -88,55 +82,50 @@ def _observe_stage(stage: str, ms: float) -> None:
     STAGE_SECONDS.labels(stage).observe(max(ms, 0.0) / 1000)
 
 
-def _recorded(router: NatsRouter, subject: str, title: str, spec: StreamSpec, prefix: str, since: float,
-              headers_only: bool = False) -> PushStreamSubscriber:
-    """An ordered consumer of what a stream recorded on ``subject`` from ``since`` on."""
-    return router.subscriber(
-        subject, title=title, stream=JStream(stream_name(spec, prefix), declare=False), ordered_consumer=True,
-        deliver_policy=DeliverPolicy.BY_START_TIME, headers_only=headers_only or None,
-        config=ConsumerConfig(opt_start_time=datetime.fromtimestamp(since, UTC)))
+class StatsWorker(Worker[StatsSettings]):
+    name = "stats"
+    description = "Per-turn latency waterfalls, counts and metrics from recorded events"
 
+    def __init__(self, settings: StatsSettings, bus: Bus) -> None:
+        super().__init__(settings, bus)
+        self.since = time.time() - settings.stats_backfill_s
+        self.stats = StatsAggregator(max_turns=settings.stats_max_turns, on_stage=_observe_stage, since=self.since)
+        COLLECTOR.aggregators[id(self)] = self.stats
 
-def build(settings: StatsSettings, bus: Bus) -> NatsRouter:
-    since = time.time() - settings.stats_backfill_s
-    stats = StatsAggregator(max_turns=settings.stats_max_turns, on_stage=_observe_stage, since=since)
-    COLLECTOR.aggregators[id(bus)] = stats
-    router = NatsRouter()
-    prefix = bus.prefix
+    def recorded_since(self) -> float:
+        return self.since  # a restarted aggregator rebuilds its figures from what was recorded
 
-    def fold(body: bytes) -> None:
+    async def stop(self) -> None:
+        COLLECTOR.aggregators.pop(id(self), None)
+
+    @consumes(delivery="recorded", stream=EVENTS, filter="ev.>")
+    async def on_event(self, delivery: Delivery) -> None:
+        self._fold(delivery.data)
+
+    @consumes("deadletter", delivery="recorded", stream=DEAD_LETTERS)
+    async def on_dead_letter(self, delivery: Delivery) -> None:
+        self._fold(delivery.data)
+
+    @consumes("audio.out", delivery="recorded", stream=AUDIO, headers_only=True)
+    async def on_audio_out(self, delivery: Delivery) -> None:
+        self._fold(delivery.meta.encode())
+
+    @consumes("audio.in.partition", delivery="recorded", stream=AUDIO, headers_only=True)
+    async def on_audio_in(self, delivery: Delivery) -> None:
+        headers = delivery.headers
+        if session_id := headers.get(h.SESSION):
+            self.stats.observe_audio_in(session_id, int(headers.get("Nats-Msg-Size", "0")))
+
+    @serves("stats.snapshot", queue="stats")
+    async def on_snapshot(self, request: ev.StatsRequest) -> ev.StatsSnapshot:
+        return self.stats.snapshot(self.bus.producer, request.session_id, request.recent_turns)
+
+    def _fold(self, body: bytes) -> None:
         try:
-            stats.observe(ev.parse_event(body))
+            self.stats.observe(ev.parse_event(body))
         except (KeyError, ValueError, ValidationError) as error:  # JSON errors are ValueErrors
             UNREADABLE.inc()
             log.warning("unreadable recorded event", error=repr(error)[:200])
 
-    @_recorded(router, f"{prefix}.ev.>", "stats.recorded_events", EVENTS, prefix, since)
-    async def on_event(msg: NatsMessage) -> None:
-        fold(msg.body)
 
-    @_recorded(router, f"{prefix}.dlq.>", "stats.recorded_dead_letters", DEAD_LETTERS, prefix, since)
-    async def on_dead_letter(msg: NatsMessage) -> None:
-        fold(msg.body)
-
-    @_recorded(router, BY_NAME["audio.out"].wildcard(prefix), "stats.recorded_audio_out", AUDIO, prefix, since, True)
-    async def on_audio_out(msg: NatsMessage) -> None:
-        fold((msg.headers or {}).get(h.META, "").encode())
-
-    @_recorded(router, BY_NAME["audio.in.partition"].subject("*", prefix, partition="*"), "stats.recorded_audio_in",
-               AUDIO, prefix, since, True)
-    async def on_audio_in(msg: NatsMessage) -> None:
-        hdrs = msg.headers or {}
-        session_id = hdrs.get(h.SESSION)
-        if session_id:
-            stats.observe_audio_in(session_id, int(hdrs.get("Nats-Msg-Size", "0")))
-
-    @router.subscriber(BY_NAME["stats.snapshot"].subject(prefix=prefix), queue="stats", title="stats.answer_snapshot")
-    async def on_request(request: ev.StatsRequest) -> ev.StatsSnapshot:
-        return stats.snapshot(bus.producer, request.session_id, request.recent_turns)
-
-    return router
-
-
-WORKER = WorkerSpec(name="stats", description="Per-turn latency waterfalls, counts and metrics from recorded events",
-                    settings=StatsSettings, build=build)
+WORKER = StatsWorker

@@ -15,21 +15,16 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from faststream.nats import NatsRouter
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from contracts import events as ev
-from contracts import headers as h
 from contracts.envelope import new_id
-from contracts.subjects import AUDIO_PARTITIONS, BY_NAME
-from workers.runtime import Bus, RuntimeSettings, WorkerSpec
+from contracts.subjects import AUDIO_PARTITIONS
+from workers.runtime import Bus, Delivery, RuntimeSettings, Worker, consumes
 from workers.runtime.bus import flush_ordered
 from workers.runtime.logging import get_logger
 
@@ -90,10 +85,12 @@ class Assistant:
         return None
 
 
-class Transcriber:
+class Transcriber(Worker[TranscriberSettings]):
+    name = "transcriber"
+    description = "Voice activity, streaming speech-to-text, turn detection"
+
     def __init__(self, settings: TranscriberSettings, bus: Bus) -> None:
-        self.settings = settings
-        self.bus = bus
+        super().__init__(settings, bus)
         self.shards = Shards(settings.recognition_processes, ShardConfig(
             settings.stt_engine, settings.stt_model_path, settings.stt_language, settings.vad_onnx,
             settings.vad_threshold, settings.vad_min_silence_ms,
@@ -101,8 +98,9 @@ class Transcriber:
             settings.partial_interval_s))
         self.sessions: dict[str, Session] = {}
         self.assistant: OrderedDict[str, Assistant] = OrderedDict()
-        self.subscriptions: dict[int, Subscription] = {}
         self.replica = new_id()[:12]
+        self._leases_stop = asyncio.Event()
+        self._leases: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -110,6 +108,11 @@ class Transcriber:
         await self.shards.start()
         log.info("models loaded", engine=self.settings.stt_engine, vad="onnx" if self.settings.vad_onnx else "torch",
                  processes=self.settings.recognition_processes)
+        self._leases = asyncio.create_task(self.keep_leases(await self.open_leases(), self._leases_stop))
+
+    @property
+    def owned(self) -> set[int]:
+        return self.partitions(self.on_audio).owned
 
     async def open_leases(self) -> Leases:
         """The lease bucket, after a first claim, so a started replica owns its share at once."""
@@ -124,9 +127,9 @@ class Transcriber:
             gained, lost = await leases.tick()
         except Exception as error:  # a NATS hiccup must not end ownership handling
             log.warning("lease renewal failed; releasing partitions", error=repr(error)[:200])
-            gained, lost = set(), set(self.subscriptions)
+            gained, lost = set(), self.owned
         # A lease that lapsed (a busy loop) and was taken straight back never left us.
-        gained, lost = gained - lost - set(self.subscriptions), lost - gained
+        gained, lost = gained - lost - self.owned, lost - gained
         for partition in lost:
             await self._release(partition)
         for partition in gained:
@@ -143,12 +146,15 @@ class Transcriber:
                     await self._tick(leases)
                 await self._forget_idle()
         finally:
-            for partition in list(self.subscriptions):
+            for partition in self.owned:
                 await self._release(partition)
             with contextlib.suppress(Exception):
                 await leases.release_all()
 
     async def stop(self) -> None:
+        self._leases_stop.set()
+        if self._leases is not None:
+            await self._leases
         for session_id in list(self.sessions):
             await self._end_session(session_id)
         self.shards.shutdown()
@@ -156,15 +162,11 @@ class Transcriber:
     # ------------------------------------------------------------------ partitions
 
     async def _own(self, partition: int) -> None:
-        subject = BY_NAME["audio.in.partition"].subject("*", self.bus.prefix, partition=str(partition))
-        self.subscriptions[partition] = await self.bus.nc.subscribe(subject, cb=self._on_audio)
+        await self.partitions(self.on_audio).own(partition)
         log.info("partition owned", partition=partition, replica=self.replica)
 
     async def _release(self, partition: int) -> None:
-        sub = self.subscriptions.pop(partition, None)
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await self.partitions(self.on_audio).release(partition)
         for session_id, session in list(self.sessions.items()):
             if session.partition == partition:
                 if session.in_turn:
@@ -176,20 +178,17 @@ class Transcriber:
 
     # ------------------------------------------------------------------ audio
 
-    async def _on_audio(self, msg: Msg) -> None:
-        try:
-            meta = ev.AudioInMeta.model_validate_json((msg.headers or {}).get(h.META, ""))
-        except ValidationError as error:
-            log.warning("audio frame without valid meta dropped", subject=msg.subject, error=str(error)[:200])
-            return
-        session = self.sessions.get(meta.session_id) or self._open(meta.session_id, int(msg.subject.split(".")[-1]))
+    @consumes("audio.in.partition", delivery="partitioned")
+    async def on_audio(self, meta: ev.AudioInMeta, delivery: Delivery) -> None:
+        session = self.sessions.get(meta.session_id) or self._open(meta.session_id,
+                                                                   int(delivery.subject.split(".")[-1]))
         session.last_audio = time.monotonic()
         try:
-            session.queue.put_nowait((msg.data, meta.captured_at or time.time()))
+            session.queue.put_nowait((delivery.data, meta.captured_at or time.time()))
         except asyncio.QueueFull:
             # Recognition is falling behind real time: shed the oldest audio rather than grow.
             session.queue.get_nowait()
-            session.queue.put_nowait((msg.data, meta.captured_at or time.time()))
+            session.queue.put_nowait((delivery.data, meta.captured_at or time.time()))
             log.warning("transcriber falling behind; oldest audio dropped", session_id=meta.session_id)
 
     def _open(self, session_id: str, partition: int) -> Session:
@@ -199,13 +198,25 @@ class Transcriber:
         return session
 
     async def _process(self, session_id: str, session: Session) -> None:
+        """The session's audio, in order, through its recognizer. A failure never ends the session's
+        hearing: it is logged and told to the user, and the next utterance starts afresh."""
         while True:
             frames = [await session.queue.get()]
             while not session.queue.empty():  # catch up in one hop to the shard
                 frames.append(session.queue.get_nowait())
-            outputs, session.in_turn = await self.shards.push(session_id, frames)
-            for output in outputs:
-                await self._publish(session_id, output)
+            try:
+                outputs, session.in_turn = await self.shards.push(session_id, frames)
+                for output in outputs:
+                    await self._publish(session_id, output)
+            except Exception as error:
+                log.error("recognition failed; the session goes on with its next utterance",
+                          session_id=session_id, error=repr(error)[:300])
+                session.in_turn = False
+                with contextlib.suppress(Exception):
+                    await self.bus.publish(ev.ErrorEvent(
+                        session_id=session_id, producer=self.bus.producer, code="recognition_lost",
+                        message="what you were saying was lost; please say it again", source="transcriber",
+                        retryable=True))
 
     async def _publish(self, session_id: str, out: Output) -> None:
         producer, turn = self.bus.producer, out.turn_id
@@ -250,24 +261,29 @@ class Transcriber:
                 self.assistant.popitem(last=False)
         return state
 
-    def on_session_started(self, event: ev.SessionStarted) -> None:
+    @consumes("session.started")
+    async def on_session_started(self, event: ev.SessionStarted) -> None:
         self.state(event.session_id).audio_out = "audio_out" in event.capabilities
 
+    @consumes("session.ended")
     async def on_session_ended(self, event: ev.SessionEnded) -> None:
         self.assistant.pop(event.session_id, None)
         await self._end_session(event.session_id)
 
-    def on_user_turn(self, turn: ev.UserTurn) -> None:
+    @consumes("turn.user")
+    async def on_user_turn(self, turn: ev.UserTurn) -> None:
         self.state(turn.session_id).generating = turn.turn_id
 
-    def on_reply_done(self, done: ev.ReplyDone) -> None:
+    @consumes("reply.done")
+    async def on_reply_done(self, done: ev.ReplyDone) -> None:
         state = self.state(done.session_id)
         if state.generating == done.turn_id:
             state.generating = None
         if state.audio_out and done.finish_reason in ("stop", "length"):
             state.playing, state.playing_until = done.turn_id, time.monotonic() + self.settings.playback_grace_s
 
-    def on_audio_done(self, done: ev.AudioOutDone) -> None:
+    @consumes("audio.done")
+    async def on_audio_done(self, done: ev.AudioOutDone) -> None:
         state = self.state(done.session_id)
         if state.playing == done.turn_id:
             state.playing = None
@@ -295,51 +311,4 @@ class Transcriber:
                 await self.shards.close(session_id, finish=False)
 
 
-_transcribers: dict[int, Transcriber] = {}
-
-
-def build(settings: TranscriberSettings, bus: Bus) -> NatsRouter:
-    transcriber = _transcribers[id(bus)] = Transcriber(settings, bus)
-    router = NatsRouter()
-    prefix = bus.prefix
-
-    @router.subscriber(BY_NAME["session.started"].template(prefix), title="transcriber.session_started")
-    async def on_started(event: ev.SessionStarted) -> None:
-        transcriber.on_session_started(event)
-
-    @router.subscriber(BY_NAME["session.ended"].template(prefix), title="transcriber.session_ended")
-    async def on_ended(event: ev.SessionEnded) -> None:
-        await transcriber.on_session_ended(event)
-
-    @router.subscriber(BY_NAME["turn.user"].template(prefix), title="transcriber.turn")
-    async def on_turn(turn: ev.UserTurn) -> None:
-        transcriber.on_user_turn(turn)
-
-    @router.subscriber(BY_NAME["reply.done"].template(prefix), title="transcriber.reply_done")
-    async def on_done(done: ev.ReplyDone) -> None:
-        transcriber.on_reply_done(done)
-
-    @router.subscriber(BY_NAME["audio.done"].template(prefix), title="transcriber.audio_done")
-    async def on_audio_done(done: ev.AudioOutDone) -> None:
-        transcriber.on_audio_done(done)
-
-    return router
-
-
-@contextlib.asynccontextmanager
-async def lifespan(settings: TranscriberSettings, bus: Bus) -> AsyncIterator[None]:
-    transcriber = _transcribers[id(bus)]
-    await transcriber.start()
-    stop = asyncio.Event()
-    leases = asyncio.create_task(transcriber.keep_leases(await transcriber.open_leases(), stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await leases
-        await transcriber.stop()
-        _transcribers.pop(id(bus), None)
-
-
-WORKER = WorkerSpec(name="transcriber", description="Voice activity, streaming speech-to-text, turn detection",
-                    settings=TranscriberSettings, build=build, lifespan=lifespan)
+WORKER = Transcriber

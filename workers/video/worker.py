@@ -23,24 +23,19 @@ import contextlib
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsMessage, NatsRouter, PullSub
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 from openai import AsyncOpenAI, OpenAIError
 from pydantic import Field, SecretStr
 
 from contracts import events as ev
-from contracts import headers as h
 from contracts.envelope import new_id
-from contracts.streams import JOBS, VIDEO, VIDEO_OBJECTS
-from contracts.subjects import BY_NAME
-from workers.runtime import Bus, RuntimeSettings, WorkerSpec
+from contracts.streams import VIDEO, VIDEO_OBJECTS
+from workers.runtime import Bus, Delivery, RuntimeSettings, Worker, consumes, serves
 from workers.runtime.logging import get_logger
-from workers.runtime.provision import object_store, stream_name
+from workers.runtime.provision import object_store
 
 from . import media
 from .core import Limits, Processed, VideoProcessor, transcript_document
@@ -96,14 +91,12 @@ class Jobs:
 
     # ------------------------------------------------------------------ jobs
 
-    async def handle(self, job: ev.VideoJob, msg: NatsMessage) -> None:
-        deliveries = int(msg.raw_message.metadata.num_delivered)
+    async def handle(self, job: ev.VideoJob, deliveries: int) -> None:
         if self.cancelled.pop(job.job_id, None) == job.session_id:
             await self._finish(job, ev.VideoResult(session_id=job.session_id, producer=PRODUCER, job_id=job.job_id,
                                                    status="cancelled"), [])
             return
-        stored: list[str] = []
-        beat = asyncio.create_task(_keep_alive(msg, VIDEO.ack_wait_s / 3))
+        stored: list[str] = []  # the runtime keeps the job's ack deadline alive while it runs
         try:
             result = await self._attempt(job, stored)
         except media.MediaError as error:
@@ -121,8 +114,6 @@ class Jobs:
             await self._finish(job, self._failed(job, "crashed", f"processing failed {deliveries} times: "
                                                  f"{type(error).__name__}: {error}"), [])
             raise  # dead-lettered with the reason by the runtime
-        finally:
-            beat.cancel()
         await self._finish(job, result, stored if result.status != "done" else [])
         if result.status == "done" and job.ingest_base and result.transcript and result.metadata:
             await self.bus.publish(ev.IngestJob(
@@ -241,69 +232,51 @@ class Jobs:
         return (reply.choices[0].message.content or "").strip() or None
 
 
-async def _keep_alive(msg: NatsMessage, every_s: float) -> None:
-    """Tell JetStream the job is still being worked on, so a long job is not redelivered meanwhile."""
-    while True:
-        await asyncio.sleep(every_s)
-        with contextlib.suppress(Exception):
-            await msg.raw_message.in_progress()
+class VideoWorker(Worker[VideoSettings]):
+    name = "video"
+    description = "Video jobs (metadata, keyframes, transcript) and live camera frames"
+
+    def __init__(self, settings: VideoSettings, bus: Bus) -> None:
+        super().__init__(settings, bus)
+        self.jobs = Jobs(settings, bus)
+
+    async def start(self) -> None:
+        settings, jobs = self.settings, self.jobs
+        jobs.store = await object_store(self.bus.js, VIDEO_OBJECTS, self.bus.prefix)
+        jobs.speech = SpeechPool(settings.video_speech_processes, SpeechConfig(
+            settings.video_stt_engine, settings.video_stt_model_path, settings.video_language,
+            settings.video_vad_onnx, settings.video_min_silence_ms, settings.video_max_segment_s))
+        # the speech models load in their child process with the first job, not at start-up
+        jobs.processor = VideoProcessor(Limits(settings.video_max_pixels, settings.video_max_keyframes,
+                                               settings.video_scene_threshold, settings.video_keyframe_width),
+                                        jobs.speech)
+        if settings.video_vision_model:
+            key = settings.video_vision_api_key.get_secret_value() if settings.video_vision_api_key else "unused"
+            jobs.vision = AsyncOpenAI(base_url=settings.video_vision_base_url, api_key=key, max_retries=0)
+
+    async def stop(self) -> None:
+        if self.jobs.speech is not None:
+            self.jobs.speech.shutdown()
+
+    @consumes("video.job", delivery="jetstream", durable=VIDEO, max_in_flight="video_max_jobs")
+    async def on_job(self, job: ev.VideoJob, delivery: Delivery) -> None:
+        await self.jobs.handle(job, delivery.deliveries)
+
+    @consumes("video.cancel")
+    async def on_cancel(self, request: ev.VideoCancel) -> None:
+        self.jobs.cancel(request)
+
+    @consumes("video.frame")
+    async def on_frame(self, meta: ev.VideoFrameMeta, delivery: Delivery) -> None:
+        await self.jobs.on_frame(meta.session_id, delivery.data, meta.captured_at or time.time())
+
+    @consumes("session.ended")
+    async def on_session_ended(self, ended: ev.SessionEnded) -> None:
+        self.jobs.frames.forget(ended.session_id)
+
+    @serves("video.describe", queue="video")
+    async def on_describe(self, request: ev.FrameDescribeRequest) -> ev.FrameDescription:
+        return await self.jobs.describe(request)
 
 
-def build(settings: VideoSettings, bus: Bus) -> NatsRouter:
-    jobs = Jobs(settings, bus)
-    _JOBS[id(bus)] = jobs
-    router = NatsRouter()
-
-    @router.subscriber(BY_NAME["video.job"].subject(prefix=bus.prefix), title="video.run_job",
-                       stream=JStream(stream_name(JOBS, bus.prefix), declare=False), durable=VIDEO.durable,
-                       pull_sub=PullSub(batch_size=1, timeout=1.0), max_workers=settings.video_max_jobs,
-                       ack_policy=AckPolicy.NACK_ON_ERROR)
-    async def on_job(job: ev.VideoJob, msg: NatsMessage) -> None:
-        await jobs.handle(job, msg)
-
-    @router.subscriber(BY_NAME["video.cancel"].template(bus.prefix), title="video.cancel_job")
-    async def on_cancel(request: ev.VideoCancel) -> None:
-        jobs.cancel(request)
-
-    @router.subscriber(BY_NAME["video.frame"].template(bus.prefix), title="video.sample_frame")
-    async def on_frame(body: bytes, msg: NatsMessage) -> None:
-        meta = ev.VideoFrameMeta.model_validate_json(msg.headers.get(h.META, "{}"))
-        await jobs.on_frame(meta.session_id, body, meta.captured_at or time.time())
-
-    @router.subscriber(BY_NAME["session.ended"].template(bus.prefix), title="video.session_ended")
-    async def on_session_ended(ended: ev.SessionEnded) -> None:
-        jobs.frames.forget(ended.session_id)
-
-    @router.subscriber(BY_NAME["video.describe"].subject(prefix=bus.prefix), queue="video",
-                       title="video.describe_frame")
-    async def on_describe(request: ev.FrameDescribeRequest) -> ev.FrameDescription:
-        return await jobs.describe(request)
-
-    return router
-
-
-#: The Jobs of each running bus: lifespan opens their resources after build() made them.
-_JOBS: dict[int, Jobs] = {}
-
-
-@contextlib.asynccontextmanager
-async def lifespan(settings: VideoSettings, bus: Bus) -> AsyncIterator[None]:
-    jobs = _JOBS[id(bus)]
-    jobs.store = await object_store(bus.js, VIDEO_OBJECTS, bus.prefix)
-    jobs.speech = SpeechPool(settings.video_speech_processes, SpeechConfig(
-        settings.video_stt_engine, settings.video_stt_model_path, settings.video_language, settings.video_vad_onnx,
-        settings.video_min_silence_ms, settings.video_max_segment_s))
-    jobs.processor = VideoProcessor(Limits(settings.video_max_pixels, settings.video_max_keyframes,
-                                           settings.video_scene_threshold, settings.video_keyframe_width), jobs.speech)
-    if settings.video_vision_model:
-        key = settings.video_vision_api_key.get_secret_value() if settings.video_vision_api_key else "unused"
-        jobs.vision = AsyncOpenAI(base_url=settings.video_vision_base_url, api_key=key, max_retries=0)
-    try:  # the speech models load in their child process with the first job, not at start-up
-        yield
-    finally:
-        jobs.speech.shutdown()
-        _JOBS.pop(id(bus), None)
-
-
-WORKER = WorkerSpec(name="video", description="Video jobs (metadata, keyframes, transcript) and live camera frames",
-                    settings=VideoSettings, build=build, lifespan=lifespan, consumers=(VIDEO,))
+WORKER = VideoWorker

@@ -9,21 +9,16 @@ say, when), providers.* (piper in a thread pool, espeak-ng subprocesses, OpenAI 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
-from faststream.nats import NatsRouter
 from pydantic import Field, SecretStr
 
 from contracts import events as ev
-from contracts.subjects import BY_NAME
-from workers.runtime import Bus, RuntimeSettings, WorkerSpec
+from workers.runtime import Bus, RuntimeSettings, StartupError, Worker, consumes
 from workers.runtime.logging import get_logger
 from workers.runtime.recorded import last_recorded
-from workers.runtime.worker import StartupError
 
 from .core import SpeechConfig, VoiceService
 from .providers import available
@@ -48,82 +43,74 @@ class VoiceSettings(RuntimeSettings):
     tts_max_chars: int = Field(default=4_000, ge=1, description="Characters of one reply read aloud at most")
 
 
-_services: dict[int, tuple[VoiceService, dict[str, TTSProvider], ThreadPoolExecutor]] = {}
+class VoiceWorker(Worker[VoiceSettings]):
+    name = "voice"
+    description = "Text-to-speech of the assistant's replies (piper, espeak-ng, OpenAI)"
 
+    def __init__(self, settings: VoiceSettings, bus: Bus) -> None:
+        super().__init__(settings, bus)
+        self.pool = ThreadPoolExecutor(settings.tts_threads, thread_name_prefix="piper")
+        key = settings.tts_openai_api_key.get_secret_value() if settings.tts_openai_api_key else None
+        self.providers: dict[str, TTSProvider] = available(
+            self.pool, settings.tts_piper_voices_dir, settings.tts_openai_base_url, key, settings.tts_openai_model,
+            settings.tts_timeout_s)
+        config = SpeechConfig(settings.tts_provider, settings.tts_frame_ms, settings.tts_lead_s,
+                              settings.tts_first_words, max_chars=settings.tts_max_chars)
 
-def build(settings: VoiceSettings, bus: Bus) -> NatsRouter:
-    pool = ThreadPoolExecutor(settings.tts_threads, thread_name_prefix="piper")
-    key = settings.tts_openai_api_key.get_secret_value() if settings.tts_openai_api_key else None
-    providers = available(pool, settings.tts_piper_voices_dir, settings.tts_openai_base_url, key,
-                          settings.tts_openai_model, settings.tts_timeout_s)
-    config = SpeechConfig(settings.tts_provider, settings.tts_frame_ms, settings.tts_lead_s, settings.tts_first_words,
-                          max_chars=settings.tts_max_chars)
+        async def recorded(session_id: str) -> tuple[ev.SessionStarted | None, ev.SessionSettings | None]:
+            return (await last_recorded(bus, "session.started", session_id, ev.SessionStarted),
+                    await last_recorded(bus, "session.settings", session_id, ev.SessionSettings))
 
-    async def recorded(session_id: str) -> tuple[ev.SessionStarted | None, ev.SessionSettings | None]:
-        return (await last_recorded(bus, "session.started", session_id, ev.SessionStarted),
-                await last_recorded(bus, "session.settings", session_id, ev.SessionSettings))
+        self.voice = VoiceService(bus, self.providers, config, recorded)
 
-    voice = VoiceService(bus, providers, config, recorded)
-    _services[id(bus)] = (voice, providers, pool)
-    router = NatsRouter()
-
-    def on(name: str) -> str:
-        return BY_NAME[name].template(bus.prefix)
-
-    @router.subscriber(on("reply.delta"), title="voice.delta")
-    async def on_delta(delta: ev.ReplyDelta) -> None:
-        await voice.on_delta(delta)
-
-    @router.subscriber(on("reply.done"), title="voice.reply_done")
-    async def on_done(done: ev.ReplyDone) -> None:
-        await voice.on_reply_done(done)
-
-    @router.subscriber(on("turn.user"), title="voice.turn")
-    async def on_turn(turn: ev.UserTurn) -> None:
-        await voice.on_user_turn(turn)
-
-    @router.subscriber(on("interrupt"), title="voice.interrupt")
-    async def on_interrupt(interrupt: ev.Interrupt) -> None:
-        await voice.on_interrupt(interrupt)
-
-    @router.subscriber(on("session.started"), title="voice.session_started")
-    async def on_started(started: ev.SessionStarted) -> None:
-        await voice.on_session_started(started)
-
-    @router.subscriber(on("session.settings"), title="voice.settings")
-    async def on_settings(settings_event: ev.SessionSettings) -> None:
-        await voice.on_settings(settings_event)
-
-    @router.subscriber(on("session.ended"), title="voice.session_ended")
-    async def on_ended(ended: ev.SessionEnded) -> None:
-        await voice.on_session_ended(ended)
-
-    return router
-
-
-@contextlib.asynccontextmanager
-async def lifespan(settings: VoiceSettings, bus: Bus) -> AsyncIterator[None]:
-    voice, providers, pool = _services.pop(id(bus))
-    try:
-        for name, provider in list(providers.items()):
+    async def start(self) -> None:
+        default = self.settings.tts_provider
+        for name, provider in list(self.providers.items()):
             try:
                 await provider.start()
             except ProviderError as error:
-                if name == settings.tts_provider:
+                if name == default:
                     raise StartupError(f"the default TTS provider {name} cannot start: {error}") from None
                 log.warning("TTS provider unavailable", provider=name, error=str(error))
-                del providers[name]
-        if settings.tts_provider not in providers:
-            raise StartupError(f"the default TTS provider {settings.tts_provider} is not available here "
+                del self.providers[name]
+        if default not in self.providers:
+            raise StartupError(f"the default TTS provider {default} is not available here "
                                "(openai needs SB_TTS_OPENAI_API_KEY; espeak needs the espeak-ng binary)")
-        log.info("voices ready", providers=sorted(providers), default=settings.tts_provider)
-        yield
-    finally:
-        await voice.close()
-        for provider in providers.values():
+        log.info("voices ready", providers=sorted(self.providers), default=default)
+
+    async def stop(self) -> None:
+        await self.voice.close()
+        for provider in self.providers.values():
             await provider.close()
-        pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    @consumes("reply.delta")
+    async def on_delta(self, delta: ev.ReplyDelta) -> None:
+        await self.voice.on_delta(delta)
+
+    @consumes("reply.done")
+    async def on_reply_done(self, done: ev.ReplyDone) -> None:
+        await self.voice.on_reply_done(done)
+
+    @consumes("turn.user")
+    async def on_turn(self, turn: ev.UserTurn) -> None:
+        await self.voice.on_user_turn(turn)
+
+    @consumes("interrupt")
+    async def on_interrupt(self, interrupt: ev.Interrupt) -> None:
+        await self.voice.on_interrupt(interrupt)
+
+    @consumes("session.started")
+    async def on_session_started(self, started: ev.SessionStarted) -> None:
+        await self.voice.on_session_started(started)
+
+    @consumes("session.settings")
+    async def on_settings(self, settings_event: ev.SessionSettings) -> None:
+        await self.voice.on_settings(settings_event)
+
+    @consumes("session.ended")
+    async def on_session_ended(self, ended: ev.SessionEnded) -> None:
+        await self.voice.on_session_ended(ended)
 
 
-WORKER = WorkerSpec(name="voice", description="Text-to-speech of the assistant's replies (piper, espeak-ng, OpenAI)",
-                    settings=VoiceSettings, build=build, lifespan=lifespan)
+WORKER = VoiceWorker
