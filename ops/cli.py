@@ -11,7 +11,7 @@ from workers.runtime.settings import RuntimeSettings, load_settings
 from workers.runtime.worker import StartupError, connect_nats
 
 from . import ingest, memory_db, registry, tools
-from .health import ServiceInstance, discover, missing
+from .health import ServiceInstance, degraded, discover, missing
 
 app = typer.Typer(help="Switchboard operations", no_args_is_help=True, add_completion=False)
 contracts_app = typer.Typer(help="Contract documents and releases", no_args_is_help=True)
@@ -54,26 +54,29 @@ async def _status(settings: RuntimeSettings, watch: bool, wait: float) -> int:
         while True:
             running = await discover(nc)
             absent = missing(expected, running)
-            shape = tuple(sorted(f"{s.name}/{s.id}" for s in running)) + tuple(absent)
+            shape = tuple(sorted(f"{s.name}/{s.id}:{'|'.join(s.problems)}" for s in running)) + tuple(absent)
             if shape != last:
                 _print_table(running, absent)
                 last = shape
             if watch:
                 await asyncio.sleep(2.0)
-            elif absent and time.monotonic() < deadline:
+            elif (absent or degraded(running)) and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
             else:
-                return 1 if absent else 0
+                return 1 if absent else 3 if degraded(running) else 0
     finally:
         await nc.close()
 
 
 def _print_table(running: list[ServiceInstance], absent: list[str]) -> None:
-    lines = [f"{'service':<16} {'id':<24} {'version':<8} uptime"]
+    lines = [f"{'service':<16} {'id':<24} {'version':<8} {'uptime':>7}  health"]
     for s in running:
-        lines.append(f"{s.name:<16} {s.id:<24} {s.version:<8} {s.uptime_s:6.0f}s")
-    lines.extend(f"{name:<16} {'-':<24} {'-':<8} MISSING" for name in absent)
-    verdict = "all expected services healthy" if not absent else f"missing: {', '.join(absent)}"
+        health = "DEGRADED: " + "; ".join(s.problems) if s.problems else "ok"
+        lines.append(f"{s.name:<16} {s.id:<24} {s.version:<8} {s.uptime_s:6.0f}s  {health}")
+    lines.extend(f"{name:<16} {'-':<24} {'-':<8} {'-':>7}  MISSING" for name in absent)
+    sick = sorted({s.name for s in degraded(running)})
+    verdict = (f"missing: {', '.join(absent)}" if absent else f"degraded: {', '.join(sick)}" if sick
+               else "all expected services healthy")
     typer.echo("\n".join(lines) + f"\n{verdict} ({len(running)} running)")
 
 

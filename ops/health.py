@@ -1,10 +1,12 @@
-"""Which Switchboard processes are running: NATS micro-service discovery (``$SRV.PING``)."""
+"""Which Switchboard processes are running (NATS micro-service discovery, ``$SRV.INFO``) and whether
+each is healthy (its ``health`` endpoint: the problems its worker and transports report)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 
@@ -15,6 +17,8 @@ class ServiceInstance:
     id: str
     version: str
     started_at: float
+    problems: tuple[str, ...] = field(default=())  # empty: healthy
+    health_subject: str | None = field(default=None, compare=False)
 
     @property
     def uptime_s(self) -> float:
@@ -37,12 +41,30 @@ async def discover(nc: Client, wait_s: float = 0.5) -> list[ServiceInstance]:
             continue
         info = json.loads(msg.data)
         metadata = info.get("metadata") or {}
+        health = next((e["subject"] for e in info.get("endpoints") or () if e.get("name") == "health"), None)
         found.append(ServiceInstance(info["name"], info["id"], info.get("version", ""),
-                                     float(metadata.get("started_at", time.time()))))
+                                     float(metadata.get("started_at", time.time())), health_subject=health))
     await sub.unsubscribe()
-    return sorted(found, key=lambda s: (s.name, s.id))
+    checked = await asyncio.gather(*(_checked(nc, s, wait_s) for s in found))
+    return sorted(checked, key=lambda s: (s.name, s.id))
+
+
+async def _checked(nc: Client, service: ServiceInstance, wait_s: float) -> ServiceInstance:
+    """The instance with the problems its health endpoint reports (one that does not answer is a problem)."""
+    if service.health_subject is None:
+        return service
+    try:
+        reply = json.loads((await nc.request(service.health_subject, b"", timeout=wait_s)).data)
+        problems = tuple(str(p) for p in reply.get("problems") or ())
+    except Exception as error:
+        problems = (f"health endpoint did not answer ({type(error).__name__})",)
+    return ServiceInstance(service.name, service.id, service.version, service.started_at, problems)
 
 
 def missing(expected: tuple[str, ...], running: list[ServiceInstance]) -> list[str]:
     names = {s.name for s in running}
     return [name for name in expected if name not in names]
+
+
+def degraded(running: list[ServiceInstance]) -> list[ServiceInstance]:
+    return [s for s in running if s.problems]

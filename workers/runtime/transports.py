@@ -180,6 +180,7 @@ class _Puller(Transport):
         self._stopping = False
         self._problem = ""
         self._failures = 0
+        self._lost = False  # the open pull (or the consumer) is known to be gone
 
     # what a subclass provides
     def capacity(self) -> int:
@@ -203,7 +204,7 @@ class _Puller(Transport):
         return [self._problem] if self._problem else []
 
     def on_reconnect(self) -> None:
-        self._pull_alive_until = 0.0  # a restarted server forgot our pull request
+        self._lost = True  # a restarted server forgot our pull request (and an ephemeral consumer)
         self._wake.set()
 
     async def _on_inbox(self, msg: Msg) -> None:
@@ -218,7 +219,7 @@ class _Puller(Transport):
             self._pending = 0
             if status == "409":
                 self._problem = f"consumer {self._consumer}: {(msg.headers or {}).get('Description', '409')}"
-                self._pull_alive_until = 0.0
+                self._lost = True
             self._wake.set()
             return
         self._pending = max(0, self._pending - 1)
@@ -227,10 +228,11 @@ class _Puller(Transport):
     async def _pull_loop(self) -> None:
         while not self._stopping:
             try:
-                if self._pull_alive_until and time.monotonic() > self._pull_alive_until:
+                if self._lost or (self._pull_alive_until and time.monotonic() > self._pull_alive_until):
                     # No message, heartbeat or status for two heartbeats: the request (or the consumer) is gone.
                     self._pending = 0
                     await self._recover()
+                    self._lost = False
                 want = self.capacity() - self._pending
                 if want > 0 and (self._pending == 0 or want >= max(1, self.capacity() // 2)):
                     await self._pull(want)
@@ -453,7 +455,7 @@ class RecordedTransport(_Puller):
     def on_delivered(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence
         if int(sequence.consumer) != self._expected_consumer_seq:
-            self._pull_alive_until = 0.0  # a gap: read again from after the last message seen
+            self._lost = True  # a gap: read again from after the last message seen
             self._wake.set()
             return
         self._expected_consumer_seq += 1
