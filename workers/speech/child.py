@@ -1,4 +1,4 @@
-"""Speech models held by a recognition child process, loaded once by its pool's initializer.
+"""Speech models held by a recognition child process, loaded once by its pool's initializer (pool.py).
 
 The engines hold the GIL while they decode and each costs hundreds of MB, so workers run them
 in spawned child processes that load their own models at start and keep them for life.
@@ -7,7 +7,7 @@ in spawned child processes that load their own models at start and keep them for
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .engines import load_engine
 from .engines.base import Engine
@@ -31,16 +31,24 @@ class Models:
     engine: Engine
 
 
+C = TypeVar("C")
+
+_choice: ModelChoice | None = None
 _models: Models | None = None
 
 
 def load(choice: ModelChoice) -> None:
-    global _models  # noqa: PLW0603 - this process's own models, loaded once
+    """The pool's initializer: load this process's models, and keep ``choice`` for :func:`settings`."""
+    global _choice, _models  # noqa: PLW0603 - this process's own models, loaded once
     _models = Models(load_model(choice.vad_onnx), load_engine(choice.engine, choice.model_path, choice.language))
+    _choice = choice
 
 
-def ready() -> bool:
-    return _models is not None
+def settings(kind: type[C]) -> C:
+    """The worker's settings that loaded this process's models (its ``ModelChoice``), as its own type."""
+    if not isinstance(_choice, kind):
+        raise RuntimeError(f"this process's models were not loaded with {kind.__name__}")
+    return _choice
 
 
 def models() -> Models:

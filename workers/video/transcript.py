@@ -8,19 +8,13 @@ once, then for one span at a time: progress is reported, and a cancelled job sto
 
 from __future__ import annotations
 
-import asyncio
-import multiprocessing
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from workers.speech import child
+from workers.speech.pool import ChildPool
 from workers.speech.vad import VoiceActivity
 
-T = TypeVar("T")
 SAMPLE_RATE = 16_000
 BYTES_PER_S = 2 * SAMPLE_RATE
 CHUNK_S = 0.5  # how much audio is pushed to the VAD at a time
@@ -38,19 +32,11 @@ class SpeechConfig:
 
 # ------------------------------------------------------------------ inside a child process
 
-_config: SpeechConfig | None = None
-
-
-def _load(config: SpeechConfig) -> None:
-    global _config  # noqa: PLW0603 - the process's own settings, set once
-    _config = config
-    child.load(config)
-
 
 def speech_spans(pcm_path: str) -> list[tuple[float, float]]:
     """(start, end) seconds of each stretch of speech, none longer than ``max_segment_s``."""
-    assert _config is not None
-    vad = VoiceActivity(child.models().vad, min_silence_ms=_config.min_silence_ms, speech_pad_ms=100)
+    config = child.settings(SpeechConfig)
+    vad = VoiceActivity(child.models().vad, min_silence_ms=config.min_silence_ms, speech_pad_ms=100)
     spans: list[tuple[float, float]] = []
     start: float | None = None
     with Path(pcm_path).open("rb") as audio:
@@ -63,7 +49,7 @@ def speech_spans(pcm_path: str) -> list[tuple[float, float]]:
                     start = None
     if start is not None:  # speech runs to the end of the audio
         spans.append((start, vad.position_s))
-    return [piece for span in spans for piece in _cut(span, _config.max_segment_s)]
+    return [piece for span in spans for piece in _cut(span, config.max_segment_s)]
 
 
 def _cut(span: tuple[float, float], longest: float) -> list[tuple[float, float]]:
@@ -91,39 +77,28 @@ def recognize(pcm_path: str, start_s: float, end_s: float) -> str:
 
 
 class SpeechPool:
-    """A bounded pool of child processes holding the VAD and the engine; rebuilt if one dies."""
+    """Child processes holding the VAD and the engine (workers/speech/pool.py); any idle one takes a call.
+
+    A child that dies (killed, out of memory) is respawned; the call it was running raises
+    :class:`ChildLost` so that the job is retried. :class:`PoolBroken` when it kept dying.
+    """
 
     def __init__(self, processes: int, config: SpeechConfig) -> None:
-        self._processes = processes
-        self._config = config
-        self._pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        context = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
-        return ProcessPoolExecutor(self._processes, mp_context=context, initializer=_load,
-                                   initargs=(self._config,))
+        self._pool = ChildPool("video", processes, child.load, config)
 
     async def start(self) -> None:
         """Load the models now (a benchmark, a warm-up); otherwise the first job loads them."""
-        await self._call(child.ready)
+        await self._pool.start()
 
     async def spans(self, pcm_path: Path) -> list[tuple[float, float]]:
-        return await self._call(speech_spans, str(pcm_path))
+        return await self._pool.call(None, speech_spans, str(pcm_path))
 
     async def recognize(self, pcm_path: Path, start_s: float, end_s: float) -> str:
-        return await self._call(recognize, str(pcm_path), start_s, end_s)
+        return await self._pool.call(None, recognize, str(pcm_path), start_s, end_s)
 
-    async def _call(self, fn: Callable[..., T], *args: object) -> T:
-        """Run in a child; a dead child (killed, out of memory) breaks the pool: the next call gets
-        a fresh one, and this call raises so that the job is retried."""
-        pool = self._pool
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-        except BrokenProcessPool:
-            if self._pool is pool:
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-            raise
+    def problems(self) -> list[str]:
+        """Why transcription is degraded or down, for health; empty when fine."""
+        return self._pool.problems()
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown()
