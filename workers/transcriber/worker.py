@@ -27,6 +27,7 @@ from contracts.subjects import AUDIO_PARTITIONS
 from workers.runtime import Bus, Delivery, RuntimeSettings, Worker, consumes
 from workers.runtime.bus import flush_ordered
 from workers.runtime.logging import get_logger
+from workers.speech.pool import PoolBroken
 
 from .endpoint import EndpointConfig
 from .ownership import Leases
@@ -109,6 +110,9 @@ class Transcriber(Worker[TranscriberSettings]):
         log.info("models loaded", engine=self.settings.stt_engine, vad="onnx" if self.settings.vad_onnx else "torch",
                  processes=self.settings.recognition_processes)
         self._leases = asyncio.create_task(self.keep_leases(await self.open_leases(), self._leases_stop))
+
+    def problems(self) -> list[str]:
+        return self.shards.problems()
 
     @property
     def owned(self) -> set[int]:
@@ -208,15 +212,21 @@ class Transcriber(Worker[TranscriberSettings]):
                 outputs, session.in_turn = await self.shards.push(session_id, frames)
                 for output in outputs:
                     await self._publish(session_id, output)
-            except Exception as error:
+            except PoolBroken as error:
+                log.error("recognition is down; this session's audio is not heard", session_id=session_id,
+                          error=str(error)[:300])
+                await self._tell(session_id, "recognition_unavailable", "speech recognition is down; please type")
+                return  # the session's audio is dropped (health says why) until it reconnects
+            except Exception as error:  # ChildLost (its process died) or a bug: the next utterance starts afresh
                 log.error("recognition failed; the session goes on with its next utterance",
                           session_id=session_id, error=repr(error)[:300])
                 session.in_turn = False
-                with contextlib.suppress(Exception):
-                    await self.bus.publish(ev.ErrorEvent(
-                        session_id=session_id, producer=self.bus.producer, code="recognition_lost",
-                        message="what you were saying was lost; please say it again", source="transcriber",
-                        retryable=True))
+                await self._tell(session_id, "recognition_lost", "what you were saying was lost; please say it again")
+
+    async def _tell(self, session_id: str, code: str, message: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.bus.publish(ev.ErrorEvent(session_id=session_id, producer=self.bus.producer, code=code,
+                                                 message=message, source="transcriber", retryable=True))
 
     async def _publish(self, session_id: str, out: Output) -> None:
         producer, turn = self.bus.producer, out.turn_id

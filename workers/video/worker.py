@@ -258,6 +258,9 @@ class VideoWorker(Worker[VideoSettings]):
         if self.jobs.speech is not None:
             self.jobs.speech.shutdown()
 
+    def problems(self) -> list[str]:
+        return self.jobs.speech.problems() if self.jobs.speech is not None else []
+
     @consumes("video.job", delivery="jetstream", durable=VIDEO, max_in_flight="video_max_jobs")
     async def on_job(self, job: ev.VideoJob, delivery: Delivery) -> None:
         await self.jobs.handle(job, delivery.deliveries)
