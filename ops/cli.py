@@ -23,7 +23,7 @@ tools.register(app)  # tail, replay, trace
 
 @app.command()
 def up() -> None:
-    """Start the whole system on embedded defaults (Ctrl-C stops everything)."""
+    """Start the whole system on embedded defaults; a crashed process restarts (Ctrl-C stops everything)."""
     from .stack import up as run_stack
 
     raise typer.Exit(run_stack())

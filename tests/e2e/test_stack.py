@@ -1,28 +1,33 @@
 """`just up` as a user runs it: every process healthy, a real turn through the local LLM,
-a restart after the launcher crashed, and Ctrl-C stopping everything."""
+a restart after the launcher crashed, a killed worker restarted, a crash loop stopping the
+stack with its reason, and Ctrl-C or SIGTERM stopping everything, also when nobody reads the
+launcher's output any more."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
+from ops import registry
 from ops.servers import free_port, port_open
-from ops.stack import reap_leftovers
+from ops.stack import STOP_WITHIN, reap_leftovers
 from tests.support.edge_client import connect
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def launch(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def launch(env: dict[str, str], log: Path, stdout: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "ops.cli", "up"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+                            stdout=stdout or log.open("ab"), stderr=subprocess.STDOUT)
 
 
 def wait_healthy(env: dict[str, str], timeout: float = 90.0) -> str:
@@ -44,12 +49,17 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def wait_for_text(path: Path, text: str, within: float) -> bool:
+    return wait_for_line(path, re.escape(text), within) is not None
+
+
+def wait_for_line(path: Path, pattern: str, within: float) -> str | None:
+    """The first line of ``path`` that matches ``pattern``, waiting up to ``within`` seconds for it."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if text in path.read_text():
-            return True
+        if found := re.search(f"^.*{pattern}.*$", path.read_text(), re.MULTILINE):
+            return found[0]
         time.sleep(0.2)
-    return False
+    return None
 
 
 def still_open(candidates: list[int], within: float) -> list[int]:
@@ -58,6 +68,33 @@ def still_open(candidates: list[int], within: float) -> list[int]:
     while (open_ports := [p for p in candidates if port_open("127.0.0.1", p)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     return open_ports
+
+
+def stack_pids(env: dict[str, str]) -> list[int]:
+    """Every live process the stack started (they all carry its pids file in their environment)."""
+    mark = f"SB_STACK_PIDS={Path(env['SB_RUN_DIR']) / 'stack.pids'}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and mark in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return found
+
+
+def supervised(env: dict[str, str]) -> dict[str, int]:
+    """Name (supervisord's program name) to pid of each process supervisord started (a group leader)."""
+    named = {}
+    for pid in stack_pids(env):
+        try:
+            environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                           if b"=" in item)
+            if os.getpgid(pid) == pid and b"SUPERVISOR_PROCESS_NAME" in environ:
+                named[environ[b"SUPERVISOR_PROCESS_NAME"].decode()] = pid
+        except OSError:
+            continue
+    return named
 
 
 def ports(env: dict[str, str]) -> list[int]:
@@ -89,9 +126,87 @@ async def test_up_runs_everything_survives_a_crash_and_stops_cleanly(stack_env: 
 
         # One Ctrl-C stops everything.
         launcher.send_signal(signal.SIGINT)
-        launcher.wait(timeout=20)
-        assert not still_open(ports(stack_env), within=10.0), log.read_text()[-3000:]
+        launcher.wait(timeout=STOP_WITHIN + 5)
+        assert not still_open(ports(stack_env), within=2.0), log.read_text()[-3000:]
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-        reap_leftovers(Path(stack_env["SB_RUN_DIR"]) / "stack.pids")  # a failed test leaves no orphans
+        stop(launcher, stack_env)
+
+
+async def test_a_killed_worker_is_restarted_and_the_rest_keeps_running(stack_env: dict[str, str],
+                                                                       tmp_path: Path) -> None:
+    log = tmp_path / "up.log"
+    launcher = launch(stack_env, log)
+    try:
+        wait_healthy(stack_env)
+        before = supervised(stack_env)
+        os.kill(before["orchestrator"], signal.SIGKILL)
+        said = wait_for_line(log, r"orchestrator exited \(terminated by SIGKILL\)", within=10.0)
+        assert said is not None and "restarting it" in said, log.read_text()[-3000:]
+        assert "all expected services healthy" in wait_healthy(stack_env)
+        after = supervised(stack_env)
+        assert after.pop("orchestrator") != before.pop("orchestrator")
+        assert after == before  # nothing else was restarted
+        client = await connect(f"http://127.0.0.1:{stack_env['SB_EDGE_PORT']}")
+        await client.chat("Say hi.")
+        done = (await client.until(lambda e: e["kind"] == "reply.done", timeout=60))[-1]
+        assert done["text"].strip()
+        await client.close()
+        assert launcher.poll() is None
+    finally:
+        stop(launcher, stack_env)
+
+
+def test_a_crash_loop_stops_the_stack_with_the_reason(stack_env: dict[str, str], tmp_path: Path) -> None:
+    log = tmp_path / "up.log"
+    # Only the stats worker reads this variable; below its minimum, that worker exits at once (status 2).
+    launcher = launch({**stack_env, "SB_STATS_MAX_TURNS": "1"}, log)
+    try:
+        assert launcher.wait(timeout=120) == 1, log.read_text()[-3000:]
+        output = log.read_text()
+        reasons = [line for line in output.splitlines() if "stopping everything" in line]
+        assert len(reasons) == 1 and "stats keeps exiting right after its start" in reasons[0], output[-3000:]
+        assert "last: exit status 2" in reasons[0]
+        assert "stats exited (exit status 2) within 10 s of its start; restarting it in 1 s" in output
+        assert re.search(r" stats +\| invalid configuration: SB_STATS_MAX_TURNS=", output)  # its own words
+        assert not stack_pids(stack_env) and not still_open(ports(stack_env), within=2.0)
+    finally:
+        stop(launcher, stack_env)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_everything_when_nobody_reads_the_output(stack_env: dict[str, str], tmp_path: Path,
+                                                                stop_signal: signal.Signals) -> None:
+    """`just up | tee up.log`, then Ctrl-C (which also ends tee), or SIGTERM after tee is gone."""
+    log = tmp_path / "up.log"
+    tee = subprocess.Popen(["tee", str(log)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert tee.stdin is not None
+    launcher = launch(stack_env, log, stdout=tee.stdin)
+    tee.stdin.close()  # the launcher holds the only writing end
+    try:
+        wait_healthy(stack_env)
+        if stop_signal == signal.SIGINT:
+            tee.send_signal(signal.SIGINT)
+        else:
+            tee.kill()
+            tee.wait()
+        started = time.monotonic()
+        launcher.send_signal(stop_signal)
+        assert launcher.wait(timeout=STOP_WITHIN + 10) == 0
+        assert time.monotonic() - started < STOP_WITHIN + 3
+        assert not stack_pids(stack_env) and not still_open(ports(stack_env), within=2.0)
+        # supervisord stopped every process, the servers last: the workers drained against a live bus.
+        events = (Path(stack_env["SB_RUN_DIR"]) / "supervisord.log").read_text()
+        stopped = re.findall(r" stopped: (\w+) ", events)
+        assert sorted(stopped) == sorted({*registry.SERVICES, "health", "nats", "mongo", "llm"}), events
+        assert set(stopped[-3:]) == {"nats", "mongo", "llm"}, events
+    finally:
+        tee.kill()
+        stop(launcher, stack_env)
+
+
+def stop(launcher: subprocess.Popen[bytes], env: dict[str, str]) -> None:
+    """A failed test leaves no orphans."""
+    if launcher.poll() is None:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    reap_leftovers(Path(env["SB_RUN_DIR"]) / "stack.pids")
