@@ -175,7 +175,7 @@ class Connection:
                                         fatal=True, close_code=CloseCode.PROTOCOL_ERROR))
         self.session_id = self.edge.issuer.verify(command.token)
         self.hello = command
-        self.out.audio_out = "audio_out" in command.capabilities
+        self.out.turns.audio_out = "audio_out" in command.capabilities
         return command
 
     async def _subscribe(self) -> list[Subscription]:

@@ -13,7 +13,7 @@ declared ``audio_out``, the turn whose audio has not ended with ``audio.done`` y
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import json
 
 from nats.aio.msg import Msg
 
@@ -22,6 +22,7 @@ from contracts.binary import AudioOutFrame
 from contracts.client import Dropped, Flush
 from contracts.events import AudioOutMeta
 from contracts.subjects import SUBJECTS
+from workers.runtime.turns import TurnLedger
 
 TO_CLIENT = frozenset(s.message.kind_name() for s in SUBJECTS if s.to_client)
 DROPPABLE = frozenset({"reply.delta", "transcript.partial", "audio.out", "job.progress"})
@@ -39,10 +40,7 @@ class Outbound:
         self.queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize)
         self.dropped = 0
         self._unreported = 0
-        self._flushed: deque[str] = deque(maxlen=64)  # recent interrupted turns
-        self._reply_turn: str | None = None  # the turn whose reply is being generated
-        self._audio_turn: str | None = None  # the turn whose speech may still be coming
-        self.audio_out = False  # the client declared audio_out: replies are spoken
+        self.turns = TurnLedger()  # set audio_out when the client declares it: replies are spoken then
         self.closed = asyncio.Event()  # set when the client must be disconnected (slow consumer)
 
     def send(self, frame: Frame, droppable: bool = False) -> None:
@@ -65,30 +63,35 @@ class Outbound:
         if kind not in TO_CLIENT:
             return
         turn = headers.get(h.TURN)
-        if turn and turn in self._flushed and kind not in AFTER_FLUSH:
+        if turn and self.turns.interrupted(turn) and kind not in AFTER_FLUSH:
             return  # late output of an interrupted turn
-        if kind in ("turn.user", "reply.delta"):
-            self._reply_turn = turn  # the reply to a user turn carries that turn's id
-        elif kind == "reply.done":
-            if turn == self._reply_turn:
-                self._reply_turn = None
-            if self.audio_out and turn:
-                self._audio_turn = turn  # its speech may come after the text
-        elif kind == "audio.done" and turn == self._audio_turn:
-            self._audio_turn = None
+        if kind == "turn.user" and turn:
+            self.turns.user_turn(turn)
+        elif kind == "reply.delta" and turn:
+            self.turns.replying(turn)  # the reply to a user turn carries that turn's id
+        elif kind == "reply.done" and turn:
+            self.turns.reply_done(turn, _finish_reason(msg.data))  # its speech may come after the text
+        elif kind == "audio.done" and turn:
+            self.turns.audio_done(turn)
         elif kind == "ctl.interrupt":
-            self._flush([turn] if turn else [t for t in dict.fromkeys((self._reply_turn, self._audio_turn)) if t])
+            self._flush(self.turns.interrupt(turn))
         self.send(msg.data.decode(), droppable=kind in DROPPABLE)
 
     def _flush(self, turns: list[str]) -> None:
-        self._flushed.extend(turns)
         targets: list[str | None] = [*turns] or [None]
         for turn in targets:
             self.send(Flush(turn_id=turn).model_dump_json())
 
     async def on_audio(self, msg: Msg) -> None:
         meta = AudioOutMeta.model_validate_json((msg.headers or {}).get(h.META, "{}"))
-        if meta.turn_id in self._flushed:
+        if self.turns.interrupted(meta.turn_id):
             return
-        self._audio_turn = meta.turn_id
+        self.turns.speaking_now(meta.turn_id)
         self.send(AudioOutFrame(meta.turn_id, meta.seq or 0, meta.sample_rate, msg.data).pack(), droppable=True)
+
+
+def _finish_reason(data: bytes) -> str:
+    try:
+        return str(json.loads(data).get("finish_reason", "stop"))
+    except (ValueError, AttributeError):
+        return "stop"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,6 +26,7 @@ from contracts.subjects import AUDIO_PARTITIONS
 from workers.runtime import Bus, Delivery, RuntimeSettings, Worker, consumes
 from workers.runtime.bus import flush_ordered
 from workers.runtime.logging import get_logger
+from workers.runtime.turns import SessionTable, TurnLedger
 from workers.speech.pool import PoolBroken
 
 from .endpoint import EndpointConfig
@@ -69,23 +69,6 @@ class Session:
     in_turn: bool = False
 
 
-@dataclass
-class Assistant:
-    """What the assistant is doing for one session: the barge-in condition."""
-
-    audio_out: bool = False
-    generating: str | None = None  # turn whose reply is being generated
-    playing: str | None = None  # turn whose audio may still be playing
-    playing_until: float = 0.0
-
-    def active_turn(self) -> str | None:
-        if self.generating:
-            return self.generating
-        if self.playing and time.monotonic() < self.playing_until:
-            return self.playing
-        return None
-
-
 class Transcriber(Worker[TranscriberSettings]):
     name = "transcriber"
     description = "Voice activity, streaming speech-to-text, turn detection"
@@ -98,7 +81,8 @@ class Transcriber(Worker[TranscriberSettings]):
             EndpointConfig(settings.turn_silence_ms, settings.turn_max_utterance_s, settings.turn_pause_guard_ms),
             settings.partial_interval_s))
         self.sessions: dict[str, Session] = {}
-        self.assistant: OrderedDict[str, Assistant] = OrderedDict()
+        # What the assistant is doing per session: the barge-in condition.
+        self.assistant: SessionTable[TurnLedger] = SessionTable(50_000)
         self.replica = new_id()[:12]
         self._leases_stop = asyncio.Event()
         self._leases: asyncio.Task[None] | None = None
@@ -252,51 +236,41 @@ class Transcriber(Worker[TranscriberSettings]):
                                                    captured_at=out.wall_at))
 
     async def _barge_in(self, session_id: str) -> None:
-        state = self.assistant.get(session_id)
-        interrupted = state.active_turn() if state else None
-        if state is None or interrupted is None:
+        ledger = self.assistant.get(session_id)
+        interrupted = ledger.active() if ledger else None
+        if ledger is None or interrupted is None:
             return
-        state.generating = state.playing = None
+        ledger.interrupt(interrupted)
         log.info("barge-in", session_id=session_id, turn_id=interrupted)
         await self.bus.publish(ev.Interrupt(session_id=session_id, turn_id=interrupted, producer=self.bus.producer,
                                             reason="barge_in"))
 
     # ------------------------------------------------------------------ what the assistant does
 
-    def state(self, session_id: str) -> Assistant:
-        state = self.assistant.get(session_id)
-        if state is None:
-            state = self.assistant[session_id] = Assistant()
-            if len(self.assistant) > 50_000:
-                self.assistant.popitem(last=False)
-        return state
+    def ledger(self, session_id: str) -> TurnLedger:
+        return self.assistant.setdefault(session_id, lambda: TurnLedger(
+            playback_grace_s=self.settings.playback_grace_s))
 
     @consumes("session.started")
     async def on_session_started(self, event: ev.SessionStarted) -> None:
-        self.state(event.session_id).audio_out = "audio_out" in event.capabilities
+        self.ledger(event.session_id).audio_out = "audio_out" in event.capabilities
 
     @consumes("session.ended")
     async def on_session_ended(self, event: ev.SessionEnded) -> None:
-        self.assistant.pop(event.session_id, None)
+        self.assistant.pop(event.session_id)
         await self._end_session(event.session_id)
 
     @consumes("turn.user")
     async def on_user_turn(self, turn: ev.UserTurn) -> None:
-        self.state(turn.session_id).generating = turn.turn_id
+        self.ledger(turn.session_id).user_turn(turn.turn_id)
 
     @consumes("reply.done")
     async def on_reply_done(self, done: ev.ReplyDone) -> None:
-        state = self.state(done.session_id)
-        if state.generating == done.turn_id:
-            state.generating = None
-        if state.audio_out and done.finish_reason in ("stop", "length"):
-            state.playing, state.playing_until = done.turn_id, time.monotonic() + self.settings.playback_grace_s
+        self.ledger(done.session_id).reply_done(done.turn_id, done.finish_reason)
 
     @consumes("audio.done")
     async def on_audio_done(self, done: ev.AudioOutDone) -> None:
-        state = self.state(done.session_id)
-        if state.playing == done.turn_id:
-            state.playing = None
+        self.ledger(done.session_id).audio_done(done.turn_id)
 
     # ------------------------------------------------------------------ sessions
 
