@@ -96,6 +96,16 @@ def contracts_gen() -> None:
     gen.write()
 
 
+@contracts_app.command("check")
+def contracts_check() -> None:
+    """Exit 1 when the committed contract documents differ from the code (pre-commit runs it)."""
+    from . import contracts_gen as gen
+
+    if stale := gen.stale():
+        typer.echo("contract documents drifted; run `just contracts`: " + ", ".join(str(p) for p in stale), err=True)
+        raise typer.Exit(1)
+
+
 @contracts_app.command("release")
 def contracts_release() -> None:
     """Record the current contracts as the released baseline (refused if they break it)."""

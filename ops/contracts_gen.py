@@ -56,6 +56,11 @@ def generated_files() -> dict[Path, str]:
     return files
 
 
+def stale() -> list[Path]:
+    """Committed documents that differ from what the code generates (or are missing)."""
+    return [p for p, text in generated_files().items() if not p.exists() or p.read_text() != text]
+
+
 def write() -> None:
     SCHEMA_DIR.mkdir(exist_ok=True)
     files = generated_files()

@@ -5,7 +5,7 @@ constructed or connected; FastStream takes each payload's schema from the contra
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from faststream.nats import JStream, NatsRouter
 
@@ -30,6 +30,10 @@ def _payload(worker_type: type[Worker[Any]], consumption: Consumption) -> Any:
     hints = get_type_hints(getattr(worker_type, consumption.method), include_extras=True)
     hints.pop("return", None)
     first = next(iter(hints.values()), None)
+    if consumption.batch > 1 and get_origin(first) is list:  # a batch: list[event] or list[tuple[event, Delivery]]
+        (first,) = get_args(first)
+        if get_origin(first) is tuple:
+            first = get_args(first)[0]
     return consumption.model if first in (None, Delivery) else first
 
 

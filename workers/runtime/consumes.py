@@ -133,7 +133,9 @@ def consumes(subject: str = "", *, delivery: DeliveryKind = "direct", queue: str
         raise ValueError("a recorded consumption needs the stream it reads")
 
     def mark(method: F) -> F:
-        wants = any(p.annotation in (Delivery, "Delivery") for p in inspect.signature(method).parameters.values())
+        # A parameter annotated Delivery, or a batch of (event, Delivery) tuples (annotations may be strings).
+        wants = any(p.annotation is Delivery or "Delivery" in str(p.annotation)
+                    for p in inspect.signature(method).parameters.values())
         setattr(method, _MARK, Consumption(
             method=method.__name__, subject=subject, delivery=delivery, queue=queue, durable=durable, batch=batch,
             max_in_flight=max_in_flight, stream=stream, filter=filter, headers_only=headers_only,

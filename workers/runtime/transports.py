@@ -293,6 +293,7 @@ class JetStreamTransport(_Puller):
         self._queue: list[Msg] = []
         self._in_flight: dict[asyncio.Task[None], Msg] = {}
         self._ready = asyncio.Event()
+        self._handling: list[Msg] = []  # the batch being handled
         self._batch_idle = asyncio.Event()
         self._batch_idle.set()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -330,9 +331,11 @@ class JetStreamTransport(_Puller):
                 while self._queue:
                     batch, self._queue = self._queue[:self.consumption.batch], self._queue[self.consumption.batch:]
                     self._batch_idle.clear()
+                    self._handling = batch
                     try:
                         await self._handle_batch(batch)
                     finally:
+                        self._handling = []
                         self._batch_idle.set()
                     self._wake.set()
                 continue
@@ -383,7 +386,8 @@ class JetStreamTransport(_Puller):
         """Long handlers keep their messages: JetStream redelivers only what a dead replica held."""
         while True:
             await asyncio.sleep(self.spec.ack_wait_s / 3)
-            for msg in [*self._in_flight.values(), *(self._queue if self.consumption.batch > 1 else ())]:
+            queued = self._queue if self.consumption.batch > 1 else []  # batch 1: queued ones are not pulled long
+            for msg in [*self._in_flight.values(), *self._handling, *queued]:
                 await _settle(msg.in_progress())
 
     async def stop(self) -> None:
