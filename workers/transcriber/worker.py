@@ -86,6 +86,7 @@ class Transcriber(Worker[TranscriberSettings]):
         self.replica = new_id()[:12]
         self._leases_stop = asyncio.Event()
         self._leases: asyncio.Task[None] | None = None
+        self._lease_problem = ""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -96,7 +97,7 @@ class Transcriber(Worker[TranscriberSettings]):
         self._leases = asyncio.create_task(self.keep_leases(await self.open_leases(), self._leases_stop))
 
     def problems(self) -> list[str]:
-        return self.shards.problems()
+        return [*self.shards.problems(), *([self._lease_problem] if self._lease_problem else [])]
 
     @property
     def owned(self) -> set[int]:
@@ -113,8 +114,10 @@ class Transcriber(Worker[TranscriberSettings]):
     async def _tick(self, leases: Leases) -> None:
         try:
             gained, lost = await leases.tick()
+            self._lease_problem = ""
         except Exception as error:  # a NATS hiccup must not end ownership handling
             log.warning("lease renewal failed; releasing partitions", error=repr(error)[:200])
+            self._lease_problem = f"partition leases cannot be renewed ({type(error).__name__}): hearing no audio"
             gained, lost = set(), self.owned
         # A lease that lapsed (a busy loop) and was taken straight back never left us.
         gained, lost = gained - lost - self.owned, lost - gained
