@@ -42,6 +42,8 @@ class ConsumerSpec(BaseModel):
     ack_wait_s: float = 30.0
     max_deliver: int = Field(default=5, description="Then the message is dead-lettered")
     max_ack_pending: int = 1_000
+    deliver: Literal["all", "new"] = Field(
+        default="all", description="Where a new consumer starts: everything the stream holds, or what comes next")
     description: str
 
 
@@ -73,7 +75,8 @@ MEMORY_WRITER = ConsumerSpec(
 USER_TURNS = ConsumerSpec(
     durable="orchestrator-turns", stream=EVENTS.name, filter_subjects=(BY_NAME["turn.user"].wildcard(),),
     ack_wait_s=10.0,  # a dead replica's turn is answered by another after this; live replicas keep theirs alive
-    max_deliver=3, description="User turns to answer: one replica answers each, acked once its reply is done",
+    max_deliver=3, deliver="new",  # a first deployment does not answer a week of recorded turns
+    description="User turns to answer: one replica answers each, acked once its reply is done",
 )
 INGEST = ConsumerSpec(
     durable="retriever-ingest", stream=JOBS.name, filter_subjects=(BY_NAME["ingest.job"].wildcard(),),

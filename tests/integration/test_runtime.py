@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from nats.aio.client import Client
 
 from contracts import events as ev
 from contracts import headers as h
-from contracts.streams import EVENTS, ConsumerSpec
+from contracts.streams import EVENTS, STREAMS, ConsumerSpec
 from contracts.subjects import BY_NAME, dead_letter_subject
 from tests.contract_tap import DELIBERATELY_INVALID
 from workers.runtime import Bus, RuntimeSettings, Worker, consumes, running_worker
 from workers.runtime.bus import flush_ordered
+from workers.runtime.provision import provision, stream_name
 from workers.runtime.tracing import parse_traceparent
 
 SESSION = "session-runtime-1"
@@ -77,6 +78,14 @@ async def echo(nats_url: str, request: pytest.FixtureRequest) -> AsyncIterator[B
     worker: type[Echo] = getattr(request, "param", DirectEcho)
     async with running_worker(worker, EchoSettings(nats_url=nats_url, max_deliver=3)) as bus:
         yield bus
+
+
+async def eventually(condition: Callable[[], bool], within: float) -> None:
+    for _ in range(int(within / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not true within {within} s")
 
 
 def user_turn(text: str, turn_id: str = "t1") -> ev.UserTurn:
@@ -153,3 +162,40 @@ async def test_stop_drains_in_flight_work(nats_url: str, nc: Client, worker: typ
         await asyncio.sleep(0.1)  # the handler is now sleeping mid-turn
     reply = ev.ReplyDone.model_validate_json((await replies.next_msg(timeout=2)).data)
     assert reply.text == "IN FLIGHT"
+
+
+async def test_a_consumer_the_server_lost_is_recreated_where_it_was_and_health_says_so_meanwhile(
+        nats_url: str, nc: Client) -> None:
+    """Deleted under a running worker (an operator's mistake, a lost replica): the worker re-creates the consumer
+    after the last turn it saw (old turns are not answered again); while it cannot (its stream is gone too), its
+    health says so."""
+    prefix = "lost"
+    started: list[Echo] = []
+    replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION, prefix))
+    await flush_ordered(nc)
+    settings = EchoSettings(nats_url=nats_url, subject_prefix=prefix)
+    async with running_worker(DurableEcho, settings, started=started.append) as bus:
+        worker, stream = started[0], stream_name(EVENTS, prefix)
+
+        async def answered(text: str, turn_id: str) -> None:
+            await bus.publish(user_turn(text, turn_id), durable=True)
+            reply = ev.ReplyDone.model_validate_json((await replies.next_msg(timeout=15)).data)
+            assert (reply.turn_id, reply.text) == (turn_id, text.upper())
+
+        await answered("before", "lost-1")
+        await nc.jetstream().delete_consumer(stream, ECHO_TURNS.durable)
+        await answered("after", "lost-2")
+        await nc.jetstream().delete_stream(stream)
+        await eventually(lambda: bool(worker.health()), 15)
+        assert ECHO_TURNS.durable in worker.health()[0] or "NotFound" in worker.health()[0]
+        await provision(nc.jetstream(), STREAMS, (), prefix)
+        await eventually(lambda: not worker.health(), 15)
+        await answered("back", "lost-3")
+    with pytest.raises(TimeoutError):  # nothing was answered a second time
+        await replies.next_msg(timeout=0.5)
+
+
+async def test_health_endpoint_reports_problems(echo: Bus, nc: Client) -> None:
+    info = json.loads((await nc.request("$SRV.INFO.echo", b"", timeout=2)).data)
+    [health] = [e["subject"] for e in info["endpoints"] if e["name"] == "health"]
+    assert json.loads((await nc.request(health, b"", timeout=2)).data) == {"status": "ok", "problems": []}

@@ -8,6 +8,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     ObjectStoreConfig,
     RetentionPolicy,
@@ -50,9 +51,14 @@ def stream_config(spec: StreamSpec, prefix: str = DEFAULT_PREFIX, max_age_s: flo
     )
 
 
-def consumer_config(spec: ConsumerSpec, prefix: str = DEFAULT_PREFIX) -> ConsumerConfig:
+def consumer_config(spec: ConsumerSpec, prefix: str = DEFAULT_PREFIX, after: int = 0) -> ConsumerConfig:
+    """``after``: a consumer re-created after the server lost it resumes after that stream sequence."""
     filters = [f"{prefix}.{s.split('.', 1)[1]}" for s in spec.filter_subjects]
+    start: dict[str, Any] = (
+        {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1} if after
+        else {"deliver_policy": DeliverPolicy(spec.deliver)})
     return ConsumerConfig(
+        **start,
         durable_name=spec.durable,
         description=spec.description,
         ack_policy=AckPolicy.EXPLICIT,

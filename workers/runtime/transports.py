@@ -291,6 +291,7 @@ class JetStreamTransport(_Puller):
         assert spec is not None
         self.spec: ConsumerSpec = spec
         self._queue: list[Msg] = []
+        self._last_seen = 0  # highest stream sequence delivered to this replica
         self._in_flight: dict[asyncio.Task[None], Msg] = {}
         self._ready = asyncio.Event()
         self._handling: list[Msg] = []  # the batch being handled
@@ -310,7 +311,10 @@ class JetStreamTransport(_Puller):
 
     async def ensure_consumer(self) -> None:
         self._stream = stream_name(_stream_of(self.spec), self.bus.prefix)
-        config = consumer_config(self.spec, self.bus.prefix)
+        if self._last_seen and (await self.bus.js.stream_info(self._stream)).state.last_seq < self._last_seen:
+            self._last_seen = 0  # the stream itself was re-created: its sequences started again
+        # Re-created after the server lost it: resume after the last message seen, not from the start.
+        config = consumer_config(self.spec, self.bus.prefix, after=self._last_seen)
         info = await self.bus.js.add_consumer(self._stream, config)
         self._consumer = info.name
 
@@ -320,6 +324,7 @@ class JetStreamTransport(_Puller):
         self._keepalive = asyncio.create_task(self._keep_alive(), name=f"in-progress-{self._consumer}")
 
     def on_delivered(self, msg: Msg) -> None:
+        self._last_seen = max(self._last_seen, int(msg.metadata.sequence.stream))
         self._queue.append(msg)
         self._ready.set()
 
