@@ -105,3 +105,19 @@ async def connect(base_url: str, token: str | None = None, **hello: Any) -> Clie
     assert welcome["kind"] == "welcome", welcome
     client.session_id = welcome["session_id"]
     return client
+
+
+async def history(base_url: str, session_id: str, token: str, page: int = 200) -> list[dict[str, Any]]:
+    """Every stored turn of a session, oldest first (``GET /v1/sessions/{id}/history``, all pages).
+
+    Raises ``httpx.HTTPStatusError`` when the edge refuses (503: memory did not answer)."""
+    turns: list[dict[str, Any]] = []
+    before: int | None = None
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {token}"}) as http:
+        while True:
+            params: dict[str, int] = {"limit": page} | ({"before": before} if before is not None else {})
+            reply = (await http.get(f"/v1/sessions/{session_id}/history", params=params)).raise_for_status().json()
+            turns[:0] = reply["turns"]  # pages come newest first, each oldest first
+            before = reply.get("next_before")
+            if before is None:
+                return turns
