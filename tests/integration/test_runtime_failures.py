@@ -7,9 +7,9 @@ import sys
 
 import pytest
 from nats.aio.client import Client
-from nats.js.api import RetentionPolicy, StreamConfig
+from nats.js.api import DeliverPolicy, RetentionPolicy, StreamConfig
 
-from contracts.streams import EVENTS, STREAMS
+from contracts.streams import EVENTS, STREAMS, ConsumerSpec
 from ops.servers import free_port
 from workers.runtime.provision import StreamConflictError, provision, stream_config
 from workers.runtime.settings import RuntimeSettings
@@ -61,3 +61,16 @@ async def test_stream_with_incompatible_config_is_refused_clearly(nc: Client) ->
     await js.add_stream(StreamConfig.from_response(config.as_dict()))
     with pytest.raises(StreamConflictError, match="retention=interest but contracts declare retention=limits"):
         await provision(js, (EVENTS,), prefix="conflict")
+
+
+async def test_a_consumer_keeps_its_start_when_its_declared_start_changes(nc: Client) -> None:
+    """NATS cannot change where an existing consumer starts (error 10012): a new release that declares another
+    start for it still provisions, and the consumer keeps its own."""
+    prefix = "redeploy"
+    before = ConsumerSpec(durable="redeploy-test", stream=EVENTS.name, filter_subjects=("sb.ev.*.turn.user",),
+                          description="test consumer", deliver="all")
+    await provision(nc.jetstream(), STREAMS, (before,), prefix)
+    await provision(nc.jetstream(), STREAMS, (before.model_copy(update={"deliver": "new", "ack_wait_s": 7.0}),),
+                    prefix)
+    info = await nc.jetstream().consumer_info(f"{EVENTS.name}_{prefix.upper()}", "redeploy-test")
+    assert info.config.deliver_policy == DeliverPolicy.ALL and info.config.ack_wait == 7.0

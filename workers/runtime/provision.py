@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
     ObjectStoreConfig,
@@ -122,7 +124,20 @@ async def provision(
             log.info("stream provisioned", stream=spec.name, outcome=outcome)
     by_name = {s.name: stream_name(s, prefix) for s in streams}
     for consumer in consumers:
-        await js.add_consumer(by_name.get(consumer.stream, consumer.stream), consumer_config(consumer, prefix))
+        await ensure_consumer(js, by_name.get(consumer.stream, consumer.stream), consumer_config(consumer, prefix))
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> ConsumerInfo:
+    """Create the durable consumer, or update an existing one in place. Where a consumer starts is fixed
+    at its creation (NATS refuses to change it: error 10012), so an existing one keeps its own start."""
+    assert config.durable_name is not None
+    try:
+        existing = (await js.consumer_info(stream, config.durable_name)).config
+    except NotFoundError:
+        return await js.add_consumer(stream, config)
+    config = replace(config, deliver_policy=existing.deliver_policy, opt_start_seq=existing.opt_start_seq,
+                     opt_start_time=existing.opt_start_time)
+    return await js.add_consumer(stream, config)
 
 
 def bucket_name(spec: ObjectStoreSpec, prefix: str = DEFAULT_PREFIX) -> str:

@@ -36,7 +36,7 @@ from .consumes import Consumption, Delivery
 from .deadletter import PermanentError
 from .handling import handled
 from .logging import get_logger
-from .provision import consumer_config, stream_name
+from .provision import consumer_config, ensure_consumer, stream_name
 
 log = get_logger("runtime")
 Handler = Callable[..., Awaitable[Any]]
@@ -315,7 +315,7 @@ class JetStreamTransport(_Puller):
             self._last_seen = 0  # the stream itself was re-created: its sequences started again
         # Re-created after the server lost it: resume after the last message seen, not from the start.
         config = consumer_config(self.spec, self.bus.prefix, after=self._last_seen)
-        info = await self.bus.js.add_consumer(self._stream, config)
+        info = await ensure_consumer(self.bus.js, self._stream, config)
         self._consumer = info.name
 
     async def start(self) -> None:
