@@ -124,6 +124,25 @@ async def test_malformed_and_oversized_turns_are_dead_lettered(memory: Bus, stor
     assert await eventually(lambda: stored_texts(store, session), bool) == ["after the bad ones"]
 
 
+async def test_a_burst_is_drained_and_a_new_sessions_turn_follows_it(memory: Bus, store: MemoryStore) -> None:
+    """Issue 15: one event at a time (~100/s) a burst kept a new session's turn out of history for long."""
+    sessions = [f"session-burst-{i:02d}" for i in range(40)]
+    burst = [user(sessions[i % len(sessions)], f"t{i // len(sessions)}", f"burst {i}") for i in range(4_000)]
+    for first in range(0, len(burst), 500):
+        await asyncio.gather(*(memory.publish(event, durable=True) for event in burst[first:first + 500]))
+    fresh = user("session-after-burst", "t1", "am I remembered?")
+    await publish(memory, fresh)
+    request = ev.HistoryRequest(session_id=fresh.session_id, producer="test")
+
+    async def history() -> list[str]:
+        return [t.text for t in (await memory.request("memory.history", request, ev.HistoryReply, timeout=5)).turns]
+
+    # Generous: at ~100 events/s this would take 40 s; written in batches, a few.
+    assert await eventually(history, bool, timeout=20.0) == ["am I remembered?"]
+    drained = await store.db.turns.find({"session_id": {"$in": sessions}}, {"_id": 1}).to_list()
+    assert len(drained) == len(burst)  # everything published before it was written before it
+
+
 async def test_context_has_recent_turns_within_budget_and_facts(memory: Bus, store: MemoryStore) -> None:
     session = "session-ctx-1"
     await publish(memory, user(session, "t1", "Hello, my name is Alice and I live in Lyon."),
@@ -140,6 +159,15 @@ async def test_context_has_recent_turns_within_budget_and_facts(memory: Bus, sto
     roomy = await memory.request("memory.context", request.model_copy(update={"max_tokens": 2_000}),
                                  ev.ContextReply, timeout=5)
     assert [t.turn_id for t in roomy.turns] == ["t1", "t1", "t2", "t2"]
+
+
+async def test_a_later_statement_of_a_fact_replaces_the_earlier_one(memory: Bus, store: MemoryStore) -> None:
+    session = "session-facts-1"
+    await publish(memory, user(session, "t1", "My name is Al and I live in Rome."))
+    await eventually(lambda: stored_texts(store, session), bool)
+    await publish(memory, user(session, "t2", "My name is Bo."))
+    await eventually(lambda: stored_texts(store, session), lambda t: len(t) == 2)
+    assert [f.text for f in (await store.session(session, 10)).facts] == ["They live in Rome", "Their name is Bo"]
 
 
 async def test_a_new_turn_invalidates_the_cached_context(memory: Bus, store: MemoryStore) -> None:

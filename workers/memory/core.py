@@ -1,5 +1,9 @@
 """Memory's logic, testable without the bus: record events, answer context and history requests.
 
+Recording is group commit: a batch of events (in stream order, each with its stream position) becomes
+one ordered list of writes (:func:`plan_writes`) that the store applies in one bulk write. Within a
+batch a forget is a barrier: everything before it is written first, then the forget, then what follows.
+
 Context of a turn = the running summary, the user's facts, and the most recent turns that fit the
 token budget (newest kept first; returned oldest first; the asking turn itself left out). Tokens are
 estimated as ``ceil(chars / 4) + 4`` per turn. The material of a session (its last
@@ -11,23 +15,36 @@ replica made.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from typing import Protocol, TypeGuard
 
 from contracts import events as ev
 
 from .facts import extract_facts
-from .store import MemoryStore, SessionMemory
+from .store import Doc, Forget, InsertOnce, SessionMemory, SetFact, SetWindow, Turn, Write
 
 TURN_OVERHEAD_TOKENS = 4
 Recordable = ev.UserTurn | ev.ReplyDone | ev.TranscriptFinal | ev.ForgetSession
+WINDOW_FIELDS = ("role", "text", "turn_id", "at")
+TRIMS_PER_BATCH = 8
 
 
 def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
+
+
+class Store(Protocol):
+    """What Memory needs of the store (store.MemoryStore)."""
+
+    async def write(self, writes: Sequence[Write]) -> set[str]: ...
+
+    async def trim_window(self, session_id: str, keep: int) -> None: ...
+
+    async def session(self, session_id: str, turns: int) -> SessionMemory: ...
+
+    async def recent_turns(self, session_id: str, limit: int, before: int | None = None) -> list[Turn]: ...
 
 
 class SummaryScheduler(Protocol):
@@ -92,8 +109,62 @@ def assemble(material: SessionMemory, max_tokens: int, exclude_turn_id: str | No
     return chosen, used
 
 
+def _recalled(event: Recordable) -> TypeGuard[ev.UserTurn | ev.ReplyDone]:
+    """A turn to remember: a user turn, or a reply that said something (one that failed or was cancelled at
+    once has nothing to recall)."""
+    return isinstance(event, ev.UserTurn | ev.ReplyDone) and bool(event.text)
+
+
+def _fields(event: ev.UserTurn | ev.ReplyDone) -> Doc:
+    if isinstance(event, ev.UserTurn):
+        return {"role": "user", "text": event.text, "turn_id": event.turn_id, "at": event.published_at,
+                "source": event.source}
+    return {"role": "assistant", "text": event.text, "turn_id": event.turn_id, "at": event.published_at,
+            "agent": event.agent, "finish_reason": event.finish_reason}
+
+
+def plan_writes(events: Sequence[tuple[Recordable, int]], keep: int) -> list[Write]:
+    """The writes that record ``events`` (each with its stream position), in stream order.
+
+    Turns and transcripts are written as they come. Window entries are gathered per session (its newest
+    ``keep``: older ones would be trimmed anyway) and facts are set after them (they need the session
+    document); both are written before a forget and at the end, so a forget deletes exactly what came
+    before it. Every write is idempotent: a redelivered batch changes nothing, and completes a batch a
+    crash cut short.
+    """
+    writes: list[Write] = []
+    windows: dict[str, dict[int, Doc]] = {}
+    facts: list[SetFact] = []
+
+    def flush() -> None:
+        writes.extend(SetWindow(session, {p: turns[p] for p in sorted(turns)[-keep:]})
+                      for session, turns in windows.items())
+        writes.extend(facts)
+        windows.clear()
+        facts.clear()
+
+    for event, position in events:
+        session = event.session_id
+        if isinstance(event, ev.ForgetSession):
+            flush()
+            writes.append(Forget(session))
+        elif isinstance(event, ev.TranscriptFinal):
+            writes.append(InsertOnce("transcripts", event.event_id, session, position, {
+                "turn_id": event.turn_id, "text": event.text, "engine": event.engine,
+                "confidence": event.confidence, "audio_start": event.audio_start, "audio_end": event.audio_end,
+                "forced": event.forced, "at": event.published_at}))
+        elif _recalled(event):
+            fields = _fields(event)
+            writes.append(InsertOnce("turns", event.event_id, session, position, fields))
+            windows.setdefault(session, {})[position] = {k: fields[k] for k in WINDOW_FIELDS}
+            if isinstance(event, ev.UserTurn):
+                facts.extend(SetFact(session, position, fact) for fact in extract_facts(event.text))
+    flush()
+    return writes
+
+
 class Memory:
-    def __init__(self, store: MemoryStore, cache: ContextCache, summaries: SummaryScheduler,
+    def __init__(self, store: Store, cache: ContextCache, summaries: SummaryScheduler,
                  context_turns: int = 40, producer: str = "memory") -> None:
         self.store = store
         self.cache = cache
@@ -102,43 +173,29 @@ class Memory:
         self._producer = producer
         self._window_writes: Counter[str] = Counter()
 
-    async def record(self, event: Recordable, position: int) -> bool:
-        """Persist one event at its bus position; False when it was already stored (a duplicate)."""
-        session = event.session_id
-        if isinstance(event, ev.ForgetSession):
-            await self.store.forget(session)
-            self._summaries.forget(session)
-            self._window_writes.pop(session, None)
+    async def record_batch(self, events: Sequence[tuple[Recordable, int]]) -> None:
+        """Persist events at their stream positions in one bulk write (see :func:`plan_writes`).
+
+        Safe to repeat after a failure at any point (the worker does, while the database is unreachable):
+        what was stored already is not counted again."""
+        stored = await self.store.write(plan_writes(events, self._context_turns))
+        for event, _ in events:  # in stream order, as if recorded one by one
+            session = event.session_id
+            if isinstance(event, ev.ForgetSession):
+                self._summaries.forget(session)
+                self._window_writes.pop(session, None)
+            elif not _recalled(event):
+                continue  # a transcript is not part of a context
+            elif event.event_id in stored:
+                self._summaries.stored(session)
+                self._window_writes[session] += 1
             self.cache.invalidate(session)
-            return True
-        if isinstance(event, ev.TranscriptFinal):
-            return await self.store.add_transcript(event.event_id, session, position, {
-                "turn_id": event.turn_id, "text": event.text, "engine": event.engine,
-                "confidence": event.confidence, "audio_start": event.audio_start, "audio_end": event.audio_end,
-                "forced": event.forced, "at": event.published_at})
-        if isinstance(event, ev.UserTurn):
-            fields = {"role": "user", "text": event.text, "turn_id": event.turn_id, "at": event.published_at,
-                      "source": event.source}
-        else:
-            if not event.text:
-                return False  # a reply that produced nothing (failed or cancelled at once) has nothing to recall
-            fields = {"role": "assistant", "text": event.text, "turn_id": event.turn_id, "at": event.published_at,
-                      "agent": event.agent, "finish_reason": event.finish_reason}
-        # The window write is repeated for a duplicate, harmlessly (same position, same content): that
-        # completes a write a crash cut short after the turn itself was stored.
-        stored, _ = await asyncio.gather(
-            self.store.add_turn(event.event_id, session, position, fields),
-            self.store.add_to_window(session, position, {k: fields[k] for k in ("role", "text", "turn_id", "at")}))
-        if isinstance(event, ev.UserTurn) and (facts := extract_facts(event.text)):
-            await self.store.set_facts(session, position, facts)
-        self.cache.invalidate(session)
-        if stored:
-            self._summaries.stored(session)
-            self._window_writes[session] += 1
-            if self._window_writes[session] >= self._context_turns:
-                del self._window_writes[session]
-                await self.store.trim_window(session, self._context_turns)
-        return stored
+        due = {event.session_id for event, _ in events if self._window_writes[event.session_id] >= self._context_turns}
+        # A few trims per batch, the most overdue first: sessions that keep pace with each other fall due
+        # together, and a hundred trims at once (a read and a write each) stalled the writer for 100 ms.
+        for session in sorted(due, key=self._window_writes.__getitem__, reverse=True)[:TRIMS_PER_BATCH]:
+            await self.store.trim_window(session, self._context_turns)
+            del self._window_writes[session]  # after the trim: a failed one is tried again on the retry
 
     async def material(self, session_id: str) -> SessionMemory:
         cached = self.cache.get(session_id)

@@ -14,6 +14,10 @@ Collections (database from ``SB_MONGO_URL``'s path, else ``SB_MONGO_DB``):
                  about themselves (a later statement replaces an earlier one), ``summary`` is the
                  running summary and ``until`` the position it covers up to.
 
+The writer's writes (:class:`Write`: turns, transcripts, window entries, facts, forgets) go to the
+server as one ordered client-level bulk write per batch (:meth:`MemoryStore.write`, MongoDB 8.0's
+``bulkWrite`` command; nx-27017 has it): one round trip for the whole batch, applied in its order.
+
 Retention is a periodic delete of documents older than ``retention_days`` (:meth:`MemoryStore.prune`),
 not a TTL index: correctness and speed must not depend on how a server implements TTL (the
 embedded nx-27017 sweeps expired documents on every query, which made each read ~25x slower).
@@ -22,16 +26,15 @@ embedded nx-27017 sweeps expired documents on every query, which made each read 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteMany, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import ClientBulkWriteException, ConnectionFailure
 
 from workers.runtime.logging import get_logger
 
@@ -75,6 +78,48 @@ class SessionMemory:
     turns: list[Turn]
     summary: Summary | None
     facts: list[Fact]
+
+
+@dataclass(frozen=True)
+class InsertOnce:
+    """A turn or a transcript, stored once per event id: a redelivery matches its document and changes nothing."""
+
+    collection: Literal["turns", "transcripts"]
+    event_id: str
+    session_id: str
+    position: int
+    fields: Doc
+
+
+@dataclass(frozen=True)
+class SetWindow:
+    """Turns into the session document's ``window`` by position (upserts the document; repeating it is harmless)."""
+
+    session_id: str
+    turns: dict[int, Doc]
+
+
+@dataclass(frozen=True)
+class SetFact:
+    """A fact replaces the one with its key unless that one was stated later (a redelivery after a newer turn).
+
+    Not an upsert (a conditional upsert fails with a duplicate key when the condition does not hold, which
+    would stop an ordered bulk write): a :class:`SetWindow` of the session must come before it."""
+
+    session_id: str
+    position: int
+    fact: Fact
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Delete everything stored about the session."""
+
+    session_id: str
+
+
+Write = InsertOnce | SetWindow | SetFact | Forget
+Model = UpdateOne | DeleteMany
 
 
 def _utcnow() -> dt.datetime:
@@ -131,20 +176,51 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ writes (idempotent)
 
-    async def add_turn(self, event_id: str, session_id: str, position: int, turn: Doc) -> bool:
-        """Store a turn once; False when this event id is already stored."""
-        doc = {"session_id": session_id, "position": position, "stored_at": _utcnow(), **turn}
-        result = await self.db.turns.update_one({"_id": event_id}, {"$setOnInsert": doc}, upsert=True)
-        return result.upserted_id is not None
+    async def write(self, writes: Sequence[Write]) -> set[str]:
+        """Apply ``writes`` in their order in one bulk write; returns the event ids it inserted (the others were
+        stored already). A network failure mid-way raises ConnectionFailure: repeating the writes is harmless."""
+        if not writes:
+            return set()
+        now = _utcnow()
+        models: list[Model] = []
+        inserts: dict[int, str] = {}  # model index -> event id
+        for write in writes:
+            if isinstance(write, InsertOnce):
+                inserts[len(models)] = write.event_id
+            models.extend(self._models(write, now))
+        try:
+            result = await self.client.bulk_write(models, ordered=True, verbose_results=True)
+        except ClientBulkWriteException as error:  # the driver wraps a lost connection: say it plainly
+            if isinstance(error.error, ConnectionFailure):
+                raise error.error from error
+            raise
+        updates = result.update_results
+        return {event_id for index, event_id in inserts.items() if updates[index].upserted_id is not None}
 
-    async def add_transcript(self, event_id: str, session_id: str, position: int, transcript: Doc) -> bool:
-        doc = {"session_id": session_id, "position": position, "stored_at": _utcnow(), **transcript}
-        result = await self.db.transcripts.update_one({"_id": event_id}, {"$setOnInsert": doc}, upsert=True)
-        return result.upserted_id is not None
+    def _models(self, write: Write, now: dt.datetime) -> list[Model]:
+        def ns(collection: str) -> str:
+            return f"{self.db.name}.{collection}"
 
-    async def add_to_window(self, session_id: str, position: int, turn: Doc) -> None:
-        await self.db.sessions.update_one(
-            {"_id": session_id}, {"$set": {f"window.{position}": turn, "stored_at": _utcnow()}}, upsert=True)
+        if isinstance(write, InsertOnce):
+            doc = {"session_id": write.session_id, "position": write.position, "stored_at": now, **write.fields}
+            return [UpdateOne({"_id": write.event_id}, {"$setOnInsert": doc}, upsert=True,
+                              namespace=ns(write.collection))]
+        if isinstance(write, SetWindow):
+            entries = {f"window.{position}": turn for position, turn in write.turns.items()}
+            return [UpdateOne({"_id": write.session_id}, {"$set": {**entries, "stored_at": now}}, upsert=True,
+                              namespace=ns("sessions"))]
+        if isinstance(write, SetFact):
+            # Two conditions, not one $or: nx-27017 answers an $or by scanning the collection (14 ms a fact at
+            # 1,000 sessions); each of these is a lookup by _id. (When the first sets it, the second finds it
+            # not older and changes nothing.)
+            path = f"facts.{write.fact.key}"
+            fact = {"$set": {path: {"text": write.fact.text, "position": write.position}, "stored_at": now}}
+            return [UpdateOne({"_id": write.session_id, path: {"$exists": False}}, fact, namespace=ns("sessions")),
+                    UpdateOne({"_id": write.session_id, f"{path}.position": {"$lt": write.position}}, fact,
+                              namespace=ns("sessions"))]
+        return [DeleteMany({"session_id": write.session_id}, namespace=ns("turns")),
+                DeleteMany({"session_id": write.session_id}, namespace=ns("transcripts")),
+                DeleteMany({"_id": write.session_id}, namespace=ns("sessions"))]
 
     async def trim_window(self, session_id: str, keep: int) -> None:
         doc = await self.db.sessions.find_one({"_id": session_id}, {"window": 1})
@@ -154,26 +230,10 @@ class MemoryStore:
         old = sorted(window, key=_position)[: len(window) - keep]
         await self.db.sessions.update_one({"_id": session_id}, {"$unset": {f"window.{k}": "" for k in old}})
 
-    async def set_facts(self, session_id: str, position: int, facts: list[Fact]) -> None:
-        """A fact replaces the one with its key unless that one was stated later (redelivery after a newer turn)."""
-        for fact in facts:
-            path = f"facts.{fact.key}"
-            with contextlib.suppress(DuplicateKeyError):  # a newer statement of the same fact is stored
-                await self.db.sessions.update_one(
-                    {"_id": session_id, "$or": [{path: {"$exists": False}}, {f"{path}.position": {"$lt": position}}]},
-                    {"$set": {path: {"text": fact.text, "position": position}, "stored_at": _utcnow()}}, upsert=True)
-
     async def set_summary(self, session_id: str, summary: Summary) -> None:
         await self.db.sessions.update_one(
             {"_id": session_id},
             {"$set": {"summary": summary.text, "until": summary.until, "stored_at": _utcnow()}}, upsert=True)
-
-    async def forget(self, session_id: str) -> int:
-        """Delete everything stored about the session; returns how many documents."""
-        results = await asyncio.gather(*(self.db[name].delete_many({"session_id": session_id})
-                                         for name in ("turns", "transcripts")),
-                                       self.db.sessions.delete_many({"_id": session_id}))
-        return sum(r.deleted_count for r in results)
 
     # ------------------------------------------------------------------ reads
 
@@ -233,12 +293,11 @@ def _summary(doc: Doc) -> Summary | None:
     return Summary(text, int(doc.get("until") or 0)) if isinstance(text, str) and text else None
 
 
-async def while_unreachable(operation: Callable[[], Awaitable[T]], keepalive: Callable[[], Awaitable[None]],
-                            max_wait_s: float = 2.0) -> T:
+async def while_unreachable(operation: Callable[[], Awaitable[T]], max_wait_s: float = 2.0) -> T:
     """Run ``operation``, retrying for as long as the database cannot be reached.
 
-    An unreachable database is not the message's fault: burning its deliveries would dead-letter
-    good turns during an outage. So the writer holds the message (``keepalive`` tells JetStream
+    An unreachable database is not the messages' fault: burning their deliveries would dead-letter
+    good turns during an outage. So the writer holds its batch (the runtime keeps telling JetStream
     it is in progress) and retries with capped backoff; anything else propagates.
     """
     delay, since, logged = 0.1, time.monotonic(), 0.0
@@ -248,8 +307,7 @@ async def while_unreachable(operation: Callable[[], Awaitable[T]], keepalive: Ca
         except ConnectionFailure as error:
             if time.monotonic() - logged >= 10.0:
                 logged = time.monotonic()
-                log.warning("database unreachable; holding the message and retrying",
+                log.warning("database unreachable; retrying",
                             down_for_s=round(time.monotonic() - since, 1), error=repr(error)[:200])
-            await keepalive()
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_wait_s)
