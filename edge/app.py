@@ -24,7 +24,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, WebSocket
 from pydantic import BaseModel
 
-from contracts.streams import STREAMS
+from contracts.streams import STREAMS, USER_TURNS
 from workers.runtime.bus import Bus
 from workers.runtime.logging import get_logger
 from workers.runtime.provision import provision
@@ -59,8 +59,9 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         nc = await connect_nats(settings, "edge")
         bus.attach(nc)
-        # The edge records sessions' events from their first frame, even before any worker ran.
-        await provision(bus.js, STREAMS, prefix=settings.subject_prefix)
+        # The edge records sessions' events from their first frame, even before any worker ran, and the
+        # consumer of the user turns it accepts exists before the first orchestrator starts: none is lost.
+        await provision(bus.js, STREAMS, (USER_TURNS,), prefix=settings.subject_prefix)
         service = await nats.micro.add_service(nc, name="edge", version=VERSION, description="WebSocket edge",
                                                metadata={"started_at": f"{time.time():.3f}"})
         log.info("edge ready", port=settings.edge_port, auth="api keys" if api_keys else "open session creation")

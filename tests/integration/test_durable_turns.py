@@ -87,7 +87,7 @@ async def client_bus(nats_url: str, prefix: str) -> AsyncIterator[Bus]:
     nc = await nats.connect(nats_url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
     bus = Bus(producer="edge", prefix=prefix)
     bus.attach(nc)
-    await provision(bus.js, STREAMS, (), prefix)
+    await provision(bus.js, STREAMS, (USER_TURNS,), prefix)  # as the edge does
     try:
         yield bus
     finally:

@@ -199,3 +199,39 @@ async def test_health_endpoint_reports_problems(echo: Bus, nc: Client) -> None:
     info = json.loads((await nc.request("$SRV.INFO.echo", b"", timeout=2)).data)
     [health] = [e["subject"] for e in info["endpoints"] if e["name"] == "health"]
     assert json.loads((await nc.request(health, b"", timeout=2)).data) == {"status": "ok", "problems": []}
+
+
+BATCH_TURNS = ConsumerSpec(durable="test-batch-turns", stream=EVENTS.name,
+                           filter_subjects=(BY_NAME["turn.user"].wildcard(),), ack_wait_s=2.0, max_deliver=3,
+                           description="test consumer handing turns over in batches")
+
+
+class BatchEcho(Echo):
+    """Writes batches of turns; a turn saying "poison" makes any batch holding it fail."""
+
+    def __init__(self, settings: EchoSettings, bus: Bus) -> None:
+        super().__init__(settings, bus)
+        self.written: list[str] = []
+
+    @consumes("turn.user", delivery="jetstream", durable=BATCH_TURNS, batch=8)
+    async def on_turns(self, turns: list[ev.UserTurn]) -> None:
+        if any(t.text == "poison" for t in turns):
+            raise RuntimeError("cannot write this batch")
+        self.written.extend(t.turn_id for t in turns)
+
+
+async def test_a_poison_message_in_a_batch_is_dead_lettered_alone_and_its_batch_is_written(
+        nats_url: str, nc: Client) -> None:
+    prefix = "batch"
+    started: list[BatchEcho] = []
+    letters = await nc.subscribe(dead_letter_subject("echo", prefix))
+    await flush_ordered(nc)
+    async with running_worker(BatchEcho, EchoSettings(nats_url=nats_url, subject_prefix=prefix, max_deliver=3),
+                              started=started.append) as bus:
+        for turn_id, text in (("good-1", "one"), ("bad", "poison"), ("good-2", "two")):
+            await bus.publish(user_turn(text, turn_id), durable=True)
+        letter = ev.DeadLetter.model_validate_json((await letters.next_msg(timeout=20)).data)
+        await eventually(lambda: len(started[0].written) == 2, 10)
+    assert started[0].written == ["good-1", "good-2"]
+    assert letter.deliveries == 3 and "cannot write this batch" in letter.reason
+    assert letter.headers.get("Sb-Turn") == "bad"

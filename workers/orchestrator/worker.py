@@ -65,7 +65,8 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
         self.core = Orchestrator(bus, model, Router(AgentRegistry(default=settings.default_agent)), hooks,
                                  last_settings, settings.llm_max_tokens)
 
-    @consumes("turn.user", delivery="jetstream", durable=USER_TURNS)
+    # Turns of many sessions are answered at once (a session's own turns supersede each other in core).
+    @consumes("turn.user", delivery="jetstream", durable=USER_TURNS, max_in_flight=USER_TURNS.max_ack_pending)
     async def on_turn(self, turn: ev.UserTurn, delivery: Delivery) -> None:
         if delivery.deliveries > 1 and await self._answered(turn, delivery.stream_sequence):
             log.info("turn already answered; not answering again", turn_id=turn.turn_id)

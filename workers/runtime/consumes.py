@@ -49,8 +49,8 @@ class Consumption:
     queue: str = ""
     durable: ConsumerSpec | None = None  # jetstream
     batch: int = 1  # jetstream: most messages per call (the handler takes a list)
-    # jetstream, batch 1: messages handled at once (0: the consumer's max_ack_pending; a name: that setting)
-    max_in_flight: int | str = 0
+    # jetstream, batch 1: messages handled at once (1: one at a time, in order; a name: that setting)
+    max_in_flight: int | str = 1
     stream: StreamSpec | None = None  # recorded
     filter: str = ""  # recorded: the subject filter relative to the prefix (default: the subject's wildcard)
     headers_only: bool = False  # recorded: payloads are not needed
@@ -121,7 +121,7 @@ def _is_jetstream(msg: Msg) -> bool:
 
 
 def consumes(subject: str = "", *, delivery: DeliveryKind = "direct", queue: str = "",
-             durable: ConsumerSpec | None = None, batch: int = 1, max_in_flight: int | str = 0,
+             durable: ConsumerSpec | None = None, batch: int = 1, max_in_flight: int | str = 1,
              stream: StreamSpec | None = None, filter: str = "",
              headers_only: bool = False) -> Callable[[F], F]:
     """Mark a worker method as the handler of ``subject`` (see the module docstring)."""

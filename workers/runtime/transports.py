@@ -215,8 +215,10 @@ class _Puller(Transport):
         if status is not None:
             if status == "100":  # idle heartbeat: the pull is alive
                 return
-            # 408: the pull expired; 409: the consumer was deleted or changed leader; 404: nothing now.
-            self._pending = 0
+            # 408: a pull expired; 409: the consumer was deleted or changed leader; 404: nothing now. The
+            # status says how much of that pull's credit was left unused.
+            unused = (msg.headers or {}).get("Nats-Pending-Messages")
+            self._pending = max(0, self._pending - int(unused)) if unused and unused.isdigit() else 0
             if status == "409":
                 self._problem = f"consumer {self._consumer}: {(msg.headers or {}).get('Description', '409')}"
                 self._lost = True
@@ -258,7 +260,7 @@ class _Puller(Transport):
         request = {"batch": batch, "expires": int(_EXPIRES_S * 1e9), "idle_heartbeat": int(_HEARTBEAT_S * 1e9)}
         await self.bus.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}",
                                   json.dumps(request).encode(), reply=self._inbox)
-        self._pending = batch
+        self._pending += batch  # an earlier pull may still be open: credit adds up
         self._pull_alive_until = time.monotonic() + 2 * _HEARTBEAT_S + 1.0
         self._failures = 0
 
@@ -303,7 +305,7 @@ class JetStreamTransport(_Puller):
     def _limit(self) -> int:
         if self.consumption.batch > 1:
             return self.consumption.batch
-        return int(self.consumption.max_in_flight) or self.spec.max_ack_pending
+        return int(self.consumption.max_in_flight)
 
     def capacity(self) -> int:
         return max(0, self._limit() * (2 if self.consumption.batch > 1 else 1)
@@ -368,24 +370,38 @@ class JetStreamTransport(_Puller):
         await _settle(msg.ack())
 
     async def _handle_batch(self, batch: list[Msg]) -> None:
-        """Parse every message (a bad one is dead-lettered alone), hand the rest over in order, ack all."""
-        parsed: list[Any] = []
+        """Parse every message (a bad one is dead-lettered alone), hand the rest over in order, ack all.
+
+        When the batch fails, its messages are handled one by one, so only one that fails alone is
+        redelivered and, after ``max_deliver`` attempts, dead-lettered: a poison message never takes
+        the good ones of its batch with it."""
+        parsed: list[tuple[Msg, tuple[Any, ...]]] = []
         for msg in batch:
-            try:
-                async with handled(msg, self.worker, self.bus, 1):
-                    parsed.append(self._parse(msg))
-            except Exception as error:  # dead-lettered by the scope; nothing is redelivered for bad input
-                log.debug("unreadable message in batch", error=repr(error)[:200])
+            async with handled(msg, self.worker, self.bus, 1):  # unreadable: dead-lettered at once
+                parsed.append((msg, self._parse(msg)))
         try:
             if parsed:
-                await self.handler([args[0] if len(args) == 1 else args for args in parsed])
+                await self.handler([_item(args) for _, args in parsed])
         except Exception as error:
-            log.warning("batch failed; it will be redelivered", size=len(batch), error=repr(error)[:300])
+            log.warning("batch failed; handling its messages one by one", size=len(batch), error=repr(error)[:300])
+            alone = {id(msg) for msg, _ in parsed}
+            for msg, args in parsed:
+                await self._handle_alone(msg, args)
             for msg in batch:
-                await _settle(msg.nak(delay=1.0))
+                if id(msg) not in alone:
+                    await _settle(msg.ack())
             return
         for msg in batch:
             await _settle(msg.ack())
+
+    async def _handle_alone(self, msg: Msg, args: tuple[Any, ...]) -> None:
+        try:
+            async with handled(msg, self.worker, self.bus, self.max_deliver):  # the last attempt: dead-lettered
+                await self.handler([_item(args)])
+        except Exception:  # left for redelivery
+            await _settle(msg.nak(delay=min(float(_delivered(msg)), 5.0)))
+            return
+        await _settle(msg.ack())
 
     async def _keep_alive(self) -> None:
         """Long handlers keep their messages: JetStream redelivers only what a dead replica held."""
@@ -497,6 +513,11 @@ def _stream_of(spec: ConsumerSpec) -> StreamSpec:
         if stream.name == spec.stream:
             return stream
     raise LookupError(f"consumer {spec.durable} reads unknown stream {spec.stream}")
+
+
+def _item(args: tuple[Any, ...]) -> Any:
+    """One entry of a batch: the event, or (event, Delivery) when the handler asked for deliveries."""
+    return args[0] if len(args) == 1 else args
 
 
 def _delivered(msg: Msg) -> int:
