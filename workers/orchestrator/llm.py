@@ -1,14 +1,16 @@
-"""Chat models behind one small interface: OpenAI-compatible servers, and a zero-latency echo.
+"""Chat models behind one small base (:class:`ChatModel`): OpenAI-compatible servers, and a zero-latency echo.
 
-The echo model exists for load tests: it measures everything but the LLM.
+Each model declares its :class:`LLMCapabilities`. The echo model exists for load tests: it
+measures everything but the LLM. Test double: ``tests/support/fakes.py``.
 """
 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import openai
 
@@ -33,16 +35,32 @@ class LLMError(Exception):
         self.retryable = retryable
 
 
-class ChatModel(Protocol):
-    name: str
+@dataclass(frozen=True)
+class LLMCapabilities:
+    """What a chat model can do, declared by the model."""
 
-    def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]: ...
+    streaming: bool  # the reply comes in pieces while it is generated (else in one chunk at the end)
+    tool_calls: bool  # it is given tools and may answer with calls to them
+    context_window: int | None = None  # tokens of prompt and reply together, when known
 
 
-class OpenAIChatModel:
+class ChatModel(ABC):
+    name: str  # reported in reply.done
+
+    def __init__(self, capabilities: LLMCapabilities) -> None:
+        self.capabilities = capabilities
+
+    @abstractmethod
+    def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
+        """The reply in chunks (the last ones may carry only usage or a finish reason); raises LLMError."""
+
+
+class OpenAIChatModel(ChatModel):
     """Any OpenAI-compatible server through the official client, streamed."""
 
     def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float) -> None:
+        # No tools are sent and only content is read; the server's model and its window are not known here.
+        super().__init__(LLMCapabilities(streaming=True, tool_calls=False))
         self.name = model
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
 
@@ -128,10 +146,13 @@ def _classify(error: openai.APIError) -> LLMError:
 _WORDS = re.compile(r"\S+\s*")
 
 
-class EchoChatModel:
+class EchoChatModel(ChatModel):
     """Zero-latency, in-process: replies "You said: <text>" token by token, with no I/O."""
 
     name = "echo"
+
+    def __init__(self) -> None:
+        super().__init__(LLMCapabilities(streaming=True, tool_calls=False))
 
     async def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
         words = _WORDS.findall("You said: " + messages[-1]["content"])[:max_tokens]

@@ -8,6 +8,9 @@ transcriber and the video worker.
             ...                                   # the partial text changed
     transcript = rec.final()                      # text (+ confidence) of the utterance, then reset
 
+What an engine can do is its ``capabilities`` (``STTCapabilities``: partials or not, final decoded
+at once or not, languages).
+
 Which engine, measured on 2 cores (bench/stt_engines.py, synthetic speech): whisper is the
 accurate one (WER ~0.02 on neural TTS) but not streaming: ~0.55 s per final with this package's
 short encoder window (~2-2.5 s with Whisper's stock 30 s window); pocketsphinx streams partials
@@ -19,11 +22,11 @@ heavy libraries) are imported only by :func:`load_engine`.
 
 from __future__ import annotations
 
-from workers.speech.engines.base import Engine, EngineError, Recognizer, Transcript
+from workers.speech.engines.base import Engine, EngineError, Recognizer, STTCapabilities, Transcript
 
 ENGINES = ("vosk", "pocketsphinx", "whisper", "pocketsphinx+whisper")
 
-__all__ = ["ENGINES", "Engine", "EngineError", "Recognizer", "Transcript", "load_engine"]
+__all__ = ["ENGINES", "Engine", "EngineError", "Recognizer", "STTCapabilities", "Transcript", "load_engine"]
 
 
 def load_engine(name: str, model_path: str | None = None, language: str = "en") -> Engine:

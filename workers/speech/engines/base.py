@@ -7,10 +7,15 @@ The worker calls these from a thread pool. Contract for thread safety, the same 
   recognizers of the same engine may run in different threads at the same time.
 
 Audio is always PCM16 little-endian, mono, 16 kHz (:data:`SAMPLE_RATE`), in chunks of whole samples.
+
+Every engine subclasses :class:`Engine` and declares its :class:`STTCapabilities` (partials or not,
+when the final is decoded, languages); its recognizers have the :class:`Recognizer` methods (a
+protocol: wrappers such as the benchmarks' timing one need no base). Test double: ``tests/support/fakes.py``.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -24,6 +29,18 @@ class Transcript:
 
     text: str
     confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class STTCapabilities:
+    """What an engine can do, declared by the engine: callers pick and combine engines by this, not by name."""
+
+    streaming: bool  # accept() returns partial text while the speech goes on
+    # final() decodes the whole buffered utterance at once: its cost is paid after the user stops speaking
+    whole_utterance: bool
+    # Primary language subtags it transcribes ("en"); empty: its model's own language, which the engine cannot tell
+    languages: frozenset[str]
+    sample_rate: int = SAMPLE_RATE  # of the PCM16 mono audio accept() takes
 
 
 @runtime_checkable
@@ -43,18 +60,26 @@ class Recognizer(Protocol):
         ...
 
 
-@runtime_checkable
-class Engine(Protocol):
-    name: str  # "vosk" | "pocketsphinx" | "whisper"
-    streaming: bool  # True when accept() yields partials (whisper: False, partials always None)
+class Engine(ABC):
+    """A loaded model, shared by every recognizer made from it."""
 
+    name: str  # "vosk" | "pocketsphinx" | "whisper" | "<streaming>+<accurate>"
+
+    def __init__(self, capabilities: STTCapabilities) -> None:
+        self.capabilities = capabilities
+
+    @abstractmethod
     def recognizer(self) -> Recognizer:
         """A new utterance stream; cheap: the model is loaded once per Engine and shared."""
-        ...
 
 
 class EngineError(RuntimeError):
     """A model or library is missing or broken; the message says what to install or pass."""
+
+
+def primary_language(tag: str) -> str:
+    """``en-US`` -> ``en``: engines and models are per language, not per region."""
+    return tag.split("-", maxsplit=1)[0].lower()
 
 
 def check_pcm(pcm: bytes) -> None:

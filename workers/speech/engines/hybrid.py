@@ -7,7 +7,7 @@ and the turn gets Whisper's text. Measurements: docs/speech.md.
 
 from __future__ import annotations
 
-from .base import Engine, Recognizer, Transcript
+from .base import Engine, Recognizer, STTCapabilities, Transcript
 
 
 class HybridRecognizer:
@@ -34,10 +34,12 @@ class HybridRecognizer:
         self._accurate.reset()
 
 
-class HybridEngine:
-    streaming = True
-
+class HybridEngine(Engine):
     def __init__(self, streaming: Engine, accurate: Engine) -> None:
+        # Partials are the streaming engine's; the final (the turn's text, and its language) the accurate one's.
+        super().__init__(STTCapabilities(
+            streaming=streaming.capabilities.streaming, whole_utterance=accurate.capabilities.whole_utterance,
+            languages=accurate.capabilities.languages, sample_rate=accurate.capabilities.sample_rate))
         self.name = f"{streaming.name}+{accurate.name}"
         self._streaming = streaming
         self._accurate = accurate

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime.assets import package_dir
-from workers.speech.engines.base import EngineError, Transcript, check_pcm, clamp01
+
+from .base import Engine, EngineError, STTCapabilities, Transcript, check_pcm, clamp01, primary_language
 
 INSTALL_HINT = "`pip install pocketsphinx` (its wheel carries the en-us model)"
 # Words of the hypothesis that are no words: sentence marks, silence and filler/noise units.
@@ -98,9 +99,8 @@ class _Slot:
             self.decoder.end_utt()
 
 
-class PocketSphinxEngine:
+class PocketSphinxEngine(Engine):
     name = "pocketsphinx"
-    streaming = True
 
     def __init__(
         self,
@@ -110,7 +110,7 @@ class PocketSphinxEngine:
         second_pass: bool = True,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        if model_path is None and language.split("-", maxsplit=1)[0].lower() != "en":
+        if model_path is None and primary_language(language) != "en":
             raise EngineError(
                 f"pocketsphinx only bundles an en-us model; for language {language!r} pass the path of a "
                 "pocketsphinx model directory (acoustic model folder, *.lm.bin and *.dict)"
@@ -119,6 +119,9 @@ class PocketSphinxEngine:
             from pocketsphinx import Config, Decoder
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise EngineError(f"the pocketsphinx engine needs the pocketsphinx package: {INSTALL_HINT}") from exc
+        # The first pass decodes as audio arrives; end_utt's second passes only refine it.
+        super().__init__(STTCapabilities(streaming=True, whole_utterance=False,
+                                         languages=frozenset({primary_language(language)})))
         self.model_path = Path(model_path) if model_path is not None else bundled_model_dir()
         settings: dict[str, Any] = {**model_files(self.model_path), "loglevel": "FATAL"}
         if not second_pass:

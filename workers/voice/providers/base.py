@@ -4,7 +4,8 @@ A provider only knows how to say one unit of text: :meth:`TTSProvider.synthesize
 LE mono chunks. :class:`SpeechStream` is what the worker drives for a turn: ``start`` (open it
 with a voice), ``feed`` text units as they arrive, ``end``, iterate the audio, ``cancel`` at
 any time. Cancelling stops the unit being synthesised (the provider's request or process is
-closed); audio already made is discarded.
+closed); audio already made is discarded. What a provider can do is its :class:`TTSCapabilities`.
+Test double: ``tests/support/fakes.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import asyncio
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from typing import ClassVar, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class Audio(NamedTuple):
@@ -29,13 +31,25 @@ class ProviderError(Exception):
         self.code = code
 
 
-class TTSProvider(ABC):
-    name: ClassVar[str]
-    default_voice: str
+@dataclass(frozen=True)
+class TTSCapabilities:
+    """What a provider can do, declared by the provider."""
 
-    @abstractmethod
+    streaming: bool  # a unit's audio comes in pieces while it is synthesised (else all at once, when done)
+    sample_rate: int | None  # of all its audio; None: it depends on the voice (each Audio says)
+    voices: frozenset[str] = frozenset()  # the voice names it accepts (empty until start() when it asks its engine)
+
+
+class TTSProvider(ABC):
+    name: str  # what sessions choose it by (SessionSettings.tts_provider)
+
+    def __init__(self, capabilities: TTSCapabilities, default_voice: str) -> None:
+        self.capabilities = capabilities
+        self.default_voice = default_voice
+
     def voices(self) -> frozenset[str]:
         """The voice names this provider accepts."""
+        return self.capabilities.voices
 
     def has_voice(self, voice: str) -> bool:
         return voice in self.voices()

