@@ -5,9 +5,10 @@ that has been idle; this script shows how much that costs per kind of hop, each 
 own raw baseline measured in the same run:
 
   nats     a UserTurn published -> the handler has it: a raw nats-py subscriber that
-           validates the event (baseline) vs a FastStream subscriber with the worker
-           runtime's middleware (log and trace context, metrics, dead letters), as workers
-           run, vs the runtime's direct subscription (the same scope without FastStream)
+           validates the event (baseline) vs the worker runtime's direct delivery (core NATS
+           under its handling scope: log and trace context, metrics, dead letters) vs its
+           jetstream delivery (stored in SB_EVENTS first, pulled by a durable consumer, acked
+           after the handler: how user turns reach the orchestrator)
   ws       a chat frame's round trip through uvicorn + Starlette (echo), for uvicorn's
            WebSocket protocols: websockets-sansio (the edge's) and websockets (legacy)
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import subprocess
 import sys
 import tempfile
@@ -29,14 +29,18 @@ from pathlib import Path
 import nats
 import uvloop
 import websockets
-from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
 from contracts import events as ev
+from contracts.envelope import new_id
+from contracts.headers import MSG_ID
+from contracts.streams import STREAMS, USER_TURNS
 from ops.servers import free_port, start_nats, wait_for_port
-from workers.runtime.bus import Bus, headers_for
-from workers.runtime.handling import DirectSubscription, runtime_middleware, serve_direct
-from workers.runtime.logging import configure_logging, get_logger
+from workers.runtime.bus import Bus, flush_ordered, headers_for
+from workers.runtime.consumes import Consumption
+from workers.runtime.logging import configure_logging
+from workers.runtime.provision import provision
+from workers.runtime.transports import transport_for
 
 TURN_SESSION = "bench-session-1"
 SUBJECT = f"bench.ev.{TURN_SESSION}.turn.user"  # what BY_NAME["turn.user"] is under the prefix "bench"
@@ -83,25 +87,34 @@ async def raw_subscriber(url: str, handler: Handler) -> Stop:
     return nc.close
 
 
-async def faststream_subscriber(url: str, handler: Handler) -> Stop:
-    bus = Bus("bench")
-    broker = NatsBroker(url, middlewares=[runtime_middleware(bus, "bench", 5)],
-                        logger=get_logger("faststream.bench"), log_level=logging.DEBUG)
+async def runtime_subscriber(url: str, handler: Handler, consumption: Consumption) -> Stop:
+    bus = Bus("bench", prefix="bench")
+    bus.attach(await nats.connect(url))
+    await provision(bus.js, STREAMS, (USER_TURNS,), "bench")
 
-    @broker.subscriber(SUBJECT)
     async def on_turn(turn: ev.UserTurn) -> None:
         await handler(turn)
 
-    await broker.start()
-    return broker.stop
+    transport = transport_for(bus, "bench", consumption, on_turn, 5, 0.0)
+    await transport.start()
+    await flush_ordered(bus.nc)
+
+    async def stop() -> None:
+        await transport.stop()
+        await bus.nc.close()
+
+    return stop
 
 
 async def direct_subscriber(url: str, handler: Handler) -> Stop:
-    bus = Bus("bench", prefix="bench")
-    bus.attach(await nats.connect(url))
-    await serve_direct(bus, DirectSubscription("turn.user", ev.UserTurn, handler), "bench", 5)
-    await bus.nc.flush()
-    return bus.nc.close
+    return await runtime_subscriber(url, handler, Consumption(method="on_turn", subject="turn.user",
+                                                              delivery="direct"))
+
+
+async def jetstream_subscriber(url: str, handler: Handler) -> Stop:
+    return await runtime_subscriber(url, handler, Consumption(
+        method="on_turn", subject="turn.user", delivery="jetstream", durable=USER_TURNS,
+        max_in_flight=USER_TURNS.max_ack_pending))
 
 
 async def nats_hops(url: str, start: Callable[[str, Handler], Awaitable[Stop]], count: int,
@@ -121,6 +134,7 @@ async def nats_hops(url: str, start: Callable[[str, Handler], Awaitable[Stop]], 
     try:
         for _ in range(count):
             arrived.clear()
+            headers[MSG_ID] = new_id()  # JetStream would drop a repeated id as a duplicate
             sent = time.perf_counter()
             await publisher.publish(SUBJECT, payload, headers=headers)
             await arrived.wait()
@@ -158,11 +172,11 @@ async def run(url: str, echo_ports: dict[str, int], count: int, pause_s: float) 
     cold = max(count // 10, 50)  # a pause per message: fewer of them
     raw = (await nats_hops(url, raw_subscriber, count, 0), await nats_hops(url, raw_subscriber, cold, pause_s))
     print(line("nats: raw nats-py subscriber (baseline)", *raw, None))
-    fast = (await nats_hops(url, faststream_subscriber, count, 0),
-            await nats_hops(url, faststream_subscriber, cold, pause_s))
-    print(line("nats: FastStream + runtime middleware", *fast, raw))
     direct = (await nats_hops(url, direct_subscriber, count, 0), await nats_hops(url, direct_subscriber, cold, pause_s))
-    print(line("nats: runtime direct subscription", *direct, raw))
+    print(line("nats: runtime, direct delivery", *direct, raw))
+    durable = (await nats_hops(url, jetstream_subscriber, count, 0),
+               await nats_hops(url, jetstream_subscriber, cold, pause_s))
+    print(line("nats: runtime, jetstream delivery (user turns)", *durable, raw))
     legacy_port, sansio_port = echo_ports["websockets"], echo_ports["websockets-sansio"]
     legacy = (await ws_round_trips(legacy_port, count, 0), await ws_round_trips(legacy_port, cold, pause_s))
     print(line("ws: uvicorn websockets (legacy, baseline)", *legacy, None))

@@ -595,7 +595,7 @@ class Bench:
 
 
 def shard_of(session_id: str, processes: int) -> int:
-    return zlib.crc32(session_id.encode()) % processes  # as workers/speech/pool.py (ChildPool._child_of) routes sessions
+    return zlib.crc32(session_id.encode()) % processes  # as ChildPool._child_of (workers/speech/pool.py) does
 
 
 def balanced_stream(index: int, processes: int) -> Stream:

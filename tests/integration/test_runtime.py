@@ -7,11 +7,13 @@ or through a durable JetStream consumer; both ways in must give the same guarant
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from contracts import events as ev
 from contracts import headers as h
@@ -26,7 +28,7 @@ from workers.runtime.tracing import parse_traceparent
 SESSION = "session-runtime-1"
 ECHO_TURNS = ConsumerSpec(durable="test-echo-turns", stream=EVENTS.name,
                           filter_subjects=(BY_NAME["turn.user"].wildcard(),), ack_wait_s=2.0, max_deliver=3,
-                          description="test consumer of user turns")
+                          deliver="new", description="test consumer of user turns")
 FLAKY = ConsumerSpec(durable="test-flaky", stream=EVENTS.name, filter_subjects=(BY_NAME["memory.forget"].wildcard(),),
                      ack_wait_s=2.0, max_deliver=3, description="test consumer that always fails")
 
@@ -74,10 +76,17 @@ ECHO_WAYS_IN = pytest.mark.parametrize("echo", [DirectEcho, DurableEcho], ids=["
 
 
 @pytest.fixture
-async def echo(nats_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+async def echo(nats_url: str, nc: Client, request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     worker: type[Echo] = getattr(request, "param", DirectEcho)
+    await without_backlog(nc)
     async with running_worker(worker, EchoSettings(nats_url=nats_url, max_deliver=3)) as bus:
         yield bus
+
+
+async def without_backlog(nc: Client) -> None:
+    """The durable echo starts afresh: turns other tests sent while it did not run are not its business."""
+    with contextlib.suppress(NotFoundError):
+        await nc.jetstream().delete_consumer(EVENTS.name, ECHO_TURNS.durable)
 
 
 async def eventually(condition: Callable[[], bool], within: float) -> None:
@@ -157,6 +166,7 @@ async def test_stop_drains_in_flight_work(nats_url: str, nc: Client, worker: typ
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
     await flush_ordered(nc)
     settings = EchoSettings(nats_url=nats_url, handle_delay_s=0.5)
+    await without_backlog(nc)
     async with running_worker(worker, settings) as bus:
         await bus.publish(user_turn("in flight", "t9"))
         await asyncio.sleep(0.1)  # the handler is now sleeping mid-turn

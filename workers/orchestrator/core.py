@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 from contracts import events as ev
 from contracts.envelope import Event
 from workers.runtime.logging import get_logger
+from workers.runtime.turns import SessionTable
 
 from .agents import Router
 from .context import ContextHooks
@@ -63,8 +64,8 @@ class Orchestrator:
         self._hooks = hooks
         self._load_settings = load_settings
         self._max_tokens = max_tokens
-        self._max_sessions = max_sessions
-        self._sessions: OrderedDict[str, SessionState] = OrderedDict()
+        # A session with a reply in flight stays; the least recently used idle one goes first.
+        self._sessions: SessionTable[SessionState] = SessionTable(max_sessions, busy=lambda s: s.in_flight is not None)
 
     # ------------------------------------------------------------------ inputs
 
@@ -115,7 +116,7 @@ class Orchestrator:
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight replies finish (shutdown)."""
-        tasks = [s.in_flight.task for s in self._sessions.values() if s.in_flight and s.in_flight.task]
+        tasks = [s.in_flight.task for _, s in self._sessions.items() if s.in_flight and s.in_flight.task]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
@@ -188,22 +189,11 @@ class Orchestrator:
 
     async def _session(self, session_id: str, loaded: ev.SessionSettings | None = None) -> SessionState:
         state = self._sessions.get(session_id)
-        if state is None:
-            state = SessionState()
-            # A replica that never saw this session's settings reads the last ones recorded.
-            state.settings = loaded if loaded is not None else await self._load_settings(session_id)
-            if state.settings and state.settings.agent and self._router.registry.get(state.settings.agent):
-                state.agent = state.settings.agent
-            self._sessions[session_id] = state
-            if len(self._sessions) > self._max_sessions:
-                self._evict()
-        else:
-            self._sessions.move_to_end(session_id)
-        return state
-
-    def _evict(self) -> None:
-        for session_id, state in list(self._sessions.items()):
-            if state.in_flight is None:
-                del self._sessions[session_id]
-                return
-
+        if state is not None:
+            return state
+        fresh = SessionState()
+        # A replica that never saw this session's settings reads the last ones recorded.
+        fresh.settings = loaded if loaded is not None else await self._load_settings(session_id)
+        if fresh.settings and fresh.settings.agent and self._router.registry.get(fresh.settings.agent):
+            fresh.agent = fresh.settings.agent
+        return self._sessions.setdefault(session_id, lambda: fresh)

@@ -204,6 +204,7 @@ async def running_worker(worker_type: type[W], settings: RuntimeSettings,
                 await transport.start()
             await flush_ordered(bus.nc)  # subscriptions are live on the server before anyone is told we are ready
             service = await _announce(worker)
+            await flush_ordered(bus.nc)  # discoverable (and its health answerable) once this returns
             if started is not None:
                 started(worker)
             log.info("worker ready", worker=name, startup_ms=round((time.monotonic() - began) * 1000, 1))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,6 +26,7 @@ from contracts import events as ev
 from contracts.envelope import Event
 from workers.runtime import tracing
 from workers.runtime.logging import get_logger
+from workers.runtime.turns import SessionTable
 
 from .providers.base import ProviderError, TTSProvider
 from .text import Chunker, speakable
@@ -76,8 +77,9 @@ class VoiceService:
         self._providers = providers
         self._config = config
         self._recorded = recorded
-        self._max_sessions = max_sessions
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        # A session that speaks or is still loading stays; the least recently used idle one goes first.
+        self._sessions: SessionTable[Session] = SessionTable(
+            max_sessions, busy=lambda s: s.turn is not None or s.ready is not None)
 
     # ------------------------------------------------------------------ inputs
 
@@ -86,7 +88,7 @@ class VoiceService:
         session.speaks = "audio_out" in started.capabilities
 
     async def on_session_ended(self, ended: ev.SessionEnded) -> None:
-        session = self._sessions.pop(ended.session_id, None)
+        session = self._sessions.pop(ended.session_id)
         if session is not None and session.turn is not None:
             await session.turn.stop()
 
@@ -130,7 +132,7 @@ class VoiceService:
             await self._stop(session)
 
     async def close(self) -> None:
-        await asyncio.gather(*(s.turn.stop() for s in self._sessions.values() if s.turn))
+        await asyncio.gather(*(s.turn.stop() for _, s in self._sessions.items() if s.turn))
 
     # ------------------------------------------------------------------ turns
 
@@ -176,14 +178,12 @@ class VoiceService:
     # ------------------------------------------------------------------ sessions
 
     async def _session(self, session_id: str) -> Session:
-        session = self._sessions.get(session_id)
-        if session is None:
-            session = self._sessions[session_id] = Session()
+        def new() -> Session:
+            session = Session()
             session.ready = asyncio.create_task(self._load(session_id, session))
-            if len(self._sessions) > self._max_sessions:
-                self._evict()
-        else:
-            self._sessions.move_to_end(session_id)
+            return session
+
+        session = self._sessions.setdefault(session_id, new)
         if session.ready is not None:
             await session.ready
         return session
@@ -198,12 +198,6 @@ class VoiceService:
         session.speaks = started is not None and "audio_out" in started.capabilities
         session.settings = settings
         session.ready = None
-
-    def _evict(self) -> None:
-        for session_id, session in list(self._sessions.items()):
-            if session.turn is None and session.ready is None:
-                del self._sessions[session_id]
-                return
 
 
 class TurnSpeech:
