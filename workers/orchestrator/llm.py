@@ -54,6 +54,9 @@ class ChatModel(ABC):
     def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
         """The reply in chunks (the last ones may carry only usage or a finish reason); raises LLMError."""
 
+    async def close(self) -> None:  # noqa: B027 - an optional hook: most models hold no connection
+        """Release connections (on stop)."""
+
 
 class OpenAIChatModel(ChatModel):
     """Any OpenAI-compatible server through the official client, streamed."""

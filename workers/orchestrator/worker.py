@@ -58,11 +58,11 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
         async def last_settings(session_id: str) -> ev.SessionSettings | None:
             return await last_recorded(bus, "session.settings", session_id, ev.SessionSettings)
 
-        model = build_model(settings.llm_provider, base_url=settings.llm_base_url, model=settings.llm_model,
-                            api_key=settings.llm_api_key.get_secret_value(), timeout_s=settings.llm_timeout_s)
+        self.model = build_model(settings.llm_provider, base_url=settings.llm_base_url, model=settings.llm_model,
+                                 api_key=settings.llm_api_key.get_secret_value(), timeout_s=settings.llm_timeout_s)
         hooks = ContextHooks(bus, settings.memory_timeout_s, settings.retrieval_timeout_s, settings.memory_tokens,
                              settings.camera_timeout_s)
-        self.core = Orchestrator(bus, model, Router(AgentRegistry(default=settings.default_agent)), hooks,
+        self.core = Orchestrator(bus, self.model, Router(AgentRegistry(default=settings.default_agent)), hooks,
                                  last_settings, settings.llm_max_tokens)
 
     # Turns of many sessions are answered at once (a session's own turns supersede each other in core).
@@ -88,6 +88,7 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
 
     async def stop(self) -> None:
         await self.core.drain(self.settings.shutdown_timeout_s)
+        await self.model.close()
 
     async def _answered(self, turn: ev.UserTurn, turn_sequence: int) -> bool:
         """Whether the bus recorded a reply.done for this turn after it (a replica died before its ack)."""
