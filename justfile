@@ -31,10 +31,12 @@ test *args:
 docs:
     {{bin}}/python -m ops.cli config > docs/configuration.md
 
-# ruff and mypy
+# ruff (lint and format), mypy, and the contract documents against the code (what pre-commit runs)
 lint:
     {{bin}}/ruff check .
+    {{bin}}/ruff format --check .
     {{bin}}/mypy contracts workers edge ops bench tests
+    {{bin}}/python -m ops.cli contracts check
 
 # Regenerate contracts/schemas/*.json and contracts/asyncapi.json from the code
 contracts:

@@ -135,8 +135,9 @@ class Child:
 
     def check(self) -> None:
         if self.process.poll() is not None:
-            raise BenchError(f"{self.name} exited with code {self.process.returncode}; log: {self.log}\n"
-                             f"{tail(self.log)}")
+            raise BenchError(
+                f"{self.name} exited with code {self.process.returncode}; log: {self.log}\n{tail(self.log)}"
+            )
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -159,8 +160,9 @@ class Children:
         log = self.log_dir / f"{name}.log"
         with open(log, "ab") as out:
             # Own session: Ctrl-C reaches only the benchmark, which then stops the children in order.
-            process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         child = Child(name, process, log)
         self._children[name] = child
         return child
@@ -289,13 +291,18 @@ class Client:
         self.base_url = base_url
         self.ws_url = base_url.replace("http://", "ws://") + "/v1/ws"
         self.compression = compression
-        self.http = httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=30.0,
-                                      limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            trust_env=False,
+            timeout=30.0,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+        )
 
     async def open(self) -> Session:
         grant = (await self.http.post("/v1/sessions")).raise_for_status().json()
-        ws = await websockets.connect(self.ws_url, max_size=2**22, ping_interval=None, proxy=None,
-                                      compression=self.compression, open_timeout=30)
+        ws = await websockets.connect(
+            self.ws_url, max_size=2**22, ping_interval=None, proxy=None, compression=self.compression, open_timeout=30
+        )
         try:
             await ws.send(json.dumps({"type": "hello", "token": grant["token"], "client": "chat_bench"}))
             welcome = json.loads(await asyncio.wait_for(ws.recv(), 30))
@@ -356,8 +363,9 @@ async def wait_orchestrator(client: Client, child: Child, text: str, timeout: fl
                 session = await client.open()
     finally:
         await close_all([session])
-    raise BenchError(f"orchestrator did not answer a chat turn within {timeout:g}s; log: {child.log}\n"
-                     f"{tail(child.log)}")
+    raise BenchError(
+        f"orchestrator did not answer a chat turn within {timeout:g}s; log: {child.log}\n{tail(child.log)}"
+    )
 
 
 # ---------------------------------------------------------------------------------- load
@@ -407,8 +415,9 @@ class Level:
 TurnFn = Callable[[], Awaitable[Turn]]
 
 
-async def drive(turn_fn: TurnFn, alive: Callable[[], bool], first_due: float, start: float, seconds: float,
-                level: Level) -> None:
+async def drive(
+    turn_fn: TurnFn, alive: Callable[[], bool], first_due: float, start: float, seconds: float, level: Level
+) -> None:
     """One session: a turn every second from ``first_due``; a slot missed while a turn is in flight is skipped."""
     end, warm = start + seconds, start + 1.0
     due = first_due
@@ -428,8 +437,13 @@ async def drive(turn_fn: TurnFn, alive: Callable[[], bool], first_due: float, st
             due += 1.0
 
 
-async def run_level(label: str, sessions: int, seconds: float, pids: Callable[[], dict[str, int]],
-                    make: Callable[[int], tuple[TurnFn, Callable[[], bool]]]) -> Level:
+async def run_level(
+    label: str,
+    sessions: int,
+    seconds: float,
+    pids: Callable[[], dict[str, int]],
+    make: Callable[[int], tuple[TurnFn, Callable[[], bool]]],
+) -> Level:
     level = Level(label, sessions, seconds)
     watched = pids()
     cpu0, busy0, t_cpu0 = {n: cpu_seconds(p) for n, p in watched.items()}, machine_busy(), time.monotonic()
@@ -444,8 +458,9 @@ async def run_level(label: str, sessions: int, seconds: float, pids: Callable[[]
     return level
 
 
-async def edge_level(opened: Sequence[Session], label: str, seconds: float, text: str,
-                     pids: Callable[[], dict[str, int]]) -> Level:
+async def edge_level(
+    opened: Sequence[Session], label: str, seconds: float, text: str, pids: Callable[[], dict[str, int]]
+) -> Level:
     frame = chat_frame(text)
 
     def make(i: int) -> tuple[TurnFn, Callable[[], bool]]:
@@ -460,8 +475,12 @@ async def floor_turn(llm: openai.AsyncOpenAI, text: str) -> Turn:
     try:
         async with asyncio.timeout(TURN_TIMEOUT_S):
             stream = await llm.chat.completions.create(
-                model="scripted", messages=[{"role": "user", "content": text}], stream=True, max_tokens=256,
-                stream_options={"include_usage": True})
+                model="scripted",
+                messages=[{"role": "user", "content": text}],
+                stream=True,
+                max_tokens=256,
+                stream_options={"include_usage": True},
+            )
             async for chunk in stream:
                 if turn.latency_ms is None and chunk.choices and chunk.choices[0].delta.content:
                     turn.latency_ms = (time.perf_counter() - turn.sent) * 1000
@@ -472,8 +491,9 @@ async def floor_turn(llm: openai.AsyncOpenAI, text: str) -> Turn:
     return turn
 
 
-async def floor_level(llm: openai.AsyncOpenAI, label: str, sessions: int, seconds: float, text: str,
-                      pids: Callable[[], dict[str, int]]) -> Level:
+async def floor_level(
+    llm: openai.AsyncOpenAI, label: str, sessions: int, seconds: float, text: str, pids: Callable[[], dict[str, int]]
+) -> Level:
     def make(_: int) -> tuple[TurnFn, Callable[[], bool]]:
         return (lambda: floor_turn(llm, text)), (lambda: True)
 
@@ -487,7 +507,7 @@ class Length:
     problems: int
 
     def window(self, first: int, last: int) -> float | None:
-        return p50([v for v in self.latencies[first - 1:last] if v is not None])
+        return p50([v for v in self.latencies[first - 1 : last] if v is not None])
 
     @property
     def start(self) -> float | None:
@@ -566,12 +586,14 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
     def plain(self) -> str:
-        widths = [max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h)
-                  for i, h in enumerate(self.headers)]
+        widths = [
+            max(len(h), *(len(r[i]) for r in self.rows)) if self.rows else len(h) for i, h in enumerate(self.headers)
+        ]
 
         def line(cells: list[str]) -> str:
-            return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths,
-                                                                                                  strict=True)))
+            return "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
 
         out = [self.title, line(self.headers), "  ".join("-" * w for w in widths)]
         out += [line(r) for r in self.rows]
@@ -579,8 +601,12 @@ class Table:
         return "\n".join(out)
 
     def markdown(self) -> str:
-        out = [f"### {self.title}", "", "| " + " | ".join(self.headers) + " |",
-               "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.headers))) + "|"]
+        out = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.headers) + " |",
+            "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.headers))) + "|",
+        ]
         out += ["| " + " | ".join(r) + " |" for r in self.rows]
         if self.notes:
             out.append("")
@@ -611,8 +637,10 @@ class Report:
         return tables
 
     def _latency(self) -> Table:
-        table = Table("First reply.delta latency (client: chat frame sent -> first reply.delta), ms",
-                      ["run", "sessions", "turns/s (target)", "n", "p50", "p99", "target", "result"])
+        table = Table(
+            "First reply.delta latency (client: chat frame sent -> first reply.delta), ms",
+            ["run", "sessions", "turns/s (target)", "n", "p50", "p99", "target", "result"],
+        )
         names = {1: "mode 1: echo (system overhead)", 2: "mode 2: openai -> scripted"}
         for mode, levels in self.levels.items():
             for level in levels:
@@ -620,36 +648,56 @@ class Report:
                 if mode == 1 and level.sessions == TARGET_ECHO_SESSIONS:
                     target = f"p50<={TARGET_ECHO_P50_MS:g} p99<={TARGET_ECHO_P99_MS:g}"
                     lat = level.latencies
-                    missed = [name for name, value, limit in (("p50", p50(lat), TARGET_ECHO_P50_MS),
-                                                              ("p99", p99(lat), TARGET_ECHO_P99_MS))
-                              if value is None or value > limit]
+                    missed = [
+                        name
+                        for name, value, limit in (
+                            ("p50", p50(lat), TARGET_ECHO_P50_MS),
+                            ("p99", p99(lat), TARGET_ECHO_P99_MS),
+                        )
+                        if value is None or value > limit
+                    ]
                     result = f"MISS ({', '.join(missed)})" if missed else "PASS"
                 table.rows.append(self._row(names[mode], level, target, result))
         for floor in self.floors:
             table.rows.append(self._row("floor: scripted server direct", floor, "", ""))
         for level in [*(lv for levels in self.levels.values() for lv in levels), *self.floors]:
-            if (problems := level.problems()):
+            if problems := level.problems():
                 table.notes.append(f"{level.label} at {level.sessions} sessions: problems {problems}")
             if level.achieved_rate < 0.95 * level.sessions:
-                table.notes.append(f"{level.label} at {level.sessions} sessions could not keep 1 turn/s per session: "
-                                   f"{level.achieved_rate:.1f} turns/s of {level.sessions}")
+                table.notes.append(
+                    f"{level.label} at {level.sessions} sessions could not keep 1 turn/s per session: "
+                    f"{level.achieved_rate:.1f} turns/s of {level.sessions}"
+                )
         if 1 in self.levels and not any(lv.sessions == TARGET_ECHO_SESSIONS for lv in self.levels[1]):
-            table.notes.append(f"mode 1 targets (p50 <= {TARGET_ECHO_P50_MS:g} ms, p99 <= {TARGET_ECHO_P99_MS:g} ms) "
-                               f"apply at {TARGET_ECHO_SESSIONS} sessions: not run")
-        table.notes.append("warm-up (first second of each level, and of each block in mode 2) excluded; one turn per "
-                           "session per second, start times spread over the first second")
+            table.notes.append(
+                f"mode 1 targets (p50 <= {TARGET_ECHO_P50_MS:g} ms, p99 <= {TARGET_ECHO_P99_MS:g} ms) "
+                f"apply at {TARGET_ECHO_SESSIONS} sessions: not run"
+            )
+        table.notes.append(
+            "warm-up (first second of each level, and of each block in mode 2) excluded; one turn per "
+            "session per second, start times spread over the first second"
+        )
         return table
 
     @staticmethod
     def _row(name: str, level: Level, target: str, result: str) -> list[str]:
         lat = level.latencies
-        return [name, str(level.sessions), f"{level.achieved_rate:.1f} ({level.sessions})", str(len(lat)),
-                ms(p50(lat)), ms(p99(lat)), target, result]
+        return [
+            name,
+            str(level.sessions),
+            f"{level.achieved_rate:.1f} ({level.sessions})",
+            str(len(lat)),
+            ms(p50(lat)),
+            ms(p99(lat)),
+            target,
+            result,
+        ]
 
     def _floor(self) -> Table:
-        table = Table("Mode 2: our overhead over the LLM floor (same concurrency and rate), ms",
-                      ["sessions", "ours p50", "floor p50", "ours - floor p50", "ours p99", "floor p99",
-                       "target", "result"])
+        table = Table(
+            "Mode 2: our overhead over the LLM floor (same concurrency and rate), ms",
+            ["sessions", "ours p50", "floor p50", "ours - floor p50", "ours p99", "floor p99", "target", "result"],
+        )
         ours = {lv.sessions: lv for lv in self.levels.get(2, [])}
         for floor in self.floors:
             level = ours.get(floor.sessions)
@@ -658,23 +706,47 @@ class Report:
             a, b = p50(level.latencies), p50(floor.latencies)
             over = a - b if a is not None and b is not None else None
             saturated = [lv.label for lv in (level, floor) if lv.achieved_rate < 0.95 * lv.sessions]
-            result = (f"n/a: {' and '.join(saturated)} saturated" if saturated
-                      else verdict(None if over is None else over <= TARGET_OVER_FLOOR_MS))
-            table.rows.append([str(floor.sessions), ms(a), ms(b), ms(over), ms(p99(level.latencies)),
-                               ms(p99(floor.latencies)), f"<= {TARGET_OVER_FLOOR_MS:g}", result])
+            result = (
+                f"n/a: {' and '.join(saturated)} saturated"
+                if saturated
+                else verdict(None if over is None else over <= TARGET_OVER_FLOOR_MS)
+            )
+            table.rows.append(
+                [
+                    str(floor.sessions),
+                    ms(a),
+                    ms(b),
+                    ms(over),
+                    ms(p99(level.latencies)),
+                    ms(p99(floor.latencies)),
+                    f"<= {TARGET_OVER_FLOOR_MS:g}",
+                    result,
+                ]
+            )
         table.notes.append(f"reference: {PIPECAT_LATENCY}")
-        table.notes.append("floor: openai.AsyncOpenAI(max_retries=0) in the load generator, stream=True, "
-                           "time to the first content chunk")
+        table.notes.append(
+            "floor: openai.AsyncOpenAI(max_retries=0) in the load generator, stream=True, "
+            "time to the first content chunk"
+        )
         return table
 
     def _length(self) -> Table:
-        table = Table("Conversation length: one session, turns back to back (next turn after reply.done), ms",
-                      ["mode", "turns", "turn 1 (median 1-10)", "last turn (median last 10)", "slope us/turn",
-                       "problems"])
+        table = Table(
+            "Conversation length: one session, turns back to back (next turn after reply.done), ms",
+            ["mode", "turns", "turn 1 (median 1-10)", "last turn (median last 10)", "slope us/turn", "problems"],
+        )
         for length in self.lengths:
             slope = length.slope_us
-            table.rows.append([f"mode {length.mode}", str(len(length.latencies)), ms(length.start), ms(length.end),
-                               "-" if slope is None else f"{slope:+.2f}", str(length.problems)])
+            table.rows.append(
+                [
+                    f"mode {length.mode}",
+                    str(len(length.latencies)),
+                    ms(length.start),
+                    ms(length.end),
+                    "-" if slope is None else f"{slope:+.2f}",
+                    str(length.problems),
+                ]
+            )
         table.notes.append(f"reference: {PIPECAT_LENGTH} (= +300 us/turn)")
         table.notes.append("the edge ran with SB_TEXT_FRAMES_PER_S=10000 so back-to-back turns are not rate limited")
         return table
@@ -682,44 +754,86 @@ class Report:
     def _idle(self) -> Table:
         idle = self.idle
         assert idle is not None
-        table = Table(f"Idle memory: RSS before/after {idle.sessions} idle sessions (hello + welcome, nothing else)",
-                      ["process", "before MiB", "after MiB", "KB per idle session", "target", "result"])
+        table = Table(
+            f"Idle memory: RSS before/after {idle.sessions} idle sessions (hello + welcome, nothing else)",
+            ["process", "before MiB", "after MiB", "KB per idle session", "target", "result"],
+        )
         for name in ("edge", "orchestrator", "nats"):
             if name not in idle.before_kb:
                 continue
             per = idle.per_session_kb(name)
             has_target = name != "nats"
-            table.rows.append([name, f"{idle.before_kb[name] / 1024:.1f}", f"{idle.after_kb[name] / 1024:.1f}",
-                               f"{per:.1f}", f"< {TARGET_IDLE_KB:g}" if has_target else "",
-                               verdict(per < TARGET_IDLE_KB) if has_target else ""])
+            table.rows.append(
+                [
+                    name,
+                    f"{idle.before_kb[name] / 1024:.1f}",
+                    f"{idle.after_kb[name] / 1024:.1f}",
+                    f"{per:.1f}",
+                    f"< {TARGET_IDLE_KB:g}" if has_target else "",
+                    verdict(per < TARGET_IDLE_KB) if has_target else "",
+                ]
+            )
         table.notes.append(f"reference: {PIPECAT_IDLE}")
-        table.notes.append(f"opening {idle.sessions} sessions took {idle.open_s:.1f} s "
-                           f"(websocket compression: {self.options.ws_compression})")
+        table.notes.append(
+            f"opening {idle.sessions} sessions took {idle.open_s:.1f} s "
+            f"(websocket compression: {self.options.ws_compression})"
+        )
         return table
 
     def _where(self) -> Table:
-        table = Table("Where the time goes: p50 per segment (wall clock, ms) and CPU (% of one core) per level",
-                      ["run", "sessions", "client->edge", "edge->1st delta", "delta->client", "cpu edge",
-                       "cpu orch", "cpu nats", "cpu llm", "cpu bench", "cpu other"])
+        table = Table(
+            "Where the time goes: p50 per segment (wall clock, ms) and CPU (% of one core) per level",
+            [
+                "run",
+                "sessions",
+                "client->edge",
+                "edge->1st delta",
+                "delta->client",
+                "cpu edge",
+                "cpu orch",
+                "cpu nats",
+                "cpu llm",
+                "cpu bench",
+                "cpu other",
+            ],
+        )
         runs = [(f"mode {m}", lv) for m, levels in self.levels.items() for lv in levels]
         runs += [("floor", lv) for lv in self.floors]
         for name, level in runs:
+
             def cpu(process: str, lv: Level = level) -> str:
                 return f"{lv.cpu[process]:.0f}" if process in lv.cpu else "-"
 
-            table.rows.append([name, str(level.sessions), ms(level.segment("to_edge_ms")),
-                               ms(level.segment("orchestrator_ms")), ms(level.segment("to_client_ms")),
-                               cpu("edge"), cpu("orchestrator"), cpu("nats"), cpu("llm"), cpu("bench"),
-                               cpu("other")])
-        table.notes.append("client->edge: chat sent -> edge stamps turn.user; edge->1st delta: that stamp -> the "
-                           "orchestrator creates the first reply.delta (NATS hop, memory request, prompt, LLM); "
-                           "delta->client: -> received by the client (NATS hop, edge fan-out, socket)")
-        table.notes.append(f"cpu: % of one core ({os.cpu_count()} cores = {100 * (os.cpu_count() or 1)}%); "
-                           "other: processes not started by this benchmark")
+            table.rows.append(
+                [
+                    name,
+                    str(level.sessions),
+                    ms(level.segment("to_edge_ms")),
+                    ms(level.segment("orchestrator_ms")),
+                    ms(level.segment("to_client_ms")),
+                    cpu("edge"),
+                    cpu("orchestrator"),
+                    cpu("nats"),
+                    cpu("llm"),
+                    cpu("bench"),
+                    cpu("other"),
+                ]
+            )
+        table.notes.append(
+            "client->edge: chat sent -> edge stamps turn.user; edge->1st delta: that stamp -> the "
+            "orchestrator creates the first reply.delta (NATS hop, memory request, prompt, LLM); "
+            "delta->client: -> received by the client (NATS hop, edge fan-out, socket)"
+        )
+        table.notes.append(
+            f"cpu: % of one core ({os.cpu_count()} cores = {100 * (os.cpu_count() or 1)}%); "
+            "other: processes not started by this benchmark"
+        )
         busy = [f"{name} {lv.sessions}" for name, lv in runs if lv.cpu.get("other", 0.0) > BUSY_OTHER_PCT]
         if busy:
-            table.notes.append(f"WARNING: other processes used > {BUSY_OTHER_PCT:g}% of a core during: "
-                               f"{', '.join(busy)}; those figures are pessimistic")
+            table.notes.append(
+                f"WARNING: other processes used > {BUSY_OTHER_PCT:g}% of a core during: "
+                f"{', '.join(busy)}; those figures are pessimistic"
+            )
         return table
 
     def markdown(self) -> str:
@@ -747,10 +861,13 @@ def machine() -> str:
                 break
     nats_version = ""
     with contextlib.suppress(Exception):
-        nats_version = subprocess.run([find_binary("nats-server"), "--version"], check=False, capture_output=True,
-                                      text=True, timeout=5).stdout.strip()
-    return (f"{model}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
-            f"{nats_version or 'nats-server'}, {time.strftime('%Y-%m-%d')}")
+        nats_version = subprocess.run(
+            [find_binary("nats-server"), "--version"], check=False, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    return (
+        f"{model}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}, "
+        f"{nats_version or 'nats-server'}, {time.strftime('%Y-%m-%d')}"
+    )
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -766,10 +883,19 @@ async def run(options: argparse.Namespace, children: Children, report: Report) -
         progress(f"warning: the machine is busy before the run ({report.background_pct:.0f}% of one core)")
     nats = children.nats = start_nats(children.log_dir / "nats-store", log_file=children.log_dir / "nats.log")
     port = free_port()
-    edge = children.start("edge", [sys.executable, "-m", "edge"], child_env(
-        SB_NATS_URL=nats.url, SB_EDGE_HOST="127.0.0.1", SB_EDGE_PORT=str(port), SB_EDGE_SECRET=SECRET,
-        # Back-to-back turns (conversation length) exceed the default 20 text frames/s per socket.
-        SB_TEXT_FRAMES_PER_S="10000", SB_BURST_S="1"))
+    edge = children.start(
+        "edge",
+        [sys.executable, "-m", "edge"],
+        child_env(
+            SB_NATS_URL=nats.url,
+            SB_EDGE_HOST="127.0.0.1",
+            SB_EDGE_PORT=str(port),
+            SB_EDGE_SECRET=SECRET,
+            # Back-to-back turns (conversation length) exceed the default 20 text frames/s per socket.
+            SB_TEXT_FRAMES_PER_S="10000",
+            SB_BURST_S="1",
+        ),
+    )
     base_url = f"http://127.0.0.1:{port}"
     await wait_http(f"{base_url}/healthz", edge)
     progress(f"edge ready on {base_url}, NATS at {nats.url}")
@@ -781,20 +907,24 @@ async def run(options: argparse.Namespace, children: Children, report: Report) -
         await client.close()
 
 
-async def run_mode(mode: int, options: argparse.Namespace, children: Children, client: Client,
-                   report: Report) -> None:
+async def run_mode(mode: int, options: argparse.Namespace, children: Children, client: Client, report: Report) -> None:
     env = {"SB_NATS_URL": children.nats.url if children.nats else "", "SB_LLM_PROVIDER": "echo"}
     llm_url = ""
     if mode == 2:
         if not children.llm_url:
             port = free_port()
-            llm = children.start("llm", [sys.executable, "-m", "tests.support.scripted_llm", "--port", str(port)],
-                                 child_env())
+            llm = children.start(
+                "llm", [sys.executable, "-m", "tests.support.scripted_llm", "--port", str(port)], child_env()
+            )
             await wait_http(f"http://127.0.0.1:{port}/v1/models", llm)
             children.llm_url = f"http://127.0.0.1:{port}/v1"
         llm_url = children.llm_url
-        env |= {"SB_LLM_PROVIDER": "openai", "SB_LLM_BASE_URL": llm_url, "SB_LLM_MODEL": "scripted",
-                "SB_LLM_API_KEY": "x"}
+        env |= {
+            "SB_LLM_PROVIDER": "openai",
+            "SB_LLM_BASE_URL": llm_url,
+            "SB_LLM_MODEL": "scripted",
+            "SB_LLM_API_KEY": "x",
+        }
     orchestrator = children.start("orchestrator", [sys.executable, "-m", "workers.orchestrator"], child_env(**env))
     try:
         await wait_orchestrator(client, orchestrator, CHAT_TEXT)
@@ -820,8 +950,14 @@ async def run_mode(mode: int, options: argparse.Namespace, children: Children, c
         children.stop("orchestrator")
 
 
-async def measure_level(client: Client, floor_client: openai.AsyncOpenAI | None, mode: int, sessions: int,
-                        options: argparse.Namespace, pids: Callable[[], dict[str, int]]) -> tuple[Level, Level | None]:
+async def measure_level(
+    client: Client,
+    floor_client: openai.AsyncOpenAI | None,
+    mode: int,
+    sessions: int,
+    options: argparse.Namespace,
+    pids: Callable[[], dict[str, int]],
+) -> tuple[Level, Level | None]:
     """One concurrency level. With a floor, ours and the floor alternate in blocks, so whatever else
     the machine does during the run weighs on both alike."""
     seconds = max(options.seconds, options.min_turns / sessions + 1)
@@ -855,23 +991,38 @@ def merged(total: Level | None, block: Level) -> Level:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, help="Duration of each concurrency level (default 20; quick 3)")
-    parser.add_argument("--levels", help="Concurrent sessions per level, comma-separated (default 1,50,200; "
-                                         "quick 1,50)")
-    parser.add_argument("--modes", default="1,2", help="1: echo model (system overhead); 2: openai provider "
-                                                        "against the scripted server, with the floor")
+    parser.add_argument(
+        "--levels", help="Concurrent sessions per level, comma-separated (default 1,50,200; quick 1,50)"
+    )
+    parser.add_argument(
+        "--modes",
+        default="1,2",
+        help="1: echo model (system overhead); 2: openai provider against the scripted server, with the floor",
+    )
     parser.add_argument("--turns", type=int, help="Turns of the conversation-length run (default 300; quick 50)")
-    parser.add_argument("--idle-sessions", type=int, help="Idle sessions for the memory figure (default 1000; "
-                                                          "quick 200)")
+    parser.add_argument(
+        "--idle-sessions", type=int, help="Idle sessions for the memory figure (default 1000; quick 200)"
+    )
     parser.add_argument("--skip-idle", action="store_true", help="Skip the idle memory figure")
     parser.add_argument("--skip-length", action="store_true", help="Skip the conversation-length run")
-    parser.add_argument("--ws-compression", choices=["deflate", "none"], default="deflate",
-                        help="permessage-deflate offered by the client (browsers offer it; default deflate)")
-    parser.add_argument("--blocks", type=int,
-                        help="Mode 2: ours and the floor alternate in this many blocks per level, each at least "
-                             "2 s with its first second as warm-up (default 4; quick 1)")
-    parser.add_argument("--min-turns", type=int,
-                        help="A level lasts long enough for this many measured turns (default 40: the 1-session "
-                             "level runs 41 s; quick 0)")
+    parser.add_argument(
+        "--ws-compression",
+        choices=["deflate", "none"],
+        default="deflate",
+        help="permessage-deflate offered by the client (browsers offer it; default deflate)",
+    )
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        help="Mode 2: ours and the floor alternate in this many blocks per level, each at least "
+        "2 s with its first second as warm-up (default 4; quick 1)",
+    )
+    parser.add_argument(
+        "--min-turns",
+        type=int,
+        help="A level lasts long enough for this many measured turns (default 40: the 1-session "
+        "level runs 41 s; quick 0)",
+    )
     parser.add_argument("--quick", action="store_true", help="Smoke run: levels 1,50; 3 s; 50 turns; 200 idle")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -914,6 +1065,7 @@ def raise_open_files_limit(needed: int) -> None:
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM/SIGHUP behave like Ctrl-C, so the finally blocks stop every child process."""
+
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -962,8 +1114,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     report.wall_s = time.monotonic() - started
     print()
     print("\n\n".join(t.plain() for t in report.tables()))
-    print(f"\nwall time {report.wall_s:.0f} s; background CPU before the run {ms(report.background_pct, 0)}% "
-          f"of one core; command: {report.command}")
+    print(
+        f"\nwall time {report.wall_s:.0f} s; background CPU before the run {ms(report.background_pct, 0)}% "
+        f"of one core; command: {report.command}"
+    )
     print("\n----- markdown for docs/benchmarks.md -----\n")
     print(report.markdown())
     print("\n----- end of markdown -----")

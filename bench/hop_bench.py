@@ -44,8 +44,9 @@ from workers.runtime.transports import transport_for
 
 TURN_SESSION = "bench-session-1"
 SUBJECT = f"bench.ev.{TURN_SESSION}.turn.user"  # what BY_NAME["turn.user"] is under the prefix "bench"
-TURN = ev.UserTurn(session_id=TURN_SESSION, turn_id="t" * 32, producer="edge", text="hello there",
-                   source="typed", captured_at=1.0)
+TURN = ev.UserTurn(
+    session_id=TURN_SESSION, turn_id="t" * 32, producer="edge", text="hello there", source="typed", captured_at=1.0
+)
 FRAME = '{"type": "chat", "text": "hello there"}'
 ECHO_SERVER = """
 import sys, uvicorn
@@ -107,18 +108,26 @@ async def runtime_subscriber(url: str, handler: Handler, consumption: Consumptio
 
 
 async def direct_subscriber(url: str, handler: Handler) -> Stop:
-    return await runtime_subscriber(url, handler, Consumption(method="on_turn", subject="turn.user",
-                                                              delivery="direct"))
+    return await runtime_subscriber(url, handler, Consumption(method="on_turn", subject="turn.user", delivery="direct"))
 
 
 async def jetstream_subscriber(url: str, handler: Handler) -> Stop:
-    return await runtime_subscriber(url, handler, Consumption(
-        method="on_turn", subject="turn.user", delivery="jetstream", durable=USER_TURNS,
-        max_in_flight=USER_TURNS.max_ack_pending))
+    return await runtime_subscriber(
+        url,
+        handler,
+        Consumption(
+            method="on_turn",
+            subject="turn.user",
+            delivery="jetstream",
+            durable=USER_TURNS,
+            max_in_flight=USER_TURNS.max_ack_pending,
+        ),
+    )
 
 
-async def nats_hops(url: str, start: Callable[[str, Handler], Awaitable[Stop]], count: int,
-                    pause_s: float) -> list[float]:
+async def nats_hops(
+    url: str, start: Callable[[str, Handler], Awaitable[Stop]], count: int, pause_s: float
+) -> list[float]:
     arrived = asyncio.Event()
     at = 0.0
 
@@ -144,7 +153,7 @@ async def nats_hops(url: str, start: Callable[[str, Handler], Awaitable[Stop]], 
     finally:
         await publisher.close()
         await stop()
-    return took[count // 10:]  # the first tenth warms up
+    return took[count // 10 :]  # the first tenth warms up
 
 
 def start_echo(protocol: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -165,7 +174,7 @@ async def ws_round_trips(port: int, count: int, pause_s: float) -> list[float]:
             took.append((time.perf_counter() - sent) * 1e6)
             if pause_s:
                 await asyncio.sleep(pause_s)
-    return took[count // 10:]
+    return took[count // 10 :]
 
 
 async def run(url: str, echo_ports: dict[str, int], count: int, pause_s: float) -> None:
@@ -174,8 +183,10 @@ async def run(url: str, echo_ports: dict[str, int], count: int, pause_s: float) 
     print(line("nats: raw nats-py subscriber (baseline)", *raw, None))
     direct = (await nats_hops(url, direct_subscriber, count, 0), await nats_hops(url, direct_subscriber, cold, pause_s))
     print(line("nats: runtime, direct delivery", *direct, raw))
-    durable = (await nats_hops(url, jetstream_subscriber, count, 0),
-               await nats_hops(url, jetstream_subscriber, cold, pause_s))
+    durable = (
+        await nats_hops(url, jetstream_subscriber, count, 0),
+        await nats_hops(url, jetstream_subscriber, cold, pause_s),
+    )
     print(line("nats: runtime, jetstream delivery (user turns)", *durable, raw))
     legacy_port, sansio_port = echo_ports["websockets"], echo_ports["websockets-sansio"]
     legacy = (await ws_round_trips(legacy_port, count, 0), await ws_round_trips(legacy_port, cold, pause_s))
@@ -194,8 +205,9 @@ def main() -> None:
         nats_server = start_nats(Path(tmp) / "nats")
         echoes = {protocol: start_echo(protocol) for protocol in ("websockets", "websockets-sansio")}
         try:
-            uvloop.run(run(nats_server.url, {p: port for p, (_, port) in echoes.items()}, args.messages,
-                           args.pause_ms / 1000))
+            uvloop.run(
+                run(nats_server.url, {p: port for p, (_, port) in echoes.items()}, args.messages, args.pause_ms / 1000)
+            )
         finally:
             nats_server.stop()
             for process, _ in echoes.values():

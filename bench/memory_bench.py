@@ -60,8 +60,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def line(name: str, values: list[float]) -> str:
-    return (f"{name:<72} p50 {percentile(values, 0.5):7.2f} ms   p99 {percentile(values, 0.99):7.2f} ms"
-            f"   (n={len(values)})")
+    return (
+        f"{name:<72} p50 {percentile(values, 0.5):7.2f} ms   p99 {percentile(values, 0.99):7.2f} ms   (n={len(values)})"
+    )
 
 
 async def timed(call: Callable[[], Awaitable[Any]], count: int) -> list[float]:
@@ -75,8 +76,14 @@ async def timed(call: Callable[[], Awaitable[Any]], count: int) -> list[float]:
 
 @contextlib.asynccontextmanager
 async def worker(nats_url: str, mongo_url: str, prefix: str, cache: int) -> AsyncIterator[Bus]:
-    settings = MemorySettings(nats_url=nats_url, mongo_url=mongo_url, subject_prefix=prefix, summary_after_turns=0,
-                              context_cache_sessions=cache, log_level="warning")
+    settings = MemorySettings(
+        nats_url=nats_url,
+        mongo_url=mongo_url,
+        subject_prefix=prefix,
+        summary_after_turns=0,
+        context_cache_sessions=cache,
+        log_level="warning",
+    )
     async with running_worker(WORKER, settings) as bus:
         yield bus
 
@@ -94,8 +101,9 @@ def conversation_turn(tag: str, i: int) -> ev.UserTurn | ev.ReplyDone:
     turn states a fact."""
     session, k = session_of(tag, i), i // SESSIONS
     if k % 2:
-        return ev.ReplyDone(session_id=session, turn_id=f"t{k // 2}", text="a reply " + "words " * 30,
-                            agent="general", producer="bench")
+        return ev.ReplyDone(
+            session_id=session, turn_id=f"t{k // 2}", text="a reply " + "words " * 30, agent="general", producer="bench"
+        )
     text = f"My name is Name{k}." if k % 20 == 0 else f"turn number {k} " + "words " * 20
     return ev.UserTurn(session_id=session, turn_id=f"t{k // 2}", text=text, source="typed", producer="bench")
 
@@ -152,21 +160,36 @@ class Acks:
             await asyncio.sleep(max(0.0, began + i / rate - time.perf_counter()))  # on schedule, without drift
             event = conversation_turn(tag, i)  # made just before it is published: published_at starts the clock
             sent = time.perf_counter()
-            ack = await self.bus.js.publish(subject_for(event, self.bus.prefix), event.model_dump_json().encode(),
-                                            headers=headers_for(event))
+            ack = await self.bus.js.publish(
+                subject_for(event, self.bus.prefix), event.model_dump_json().encode(), headers=headers_for(event)
+            )
             published[ack.seq] = sent
         await self.until(acked + count)
         return [(self.at[seq] - sent) * 1000 for seq, sent in published.items()]
 
 
 async def raw_insert_many(store: MemoryStore, events: list[ev.UserTurn | ev.ReplyDone]) -> None:
-    docs = [{"_id": e.event_id, "session_id": e.session_id, "position": n, "turn_id": e.turn_id, "text": e.text,
-             "at": e.published_at} for n, e in enumerate(events)]
+    docs = [
+        {
+            "_id": e.event_id,
+            "session_id": e.session_id,
+            "position": n,
+            "turn_id": e.turn_id,
+            "text": e.text,
+            "at": e.published_at,
+        }
+        for n, e in enumerate(events)
+    ]
     started = time.perf_counter()
     for first in range(0, len(docs), WRITE_BATCH):
-        await store.db.baseline.insert_many(docs[first:first + WRITE_BATCH])
-    print(rate_line(f"raw PyMongo insert_many of as many turn documents, {WRITE_BATCH} a call", len(docs),
-                    time.perf_counter() - started))
+        await store.db.baseline.insert_many(docs[first : first + WRITE_BATCH])
+    print(
+        rate_line(
+            f"raw PyMongo insert_many of as many turn documents, {WRITE_BATCH} a call",
+            len(docs),
+            time.perf_counter() - started,
+        )
+    )
 
 
 async def writes(nats_url: str, mongo_url: str, store: MemoryStore, backlog: int, rate: float) -> None:
@@ -178,7 +201,7 @@ async def writes(nats_url: str, mongo_url: str, store: MemoryStore, backlog: int
     await provision(bus.js, STREAMS, (MEMORY_WRITER, FLOOR), bus.prefix)
     events = [conversation_turn("backlog", i) for i in range(backlog)]
     for first in range(0, backlog, 500):  # acks awaited 500 at a time: a burst, not a round trip each
-        await asyncio.gather(*(bus.publish(e, durable=True) for e in events[first:first + 500]))
+        await asyncio.gather(*(bus.publish(e, durable=True) for e in events[first : first + 500]))
     await raw_insert_many(store, events)
     run = time.time_ns()
     async with Acks(bus, MEMORY_WRITER.durable) as acks:
@@ -191,23 +214,32 @@ async def writes(nats_url: str, mongo_url: str, store: MemoryStore, backlog: int
     paced = sum(len(latencies) for latencies in writer.values())
     async with Acks(bus, FLOOR.durable) as acks:
         started = time.perf_counter()
-        async with running_worker(Floor, RuntimeSettings(nats_url=nats_url, subject_prefix=bus.prefix,
-                                                         log_level="warning")):
+        async with running_worker(
+            Floor, RuntimeSettings(nats_url=nats_url, subject_prefix=bus.prefix, log_level="warning")
+        ):
             await acks.until(backlog + paced)
             floor_took = time.perf_counter() - started
             floor = {r: await acks.paced(r, round(r * PACED_S), f"floor-{r}-{run}") for r in rates}
-    print(rate_line("floor: the same consumer writing nothing drains all that (from its start-up)", backlog + paced,
-                    floor_took))
-    print(rate_line(f"writer, sustained: the backlog drained (from its start-up), {WRITE_BATCH} a batch", backlog,
-                    took))
+    print(
+        rate_line(
+            "floor: the same consumer writing nothing drains all that (from its start-up)", backlog + paced, floor_took
+        )
+    )
+    print(
+        rate_line(f"writer, sustained: the backlog drained (from its start-up), {WRITE_BATCH} a batch", backlog, took)
+    )
     for r in rates:
         print(line(f"floor: publish -> ack at {r} turns/s", floor[r]))
         print(line(f"writer: publish -> ack after its durable write, at {r} turns/s", writer[r]))
         sessions = [session_of(f"steady-{r}-{run}", n) for n in range(SESSIONS)]
         docs = await store.db.turns.find({"session_id": {"$in": sessions}}, {"stored_at": 1, "at": 1}).to_list()
         assert len(docs) == len(writer[r]), f"{len(docs)} of {len(writer[r])} paced turns stored"
-        print(line(f"writer: publish -> stored_at (as measured before group commit), at {r} turns/s",
-                   [(d["stored_at"].timestamp() - d["at"]) * 1000 for d in docs]))
+        print(
+            line(
+                f"writer: publish -> stored_at (as measured before group commit), at {r} turns/s",
+                [(d["stored_at"].timestamp() - d["at"]) * 1000 for d in docs],
+            )
+        )
     await bus.nc.drain()
 
 
@@ -216,9 +248,17 @@ async def seed(store: MemoryStore, until: int, have: int) -> list[str]:
         docs = []
         for n in range(first, min(until, first + 2_000)):
             session, k = f"seed-{n // TURNS_PER_SESSION:05d}", n % TURNS_PER_SESSION
-            docs.append({"_id": f"seed-{n}", "session_id": session, "position": n + 1, "turn_id": f"t{k}",
-                         "role": "user" if k % 2 == 0 else "assistant", "text": f"seeded turn {k} " + "words " * 15,
-                         "at": time.time()})
+            docs.append(
+                {
+                    "_id": f"seed-{n}",
+                    "session_id": session,
+                    "position": n + 1,
+                    "turn_id": f"t{k}",
+                    "role": "user" if k % 2 == 0 else "assistant",
+                    "text": f"seeded turn {k} " + "words " * 15,
+                    "at": time.time(),
+                }
+            )
         await store.seed_turns(docs, keep=CONTEXT_TURNS)
     return [f"seed-{s:05d}" for s in range(until // TURNS_PER_SESSION)]
 
@@ -231,13 +271,24 @@ async def contexts(uncached: Bus, cached: Bus, store: MemoryStore, sessions: lis
         request = ev.ContextRequest(session_id=session, turn_id="next", producer="bench")
         await bus.request("memory.context", request, ev.ContextReply, timeout=5)
 
-    print(line(f"raw PyMongo find (a session's 40 latest turns), {total} turns", await timed(
-        lambda: store.db.turns.find({"session_id": next(rotation)}).sort("position", DESCENDING).limit(40).to_list(),
-        requests)))
-    print(line(f"raw PyMongo find_one (the session document a context reads), {total} turns", await timed(
-        lambda: store.db.sessions.find_one({"_id": next(rotation)}), requests)))
-    print(line(f"context fetch uncached, {total} turns", await timed(lambda: ask(uncached, next(rotation)),
-                                                                      requests)))
+    print(
+        line(
+            f"raw PyMongo find (a session's 40 latest turns), {total} turns",
+            await timed(
+                lambda: (
+                    store.db.turns.find({"session_id": next(rotation)}).sort("position", DESCENDING).limit(40).to_list()
+                ),
+                requests,
+            ),
+        )
+    )
+    print(
+        line(
+            f"raw PyMongo find_one (the session document a context reads), {total} turns",
+            await timed(lambda: store.db.sessions.find_one({"_id": next(rotation)}), requests),
+        )
+    )
+    print(line(f"context fetch uncached, {total} turns", await timed(lambda: ask(uncached, next(rotation)), requests)))
     await ask(cached, sessions[0])
     print(line(f"context fetch cached, {total} turns", await timed(lambda: ask(cached, sessions[0]), requests)))
     reply = ev.ContextReply(session_id=sessions[0], producer="bench").model_dump_json().encode()
@@ -246,19 +297,29 @@ async def contexts(uncached: Bus, cached: Bus, store: MemoryStore, sessions: lis
         await msg.respond(reply)
 
     sub = await cached.nc.subscribe("bench.raw.context", cb=echo)
-    print(line("raw NATS request/reply with a canned reply (the floor of a cached fetch)", await timed(
-        lambda: cached.nc.request("bench.raw.context", b"{}", timeout=5), requests)))
+    print(
+        line(
+            "raw NATS request/reply with a canned reply (the floor of a cached fetch)",
+            await timed(lambda: cached.nc.request("bench.raw.context", b"{}", timeout=5), requests),
+        )
+    )
     await sub.unsubscribe()
 
 
 async def run(nats_url: str, mongo_url: str, backlog: int, rate: float, requests: int) -> None:
     store = MemoryStore(mongo_url, "bench")
     await store.client.drop_database(store.db.name)
-    print(line("raw PyMongo insert_one", await timed(
-        lambda: store.db.baseline.insert_one({"session_id": "raw", "text": "words " * 20}), requests)))
+    print(
+        line(
+            "raw PyMongo insert_one",
+            await timed(lambda: store.db.baseline.insert_one({"session_id": "raw", "text": "words " * 20}), requests),
+        )
+    )
     await writes(nats_url, mongo_url, store, backlog, rate)
-    async with worker(nats_url, mongo_url, "benchu", cache=0) as uncached, \
-            worker(nats_url, mongo_url, "benchc", cache=10_000) as cached:
+    async with (
+        worker(nats_url, mongo_url, "benchu", cache=0) as uncached,
+        worker(nats_url, mongo_url, "benchc", cache=10_000) as cached,
+    ):
         have = 0
         for size in (10_000, 100_000):
             sessions = await seed(store, size, have)
@@ -289,8 +350,12 @@ def main() -> None:
     parser.add_argument("--nats-url", help="Use this NATS instead of starting one")
     parser.add_argument("--mongo-url", help="Use this MongoDB (URL with a database) instead of starting nx-27017")
     parser.add_argument("--backlog", type=int, default=20_000, help="Turns the writer drains")
-    parser.add_argument("--rate", type=float, default=500.0,
-                        help="A steady rate (turns/s) for the latency, besides half the sustained rate")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=500.0,
+        help="A steady rate (turns/s) for the latency, besides half the sustained rate",
+    )
     parser.add_argument("--requests", type=int, default=500)
     args = parser.parse_args()
     configure_logging("warning", "pretty")

@@ -104,8 +104,12 @@ async def contract_request_reply(nc: Client, count: int) -> tuple[list[float], l
         t0 = time.perf_counter()
         await nc.request(subject, raw_request, timeout=2)
         t1 = time.perf_counter()
-        await bus.request("memory.context", ev.ContextRequest(session_id="bench-session", producer="bench"),
-                          ev.ContextReply, timeout=2)
+        await bus.request(
+            "memory.context",
+            ev.ContextRequest(session_id="bench-session", producer="bench"),
+            ev.ContextReply,
+            timeout=2,
+        )
         t2 = time.perf_counter()
         raw.append((t1 - t0) * 1000)
         via_bus.append((t2 - t1) * 1000)
@@ -114,8 +118,9 @@ async def contract_request_reply(nc: Client, count: int) -> tuple[list[float], l
 
 
 def line(name: str, values: list[float]) -> str:
-    return (f"{name:<34} p50 {statistics.median(values):7.3f} ms   p99 {percentile(values, 0.99):7.3f} ms"
-            f"   n={len(values)}")
+    return (
+        f"{name:<34} p50 {statistics.median(values):7.3f} ms   p99 {percentile(values, 0.99):7.3f} ms   n={len(values)}"
+    )
 
 
 async def run(url: str | None, messages: int, requests: int) -> None:

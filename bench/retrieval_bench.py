@@ -105,10 +105,12 @@ def fill(retriever: Retriever, size: int, seed: int = 11) -> None:
         noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
         documents = stored["documents"] or []
         metadatas = stored["metadatas"] or []
-        collection.add(ids=[f"filler-{start + j}" for j in range(n)], embeddings=noisy,
-                       documents=[documents[p] for p in picks],
-                       metadatas=[{**metadatas[p], "document_id": f"filler-{(start + j) // 20}"}
-                                  for j, p in enumerate(picks)])
+        collection.add(
+            ids=[f"filler-{start + j}" for j in range(n)],
+            embeddings=noisy,
+            documents=[documents[p] for p in picks],
+            metadatas=[{**metadatas[p], "document_id": f"filler-{(start + j) // 20}"} for j, p in enumerate(picks)],
+        )
 
 
 async def query_latency(retriever: Retriever, asked: list[str], n: int) -> tuple[list[float], list[float]]:
@@ -118,13 +120,15 @@ async def query_latency(retriever: Retriever, asked: list[str], n: int) -> tuple
     ours, raw = [], []
     for i in range(n + 10):  # the first 10 warm up
         text, vector = asked[i % len(asked)], vectors[i % len(asked)]
-        request = ev.RetrievalRequest(session_id="bench-session", producer="bench", query=text, bases=["bench"],
-                                      top_k=4)
+        request = ev.RetrievalRequest(
+            session_id="bench-session", producer="bench", query=text, bases=["bench"], top_k=4
+        )
         t0 = time.perf_counter()
         await retriever.query(request)
         t1 = time.perf_counter()
-        collection.query(query_embeddings=vector.reshape(1, -1), n_results=4,
-                         include=["documents", "metadatas", "distances"])
+        collection.query(
+            query_embeddings=vector.reshape(1, -1), n_results=4, include=["documents", "metadatas", "distances"]
+        )
         t2 = time.perf_counter()
         if i >= 10:
             ours.append((t1 - t0) * 1000)
@@ -179,8 +183,10 @@ async def main() -> None:
         onnx_query = timed(lambda i: retriever.embedder.embed([asked[i % len(asked)]]), args.queries)
         print(f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
         print("\n| ingestion | chunks/s |\n|---|---:|")
-        print(f"| Retriever.ingest: extract, chunk, embed (onnxruntime), store ({chunks} chunks, "
-              f"{len(documents)} documents) | {chunks / seconds:.0f} |")
+        print(
+            f"| Retriever.ingest: extract, chunk, embed (onnxruntime), store ({chunks} chunks, "
+            f"{len(documents)} documents) | {chunks / seconds:.0f} |"
+        )
         print(f"| embedding alone, onnxruntime ({len(texts)} chunks) | {embed_rate:.0f} |")
         print(f"| embedding alone, sentence-transformers (torch), same chunks | {st_rate:.0f} |")
         print("\n| query (top 4) | p50 | p99 |\n|---|---:|---:|")

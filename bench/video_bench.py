@@ -41,8 +41,10 @@ async def timed(fn: Callable[[], Awaitable[object]], repeats: int) -> float:
 
 def ffmpeg_alone(*args: str) -> Callable[[], Awaitable[object]]:
     async def run() -> object:
-        return await asyncio.to_thread(subprocess.run, [FFMPEG, "-hide_banner", "-nostdin", *args],
-                                       capture_output=True, check=False)
+        return await asyncio.to_thread(
+            subprocess.run, [FFMPEG, "-hide_banner", "-nostdin", *args], capture_output=True, check=False
+        )
+
     return run
 
 
@@ -61,12 +63,27 @@ async def main(seconds: float, repeats: int) -> None:
     frames.mkdir()
     rows = [
         ("metadata", lambda: media.probe(video, 7680 * 4320), ffmpeg_alone("-i", str(video))),
-        ("keyframes", lambda: media.keyframes(video, frames, seconds, 0.3, 24, 640),
-         ffmpeg_alone("-i", str(video), "-vf", "select='eq(n,0)+gt(scene,0.3)'", "-fps_mode", "vfr", "-y",
-                      str(work / "alone-%03d.jpg"))),
-        ("transcript", lambda: processor.transcribe(video, work / "audio.pcm", nothing),
-         ffmpeg_alone("-i", str(video), "-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", "-y",
-                      str(work / "alone.pcm"))),
+        (
+            "keyframes",
+            lambda: media.keyframes(video, frames, seconds, 0.3, 24, 640),
+            ffmpeg_alone(
+                "-i",
+                str(video),
+                "-vf",
+                "select='eq(n,0)+gt(scene,0.3)'",
+                "-fps_mode",
+                "vfr",
+                "-y",
+                str(work / "alone-%03d.jpg"),
+            ),
+        ),
+        (
+            "transcript",
+            lambda: processor.transcribe(video, work / "audio.pcm", nothing),
+            ffmpeg_alone(
+                "-i", str(video), "-vn", "-ac", "1", "-ar", "16000", "-f", "s16le", "-y", str(work / "alone.pcm")
+            ),
+        ),
     ]
     per_minute = 60.0 / seconds
     print(f"video: {seconds:g} s, 320x240 25 fps H.264 + AAC speech; median of {repeats}; seconds per minute of video")

@@ -8,6 +8,19 @@ from .events import ALL_EVENTS, EVENTS_BY_KIND, parse_event
 from .subjects import BY_NAME, DEFAULT_PREFIX, REPLIES, SUBJECTS, Lane, Subject, for_session
 
 __all__ = [
-    "ALL_EVENTS", "BY_NAME", "DEFAULT_PREFIX", "EVENTS_BY_KIND", "REPLIES", "SUBJECTS",
-    "Event", "Lane", "SessionEvent", "Subject", "TurnEvent", "for_session", "new_id", "now", "parse_event",
+    "ALL_EVENTS",
+    "BY_NAME",
+    "DEFAULT_PREFIX",
+    "EVENTS_BY_KIND",
+    "REPLIES",
+    "SUBJECTS",
+    "Event",
+    "Lane",
+    "SessionEvent",
+    "Subject",
+    "TurnEvent",
+    "for_session",
+    "new_id",
+    "now",
+    "parse_event",
 ]

@@ -77,7 +77,7 @@ class ClientFrame:
             raise FrameError(f"unknown binary frame type 0x{kind:02x}") from None
         if frame_type is FrameType.AUDIO_OUT:
             raise FrameError("frame type 0x81 is sent by the server, not the client")
-        return cls(frame_type, seq, captured_at, data[_CLIENT.size:])
+        return cls(frame_type, seq, captured_at, data[_CLIENT.size :])
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,4 +100,4 @@ class AudioOutFrame:
         if kind != FrameType.AUDIO_OUT or version != LAYOUT_VERSION:
             raise FrameError(f"not an audio-out frame (type 0x{kind:02x}, version {version})")
         start = _SERVER.size
-        return cls(data[start:start + turn_len].decode("ascii"), seq, rate, data[start + turn_len:])
+        return cls(data[start : start + turn_len].decode("ascii"), seq, rate, data[start + turn_len :])

@@ -111,8 +111,17 @@ class ProtocolError(_Frame):
     """A frame was refused. ``fatal`` frames are followed by a close with ``close_code``."""
 
     kind: Literal["protocol_error"] = "protocol_error"
-    code: Literal["bad_json", "bad_command", "unknown_type", "too_big", "rate_limited", "bad_frame",
-                  "unsupported", "auth", "internal"]
+    code: Literal[
+        "bad_json",
+        "bad_command",
+        "unknown_type",
+        "too_big",
+        "rate_limited",
+        "bad_frame",
+        "unsupported",
+        "auth",
+        "internal",
+    ]
     message: str
     fatal: bool = False
     close_code: int | None = None
@@ -134,4 +143,14 @@ class Dropped(_Frame):
 
 #: Everything that crosses the socket as JSON, versioned together by PROTOCOL_VERSION.
 CLIENT_MESSAGES: tuple[type[BaseModel], ...] = (
-    Hello, Chat, Settings, Interrupt, Ping, Welcome, Pong, ProtocolError, Flush, Dropped)
+    Hello,
+    Chat,
+    Settings,
+    Interrupt,
+    Ping,
+    Welcome,
+    Pong,
+    ProtocolError,
+    Flush,
+    Dropped,
+)

@@ -39,21 +39,19 @@ def message_schema(cls: type[Event]) -> dict[str, Any]:
     return cls.model_json_schema()
 
 
-def snapshot(events: tuple[type[Event], ...] = ALL_EVENTS,
-             subjects: tuple[Subject, ...] = SUBJECTS,
-             client: tuple[type[BaseModel], ...] = CLIENT_MESSAGES) -> dict[str, Any]:
+def snapshot(
+    events: tuple[type[Event], ...] = ALL_EVENTS,
+    subjects: tuple[Subject, ...] = SUBJECTS,
+    client: tuple[type[BaseModel], ...] = CLIENT_MESSAGES,
+) -> dict[str, Any]:
     """The contracts as data: what a release records and what the checker compares.
 
     Bus messages are versioned one by one (``VERSION``); the WebSocket protocol's frames all
     together (``PROTOCOL_VERSION``).
     """
     return {
-        "messages": {
-            cls.kind_name(): {"version": cls.VERSION, "schema": message_schema(cls)} for cls in events
-        },
-        "client": {
-            cls.__name__: {"version": PROTOCOL_VERSION, "schema": cls.model_json_schema()} for cls in client
-        },
+        "messages": {cls.kind_name(): {"version": cls.VERSION, "schema": message_schema(cls)} for cls in events},
+        "client": {cls.__name__: {"version": PROTOCOL_VERSION, "schema": cls.model_json_schema()} for cls in client},
         "subjects": {s.name: s.pattern for s in subjects},
     }
 

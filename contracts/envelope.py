@@ -47,13 +47,19 @@ class Event(BaseModel):
 
     kind: str
     schema_version: int = Field(default=0, ge=0, description="Version of this message's schema")
-    event_id: str = Field(default_factory=new_id, min_length=1, max_length=64,
-                          description="Unique id; also the Nats-Msg-Id header used for dedupe")
+    event_id: str = Field(
+        default_factory=new_id,
+        min_length=1,
+        max_length=64,
+        description="Unique id; also the Nats-Msg-Id header used for dedupe",
+    )
     producer: str = Field(min_length=1, max_length=64, description="Name of the process that emitted it")
-    seq: int | None = Field(default=None, ge=0,
-                            description="Monotonic sequence within (session, producer) where order matters")
+    seq: int | None = Field(
+        default=None, ge=0, description="Monotonic sequence within (session, producer) where order matters"
+    )
     captured_at: float | None = Field(
-        default=None, description="When the input this event stems from was captured (epoch s)")
+        default=None, description="When the input this event stems from was captured (epoch s)"
+    )
     published_at: float = Field(default_factory=now, description="When it was published (epoch s)")
 
     @model_validator(mode="before")

@@ -69,7 +69,8 @@ class UserTurn(TurnEvent):
     text: str = Field(min_length=1, max_length=16_000)
     source: Literal["typed", "spoken"]
     speech_ended_at: float | None = Field(
-        default=None, description="For spoken turns: true end of speech in the audio (epoch s)")
+        default=None, description="For spoken turns: true end of speech in the audio (epoch s)"
+    )
 
 
 class ReplyDelta(TurnEvent):
@@ -232,8 +233,9 @@ class HistoryRequest(SessionEvent):
     """Ask memory for one page of a session's stored turns, newest page first."""
 
     kind: Literal["memory.history_request"] = "memory.history_request"
-    before: int | None = Field(default=None, ge=1,
-                               description="Cursor: only turns stored before this position (a page's `next_before`)")
+    before: int | None = Field(
+        default=None, ge=1, description="Cursor: only turns stored before this position (a page's `next_before`)"
+    )
     limit: int = Field(default=50, ge=1, le=200, description="Turns per page")
 
 
@@ -346,11 +348,13 @@ class VideoResult(SessionEvent):
     keyframes: list[str] = Field(default_factory=list, description="Object-store names of JPEG keyframes")
     transcript: list[TranscriptSegment] = Field(default_factory=list)
     error: str = ""
-    error_code: str = Field(default="", max_length=64,
-                            description="Stable code when status is failed (docs/video.md), e.g. not_a_video")
+    error_code: str = Field(
+        default="", max_length=64, description="Stable code when status is failed (docs/video.md), e.g. not_a_video"
+    )
     keyframe_times_s: list[float] = Field(default_factory=list, description="Position of each keyframe (s)")
     keyframe_method: Literal["scene", "interval", ""] = Field(
-        default="", description="scene: at scene changes; interval: fixed interval (no scene change found)")
+        default="", description="scene: at scene changes; interval: fixed interval (no scene change found)"
+    )
 
 
 class VideoCancel(SessionEvent):
@@ -381,13 +385,15 @@ class FrameDescription(SessionEvent):
     kind: Literal["video.description"] = "video.description"
     available: bool = Field(description="False when the session sent no camera frame (recently)")
     source: Literal["facts", "vision_model", "none"] = Field(
-        description="facts: plain measurements of the image (no model); vision_model: a model's description")
+        description="facts: plain measurements of the image (no model); vision_model: a model's description"
+    )
     text: str = Field(default="", max_length=4_000, description="The description, stating which source it is")
     width: int | None = Field(default=None, ge=1)
     height: int | None = Field(default=None, ge=1)
     brightness: float | None = Field(default=None, ge=0.0, le=1.0, description="Mean luma, 0 black to 1 white")
-    motion: float | None = Field(default=None, ge=0.0, le=1.0,
-                                 description="Mean absolute luma change since the previous sampled frame")
+    motion: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Mean absolute luma change since the previous sampled frame"
+    )
     frame_captured_at: float | None = Field(default=None, description="Capture time of the frame described")
 
 
@@ -397,8 +403,9 @@ class FrameDescription(SessionEvent):
 class StatsRequest(Event):
     kind: Literal["stats.request"] = "stats.request"
     session_id: str | None = Field(default=None, description="Limit to one session")
-    recent_turns: int = Field(default=0, ge=0, le=1_000,
-                              description="Also return the timelines of this many most recent turns")
+    recent_turns: int = Field(
+        default=0, ge=0, le=1_000, description="Also return the timelines of this many most recent turns"
+    )
 
 
 class StageLatency(_Part):
@@ -461,20 +468,48 @@ class TurnKeywords(TurnEvent):
     VERSION = 1
 
     kind: Literal["annot.keywords"] = "annot.keywords"
-    keywords: list[Keyword] = Field(default_factory=list, max_length=8,
-                                    description="Lower-case keywords, most frequent first (at most 8)")
+    keywords: list[Keyword] = Field(
+        default_factory=list, max_length=8, description="Lower-case keywords, most frequent first (at most 8)"
+    )
     sentiment: Sentiment = Field(description="Label of `score`; neutral inside a small dead zone around 0")
     score: float = Field(ge=-1.0, le=1.0, description="(positive - negative) / max(1, positive + negative) words")
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
-    SessionStarted, SessionEnded, SessionSettings, UserTurn, ReplyDelta, ReplyDone,
-    SpeechStarted, SpeechStopped, TranscriptPartial, TranscriptFinal,
-    AudioInMeta, AudioOutMeta, AudioOutDone, Interrupt, ErrorEvent,
-    ContextRequest, ContextReply, ForgetSession, HistoryRequest, HistoryReply, RetrievalRequest, RetrievalReply,
-    IngestJob, JobProgress, IngestResult, VideoJob, VideoResult, VideoCancel, VideoFrameMeta,
-    FrameDescribeRequest, FrameDescription,
-    StatsRequest, StatsSnapshot, DeadLetter,
+    SessionStarted,
+    SessionEnded,
+    SessionSettings,
+    UserTurn,
+    ReplyDelta,
+    ReplyDone,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptPartial,
+    TranscriptFinal,
+    AudioInMeta,
+    AudioOutMeta,
+    AudioOutDone,
+    Interrupt,
+    ErrorEvent,
+    ContextRequest,
+    ContextReply,
+    ForgetSession,
+    HistoryRequest,
+    HistoryReply,
+    RetrievalRequest,
+    RetrievalReply,
+    IngestJob,
+    JobProgress,
+    IngestResult,
+    VideoJob,
+    VideoResult,
+    VideoCancel,
+    VideoFrameMeta,
+    FrameDescribeRequest,
+    FrameDescription,
+    StatsRequest,
+    StatsSnapshot,
+    DeadLetter,
     TurnKeywords,
 )
 
@@ -487,4 +522,3 @@ def parse_event(data: bytes | str | dict[str, Any]) -> Event:
         return EVENTS_BY_KIND[data["kind"]].model_validate(data)
     obj = json.loads(data)
     return EVENTS_BY_KIND[obj["kind"]].model_validate(obj)
-

@@ -43,48 +43,78 @@ class ConsumerSpec(BaseModel):
     max_deliver: int = Field(default=5, description="Then the message is dead-lettered")
     max_ack_pending: int = 1_000
     deliver: Literal["all", "new"] = Field(
-        default="all", description="Where a new consumer starts: everything the stream holds, or what comes next")
+        default="all", description="Where a new consumer starts: everything the stream holds, or what comes next"
+    )
     description: str
 
 
 EVENTS = StreamSpec(
-    name="SB_EVENTS", subjects=("ev.>",), max_age_s=7 * DAY, max_bytes=1 * GiB,
+    name="SB_EVENTS",
+    subjects=("ev.>",),
+    max_age_s=7 * DAY,
+    max_bytes=1 * GiB,
     description="Every session event, recorded for memory, stats and replay",
 )
 AUDIO = StreamSpec(
-    name="SB_AUDIO", subjects=("audio.>",), max_age_s=600.0, max_bytes=1 * GiB,
+    name="SB_AUDIO",
+    subjects=("audio.>",),
+    max_age_s=600.0,
+    max_bytes=1 * GiB,
     description="Raw audio in and out, short retention so a session can be replayed",
 )
 JOBS = StreamSpec(
-    name="SB_JOBS", subjects=("job.>",), retention="workqueue", max_age_s=7 * DAY, max_bytes=GiB // 4,
+    name="SB_JOBS",
+    subjects=("job.>",),
+    retention="workqueue",
+    max_age_s=7 * DAY,
+    max_bytes=GiB // 4,
     description="Durable ingestion and video jobs",
 )
 DEAD_LETTERS = StreamSpec(
-    name="SB_DLQ", subjects=("dlq.>",), max_age_s=30 * DAY, max_bytes=GiB // 4, max_msg_size=8 * 1024 * 1024,
+    name="SB_DLQ",
+    subjects=("dlq.>",),
+    max_age_s=30 * DAY,
+    max_bytes=GiB // 4,
+    max_msg_size=8 * 1024 * 1024,
     description="Messages workers could not handle, with the reason",
 )
 STREAMS: tuple[StreamSpec, ...] = (EVENTS, AUDIO, JOBS, DEAD_LETTERS)
 
 MEMORY_WRITER = ConsumerSpec(
-    durable="memory-writer", stream=EVENTS.name,
-    filter_subjects=tuple(BY_NAME[n].wildcard()
-                          for n in ("turn.user", "reply.done", "transcript.final", "memory.forget")),
+    durable="memory-writer",
+    stream=EVENTS.name,
+    filter_subjects=tuple(
+        BY_NAME[n].wildcard() for n in ("turn.user", "reply.done", "transcript.final", "memory.forget")
+    ),
     ack_wait_s=10.0,  # a lost ack (bus restart) is redelivered after this; the writer keeps a slow write alive
     description="Persists user turns, replies and final transcripts in bus order; idempotent by event id",
 )
 USER_TURNS = ConsumerSpec(
-    durable="orchestrator-turns", stream=EVENTS.name, filter_subjects=(BY_NAME["turn.user"].wildcard(),),
+    durable="orchestrator-turns",
+    stream=EVENTS.name,
+    filter_subjects=(BY_NAME["turn.user"].wildcard(),),
     ack_wait_s=10.0,  # a dead replica's turn is answered by another after this; live replicas keep theirs alive
-    max_deliver=3, deliver="new",  # a first deployment does not answer a week of recorded turns
+    max_deliver=3,
+    deliver="new",  # a first deployment does not answer a week of recorded turns
     description="User turns to answer: one replica answers each, acked once its reply is done",
 )
 INGEST = ConsumerSpec(
-    durable="retriever-ingest", stream=JOBS.name, filter_subjects=(BY_NAME["ingest.job"].wildcard(),),
-    ack_wait_s=300.0, max_deliver=3, max_ack_pending=4, description="Document ingestion jobs",
+    durable="retriever-ingest",
+    stream=JOBS.name,
+    filter_subjects=(BY_NAME["ingest.job"].wildcard(),),
+    ack_wait_s=300.0,
+    max_deliver=3,
+    max_ack_pending=4,
+    description="Document ingestion jobs",
 )
 VIDEO = ConsumerSpec(
-    durable="video-jobs", stream=JOBS.name, filter_subjects=(BY_NAME["video.job"].wildcard(),),
-    ack_wait_s=600.0, max_deliver=3, max_ack_pending=2, description="Video processing jobs",
+    durable="video-jobs",
+    stream=JOBS.name,
+    filter_subjects=(BY_NAME["video.job"].wildcard(),),
+    ack_wait_s=600.0,
+    max_deliver=3,
+    max_ack_pending=2,
+    description="Video processing jobs",
 )
 CONSUMERS: tuple[ConsumerSpec, ...] = (MEMORY_WRITER, USER_TURNS, INGEST, VIDEO)
 
@@ -101,11 +131,15 @@ class ObjectStoreSpec(BaseModel):
 
 
 VIDEO_OBJECTS = ObjectStoreSpec(
-    bucket="SB_VIDEO", max_bytes=4 * GiB, ttl_s=7 * DAY,
+    bucket="SB_VIDEO",
+    max_bytes=4 * GiB,
+    ttl_s=7 * DAY,
     description="Uploaded videos (deleted once their job ends) and the keyframes of finished jobs",
 )
 
 INGEST_FILES = ObjectStoreSpec(
-    bucket="SB_INGEST_FILES", max_bytes=GiB // 2, ttl_s=1 * DAY,
+    bucket="SB_INGEST_FILES",
+    max_bytes=GiB // 2,
+    ttl_s=1 * DAY,
     description="Uploaded documents waiting for their ingestion job (IngestJob.object_name)",
 )

@@ -62,8 +62,13 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         # The edge records sessions' events from their first frame, even before any worker ran, and the
         # consumer of the user turns it accepts exists before the first orchestrator starts: none is lost.
         await provision(bus.js, STREAMS, (USER_TURNS,), prefix=settings.subject_prefix)
-        service = await nats.micro.add_service(nc, name="edge", version=VERSION, description="WebSocket edge",
-                                               metadata={"started_at": f"{time.time():.3f}"})
+        service = await nats.micro.add_service(
+            nc,
+            name="edge",
+            version=VERSION,
+            description="WebSocket edge",
+            metadata={"started_at": f"{time.time():.3f}"},
+        )
         log.info("edge ready", port=settings.edge_port, auth="api keys" if api_keys else "open session creation")
         yield
         await service.stop()
@@ -117,7 +122,10 @@ def create_app(settings: EdgeSettings) -> FastAPI:
 def server_config(settings: EdgeSettings, **overrides: object) -> uvicorn.Config:
     """The uvicorn configuration of the edge (also what the tests serve it with)."""
     options: dict[str, object] = {
-        "host": settings.edge_host, "port": settings.edge_port, "log_level": "warning", "access_log": False,
+        "host": settings.edge_host,
+        "port": settings.edge_port,
+        "log_level": "warning",
+        "access_log": False,
         # The frame limits are enforced per frame by the edge with a protocol error; this is the hard cap.
         "ws_max_size": 4 * max(settings.max_text_frame_bytes, settings.max_binary_frame_bytes),
         "timeout_graceful_shutdown": 5,

@@ -40,8 +40,11 @@ class PcmIngest:
 
     def __init__(self, sample_rate: int) -> None:
         self.sample_rate = sample_rate
-        self._resampler = (None if sample_rate == PCM_SAMPLE_RATE
-                           else soxr.ResampleStream(sample_rate, PCM_SAMPLE_RATE, 1, dtype="int16"))
+        self._resampler = (
+            None
+            if sample_rate == PCM_SAMPLE_RATE
+            else soxr.ResampleStream(sample_rate, PCM_SAMPLE_RATE, 1, dtype="int16")
+        )
         self._last_seq: int | None = None
         self.gaps = 0
         self._window_start: float | None = None
@@ -75,8 +78,9 @@ class PcmIngest:
             measured = self._window_samples / elapsed
             self._window_start, self._window_samples = frame.captured_at, samples
             if abs(measured - self.sample_rate) > RATE_TOLERANCE * self.sample_rate:
-                raise AudioError(f"audio arrives at about {measured:.0f} samples/s but the hello declared "
-                                 f"{self.sample_rate} Hz")
+                raise AudioError(
+                    f"audio arrives at about {measured:.0f} samples/s but the hello declared {self.sample_rate} Hz"
+                )
             return
         self._window_samples += samples
 
@@ -110,12 +114,15 @@ class CompressedIngest:
             pass  # ffmpeg gave up on the stream; the reader reports why
 
     async def _start(self) -> None:
-        args = (ffmpeg.input("pipe:0", format=self._container)
-                .output("pipe:1", format="s16le", acodec="pcm_s16le", ac=1, ar=PCM_SAMPLE_RATE)
-                .global_args("-loglevel", "error", "-nostdin")
-                .compile(cmd=imageio_ffmpeg.get_ffmpeg_exe()))
+        args = (
+            ffmpeg.input("pipe:0", format=self._container)
+            .output("pipe:1", format="s16le", acodec="pcm_s16le", ac=1, ar=PCM_SAMPLE_RATE)
+            .global_args("-loglevel", "error", "-nostdin")
+            .compile(cmd=imageio_ffmpeg.get_ffmpeg_exe())
+        )
         self._process = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         self._reader = asyncio.create_task(self._read(self._process))
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:

@@ -70,6 +70,5 @@ def development_secret(path: Path | None = None) -> str:
     secret = secrets.token_urlsafe(48)
     path.write_text(secret)
     path.chmod(0o600)
-    log.warning("SB_EDGE_SECRET is not set: generated a development secret; set it in production",
-                path=str(path))
+    log.warning("SB_EDGE_SECRET is not set: generated a development secret; set it in production", path=str(path))
     return secret

@@ -107,16 +107,24 @@ class Connection:
         try:
             hello = await self._handshake()
         except AuthError as error:
-            await self._refuse(ProtocolError(code="auth", message=str(error), fatal=True,
-                                             close_code=error.close_code), error.close_code)
+            await self._refuse(
+                ProtocolError(code="auth", message=str(error), fatal=True, close_code=error.close_code),
+                error.close_code,
+            )
             return
         except FrameRefusedError as refused:
             await self._refuse(refused.frame, refused.frame.close_code or CloseCode.PROTOCOL_ERROR)
             return
         if not self.edge.sockets.try_open(self.session_id, self.edge.settings.max_sockets_per_session):
-            await self._refuse(ProtocolError(
-                code="auth", message="this session has its maximum number of open sockets", fatal=True,
-                close_code=CloseCode.TOO_MANY_SOCKETS), CloseCode.TOO_MANY_SOCKETS)
+            await self._refuse(
+                ProtocolError(
+                    code="auth",
+                    message="this session has its maximum number of open sockets",
+                    fatal=True,
+                    close_code=CloseCode.TOO_MANY_SOCKETS,
+                ),
+                CloseCode.TOO_MANY_SOCKETS,
+            )
             return
         subs: list[Subscription] = []
         # Welcome is queued first and the writer starts once the subscriptions are live: the client
@@ -126,8 +134,14 @@ class Connection:
         try:
             subs = await self._subscribe()
             writer = asyncio.create_task(self._write())
-            await self.edge.bus.publish(ev.SessionStarted(session_id=self.session_id, producer=PRODUCER,
-                                                          client=hello.client, capabilities=list(hello.capabilities)))
+            await self.edge.bus.publish(
+                ev.SessionStarted(
+                    session_id=self.session_id,
+                    producer=PRODUCER,
+                    client=hello.client,
+                    capabilities=list(hello.capabilities),
+                )
+            )
             reader = asyncio.create_task(self._read())
             slow = asyncio.create_task(self.out.closed.wait())
             done, _ = await asyncio.wait({reader, writer, slow}, return_when=asyncio.FIRST_COMPLETED)
@@ -144,15 +158,17 @@ class Connection:
             if self.compressed is not None:
                 await self.compressed.close()
             if self.pcm is not None and self.pcm.gaps:
-                log.info("audio frames missing from the client's stream", session_id=self.session_id,
-                         missing=self.pcm.gaps)
+                log.info(
+                    "audio frames missing from the client's stream", session_id=self.session_id, missing=self.pcm.gaps
+                )
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             if self.edge.sockets.close(self.session_id):
                 with contextlib.suppress(Exception):
-                    await self.edge.bus.publish(ev.SessionEnded(session_id=self.session_id, producer=PRODUCER,
-                                                                reason="socket closed"))
+                    await self.edge.bus.publish(
+                        ev.SessionEnded(session_id=self.session_id, producer=PRODUCER, reason="socket closed")
+                    )
 
     async def _handshake(self) -> Hello:
         try:
@@ -162,17 +178,34 @@ class Connection:
             raise AuthError(CloseCode.AUTH_MISSING, "no hello with a session token in time") from None
         text = message.get("text")
         if text is None or len(text) > self.edge.settings.max_text_frame_bytes:
-            raise FrameRefusedError(ProtocolError(
-                code="bad_command", message="the first frame must be a JSON hello within the text frame limit",
-                fatal=True, close_code=CloseCode.PROTOCOL_ERROR))
+            raise FrameRefusedError(
+                ProtocolError(
+                    code="bad_command",
+                    message="the first frame must be a JSON hello within the text frame limit",
+                    fatal=True,
+                    close_code=CloseCode.PROTOCOL_ERROR,
+                )
+            )
         try:
             command = COMMANDS.validate_json(text)
         except ValidationError as error:
-            raise FrameRefusedError(ProtocolError(code="bad_command", message=f"invalid hello: {_first_error(error)}",
-                                        fatal=True, close_code=CloseCode.PROTOCOL_ERROR)) from None
+            raise FrameRefusedError(
+                ProtocolError(
+                    code="bad_command",
+                    message=f"invalid hello: {_first_error(error)}",
+                    fatal=True,
+                    close_code=CloseCode.PROTOCOL_ERROR,
+                )
+            ) from None
         if not isinstance(command, Hello):
-            raise FrameRefusedError(ProtocolError(code="bad_command", message="the first frame must be a hello",
-                                        fatal=True, close_code=CloseCode.PROTOCOL_ERROR))
+            raise FrameRefusedError(
+                ProtocolError(
+                    code="bad_command",
+                    message="the first frame must be a hello",
+                    fatal=True,
+                    close_code=CloseCode.PROTOCOL_ERROR,
+                )
+            )
         self.session_id = self.edge.issuer.verify(command.token)
         self.hello = command
         self.out.turns.audio_out = "audio_out" in command.capabilities
@@ -211,13 +244,17 @@ class Connection:
                     return CloseCode.POLICY
             except Exception:  # a bug must not cost the client its socket
                 log.exception("frame handling failed", session_id=self.session_id)
-                self.out.send(ProtocolError(code="internal", message="the edge failed to handle that frame")
-                              .model_dump_json())
+                self.out.send(
+                    ProtocolError(code="internal", message="the edge failed to handle that frame").model_dump_json()
+                )
 
     async def _on_text(self, text: str) -> None:
         if len(text.encode()) > self.edge.settings.max_text_frame_bytes:
-            raise FrameRefusedError(ProtocolError(code="too_big", message=f"text frame over "
-                                        f"{self.edge.settings.max_text_frame_bytes} bytes"))
+            raise FrameRefusedError(
+                ProtocolError(
+                    code="too_big", message=f"text frame over {self.edge.settings.max_text_frame_bytes} bytes"
+                )
+            )
         if not self.text_rate.take():
             raise FrameRefusedError(ProtocolError(code="rate_limited", message="too many text frames; slow down"))
         try:
@@ -230,8 +267,16 @@ class Connection:
         bus, sid = self.edge.bus, self.session_id
         match command:
             case Chat(text=text):
-                await bus.publish(ev.UserTurn(session_id=sid, turn_id=new_id(), producer=PRODUCER, text=text,
-                                              source="typed", captured_at=time.time()))
+                await bus.publish(
+                    ev.UserTurn(
+                        session_id=sid,
+                        turn_id=new_id(),
+                        producer=PRODUCER,
+                        text=text,
+                        source="typed",
+                        captured_at=time.time(),
+                    )
+                )
             case Settings():
                 fields = command.model_dump(exclude={"type"}, exclude_none=True)
                 await bus.publish(ev.SessionSettings(session_id=sid, producer=PRODUCER, **fields))
@@ -272,25 +317,36 @@ class Connection:
                 self.compressed = CompressedIngest(container, self._publish_audio, self._decode_failed)
             await self.compressed.feed(frame.payload)
         else:
-            raise FrameRefusedError(ProtocolError(
-                code="unsupported", message=f"frame type {frame.type.name} does not match the hello's audio "
-                f"encoding {audio.encoding!r}"))
+            raise FrameRefusedError(
+                ProtocolError(
+                    code="unsupported",
+                    message=f"frame type {frame.type.name} does not match the hello's audio "
+                    f"encoding {audio.encoding!r}",
+                )
+            )
 
     async def _on_video(self, frame: ClientFrame) -> None:
         """A camera snapshot: JPEG only, at most ``video_frames_per_s``; the video worker samples them."""
         if not self.video_rate.take():
-            raise FrameRefusedError(ProtocolError(
-                code="rate_limited", message=f"camera frames over {self.edge.settings.video_frames_per_s:g} "
-                "per second; slow down"))
+            raise FrameRefusedError(
+                ProtocolError(
+                    code="rate_limited",
+                    message=f"camera frames over {self.edge.settings.video_frames_per_s:g} per second; slow down",
+                )
+            )
         if not frame.payload.startswith(b"\xff\xd8\xff"):
             raise FrameRefusedError(ProtocolError(code="bad_frame", message="a camera frame must be a JPEG image"))
-        await self.edge.bus.publish_binary(ev.VideoFrameMeta(
-            session_id=self.session_id, producer=PRODUCER, seq=frame.seq, captured_at=frame.captured_at),
-            frame.payload)
+        await self.edge.bus.publish_binary(
+            ev.VideoFrameMeta(
+                session_id=self.session_id, producer=PRODUCER, seq=frame.seq, captured_at=frame.captured_at
+            ),
+            frame.payload,
+        )
 
     async def _publish_audio(self, seq: int, captured_at: float, pcm: bytes) -> None:
-        await self.edge.bus.publish_binary(ev.AudioInMeta(
-            session_id=self.session_id, producer=PRODUCER, seq=seq, captured_at=captured_at), pcm)
+        await self.edge.bus.publish_binary(
+            ev.AudioInMeta(session_id=self.session_id, producer=PRODUCER, seq=seq, captured_at=captured_at), pcm
+        )
 
     async def _decode_failed(self, reason: str) -> None:
         self.out.send(ProtocolError(code="bad_frame", message=reason).model_dump_json())
@@ -317,8 +373,12 @@ class Connection:
 
     def _limits(self) -> Limits:
         s = self.edge.settings
-        return Limits(max_text_frame_bytes=s.max_text_frame_bytes, max_binary_frame_bytes=s.max_binary_frame_bytes,
-                      text_frames_per_s=s.text_frames_per_s, binary_frames_per_s=s.binary_frames_per_s)
+        return Limits(
+            max_text_frame_bytes=s.max_text_frame_bytes,
+            max_binary_frame_bytes=s.max_binary_frame_bytes,
+            text_frames_per_s=s.text_frames_per_s,
+            binary_frames_per_s=s.binary_frames_per_s,
+        )
 
 
 def _first_error(error: ValidationError) -> str:
@@ -333,7 +393,7 @@ def _command_error(text: str, error: ValidationError) -> ProtocolError:
     except json.JSONDecodeError:
         return ProtocolError(code="bad_json", message="text frames must be JSON")
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        return ProtocolError(code="bad_command", message="a command needs a \"type\" string")
+        return ProtocolError(code="bad_command", message='a command needs a "type" string')
     if data["type"] not in {"hello", "chat", "settings", "interrupt", "ping"}:
         return ProtocolError(code="unknown_type", message=f"unknown command type {str(data['type'])[:40]!r}")
     return ProtocolError(code="bad_command", message=f"invalid {data['type']}: {_first_error(error)}")

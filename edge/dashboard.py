@@ -67,37 +67,51 @@ def dashboard_router(settings: EdgeSettings, bus: Bus) -> APIRouter:
 
     def authorized(authorization: str | None, cookie: str | None) -> bool:
         given = (authorization or "").removeprefix("Bearer ").strip()
-        return bool(token and marker and (hmac.compare_digest(given, token)
-                                           or hmac.compare_digest(cookie or "", marker)))
+        return bool(
+            token and marker and (hmac.compare_digest(given, token) or hmac.compare_digest(cookie or "", marker))
+        )
 
-    def operator(authorization: Annotated[str | None, Header()] = None,
-                 sb_ops: Annotated[str | None, Cookie()] = None) -> None:
+    def operator(
+        authorization: Annotated[str | None, Header()] = None, sb_ops: Annotated[str | None, Cookie()] = None
+    ) -> None:
         enabled()
         if not authorized(authorization, sb_ops):
             raise HTTPException(401, "an operator token is required", headers={"WWW-Authenticate": "Bearer"})
 
     def page(html: str) -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
-        return HTMLResponse(html.replace("__NONCE__", nonce), headers={
-            "Content-Security-Policy": f"default-src 'self'; script-src 'nonce-{nonce}'; "
-                                       f"style-src 'nonce-{nonce}'; img-src 'self' data:",
-            "Cache-Control": "no-store"})
+        return HTMLResponse(
+            html.replace("__NONCE__", nonce),
+            headers={
+                "Content-Security-Policy": f"default-src 'self'; script-src 'nonce-{nonce}'; "
+                f"style-src 'nonce-{nonce}'; img-src 'self' data:",
+                "Cache-Control": "no-store",
+            },
+        )
 
     @router.get("", dependencies=[Depends(enabled)])
-    async def dashboard(authorization: Annotated[str | None, Header()] = None,
-                        sb_ops: Annotated[str | None, Cookie()] = None) -> HTMLResponse:
+    async def dashboard(
+        authorization: Annotated[str | None, Header()] = None, sb_ops: Annotated[str | None, Cookie()] = None
+    ) -> HTMLResponse:
         return page(PAGE if authorized(authorization, sb_ops) else LOGIN)
 
     @router.post("/login", dependencies=[Depends(enabled)], status_code=204)
     async def login(body: Login, response: Response) -> None:
         if token is None or marker is None or not hmac.compare_digest(body.token, token):
             raise HTTPException(401, "wrong operator token")
-        response.set_cookie(COOKIE, marker, httponly=True, samesite="strict", path="/ops",
-                            secure=settings.edge_host not in ("127.0.0.1", "localhost"))
+        response.set_cookie(
+            COOKIE,
+            marker,
+            httponly=True,
+            samesite="strict",
+            path="/ops",
+            secure=settings.edge_host not in ("127.0.0.1", "localhost"),
+        )
 
     @router.get("/api/snapshot", dependencies=[Depends(operator)])
-    async def snapshot(session_id: str | None = None,
-                       recent: Annotated[int, Query(ge=0, le=1_000)] = 200) -> ev.StatsSnapshot:
+    async def snapshot(
+        session_id: str | None = None, recent: Annotated[int, Query(ge=0, le=1_000)] = 200
+    ) -> ev.StatsSnapshot:
         request = ev.StatsRequest(producer=bus.producer, session_id=session_id, recent_turns=recent)
         try:
             return await bus.request("stats.snapshot", request, ev.StatsSnapshot, timeout=2.0)

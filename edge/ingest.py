@@ -66,9 +66,14 @@ def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIR
     session_of = SessionAuth(issuer)
 
     @router.post("")
-    async def upload(request: Request, filename: Filename, session_id: str = Depends(session_of),
-                     base: Base = "default", wait: Wait = 0.0,
-                     content_type: Annotated[str | None, Header()] = None) -> JSONResponse:
+    async def upload(
+        request: Request,
+        filename: Filename,
+        session_id: str = Depends(session_of),
+        base: Base = "default",
+        wait: Wait = 0.0,
+        content_type: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
         if int(request.headers.get("content-length") or 0) > limit:
             raise HTTPException(status_code=413, detail=_too_large(limit))
         with tempfile.TemporaryFile() as spool:
@@ -83,13 +88,15 @@ def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIR
             spool.seek(0)
             data: bytes | io.BufferedIOBase = spool.read() if size <= INLINE_MAX_BYTES else spool
             async with watch_jobs(bus.nc, session_id, bus.prefix) as watch:
-                job = await submit_ingest(bus, session_id, filename, data, content_type_for(filename, content_type),
-                                          base)
+                job = await submit_ingest(
+                    bus, session_id, filename, data, content_type_for(filename, content_type), base
+                )
                 return await _reply(job, watch, wait)
 
     @router.delete("")
-    async def delete(filename: Filename, session_id: str = Depends(session_of), base: Base = "default",
-                     wait: Wait = 0.0) -> JSONResponse:
+    async def delete(
+        filename: Filename, session_id: str = Depends(session_of), base: Base = "default", wait: Wait = 0.0
+    ) -> JSONResponse:
         async with watch_jobs(bus.nc, session_id, bus.prefix) as watch:
             return await _reply(await submit_delete(bus, session_id, filename, base), watch, wait)
 

@@ -34,11 +34,15 @@ def memory_router(issuer: TokenIssuer, bus: Bus) -> APIRouter:
         return granted
 
     @router.get("/history")
-    async def history(session_id: str, before: int | None = Query(default=None, ge=1),
-                      limit: int = Query(default=50, ge=1, le=200),
-                      authorization: str | None = Header(default=None)) -> ev.HistoryReply:
-        request = ev.HistoryRequest(session_id=owner(session_id, authorization), producer=bus.producer,
-                                    before=before, limit=limit)
+    async def history(
+        session_id: str,
+        before: int | None = Query(default=None, ge=1),
+        limit: int = Query(default=50, ge=1, le=200),
+        authorization: str | None = Header(default=None),
+    ) -> ev.HistoryReply:
+        request = ev.HistoryRequest(
+            session_id=owner(session_id, authorization), producer=bus.producer, before=before, limit=limit
+        )
         try:
             return await bus.request("memory.history", request, ev.HistoryReply, HISTORY_TIMEOUT_S)
         except DependencyUnavailableError as error:
@@ -48,8 +52,9 @@ def memory_router(issuer: TokenIssuer, bus: Bus) -> APIRouter:
 
     @router.delete("/memory", status_code=202)
     async def forget(session_id: str, authorization: str | None = Header(default=None)) -> Response:
-        await bus.publish(ev.ForgetSession(session_id=owner(session_id, authorization), producer=bus.producer),
-                          durable=True)
+        await bus.publish(
+            ev.ForgetSession(session_id=owner(session_id, authorization), producer=bus.producer), durable=True
+        )
         return Response(status_code=202)
 
     return router

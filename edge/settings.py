@@ -11,9 +11,11 @@ class EdgeSettings(RuntimeSettings):
     edge_host: str = Field(default="127.0.0.1", description="Interface the edge listens on")
     edge_port: int = Field(default=8080, ge=0, le=65_535)
     edge_secret: SecretStr | None = Field(
-        default=None, description="HMAC secret for session tokens; unset: a development secret in .run/")
+        default=None, description="HMAC secret for session tokens; unset: a development secret in .run/"
+    )
     edge_api_keys: list[SecretStr] = Field(
-        default_factory=list, description="JSON list; when set, POST /v1/sessions needs one as a Bearer token")
+        default_factory=list, description="JSON list; when set, POST /v1/sessions needs one as a Bearer token"
+    )
     token_ttl_s: float = Field(default=3_600.0, gt=0, description="Lifetime of a session token")
     hello_timeout_s: float = Field(default=5.0, gt=0, description="Time a socket has to send its hello")
     max_text_frame_bytes: int = Field(default=16_384, ge=256)
@@ -25,8 +27,10 @@ class EdgeSettings(RuntimeSettings):
     max_sockets_per_session: int = Field(default=2, ge=1)
     edge_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest document upload (bytes)")
     edge_operator_token: SecretStr | None = Field(
-        default=None, description="Operators' token for the dashboard and metrics under /ops; unset: /ops is off")
+        default=None, description="Operators' token for the dashboard and metrics under /ops; unset: /ops is off"
+    )
     outbound_queue: int = Field(default=512, ge=8, description="Events buffered per socket for a slow client")
-    edge_video_max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1_024,
-                                             description="Largest video upload accepted (POST /v1/videos)")
+    edge_video_max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1_024, description="Largest video upload accepted (POST /v1/videos)"
+    )
     video_frames_per_s: float = Field(default=2.0, gt=0, description="Camera frames a socket may send per second")

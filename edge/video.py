@@ -56,10 +56,13 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIRo
         return buckets[0]
 
     @router.post("", status_code=202)
-    async def upload(request: Request, session_id: str = Depends(session),
-                     filename: str = Query(default="", max_length=500), transcribe: bool = True,
-                     ingest_base: str | None = Query(default=None, min_length=3, max_length=63,
-                                                     pattern=r"^[A-Za-z0-9_-]+$")) -> VideoAccepted:
+    async def upload(
+        request: Request,
+        session_id: str = Depends(session),
+        filename: str = Query(default="", max_length=500),
+        transcribe: bool = True,
+        ingest_base: str | None = Query(default=None, min_length=3, max_length=63, pattern=r"^[A-Za-z0-9_-]+$"),
+    ) -> VideoAccepted:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise HTTPException(status_code=413, detail=f"the video is over the upload limit of {limit} bytes")
@@ -78,9 +81,18 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIRo
             bucket = await store()
             await bucket.put(name, spool)  # type: ignore[arg-type]  # a binary file object
         try:
-            await bus.publish(ev.VideoJob(session_id=session_id, producer=PRODUCER, job_id=job_id, object_name=name,
-                                          filename=filename, transcribe=transcribe, ingest_base=ingest_base),
-                              durable=True)
+            await bus.publish(
+                ev.VideoJob(
+                    session_id=session_id,
+                    producer=PRODUCER,
+                    job_id=job_id,
+                    object_name=name,
+                    filename=filename,
+                    transcribe=transcribe,
+                    ingest_base=ingest_base,
+                ),
+                durable=True,
+            )
         except Exception:
             await bucket.delete(name)
             raise

@@ -75,8 +75,13 @@ def _print_table(running: list[ServiceInstance], absent: list[str]) -> None:
         lines.append(f"{s.name:<16} {s.id:<24} {s.version:<8} {s.uptime_s:6.0f}s  {health}")
     lines.extend(f"{name:<16} {'-':<24} {'-':<8} {'-':>7}  MISSING" for name in absent)
     sick = sorted({s.name for s in degraded(running)})
-    verdict = (f"missing: {', '.join(absent)}" if absent else f"degraded: {', '.join(sick)}" if sick
-               else "all expected services healthy")
+    verdict = (
+        f"missing: {', '.join(absent)}"
+        if absent
+        else f"degraded: {', '.join(sick)}"
+        if sick
+        else "all expected services healthy"
+    )
     typer.echo("\n".join(lines) + f"\n{verdict} ({len(running)} running)")
 
 
@@ -116,5 +121,7 @@ def contracts_release() -> None:
 
 def main() -> None:
     app()
+
+
 if __name__ == "__main__":
     main()

@@ -36,7 +36,8 @@ def reference() -> str:
     common = RuntimeSettings.model_fields
     sections = [("every process", common)]
     owners: list[tuple[str, type[RuntimeSettings]]] = [
-        (name, registry.load(name).settings_type) for name in registry.WORKERS]
+        (name, registry.load(name).settings_type) for name in registry.WORKERS
+    ]
     owners.append(("edge", EdgeSettings))
     for name, cls in owners:
         own = {k: v for k, v in cls.model_fields.items() if k not in common}

@@ -42,8 +42,15 @@ async def discover(nc: Client, wait_s: float = 0.5) -> list[ServiceInstance]:
         info = json.loads(msg.data)
         metadata = info.get("metadata") or {}
         health = next((e["subject"] for e in info.get("endpoints") or () if e.get("name") == "health"), None)
-        found.append(ServiceInstance(info["name"], info["id"], info.get("version", ""),
-                                     float(metadata.get("started_at", time.time())), health_subject=health))
+        found.append(
+            ServiceInstance(
+                info["name"],
+                info["id"],
+                info.get("version", ""),
+                float(metadata.get("started_at", time.time())),
+                health_subject=health,
+            )
+        )
     await sub.unsubscribe()
     checked = await asyncio.gather(*(_checked(nc, s, wait_s) for s in found))
     return sorted(checked, key=lambda s: (s.name, s.id))

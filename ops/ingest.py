@@ -31,8 +31,13 @@ def files_of(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*")
-                                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)))
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                )
+            )
         elif path.is_file():
             found.append(path)
         else:
@@ -64,8 +69,13 @@ async def _ingest(settings: RetrieverSettings, files: list[Path], base: str, del
     session_id = new_id()  # the CLI's own session: its jobs report there
     tasks: dict[str, TaskID] = {}
     failed = 0
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[stage]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stage]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as bar:
 
         def on_progress(event: ev.JobProgress) -> None:
@@ -78,13 +88,16 @@ async def _ingest(settings: RetrieverSettings, files: list[Path], base: str, del
                     if delete:
                         job = await submit_delete(bus, session_id, path.name, base)
                     elif (size := path.stat().st_size) > settings.retriever_max_document_bytes:
-                        console.print(f"[red]{path}: {size / 1e6:.1f} MB is over the limit of "
-                                      f"{settings.retriever_max_document_bytes / 1e6:.1f} MB[/red]")
+                        console.print(
+                            f"[red]{path}: {size / 1e6:.1f} MB is over the limit of "
+                            f"{settings.retriever_max_document_bytes / 1e6:.1f} MB[/red]"
+                        )
                         failed += 1
                         continue
                     else:
-                        job = await submit_ingest(bus, session_id, path.name, path.read_bytes(),
-                                                  content_type_for(path.name), base)
+                        job = await submit_ingest(
+                            bus, session_id, path.name, path.read_bytes(), content_type_for(path.name), base
+                        )
                     tasks[job.job_id] = bar.add_task(str(path), total=None, stage="queued")
                 try:
                     async for result in watch.results(set(tasks), timeout):

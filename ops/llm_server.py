@@ -60,20 +60,32 @@ def llm_command(port: int, model: Path | None = None, threads: int = 2) -> list[
     """The command line of the llama.cpp OpenAI-compatible server for SmolLM2 on ``port``."""
     model = model or find_model()
     return [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model),
-        "--model_alias", MODEL_ALIAS,
-        "--host", HOST,
-        "--port", str(port),
-        "--n_threads", str(threads),
-        "--n_threads_batch", str(threads),
-        "--n_ctx", "2048",
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        MODEL_ALIAS,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(threads),
+        "--n_ctx",
+        "2048",
         # The server's default (True) computes and keeps logits for every prompt position (an
         # n_ctx x 49152 float array, up to ~400 MB); only logprobs need them.
-        "--logits_all", "False",
+        "--logits_all",
+        "False",
         # The default (True) mlocks the model, which exceeds the usual container RLIMIT_MEMLOCK.
-        "--use_mlock", "False",
-        "--verbose", "False",
+        "--use_mlock",
+        "False",
+        "--verbose",
+        "False",
     ]
 
 
@@ -111,11 +123,15 @@ def start_llm(port: int | None = None, log_file: Path | None = None) -> RunningS
         deadline = time.monotonic() + START_TIMEOUT
         while not _models_ready(url):
             if process.poll() is not None:
-                raise ServerError(f"LLM server exited with code {process.returncode} before serving "
-                                  f"{url}/models; its output ends with:\n{_tail(log, start)}")
+                raise ServerError(
+                    f"LLM server exited with code {process.returncode} before serving "
+                    f"{url}/models; its output ends with:\n{_tail(log, start)}"
+                )
             if time.monotonic() > deadline:
                 server.stop()
-                raise ServerError(f"LLM server not ready at {url}/models after {START_TIMEOUT:.0f}s; "
-                                  f"its output ends with:\n{_tail(log, start)}")
+                raise ServerError(
+                    f"LLM server not ready at {url}/models after {START_TIMEOUT:.0f}s; "
+                    f"its output ends with:\n{_tail(log, start)}"
+                )
             time.sleep(0.1)
     return server

@@ -19,8 +19,15 @@ def init_db() -> None:
     except Exception as error:  # one clear line instead of a driver traceback
         typer.echo(f"cannot initialise {settings.mongo_url}: {type(error).__name__}: {str(error)[:300]}", err=True)
         raise typer.Exit(1) from None
-    typer.echo("\n".join([*(f"created {what}" for what in created), f"deleted {pruned} documents older than "
-                          f"{settings.retention_days:g} days", "memory database ready"]))
+    typer.echo(
+        "\n".join(
+            [
+                *(f"created {what}" for what in created),
+                f"deleted {pruned} documents older than {settings.retention_days:g} days",
+                "memory database ready",
+            ]
+        )
+    )
 
 
 async def _init(settings: MemorySettings) -> tuple[list[str], int]:

@@ -82,8 +82,9 @@ def nats_command(store_dir: Path, port: int, config: Path | None = None) -> list
     return cmd
 
 
-def start_nats(store_dir: Path, port: int | None = None, config: Path | None = None,
-               log_file: Path | None = None) -> RunningServer:
+def start_nats(
+    store_dir: Path, port: int | None = None, config: Path | None = None, log_file: Path | None = None
+) -> RunningServer:
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
@@ -104,8 +105,19 @@ def start_chroma(path: Path, port: int | None = None, log_file: Path | None = No
 
 
 def mongo_command(db_file: Path, port: int, log_file: Path, pid_file: Path) -> list[str]:
-    return [find_binary("nx-27017"), "--db", str(db_file), "--host", "127.0.0.1", "-p", str(port),
-            "--log-file", str(log_file), "--pid-file", str(pid_file)]
+    return [
+        find_binary("nx-27017"),
+        "--db",
+        str(db_file),
+        "--host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--log-file",
+        str(log_file),
+        "--pid-file",
+        str(pid_file),
+    ]
 
 
 def start_mongo(data_dir: Path, port: int | None = None) -> RunningServer:

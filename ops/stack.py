@@ -92,8 +92,9 @@ def _read_pids(path: Path) -> list[int]:
 def _stop(supervisord: int | None, pids_file: Path, tick: Callable[[], None]) -> int:
     """TERM supervisord (or, without one, every recorded process group), call ``tick`` until all
     is gone or STOP_WITHIN has passed, then KILL what is left. Returns how many were alive."""
-    groups = [g for g in {*_read_pids(pids_file), *([supervisord] if supervisord else [])}
-              if started_by_stack(g, pids_file)]
+    groups = [
+        g for g in {*_read_pids(pids_file), *([supervisord] if supervisord else [])} if started_by_stack(g, pids_file)
+    ]
     if not groups:
         return 0
     for group in [supervisord] if supervisord in groups else groups:
@@ -176,27 +177,44 @@ def log_file(run_dir: Path, name: str) -> Path:
 def supervisord_config(processes: list[Process], run_dir: Path) -> str:
     """supervisord's configuration: every process autorestarted, servers in a group that starts
     first and stops last, each process's output (stderr included) in its own log file."""
+
     def value(text: str) -> str:
         return text.replace("%", "%%")  # supervisord expands %(name)s in these values
 
-    lines = ["[supervisord]", "nodaemon=true", "silent=true", "loglevel=info", "logfile_maxbytes=0",
-             f"logfile={value(str(run_dir / 'supervisord.log'))}",
-             f"pidfile={value(str(run_dir / SUPERVISORD_PIDFILE))}"]
+    lines = [
+        "[supervisord]",
+        "nodaemon=true",
+        "silent=true",
+        "loglevel=info",
+        "logfile_maxbytes=0",
+        f"logfile={value(str(run_dir / 'supervisord.log'))}",
+        f"pidfile={value(str(run_dir / SUPERVISORD_PIDFILE))}",
+    ]
     if os.geteuid() == 0:
         lines.append("user=root")  # else supervisord logs a CRIT line about running as root
     for process in processes:
-        lines += ["", f"[program:{process.name}]", f"command={value(shlex.join(process.command))}",
-                  "autorestart=true", f"startsecs={STARTSECS}",
-                  f"startretries={STARTRETRIES}", "stopasgroup=true", "killasgroup=true",
-                  f"stopwaitsecs={SERVER_STOP_S if process.server else WORKER_STOP_S}", "redirect_stderr=true",
-                  f"stdout_logfile={value(str(log_file(run_dir, process.name)))}",
-                  f"stdout_logfile_maxbytes={LOG_MAX_BYTES}", "stdout_logfile_backups=1"]
+        lines += [
+            "",
+            f"[program:{process.name}]",
+            f"command={value(shlex.join(process.command))}",
+            "autorestart=true",
+            f"startsecs={STARTSECS}",
+            f"startretries={STARTRETRIES}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            f"stopwaitsecs={SERVER_STOP_S if process.server else WORKER_STOP_S}",
+            "redirect_stderr=true",
+            f"stdout_logfile={value(str(log_file(run_dir, process.name)))}",
+            f"stdout_logfile_maxbytes={LOG_MAX_BYTES}",
+            "stdout_logfile_backups=1",
+        ]
     # supervisord stops one group at a time, highest priority first, and a group's processes together.
-    for group, priority, members in (("servers", 100, [p for p in processes if p.server]),
-                                     ("processes", 200, [p for p in processes if not p.server])):
+    for group, priority, members in (
+        ("servers", 100, [p for p in processes if p.server]),
+        ("processes", 200, [p for p in processes if not p.server]),
+    ):
         if members:
-            lines += ["", f"[group:{group}]", f"programs={','.join(p.name for p in members)}",
-                      f"priority={priority}"]
+            lines += ["", f"[group:{group}]", f"programs={','.join(p.name for p in members)}", f"priority={priority}"]
     return "\n".join(lines) + "\n"
 
 
@@ -247,8 +265,12 @@ class Terminal:
     def show(self, name: str, lines: list[str]) -> None:
         if not lines:
             return
-        if self._dropped and self._put(self._format("switchboard", [
-                f"({self._dropped} lines not shown: the output was not read fast enough; all is in {self._logs})"])):
+        if self._dropped and self._put(
+            self._format(
+                "switchboard",
+                [f"({self._dropped} lines not shown: the output was not read fast enough; all is in {self._logs})"],
+            )
+        ):
             self._dropped = 0
         if not self._put(self._format(name, lines)):
             self._dropped += len(lines)
@@ -275,14 +297,16 @@ class Terminal:
         while (chunk := self._queue.get()) is not None:
             try:
                 while chunk:
-                    chunk = chunk[os.write(self._fd, chunk):]
+                    chunk = chunk[os.write(self._fd, chunk) :]
             except OSError:  # nobody reads any more: the launcher goes on without output
                 return
 
 
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<message>.*)$")
-_EVENT = re.compile(r"^(?P<what>spawned|success|exited|gave up|stopped): '?(?P<name>[\w.-]+)'?"
-                    r"(?: \((?P<how>.*?)(?:; (?:not )?expected)?\)$)?")
+_EVENT = re.compile(
+    r"^(?P<what>spawned|success|exited|gave up|stopped): '?(?P<name>[\w.-]+)'?"
+    r"(?: \((?P<how>.*?)(?:; (?:not )?expected)?\)$)?"
+)
 
 
 class Supervision:
@@ -315,8 +339,10 @@ class Supervision:
             self._up.add(name)
             self._failed_starts[name] = 0
         elif what == "gave up":
-            self.fatal = (f"{name} keeps exiting right after its start ({STARTRETRIES + 1} times in a row "
-                          f"within {STARTSECS} s; last: {self._last_exit.get(name, 'could not start it')})")
+            self.fatal = (
+                f"{name} keeps exiting right after its start ({STARTRETRIES + 1} times in a row "
+                f"within {STARTSECS} s; last: {self._last_exit.get(name, 'could not start it')})"
+            )
         elif what == "exited":
             self._last_exit[name] = how
             if stopping:
@@ -326,8 +352,10 @@ class Supervision:
             self._failed_starts[name] += 1
             tries = self._failed_starts[name]
             if tries <= STARTRETRIES:
-                return (f"{name} exited ({how}) within {STARTSECS} s of its start; restarting it in {tries} s "
-                        f"(retry {tries} of {STARTRETRIES})")
+                return (
+                    f"{name} exited ({how}) within {STARTSECS} s of its start; restarting it in {tries} s "
+                    f"(retry {tries} of {STARTRETRIES})"
+                )
             return f"{name} exited ({how}) within {STARTSECS} s of its start; not restarting it"
         return None
 
@@ -354,9 +382,15 @@ def _start_supervisord(processes: list[Process], run_dir: Path, env: dict[str, s
     config = run_dir / "supervisord.conf"
     config.write_text(supervisord_config(processes, run_dir))
     with (run_dir / "supervisord.log").open("ab") as own_output:  # its start-up errors, before its logger exists
-        return subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(config)], env=env,
-                                cwd=ROOT, start_new_session=True, stdin=subprocess.DEVNULL, stdout=own_output,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(config)],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=own_output,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def up() -> int:
@@ -379,8 +413,10 @@ def up() -> int:
     supervisord = _start_supervisord(processes, run_dir, env)
     supervision = Supervision()
     stopping = False
-    followers = [("supervisord", Follower(run_dir / "supervisord.log")),
-                 *((p.name, Follower(log_file(run_dir, p.name))) for p in processes)]
+    followers = [
+        ("supervisord", Follower(run_dir / "supervisord.log")),
+        *((p.name, Follower(log_file(run_dir, p.name))) for p in processes),
+    ]
 
     def follow() -> None:
         for name, follower in followers:

@@ -39,10 +39,24 @@ NatsUrl = Annotated[str | None, typer.Option("--nats-url", help="NATS URL(s); de
 Creds = Annotated[str | None, typer.Option("--creds", help="NATS .creds file; default SB_NATS_CREDS")]
 Prefix = Annotated[str | None, typer.Option("--prefix", help="Subject prefix to read; default SB_SUBJECT_PREFIX")]
 #: Envelope fields a pretty-printed line shows in its columns, not in the payload summary.
-_ENVELOPE = {"kind", "schema_version", "event_id", "producer", "seq", "captured_at", "published_at",
-             "session_id", "turn_id"}
-_COLORS = {"ctl": typer.colors.YELLOW, "turn": typer.colors.GREEN, "data": typer.colors.CYAN,
-           "dlq": typer.colors.RED, "audio": typer.colors.MAGENTA}
+_ENVELOPE = {
+    "kind",
+    "schema_version",
+    "event_id",
+    "producer",
+    "seq",
+    "captured_at",
+    "published_at",
+    "session_id",
+    "turn_id",
+}
+_COLORS = {
+    "ctl": typer.colors.YELLOW,
+    "turn": typer.colors.GREEN,
+    "data": typer.colors.CYAN,
+    "dlq": typer.colors.RED,
+    "audio": typer.colors.MAGENTA,
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -81,12 +95,17 @@ def _run(work: Callable[[], Any]) -> None:
         raise typer.Exit(1) from None
 
 
-async def read_recorded(js: JetStreamContext, stream: str, subject: str, headers_only: bool = False,
-                        since: float | None = None) -> list[Msg]:
+async def read_recorded(
+    js: JetStreamContext, stream: str, subject: str, headers_only: bool = False, since: float | None = None
+) -> list[Msg]:
     """Every message a stream holds on ``subject`` (from ``since``), through an ephemeral consumer."""
-    config = ConsumerConfig(ack_policy=AckPolicy.NONE, headers_only=headers_only or None, inactive_threshold=30.0,
-                            deliver_policy=DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL,
-                            opt_start_time=_utc(since) if since else None)
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE,
+        headers_only=headers_only or None,
+        inactive_threshold=30.0,
+        deliver_policy=DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL,
+        opt_start_time=_utc(since) if since else None,
+    )
     sub = await js.pull_subscribe(subject, stream=stream, config=config)
     try:
         remaining = (await sub.consumer_info()).num_pending or 0
@@ -125,7 +144,7 @@ def summary(kind: str, data: bytes, width: int = 100) -> str:
         return str(body)[:width]
     shown = {k: v for k, v in body.items() if k not in _ENVELOPE and v not in (None, "", [], {})}
     text = json.dumps(shown, ensure_ascii=False, separators=(", ", ": "))
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def session_of(msg: Msg) -> str | None:
@@ -145,8 +164,10 @@ def pretty(msg: Msg) -> str:
     tokens = msg.subject.split(".")
     lane = tokens[3] if len(tokens) > 3 and tokens[1] == "ev" else tokens[1] if len(tokens) > 1 else ""
     name = typer.style(f"{kind:<22}", fg=_COLORS.get(lane))
-    return (f"{stamp} {name} {(session_of(msg) or '-')[:12]:<12} {hdrs.get(h.TURN, '-')[:8]:<8} "
-            f"{hdrs.get(h.PRODUCER, '-'):<13} {summary(kind, msg.data)}")
+    return (
+        f"{stamp} {name} {(session_of(msg) or '-')[:12]:<12} {hdrs.get(h.TURN, '-')[:8]:<8} "
+        f"{hdrs.get(h.PRODUCER, '-'):<13} {summary(kind, msg.data)}"
+    )
 
 
 # ---------------------------------------------------------------------------------------- tail
@@ -158,15 +179,18 @@ def tail(
     kind: Annotated[list[str] | None, typer.Option(help="Only these kinds (repeatable)")] = None,
     audio: Annotated[bool, typer.Option(help="Also show audio frames (one line each)")] = False,
     count: Annotated[int, typer.Option(help="Stop after this many lines (0: never)")] = 0,
-    nats_url: NatsUrl = None, creds: Creds = None, prefix: Prefix = None,
+    nats_url: NatsUrl = None,
+    creds: Creds = None,
+    prefix: Prefix = None,
 ) -> None:
     """Follow live events, pretty-printed, filtered by session, subject or kind."""
     settings = _settings(nats_url, creds, prefix)
     _run(lambda: _tail(settings, session, subject, set(kind or ()), audio, count))
 
 
-async def _tail(settings: RuntimeSettings, session: str | None, pattern: str | None, kinds: set[str],
-                audio: bool, count: int) -> int:
+async def _tail(
+    settings: RuntimeSettings, session: str | None, pattern: str | None, kinds: set[str], audio: bool, count: int
+) -> int:
     p, s = settings.subject_prefix, session or "*"
     subjects = [f"{p}.ev.{s}.>", f"{p}.dlq.>"] + ([f"{p}.audio.{s}.>"] if audio else [])
     done, printed = asyncio.Event(), 0
@@ -239,8 +263,10 @@ def timeline(records: Iterable[Recorded]) -> list[str]:
             frames[kind] += 1
             if frames[kind] > 1:
                 continue
-        lines.append(f"{(record.at - start) * 1000:9.1f} ms  {kind:<22} {hdrs.get(h.TURN, '-')[:8]:<8} "
-                     f"{hdrs.get(h.PRODUCER, '-'):<13} {summary(kind, record.msg.data, 80)}")
+        lines.append(
+            f"{(record.at - start) * 1000:9.1f} ms  {kind:<22} {hdrs.get(h.TURN, '-')[:8]:<8} "
+            f"{hdrs.get(h.PRODUCER, '-'):<13} {summary(kind, record.msg.data, 80)}"
+        )
     lines.append(f"audio frames: {frames['audio.in']} in, {frames['audio.out']} out (first of each shown)")
     for turn in stats.turns.values():
         stages = ", ".join(f"{name} {ms:.0f} ms" for name, ms in turn.stages.items()) or "no stage complete"
@@ -254,7 +280,9 @@ def replay(
     speed: Annotated[float, typer.Option(help="1: original pace, 10: ten times faster, 0: as fast as possible")] = 1.0,
     kind: Annotated[list[str] | None, typer.Option(help="Only re-publish these kinds (e.g. audio.in)")] = None,
     audio: Annotated[bool, typer.Option(help="Include recorded audio (SB_AUDIO)")] = True,
-    nats_url: NatsUrl = None, creds: Creds = None, prefix: Prefix = None,
+    nats_url: NatsUrl = None,
+    creds: Creds = None,
+    prefix: Prefix = None,
 ) -> None:
     """Print a session's recorded timeline with per-stage latencies, or re-publish it into another prefix."""
     settings = _settings(nats_url, creds, prefix)
@@ -263,8 +291,9 @@ def replay(
     _run(lambda: _replay(settings, session, into, speed, set(kind or ()), audio))
 
 
-async def _replay(settings: RuntimeSettings, session: str, into: str | None, speed: float, kinds: set[str],
-                  audio: bool) -> int:
+async def _replay(
+    settings: RuntimeSettings, session: str, into: str | None, speed: float, kinds: set[str], audio: bool
+) -> int:
     async with _connected(settings) as nc:
         js = nc.jetstream()
         records = await recorded_session(js, session, settings.subject_prefix, audio)
@@ -302,7 +331,9 @@ def trace(
     turn: Annotated[str, typer.Argument(help="Turn id")],
     session: Annotated[str | None, typer.Option(help="The turn's session (faster: reads only its events)")] = None,
     since: Annotated[float, typer.Option(help="Without --session: how far back to search, in seconds")] = 3_600.0,
-    nats_url: NatsUrl = None, creds: Creds = None, prefix: Prefix = None,
+    nats_url: NatsUrl = None,
+    creds: Creds = None,
+    prefix: Prefix = None,
 ) -> None:
     """Show one turn's path across workers (its trace) with timings."""
     settings = _settings(nats_url, creds, prefix)
@@ -319,17 +350,30 @@ async def _trace(settings: RuntimeSettings, turn: str, session: str | None, sinc
     return 0
 
 
-async def turn_messages(js: JetStreamContext, turn: str, session: str | None, prefix: str,
-                        since: float) -> list[Recorded]:
+async def turn_messages(
+    js: JetStreamContext, turn: str, session: str | None, prefix: str, since: float
+) -> list[Recorded]:
     """The recorded messages of a turn's trace (headers only), audio included, in recording order."""
     s = session or "*"
     start = None if session else time.time() - since
-    found = [Recorded(_at(m), m) for m in await read_recorded(
-        js, stream_name(EVENTS, prefix), f"{prefix}.ev.{s}.>", headers_only=True, since=start)]
-    found += [Recorded(_at(m), m) for m in await read_recorded(
-        js, stream_name(AUDIO, prefix), f"{prefix}.audio.{s}.out", headers_only=True, since=start)]
-    traces = {c.trace_id for r in found if (r.msg.headers or {}).get(h.TURN) == turn
-              if (c := parse_traceparent((r.msg.headers or {}).get(h.TRACEPARENT)))}
+    found = [
+        Recorded(_at(m), m)
+        for m in await read_recorded(
+            js, stream_name(EVENTS, prefix), f"{prefix}.ev.{s}.>", headers_only=True, since=start
+        )
+    ]
+    found += [
+        Recorded(_at(m), m)
+        for m in await read_recorded(
+            js, stream_name(AUDIO, prefix), f"{prefix}.audio.{s}.out", headers_only=True, since=start
+        )
+    ]
+    traces = {
+        c.trace_id
+        for r in found
+        if (r.msg.headers or {}).get(h.TURN) == turn
+        if (c := parse_traceparent((r.msg.headers or {}).get(h.TRACEPARENT)))
+    }
     mine = [r for r in found if (r.msg.headers or {}).get(h.TURN) == turn or _trace_id(r.msg) in traces]
     return sorted(mine, key=lambda r: r.at)
 
@@ -353,8 +397,10 @@ def trace_tree(records: list[Recorded]) -> list[str]:
         parent = (record.msg.headers or {}).get(h.PARENT_SPAN)
         children.setdefault(parent if parent in spans else None, []).append(record)
     traces = sorted({t for r in records if (t := _trace_id(r.msg))})
-    lines = [f"trace {', '.join(traces) or '(no trace context)'}: {len(records)} messages, "
-             f"{(records[-1].at - start) * 1000:.1f} ms"]
+    lines = [
+        f"trace {', '.join(traces) or '(no trace context)'}: {len(records)} messages, "
+        f"{(records[-1].at - start) * 1000:.1f} ms"
+    ]
 
     def walk(parent: str | None, depth: int) -> None:
         for (kind, producer), group in groupby(children.get(parent, []), key=_kind_and_producer):
@@ -368,4 +414,3 @@ def trace_tree(records: list[Recorded]) -> list[str]:
 
     walk(None, 0)
     return lines
-

@@ -20,8 +20,13 @@ PREFIX = "page"
 
 @pytest.fixture(scope="module")
 async def orchestrator(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[None]:
-    settings = OrchestratorSettings(nats_url=nats_url, llm_base_url=llm.base_url, subject_prefix=PREFIX,
-                                    memory_timeout_s=0.2, retrieval_timeout_s=0.2)
+    settings = OrchestratorSettings(
+        nats_url=nats_url,
+        llm_base_url=llm.base_url,
+        subject_prefix=PREFIX,
+        memory_timeout_s=0.2,
+        retrieval_timeout_s=0.2,
+    )
     async with running_worker(WORKER, settings):
         yield
 
@@ -82,8 +87,9 @@ def only_connection_noise(errors: list[str]) -> bool:
     return all("WebSocket connection" in e or "Failed to load resource" in e for e in errors)
 
 
-async def test_server_closing_the_socket_reconnects_to_the_same_session(nats_url: str, orchestrator: None,
-                                                                         browser: Browser) -> None:
+async def test_server_closing_the_socket_reconnects_to_the_same_session(
+    nats_url: str, orchestrator: None, browser: Browser
+) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     async with open_page(browser, None) as ui:
@@ -126,8 +132,10 @@ async def test_unreachable_edge_is_explained_and_retried(nats_url: str, orchestr
 
 
 async def test_protocol_error_from_the_edge_is_shown(nats_url: str, orchestrator: None, browser: Browser) -> None:
-    async with (running_edge(nats_url, subject_prefix=PREFIX, text_frames_per_s=0.2, burst_s=5.0) as url,
-                open_page(browser, url) as ui):
+    async with (
+        running_edge(nats_url, subject_prefix=PREFIX, text_frames_per_s=0.2, burst_s=5.0) as url,
+        open_page(browser, url) as ui,
+    ):
         await ui.until("sb.status === 'connected'")
         await type_turn(ui, "one")
         await type_turn(ui, "two")  # the bucket held one frame: this one is refused
@@ -137,12 +145,16 @@ async def test_protocol_error_from_the_edge_is_shown(nats_url: str, orchestrator
         await ui.screenshot("protocol_error")
 
 
-@pytest.mark.parametrize(("granted", "device", "says"), [
-    (False, True, "Microphone access was denied"),
-    (True, False, "No microphone was found"),
-])
-async def test_microphone_problems_are_explained(edge: str, granted: bool, device: bool, says: str,
-                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.mark.parametrize(
+    ("granted", "device", "says"),
+    [
+        (False, True, "Microphone access was denied"),
+        (True, False, "No microphone was found"),
+    ],
+)
+async def test_microphone_problems_are_explained(
+    edge: str, granted: bool, device: bool, says: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     wav = tmp_path_factory.mktemp("mic") / "silence.wav" if device else None
     if wav is not None:
         with wave.open(str(wav), "wb") as out:

@@ -36,11 +36,14 @@ def write_wav(path: Path, pcm: bytes, rate: int = 16_000) -> Path:
 
 @pytest.fixture(scope="module")
 async def stack(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[str]:
-    async with running_worker(TRANSCRIBER, TranscriberSettings(nats_url=nats_url, subject_prefix=PREFIX)), \
-            running_worker(ORCHESTRATOR, OrchestratorSettings(nats_url=nats_url, llm_base_url=llm.base_url,
-                                                              subject_prefix=PREFIX)), \
-            running_worker(VOICE, VoiceSettings(nats_url=nats_url, subject_prefix=PREFIX)), \
-            running_edge(nats_url, subject_prefix=PREFIX) as url:
+    async with (
+        running_worker(TRANSCRIBER, TranscriberSettings(nats_url=nats_url, subject_prefix=PREFIX)),
+        running_worker(
+            ORCHESTRATOR, OrchestratorSettings(nats_url=nats_url, llm_base_url=llm.base_url, subject_prefix=PREFIX)
+        ),
+        running_worker(VOICE, VoiceSettings(nats_url=nats_url, subject_prefix=PREFIX)),
+        running_edge(nats_url, subject_prefix=PREFIX) as url,
+    ):
         yield url
 
 
@@ -75,15 +78,22 @@ async def test_spoken_turn_shows_the_transcript_and_the_reply(stack: str, tmp_pa
         assert ui.errors == []
 
 
-STORY = " ".join(f"Sentence number {n} of a long story about the sea and the ships that sail on it."
-                 for n in range(1, 30))
+STORY = " ".join(
+    f"Sentence number {n} of a long story about the sea and the ships that sail on it." for n in range(1, 30)
+)
 
 
 async def test_speaking_over_the_assistant_flushes_playback_and_starts_a_new_turn(
-        stack: str, llm: ScriptedLLM, tmp_path: Path) -> None:
+    stack: str, llm: ScriptedLLM, tmp_path: Path
+) -> None:
     llm.script(reply=STORY)  # the first question gets a reply that takes a minute to say
-    audio = (silence(1.0) + synthesize("Tell me a long story about the sea.") + silence(9.0)
-             + synthesize("Stop, what time is it?") + silence(3.0))
+    audio = (
+        silence(1.0)
+        + synthesize("Tell me a long story about the sea.")
+        + silence(9.0)
+        + synthesize("Stop, what time is it?")
+        + silence(3.0)
+    )
     wav = write_wav(tmp_path / "barge_in.wav", audio)
     async with chromium(*fake_microphone(wav)) as browser, open_page(browser, f"{stack}/?aec=0") as ui:
         await ui.until("sb.status === 'connected'")
@@ -95,10 +105,14 @@ async def test_speaking_over_the_assistant_flushes_playback_and_starts_a_new_tur
         assert (await ui.state())["stoppedByFlush"] > 0, "nothing was playing when the flush came"
         await expect(ui.page.locator(".msg.assistant").first.locator(".meta")).to_contain_text("interrupted")
         await expect(ui.page.locator(".msg.assistant").nth(1).locator(".text")).to_contain_text(
-            "You said:", timeout=40_000)
+            "You said:", timeout=40_000
+        )
         # A pause after "Stop" may end a turn of its own: what counts is everything said after the story.
-        await ui.until("Object.values(sb.turns).filter(t => t.source === 'spoken').slice(1)"
-                       ".map(t => t.user || '').join(' ').toLowerCase().includes('time')", timeout_s=40)
+        await ui.until(
+            "Object.values(sb.turns).filter(t => t.source === 'spoken').slice(1)"
+            ".map(t => t.user || '').join(' ').toLowerCase().includes('time')",
+            timeout_s=40,
+        )
         turns = [t for t in (await ui.state("sb.turns")).values() if t.get("source") == "spoken"]
         story, heard = turns[0], " ".join(t["user"] for t in turns[1:])
         assert story["played"] < story["audioFrames"] or story["audioDone"]["cancelled"], story

@@ -85,8 +85,9 @@ class Turn:
 
 
 class Talker:
-    def __init__(self, conversation: Conversation, name: str, pace_s: float | None,
-                 capabilities: Iterable[str] = ("text",)) -> None:
+    def __init__(
+        self, conversation: Conversation, name: str, pace_s: float | None, capabilities: Iterable[str] = ("text",)
+    ) -> None:
         self.conversation = conversation
         self.name = name
         self.pace_s = pace_s
@@ -117,8 +118,9 @@ class Talker:
             self._microphone = asyncio.create_task(self._stream_microphone(), name=f"microphone-{self.name}")
 
     async def _connect(self) -> Client:
-        return await connect(self.conversation.stack.edge_url, self.token, client="chaos",
-                             capabilities=self.capabilities)
+        return await connect(
+            self.conversation.stack.edge_url, self.token, client="chaos", capabilities=self.capabilities
+        )
 
     async def _supervise(self) -> None:
         while True:
@@ -164,8 +166,12 @@ class Talker:
     # ------------------------------------------------------------------ out
 
     async def say(self, words: str = "how is it going") -> Said:
-        said = Said(self.name, len(self.said), f"chaos {self.conversation.tag} {self.name} n{len(self.said)} {words}",
-                    self.conversation.phase)
+        said = Said(
+            self.name,
+            len(self.said),
+            f"chaos {self.conversation.tag} {self.name} n{len(self.said)} {words}",
+            self.conversation.phase,
+        )
         self.said.append(said)
         self._by_text[said.text] = said
         await self._send(said)
@@ -274,8 +280,11 @@ class Fault:
 
     def line(self) -> str:
         back = f"back after {self.back_s:.1f}s" if self.back_s is not None else "not restarted"
-        answered = (f"answering again after {self.recovered_s:.1f}s" if self.recovered_s is not None
-                    else "NEVER answering again")
+        answered = (
+            f"answering again after {self.recovered_s:.1f}s"
+            if self.recovered_s is not None
+            else "NEVER answering again"
+        )
         return f"{self.label}: {back}, {answered}" + "".join(f", {note}" for note in self.notes)
 
 
@@ -303,8 +312,9 @@ class Conversation:
             await talker.talk(self._stop)
 
         paced = [t for t in self.talkers if t.pace_s]
-        self._talking = [asyncio.create_task(staggered(t, i * (t.pace_s or 1.0) / len(paced)))
-                         for i, t in enumerate(paced)]
+        self._talking = [
+            asyncio.create_task(staggered(t, i * (t.pace_s or 1.0) / len(paced))) for i, t in enumerate(paced)
+        ]
 
     async def stop_talking(self) -> None:
         self._stop.set()
@@ -329,8 +339,11 @@ class Conversation:
         """When the last paced talker got its first answer to a turn sent after the fault began."""
         latest = fault.began
         for talker in (t for t in self.talkers if t.pace_s):
-            answers = [a for turn in talker.turns.values() if turn.said and turn.said.sent_at >= fault.began
-                       and (a := turn.answered_at) is not None]
+            answers = [
+                a
+                for turn in talker.turns.values()
+                if turn.said and turn.said.sent_at >= fault.began and (a := turn.answered_at) is not None
+            ]
             if not answers:
                 return None
             latest = max(latest, min(answers))
@@ -384,9 +397,11 @@ class Conversation:
         said = [s for t in self.talkers for s in t.said]
         heard = [turn for t in self.talkers for turn in t.heard()]
         away = [turn for t in self.talkers for turn in t.heard() if not turn.dones and t.away_after(turn.heard_at or 0)]
-        line = (f"[{self.name}] {len(said)} chats ({sum(s.sends > 1 for s in said)} resent after a reconnect), "
-                f"{len(heard)} turns heard, {sum(bool(t.dones) for t in heard)} replies seen, {len(away)} answered "
-                f"while the client was away; memory caught up in {time.monotonic() - began:.1f}s")
+        line = (
+            f"[{self.name}] {len(said)} chats ({sum(s.sends > 1 for s in said)} resent after a reconnect), "
+            f"{len(heard)} turns heard, {sum(bool(t.dones) for t in heard)} replies seen, {len(away)} answered "
+            f"while the client was away; memory caught up in {time.monotonic() - began:.1f}s"
+        )
         REPORT.append(line)
         print(line, flush=True)
         return problems.lines()
@@ -469,8 +484,11 @@ def _check_memory(talker: Talker, stored: list[Event], problems: Problems) -> No
     for (role, turn_id), n in counts.items():
         if n > 1:
             turn = heard.get(turn_id)
-            problems.add(f"stored {n} times in memory ({role})", turn.phase if turn else STEADY,
-                         turn.label if turn else turn_id[:8])
+            problems.add(
+                f"stored {n} times in memory ({role})",
+                turn.phase if turn else STEADY,
+                turn.label if turn else turn_id[:8],
+            )
     for role, turn_id in sorted(_expected_in_memory(talker) - set(counts)):
         turn = heard[turn_id]
         problems.add(f"missing from memory ({role})", turn.said.phase if turn.said else turn.phase, turn.label)
@@ -480,8 +498,11 @@ def _check_memory(talker: Talker, stored: list[Event], problems: Problems) -> No
     for turn_id, text in unknown_users.items():
         said = by_text.get(text)
         if said is None or said.sends <= len(said.turn_ids):
-            problems.add("in memory but never heard by the client (user)", said.phase if said else STEADY,
-                         said.label if said else f"{turn_id[:8]} {text[:40]!r}")
+            problems.add(
+                "in memory but never heard by the client (user)",
+                said.phase if said else STEADY,
+                said.label if said else f"{turn_id[:8]} {text[:40]!r}",
+            )
     for t in stored:
         if t["role"] == "assistant" and t["turn_id"] not in heard and t["turn_id"] not in unknown_users:
             problems.add("a stored reply to no stored turn", STEADY, t["turn_id"][:8])
@@ -512,6 +533,7 @@ async def _canary(stack: Stack, with_memory: bool, timeout: float = 10.0) -> boo
         def answered() -> bool:
             dones = [d for turn in talker.heard() for d in turn.dones]
             return any(d["finish_reason"] == "stop" and (d["memory"] == "ok" or not with_memory) for d in dones)
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # a turn a second: one cold context request may time out
             await talker.say()

@@ -114,15 +114,26 @@ class Stack:
         self.nats = await asyncio.to_thread(self._start_nats)
         self.mongo = await asyncio.to_thread(start_mongo, self.base / "mongo", self.mongo_port)
         self.llm = await asyncio.to_thread(self._start_llm)
-        self._nc = await nats.connect(self.nats_url, name="chaos-test", max_reconnect_attempts=-1,
-                                      reconnect_time_wait=0.2, connect_timeout=2, error_cb=_expected_outage)
+        self._nc = await nats.connect(
+            self.nats_url,
+            name="chaos-test",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+            connect_timeout=2,
+            error_cb=_expected_outage,
+        )
 
     def _start_llm(self) -> subprocess.Popen[bytes]:
         """The scripted OpenAI-compatible server as its own process: it never waits on the test's loop."""
         with (self.logs / "llm.log").open("ab") as log:
             llm = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.scripted_llm", "--port", str(self.llm_port)], cwd=ROOT,
-                env=self._base_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [sys.executable, "-m", "tests.support.scripted_llm", "--port", str(self.llm_port)],
+                cwd=ROOT,
+                env=self._base_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for_port("127.0.0.1", self.llm_port, 30.0, llm)
         return llm
 
@@ -152,9 +163,14 @@ class Stack:
 
     def env_for(self, name: str) -> dict[str, str]:
         env = self._base_env() | {
-            "SB_NATS_URL": self.nats_url, "SB_LOG_FORMAT": "json", "SB_LOG_LEVEL": "info",
-            "SB_LLM_BASE_URL": f"http://127.0.0.1:{self.llm_port}/v1", "SB_LLM_MODEL": "scripted",
-            "SB_LLM_API_KEY": "chaos", "SB_MONGO_URL": self.mongo_url, "SB_EDGE_PORT": str(self.edge_port),
+            "SB_NATS_URL": self.nats_url,
+            "SB_LOG_FORMAT": "json",
+            "SB_LOG_LEVEL": "info",
+            "SB_LLM_BASE_URL": f"http://127.0.0.1:{self.llm_port}/v1",
+            "SB_LLM_MODEL": "scripted",
+            "SB_LLM_API_KEY": "chaos",
+            "SB_MONGO_URL": self.mongo_url,
+            "SB_EDGE_PORT": str(self.edge_port),
             "SB_EDGE_SECRET": SECRET,
         }
         if name == "transcriber":
@@ -180,8 +196,14 @@ class Stack:
         out = service.log.open("ab")
         try:
             service.spawned_at = time.time()
-            service.process = subprocess.Popen([sys.executable, "-m", service.module], cwd=ROOT, env=service.env,
-                                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            service.process = subprocess.Popen(
+                [sys.executable, "-m", service.module],
+                cwd=ROOT,
+                env=service.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
             out.close()  # the child has its own copy
         return service
@@ -204,8 +226,10 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not service.alive:
-                raise StackError(f"{name} exited with code {service.process and service.process.returncode} "
-                                 f"before it was ready:\n{self.log_tail(name)}")
+                raise StackError(
+                    f"{name} exited with code {service.process and service.process.returncode} "
+                    f"before it was ready:\n{self.log_tail(name)}"
+                )
             if self.nc.is_connected:
                 running = await discover(self.nc, wait_s=0.25)
                 fresh = any(s.name == name and s.started_at >= service.spawned_at - 1.0 for s in running)

@@ -35,8 +35,11 @@ async def stats_mismatches(stack: Stack, talkers: list[Talker], timeout: float =
     deadline = time.monotonic() + timeout
     while True:
         counted = {t.name: await stats_turns(stack, t) for t in talkers}
-        wrong = [f"{t.name} counted {counted[t.name]} of {len(t.heard())}" for t in talkers
-                 if counted[t.name] != len(t.heard())]
+        wrong = [
+            f"{t.name} counted {counted[t.name]} of {len(t.heard())}"
+            for t in talkers
+            if counted[t.name] != len(t.heard())
+        ]
         if not wrong or time.monotonic() >= deadline:
             return wrong
         await asyncio.sleep(0.5)

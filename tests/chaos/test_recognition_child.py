@@ -68,18 +68,22 @@ async def test_killed_recognition_child_is_replaced_and_the_next_utterance_is_an
         answered = await utterance_answered(talk, speaker, after)
         fault.recovered_s = (answered.answered_at or 0.0) - fault.began if answered else None
         if answered is None:
-            problems.append("the utterance after the recognition child was killed was never transcribed and "
-                            f"answered ({describe(speaker, before)})")
+            problems.append(
+                "the utterance after the recognition child was killed was never transcribed and "
+                f"answered ({describe(speaker, before)})"
+            )
         errors = [e for e in speaker.loose if e.get("kind") == "error"] + [
-            e for t in speaker.turns.values() for _, e in t.of("error")]
+            e for t in speaker.turns.values() for _, e in t.of("error")
+        ]
         fault.notes.append(f"error events: {[e['code'] for e in errors] or 'none'}")
         if not replaced:
             fault.notes.append(f"no new recognition child (children now {stack.children('transcriber')})")
 
         newcomer = await talk.add("newcomer", pace_s=None, capabilities=("text", "audio_in"))
         if await utterance_answered(talk, newcomer, first) is None:
-            problems.append("a new session's utterance was never transcribed and answered "
-                            f"({describe(newcomer, set())})")
+            problems.append(
+                f"a new session's utterance was never transcribed and answered ({describe(newcomer, set())})"
+            )
         talk.report(fault)
         await talk.settle()
         problems += await talk.verify()

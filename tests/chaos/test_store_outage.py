@@ -33,18 +33,32 @@ async def test_store_outage_keeps_replies_going_and_memory_complete(stack: Stack
         fault.back_s = time.monotonic() - fault.began
 
         def context_back() -> bool:
-            return any(d.get("memory") == "ok" for t in talk.talkers for turn in t.turns.values()
-                       if turn.said and turn.said.sent_at > restarted for d in turn.dones)
+            return any(
+                d.get("memory") == "ok"
+                for t in talk.talkers
+                for turn in t.turns.values()
+                if turn.said and turn.said.sent_at > restarted
+                for d in turn.dones
+            )
+
         context_ok = await talk.until(context_back, 20.0)
-        fault.notes.append(f"memory context ok {time.monotonic() - restarted:.1f}s after the store was back"
-                           if context_ok else "memory context NEVER ok again")
+        fault.notes.append(
+            f"memory context ok {time.monotonic() - restarted:.1f}s after the store was back"
+            if context_ok
+            else "memory context NEVER ok again"
+        )
         await talk.until_recovered(fault)
         await asyncio.sleep(2.0)  # a steady conversation after it
         await talk.stop_talking()
         await talk.settle()
         problems = await talk.verify()
-        during = Counter(d.get("memory") for t in talk.talkers for turn in t.turns.values()
-                         if turn.said and turn.said.phase == fault.label for d in turn.dones)
+        during = Counter(
+            d.get("memory")
+            for t in talk.talkers
+            for turn in t.turns.values()
+            if turn.said and turn.said.phase == fault.label
+            for d in turn.dones
+        )
         print(f"[store outage] memory status of the replies to turns sent during the outage: {dict(during)}")
     memory = stack.services["memory"]
     if not memory.alive:

@@ -50,15 +50,26 @@ async def answers_again(talk: Conversation, stack: Stack, fault: Fault) -> str |
 
 async def memory_context_again(talk: Conversation, stack: Stack, fault: Fault) -> str | None:
     async def ok() -> bool:
-        return any(d.get("memory") == "ok" for t in paced(talk) for turn in t.turns.values()
-                   if turn.said and turn.said.sent_at > fault.began + DOWN_S for d in turn.dones)
+        return any(
+            d.get("memory") == "ok"
+            for t in paced(talk)
+            for turn in t.turns.values()
+            if turn.said and turn.said.sent_at > fault.began + DOWN_S
+            for d in turn.dones
+        )
+
     return await poll(fault, "replies use memory again", ok)
 
 
 async def keywords_again(talk: Conversation, stack: Stack, fault: Fault) -> str | None:
     async def tagged() -> bool:
-        return any(turn.of("annot.keywords") for t in paced(talk) for turn in t.turns.values()
-                   if turn.said and turn.said.sent_at > fault.began + DOWN_S)
+        return any(
+            turn.of("annot.keywords")
+            for t in paced(talk)
+            for turn in t.turns.values()
+            if turn.said and turn.said.sent_at > fault.began + DOWN_S
+        )
+
     return await poll(fault, "turns tagged again", tagged)
 
 
@@ -68,6 +79,7 @@ async def voice_again(talk: Conversation, stack: Stack, fault: Fault) -> str | N
 
     async def spoken() -> bool:
         return any(speaker.turns[tid].of("audio.done") for tid in said.turn_ids if tid in speaker.turns)
+
     return await poll(fault, "replies spoken again", spoken)
 
 
@@ -79,11 +91,15 @@ async def stats_again(talk: Conversation, stack: Stack, fault: Fault) -> str | N
         nonlocal counted
         want = len(talker.heard())
         try:
-            counted = (await stack.request("stats.snapshot", ev.StatsRequest(
-                producer="chaos", session_id=talker.session_id), ev.StatsSnapshot)).turns
+            counted = (
+                await stack.request(
+                    "stats.snapshot", ev.StatsRequest(producer="chaos", session_id=talker.session_id), ev.StatsSnapshot
+                )
+            ).turns
         except DependencyUnavailableError:
             return False
         return counted >= want
+
     problem = await poll(fault, "stats count every turn again", counts)
     return problem and f"{problem} (counted {counted} of {len(talker.heard())} turns of {talker.name})"
 
@@ -91,23 +107,32 @@ async def stats_again(talk: Conversation, stack: Stack, fault: Fault) -> str | N
 async def retriever_again(talk: Conversation, stack: Stack, fault: Fault) -> str | None:
     async def answers() -> bool:
         try:
-            reply = await stack.request("retrieval.query", ev.RetrievalRequest(
-                producer="chaos", session_id=paced(talk)[0].session_id, query="what is in the handbook"),
-                ev.RetrievalReply)
+            reply = await stack.request(
+                "retrieval.query",
+                ev.RetrievalRequest(
+                    producer="chaos", session_id=paced(talk)[0].session_id, query="what is in the handbook"
+                ),
+                ev.RetrievalReply,
+            )
         except DependencyUnavailableError:
             return False
         return not reply.error
+
     return await poll(fault, "retrieval answers again", answers)
 
 
 async def video_again(talk: Conversation, stack: Stack, fault: Fault) -> str | None:
     async def answers() -> bool:
         try:
-            await stack.request("video.describe", ev.FrameDescribeRequest(
-                producer="chaos", session_id=paced(talk)[0].session_id), ev.FrameDescription)
+            await stack.request(
+                "video.describe",
+                ev.FrameDescribeRequest(producer="chaos", session_id=paced(talk)[0].session_id),
+                ev.FrameDescription,
+            )
         except DependencyUnavailableError:
             return False
         return True
+
     return await poll(fault, "camera descriptions answered again", answers)
 
 
@@ -139,8 +164,13 @@ async def poll_once(check: Callable[[], Awaitable[bool]], timeout: float) -> boo
 
 
 PROBES: dict[str, Probe] = {
-    "orchestrator": answers_again, "memory": memory_context_again, "keywords": keywords_again,
-    "voice": voice_again, "retriever": retriever_again, "stats": stats_again, "video": video_again,
+    "orchestrator": answers_again,
+    "memory": memory_context_again,
+    "keywords": keywords_again,
+    "voice": voice_again,
+    "retriever": retriever_again,
+    "stats": stats_again,
+    "video": video_again,
     "transcriber": transcriber_again,
 }
 

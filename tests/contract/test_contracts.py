@@ -94,11 +94,14 @@ class NewOptional(ev.UserTurn):
     language: str | None = Field(default=None)
 
 
-@pytest.mark.parametrize(("model", "rule"), [
-    (RenamedField, "removed or renamed field"),
-    (ChangedType, "changed type"),
-    (NewRequired, "new required field"),
-])
+@pytest.mark.parametrize(
+    ("model", "rule"),
+    [
+        (RenamedField, "removed or renamed field"),
+        (ChangedType, "changed type"),
+        (NewRequired, "new required field"),
+    ],
+)
 def test_breaking_change_without_bump_fails(model: type[Event], rule: str) -> None:
     violations = compat.check(compat.load_released(), _with(model))
     assert {v.target for v in violations} == {"turn.user"}
@@ -111,13 +114,16 @@ def test_bumped_version_allows_the_change_and_optional_fields_are_compatible() -
 
 
 def test_removed_or_renamed_subject_fails() -> None:
-    renamed = tuple(dataclasses.replace(s, pattern="ev.{session_id}.data.delta") if s.name == "reply.delta" else s
-                    for s in SUBJECTS)
+    renamed = tuple(
+        dataclasses.replace(s, pattern="ev.{session_id}.data.delta") if s.name == "reply.delta" else s for s in SUBJECTS
+    )
     removed = tuple(s for s in SUBJECTS if s.name != "interrupt")
     assert [v.rule for v in compat.check(compat.load_released(), compat.snapshot(subjects=renamed))] == [
-        "renamed subject"]
+        "renamed subject"
+    ]
     assert [v.rule for v in compat.check(compat.load_released(), compat.snapshot(subjects=removed))] == [
-        "removed subject"]
+        "removed subject"
+    ]
 
 
 def test_removed_message_fails() -> None:
@@ -157,8 +163,9 @@ def test_wire_check_accepts_valid_and_flags_invalid_messages() -> None:
     subject = BY_NAME["turn.user"].subject("sessionAAAA")
     assert check_message(subject, {}, turn.model_dump_json().encode()) is None
     assert "not a valid UserTurn" in str(check_message(subject, {}, b'{"kind": "turn.user"}'))
-    assert "does not match" in str(check_message(BY_NAME["turn.user"].subject("sessionBBBB"), {},
-                                                 turn.model_dump_json().encode()))
+    assert "does not match" in str(
+        check_message(BY_NAME["turn.user"].subject("sessionBBBB"), {}, turn.model_dump_json().encode())
+    )
     assert "not declared" in str(check_message("sb.ev.sessionAAAA.data.gossip", {}, b"{}"))
     assert "Sb-Meta" in str(check_message(BY_NAME["audio.in"].subject("sessionAAAA"), {}, b"\x00\x00"))
 
@@ -170,8 +177,11 @@ async def test_contract_tap_catches_a_bad_payload_on_the_wire(nats_url: str) -> 
     listener, sender = await nats.connect(nats_url), await nats.connect(nats_url)
     await tap.start(listener)
     await flush_ordered(listener)
-    await sender.publish(BY_NAME["reply.delta"].subject("sessionTAP01"), b'{"kind": "reply.delta", "text": 5}',
-                         headers={DELIBERATELY_INVALID: "1"})
+    await sender.publish(
+        BY_NAME["reply.delta"].subject("sessionTAP01"),
+        b'{"kind": "reply.delta", "text": 5}',
+        headers={DELIBERATELY_INVALID: "1"},
+    )
     await sender.flush()
     for _ in range(200):  # delivery to the listener is asynchronous
         if tap.violations:
@@ -180,7 +190,6 @@ async def test_contract_tap_catches_a_bad_payload_on_the_wire(nats_url: str) -> 
     await sender.close()
     await listener.close()
     assert len(tap.violations) == 1 and "ReplyDelta" in tap.violations[0]
-
 
 
 def test_client_protocol_changes_are_checked_too() -> None:

@@ -26,23 +26,42 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def launch(env: dict[str, str], log: Path, stdout: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "ops.cli", "up"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=stdout or log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ops.cli", "up"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=stdout or log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_healthy(env: dict[str, str], timeout: float = 90.0) -> str:
-    result = subprocess.run([sys.executable, "-m", "ops.cli", "status", "--wait", str(timeout)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=timeout + 30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "status", "--wait", str(timeout)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
 
 @pytest.fixture
 def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    env = {**os.environ, "SB_RUN_DIR": str(tmp_path / "run"), "SB_LOG_FORMAT": "json",
-           "SB_NATS_URL": f"nats://127.0.0.1:{free_port()}", "SB_NATS_MONITOR_PORT": str(free_port()),
-           "SB_MONGO_URL": f"mongodb://127.0.0.1:{free_port()}", "SB_LLM_LOCAL_PORT": str(free_port()),
-           "SB_EDGE_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        "SB_RUN_DIR": str(tmp_path / "run"),
+        "SB_LOG_FORMAT": "json",
+        "SB_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "SB_NATS_MONITOR_PORT": str(free_port()),
+        "SB_MONGO_URL": f"mongodb://127.0.0.1:{free_port()}",
+        "SB_LLM_LOCAL_PORT": str(free_port()),
+        "SB_EDGE_PORT": str(free_port()),
+    }
     for key in ("SB_LLM_BASE_URL", "SB_LLM_PROVIDER", "SB_SUBJECT_PREFIX"):
         env.pop(key, None)
     yield env
@@ -88,8 +107,9 @@ def supervised(env: dict[str, str]) -> dict[str, int]:
     named = {}
     for pid in stack_pids(env):
         try:
-            environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                           if b"=" in item)
+            environ = dict(
+                item.split(b"=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item
+            )
             if os.getpgid(pid) == pid and b"SUPERVISOR_PROCESS_NAME" in environ:
                 named[environ[b"SUPERVISOR_PROCESS_NAME"].decode()] = pid
         except OSError:
@@ -98,12 +118,15 @@ def supervised(env: dict[str, str]) -> dict[str, int]:
 
 
 def ports(env: dict[str, str]) -> list[int]:
-    return [int(env["SB_NATS_URL"].rsplit(":", 1)[1]), int(env["SB_MONGO_URL"].rsplit(":", 1)[1]),
-            int(env["SB_LLM_LOCAL_PORT"]), int(env["SB_EDGE_PORT"])]
+    return [
+        int(env["SB_NATS_URL"].rsplit(":", 1)[1]),
+        int(env["SB_MONGO_URL"].rsplit(":", 1)[1]),
+        int(env["SB_LLM_LOCAL_PORT"]),
+        int(env["SB_EDGE_PORT"]),
+    ]
 
 
-async def test_up_runs_everything_survives_a_crash_and_stops_cleanly(stack_env: dict[str, str],
-                                                                      tmp_path: Path) -> None:
+async def test_up_runs_everything_survives_a_crash_and_stops_cleanly(stack_env: dict[str, str], tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     launcher = launch(stack_env, log)
     try:
@@ -132,8 +155,9 @@ async def test_up_runs_everything_survives_a_crash_and_stops_cleanly(stack_env: 
         stop(launcher, stack_env)
 
 
-async def test_a_killed_worker_is_restarted_and_the_rest_keeps_running(stack_env: dict[str, str],
-                                                                       tmp_path: Path) -> None:
+async def test_a_killed_worker_is_restarted_and_the_rest_keeps_running(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
     log = tmp_path / "up.log"
     launcher = launch(stack_env, log)
     try:
@@ -174,8 +198,9 @@ def test_a_crash_loop_stops_the_stack_with_the_reason(stack_env: dict[str, str],
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_stops_everything_when_nobody_reads_the_output(stack_env: dict[str, str], tmp_path: Path,
-                                                                stop_signal: signal.Signals) -> None:
+def test_a_signal_stops_everything_when_nobody_reads_the_output(
+    stack_env: dict[str, str], tmp_path: Path, stop_signal: signal.Signals
+) -> None:
     """`just up | tee up.log`, then Ctrl-C (which also ends tee), or SIGTERM after tee is gone."""
     log = tmp_path / "up.log"
     tee = subprocess.Popen(["tee", str(log)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)

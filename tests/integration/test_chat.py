@@ -19,8 +19,9 @@ from workers.runtime import running_worker
 
 @pytest.fixture(scope="module")
 async def edge(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[str]:
-    settings = OrchestratorSettings(nats_url=nats_url, llm_base_url=llm.base_url, llm_timeout_s=1.0,
-                                    memory_timeout_s=0.2, retrieval_timeout_s=0.2)
+    settings = OrchestratorSettings(
+        nats_url=nats_url, llm_base_url=llm.base_url, llm_timeout_s=1.0, memory_timeout_s=0.2, retrieval_timeout_s=0.2
+    )
     async with running_worker(WORKER, settings), running_edge(nats_url) as url:
         yield url
 
@@ -99,15 +100,18 @@ async def test_new_turn_supersedes_the_one_in_flight(edge: str) -> None:
     await client.close()
 
 
-@pytest.mark.parametrize(("marker", "code"), [
-    ("[status:500]", "llm_failed"),
-    ("[status:400]", "llm_rejected"),
-    ("[status:401]", "llm_auth"),
-    ("[status:429]", "llm_rate_limited"),
-    ("[hang]", "llm_timeout"),
-    ("[malformed]", "llm_bad_stream"),
-    ("[misshapen]", "llm_bad_stream"),
-])
+@pytest.mark.parametrize(
+    ("marker", "code"),
+    [
+        ("[status:500]", "llm_failed"),
+        ("[status:400]", "llm_rejected"),
+        ("[status:401]", "llm_auth"),
+        ("[status:429]", "llm_rate_limited"),
+        ("[hang]", "llm_timeout"),
+        ("[malformed]", "llm_bad_stream"),
+        ("[misshapen]", "llm_bad_stream"),
+    ],
+)
 async def test_llm_failures_become_error_events_and_the_worker_carries_on(edge: str, marker: str, code: str) -> None:
     client = await connect(edge)
     events = await turn(client, f"{marker} boom")
@@ -119,8 +123,9 @@ async def test_llm_failures_become_error_events_and_the_worker_carries_on(edge: 
 
 
 async def test_unreachable_llm_is_reported(nats_url: str) -> None:
-    settings = OrchestratorSettings(nats_url=nats_url, llm_base_url=f"http://127.0.0.1:{free_port()}/v1",
-                                    subject_prefix="unreach")
+    settings = OrchestratorSettings(
+        nats_url=nats_url, llm_base_url=f"http://127.0.0.1:{free_port()}/v1", subject_prefix="unreach"
+    )
     async with running_worker(WORKER, settings), running_edge(nats_url, subject_prefix="unreach") as url:
         client = await connect(url)
         events = await turn(client, "anyone?")
@@ -157,8 +162,9 @@ def local_llm() -> Iterator[RunningServer]:
 
 
 async def test_turn_through_the_real_local_model(nats_url: str, local_llm: RunningServer) -> None:
-    settings = OrchestratorSettings(nats_url=nats_url, llm_base_url=local_llm.url, llm_model=MODEL_ALIAS,
-                                    llm_max_tokens=24, subject_prefix="local")
+    settings = OrchestratorSettings(
+        nats_url=nats_url, llm_base_url=local_llm.url, llm_model=MODEL_ALIAS, llm_max_tokens=24, subject_prefix="local"
+    )
     async with running_worker(WORKER, settings), running_edge(nats_url, subject_prefix="local") as url:
         client = await connect(url)
         await client.chat("Say hello.")

@@ -31,11 +31,18 @@ from workers.stats.worker import WORKER as STATS
 from workers.stats.worker import StatsSettings
 
 
-def orchestrator_settings(nats_url: str, llm: ScriptedLLM, prefix: str,
-                          turn_deadline_s: float = 120.0) -> OrchestratorSettings:
-    return OrchestratorSettings(nats_url=nats_url, llm_base_url=llm.base_url, subject_prefix=prefix,
-                                memory_timeout_s=0.05, retrieval_timeout_s=0.05, connect_timeout_s=5,
-                                turn_deadline_s=turn_deadline_s)
+def orchestrator_settings(
+    nats_url: str, llm: ScriptedLLM, prefix: str, turn_deadline_s: float = 120.0
+) -> OrchestratorSettings:
+    return OrchestratorSettings(
+        nats_url=nats_url,
+        llm_base_url=llm.base_url,
+        subject_prefix=prefix,
+        memory_timeout_s=0.05,
+        retrieval_timeout_s=0.05,
+        connect_timeout_s=5,
+        turn_deadline_s=turn_deadline_s,
+    )
 
 
 class Replies:
@@ -55,8 +62,10 @@ class Replies:
             error = ev.ErrorEvent.model_validate_json(msg.data)  # type: ignore[attr-defined]
             self.errors.setdefault(error.turn_id or "", []).append(error)
 
-        subs = [await nc.subscribe(BY_NAME["reply.done"].wildcard(prefix), cb=on_done),
-                await nc.subscribe(BY_NAME["error"].wildcard(prefix), cb=on_error)]
+        subs = [
+            await nc.subscribe(BY_NAME["reply.done"].wildcard(prefix), cb=on_done),
+            await nc.subscribe(BY_NAME["error"].wildcard(prefix), cb=on_error),
+        ]
         await flush_ordered(nc)
         try:
             yield self
@@ -95,7 +104,8 @@ async def client_bus(nats_url: str, prefix: str) -> AsyncIterator[Bus]:
 
 
 async def test_turns_sent_while_no_orchestrator_runs_are_answered_once_when_one_comes_back(
-        nats_url: str, nc: Client, llm: ScriptedLLM) -> None:
+    nats_url: str, nc: Client, llm: ScriptedLLM
+) -> None:
     prefix = "durable1"
     replies = Replies()
     async with client_bus(nats_url, prefix) as bus, replies.watching(nc, prefix):
@@ -106,8 +116,10 @@ async def test_turns_sent_while_no_orchestrator_runs_are_answered_once_when_one_
         waiting = [await send_turn(bus, new_id(), f"while down {i}") for i in range(5)]
         await asyncio.sleep(0.3)
         assert not [t for t in waiting if t in replies.done]
-        async with running_worker(ORCHESTRATOR, orchestrator_settings(nats_url, llm, prefix)), \
-                running_worker(ORCHESTRATOR, orchestrator_settings(nats_url, llm, prefix)):
+        async with (
+            running_worker(ORCHESTRATOR, orchestrator_settings(nats_url, llm, prefix)),
+            running_worker(ORCHESTRATOR, orchestrator_settings(nats_url, llm, prefix)),
+        ):
             await replies.until_answered(waiting, 15)
             await asyncio.sleep(0.5)  # a second answer would come now
     assert replies.answered_twice() == []
@@ -115,7 +127,8 @@ async def test_turns_sent_while_no_orchestrator_runs_are_answered_once_when_one_
 
 
 async def test_a_turn_older_than_the_deadline_gets_an_error_instead_of_a_late_reply(
-        nats_url: str, nc: Client, llm: ScriptedLLM) -> None:
+    nats_url: str, nc: Client, llm: ScriptedLLM
+) -> None:
     prefix = "durable2"
     replies = Replies()
     async with client_bus(nats_url, prefix) as bus, replies.watching(nc, prefix):
@@ -129,7 +142,8 @@ async def test_a_turn_older_than_the_deadline_gets_an_error_instead_of_a_late_re
 
 
 async def test_a_redelivered_turn_that_was_answered_is_not_answered_again(
-        nats_url: str, nc: Client, llm: ScriptedLLM) -> None:
+    nats_url: str, nc: Client, llm: ScriptedLLM
+) -> None:
     prefix = "durable3"
     replies = Replies()
     async with client_bus(nats_url, prefix) as bus, replies.watching(nc, prefix):
@@ -139,8 +153,12 @@ async def test_a_redelivered_turn_that_was_answered_is_not_answered_again(
         # That replica: takes the turn, answers it, dies before acking (a nak redelivers it at once).
         pull = await bus.js.pull_subscribe_bind(USER_TURNS.durable, stream_name(EVENTS, prefix))
         [held] = await pull.fetch(1, timeout=5)
-        await bus.publish(ev.ReplyDone(session_id=session, turn_id=answered, producer="orchestrator",
-                                       text="the first answer", agent="general"), durable=True)
+        await bus.publish(
+            ev.ReplyDone(
+                session_id=session, turn_id=answered, producer="orchestrator", text="the first answer", agent="general"
+            ),
+            durable=True,
+        )
         await held.nak()
         await pull.unsubscribe()
         async with running_worker(ORCHESTRATOR, orchestrator_settings(nats_url, llm, prefix)):
@@ -159,10 +177,13 @@ async def test_turns_and_stats_survive_a_nats_server_restart(tmp_path: Path, llm
     prefix = "sb"
     replies = Replies()
     try:
-        async with client_bus(url, prefix) as bus, client_bus(url, prefix) as watcher, \
-                replies.watching(watcher.nc, prefix), \
-                running_worker(ORCHESTRATOR, orchestrator_settings(url, llm, prefix)), \
-                running_worker(STATS, StatsSettings(nats_url=url, connect_timeout_s=5)):
+        async with (
+            client_bus(url, prefix) as bus,
+            client_bus(url, prefix) as watcher,
+            replies.watching(watcher.nc, prefix),
+            running_worker(ORCHESTRATOR, orchestrator_settings(url, llm, prefix)),
+            running_worker(STATS, StatsSettings(nats_url=url, connect_timeout_s=5)),
+        ):
             session = new_id()
             before = [await send_turn(bus, session, f"before {i}") for i in range(3)]
             await replies.until_answered(before, 10)

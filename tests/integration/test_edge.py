@@ -71,8 +71,10 @@ async def test_missing_forged_and_expired_tokens_are_refused_with_documented_cod
 
 
 async def test_no_hello_in_time_closes_with_auth_missing(nats_url: str) -> None:
-    async with running_edge(nats_url, hello_timeout_s=0.3) as url, \
-            websockets.connect(url.replace("http", "ws") + "/v1/ws") as ws:
+    async with (
+        running_edge(nats_url, hello_timeout_s=0.3) as url,
+        websockets.connect(url.replace("http", "ws") + "/v1/ws") as ws,
+    ):
         with pytest.raises(ConnectionClosed) as closed:
             while True:
                 await asyncio.wait_for(ws.recv(), 5)
@@ -157,8 +159,11 @@ async def test_sockets_per_session_are_limited(edge: str) -> None:
 async def test_two_sessions_never_see_each_others_events(edge: str, bus: Bus) -> None:
     alice, bob = await connect(edge), await connect(edge)
     for who in (alice, bob):
-        await bus.publish(ev.ReplyDone(session_id=who.session_id, turn_id="t1", producer="test",
-                                       text=f"for {who.session_id}", agent="general"))
+        await bus.publish(
+            ev.ReplyDone(
+                session_id=who.session_id, turn_id="t1", producer="test", text=f"for {who.session_id}", agent="general"
+            )
+        )
     for who in (alice, bob):
         done = (await who.until(lambda e: e["kind"] == "reply.done"))[-1]
         assert done["text"] == f"for {who.session_id}"
@@ -187,8 +192,11 @@ async def test_interrupt_before_the_first_delta_flushes_the_turn_in_progress(edg
     await client.send(type="interrupt")
     flush = (await client.until(lambda e: e["kind"] == "flush"))[-1]
     assert flush["turn_id"] == asked["turn_id"]
-    await bus.publish(ev.ReplyDelta(session_id=client.session_id, turn_id=asked["turn_id"], producer="test", seq=0,
-                                    text="late", agent="g"))
+    await bus.publish(
+        ev.ReplyDelta(
+            session_id=client.session_id, turn_id=asked["turn_id"], producer="test", seq=0, text="late", agent="g"
+        )
+    )
     await client.send(type="ping", id="end")
     assert [e["kind"] for e in await client.until(lambda e: e["kind"] == "pong")] == ["ctl.interrupt", "pong"]
     await client.close()
@@ -206,8 +214,11 @@ async def test_late_deltas_of_an_interrupted_turn_are_not_forwarded(edge: str, b
     await bus.publish(ev.Interrupt(session_id=sid, producer="test", reason="barge_in"))
     for i in range(1, 4):
         await bus.publish(delta(i))
-    await bus.publish(ev.ReplyDone(session_id=sid, turn_id="turn-a", producer="test", text="d0 d1",
-                                   agent="g", finish_reason="cancelled"))
+    await bus.publish(
+        ev.ReplyDone(
+            session_id=sid, turn_id="turn-a", producer="test", text="d0 d1", agent="g", finish_reason="cancelled"
+        )
+    )
     events = await client.until(lambda e: e["kind"] == "reply.done")
     kinds = [e["kind"] for e in events]
     assert kinds == ["flush", "ctl.interrupt", "reply.done"], kinds
@@ -222,8 +233,7 @@ async def test_slow_client_is_bounded_then_disconnected(nats_url: str, bus: Bus)
         # The client reads nothing while far more than the queue and the socket buffers hold arrives.
         big = "x" * 8_000
         for i in range(3_000):
-            await bus.publish(ev.ReplyDelta(session_id=sid, turn_id="t", producer="test", seq=i, text=big,
-                                            agent="g"))
+            await bus.publish(ev.ReplyDelta(session_id=sid, turn_id="t", producer="test", seq=i, text=big, agent="g"))
         # Must-deliver events keep coming while the writer is blocked on the full socket.
         for i in range(50):
             await bus.publish(ev.ReplyDone(session_id=sid, turn_id=f"t{i}", producer="test", text="", agent="g"))

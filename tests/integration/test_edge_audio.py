@@ -49,7 +49,7 @@ async def collect(sub: Subscription, quiet_s: float = 0.5) -> list[tuple[ev.Audi
 async def send_pcm(client: Client, pcm: bytes, rate: int, start: float = 1000.0) -> None:
     step = rate * 20 // 1000 * 2
     for seq, offset in enumerate(range(0, len(pcm), step)):
-        frame = ClientFrame(FrameType.AUDIO_PCM16, seq, start + seq * 0.02, pcm[offset:offset + step])
+        frame = ClientFrame(FrameType.AUDIO_PCM16, seq, start + seq * 0.02, pcm[offset : offset + step])
         await client.ws.send(frame.pack())
 
 
@@ -98,9 +98,30 @@ async def test_frame_type_must_match_the_declared_encoding(edge: str) -> None:
 
 def webm_opus(pcm: bytes, rate: int) -> bytes:
     result = subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "s16le", "-ar", str(rate), "-ac", "1",
-         "-i", "pipe:0", "-c:a", "libopus", "-b:a", "32k", "-f", "webm", "pipe:1"],
-        input=pcm, capture_output=True, check=True)
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-loglevel",
+            "error",
+            "-f",
+            "s16le",
+            "-ar",
+            str(rate),
+            "-ac",
+            "1",
+            "-i",
+            "pipe:0",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "32k",
+            "-f",
+            "webm",
+            "pipe:1",
+        ],
+        input=pcm,
+        capture_output=True,
+        check=True,
+    )
     return result.stdout
 
 
@@ -110,7 +131,7 @@ async def test_webm_opus_chunks_are_decoded_as_a_stream(edge: str, nc: Nats) -> 
     encoded = webm_opus(tone(48000, 2.0), 48000)
     chunk = 4000  # MediaRecorder-sized pieces
     for seq, offset in enumerate(range(0, len(encoded), chunk)):
-        await client.ws.send(ClientFrame(FrameType.AUDIO_COMPRESSED, seq, 1.0, encoded[offset:offset + chunk]).pack())
+        await client.ws.send(ClientFrame(FrameType.AUDIO_COMPRESSED, seq, 1.0, encoded[offset : offset + chunk]).pack())
     # Frames arrive while the socket is open: the decoder streams, it does not wait for the end.
     first = await sub.next_msg(timeout=5)
     assert len(first.data) == 640

@@ -24,8 +24,11 @@ PREFIX = "kw"
 async def edge(nats_url: str) -> AsyncIterator[str]:
     settings = RuntimeSettings(nats_url=nats_url, subject_prefix=PREFIX)
     # Two replicas in one queue group: every turn must still be tagged exactly once.
-    async with running_worker(WORKER, settings), running_worker(WORKER, settings), \
-            running_edge(nats_url, subject_prefix=PREFIX) as url:
+    async with (
+        running_worker(WORKER, settings),
+        running_worker(WORKER, settings),
+        running_edge(nats_url, subject_prefix=PREFIX) as url,
+    ):
         yield url
 
 

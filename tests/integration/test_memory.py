@@ -46,8 +46,15 @@ async def store(db_url: str) -> AsyncIterator[MemoryStore]:
 
 @pytest.fixture(scope="module")
 async def memory(nats_url: str, db_url: str, llm: ScriptedLLM, store: MemoryStore) -> AsyncIterator[Bus]:
-    settings = MemorySettings(nats_url=nats_url, mongo_url=db_url, subject_prefix=PREFIX, llm_base_url=llm.base_url,
-                              llm_model="scripted", summary_after_turns=6, summary_keep_recent=2)
+    settings = MemorySettings(
+        nats_url=nats_url,
+        mongo_url=db_url,
+        subject_prefix=PREFIX,
+        llm_base_url=llm.base_url,
+        llm_model="scripted",
+        summary_after_turns=6,
+        summary_keep_recent=2,
+    )
     async with running_worker(WORKER, settings) as bus:
         yield bus
 
@@ -80,10 +87,24 @@ async def stored_texts(store: MemoryStore, session: str) -> list[str]:
 
 async def test_turns_replies_and_transcripts_are_stored_in_bus_order(memory: Bus, store: MemoryStore) -> None:
     session = "session-order-1"
-    transcript = ev.TranscriptFinal(session_id=session, turn_id="t2", text="spoken words", engine="whisper",
-                                    confidence=0.9, audio_start=1.0, audio_end=2.5, producer="test")
-    await publish(memory, user(session, "t1", "first"), reply(session, "t1", "answer one"), transcript,
-                  user(session, "t2", "spoken words"), reply(session, "t2", ""))
+    transcript = ev.TranscriptFinal(
+        session_id=session,
+        turn_id="t2",
+        text="spoken words",
+        engine="whisper",
+        confidence=0.9,
+        audio_start=1.0,
+        audio_end=2.5,
+        producer="test",
+    )
+    await publish(
+        memory,
+        user(session, "t1", "first"),
+        reply(session, "t1", "answer one"),
+        transcript,
+        user(session, "t2", "spoken words"),
+        reply(session, "t2", ""),
+    )
     texts = await eventually(lambda: stored_texts(store, session), lambda t: len(t) == 3)
     assert texts == ["first", "answer one", "spoken words"]  # the empty reply has nothing to recall
     turns = list(reversed(await store.recent_turns(session, 10)))
@@ -129,7 +150,7 @@ async def test_a_burst_is_drained_and_a_new_sessions_turn_follows_it(memory: Bus
     sessions = [f"session-burst-{i:02d}" for i in range(40)]
     burst = [user(sessions[i % len(sessions)], f"t{i // len(sessions)}", f"burst {i}") for i in range(4_000)]
     for first in range(0, len(burst), 500):
-        await asyncio.gather(*(memory.publish(event, durable=True) for event in burst[first:first + 500]))
+        await asyncio.gather(*(memory.publish(event, durable=True) for event in burst[first : first + 500]))
     fresh = user("session-after-burst", "t1", "am I remembered?")
     await publish(memory, fresh)
     request = ev.HistoryRequest(session_id=fresh.session_id, producer="test")
@@ -145,10 +166,14 @@ async def test_a_burst_is_drained_and_a_new_sessions_turn_follows_it(memory: Bus
 
 async def test_context_has_recent_turns_within_budget_and_facts(memory: Bus, store: MemoryStore) -> None:
     session = "session-ctx-1"
-    await publish(memory, user(session, "t1", "Hello, my name is Alice and I live in Lyon."),
-                  reply(session, "t1", "Nice to meet you, Alice."),
-                  user(session, "t2", "I work as a nurse. " + "blah " * 200), reply(session, "t2", "Long day?"),
-                  user(session, "t3", "What should I cook tonight?"))
+    await publish(
+        memory,
+        user(session, "t1", "Hello, my name is Alice and I live in Lyon."),
+        reply(session, "t1", "Nice to meet you, Alice."),
+        user(session, "t2", "I work as a nurse. " + "blah " * 200),
+        reply(session, "t2", "Long day?"),
+        user(session, "t3", "What should I cook tonight?"),
+    )
     await eventually(lambda: stored_texts(store, session), lambda t: len(t) == 5)
     request = ev.ContextRequest(session_id=session, turn_id="t3", producer="test", max_tokens=100)
     context = await memory.request("memory.context", request, ev.ContextReply, timeout=5)
@@ -156,8 +181,9 @@ async def test_context_has_recent_turns_within_budget_and_facts(memory: Bus, sto
     # The asking turn is left out; the long turn does not fit 100 tokens, so the window stops there.
     assert [t.text for t in context.turns] == ["Long day?"]
     assert 0 < context.tokens <= 100
-    roomy = await memory.request("memory.context", request.model_copy(update={"max_tokens": 2_000}),
-                                 ev.ContextReply, timeout=5)
+    roomy = await memory.request(
+        "memory.context", request.model_copy(update={"max_tokens": 2_000}), ev.ContextReply, timeout=5
+    )
     assert [t.turn_id for t in roomy.turns] == ["t1", "t1", "t2", "t2"]
 
 
@@ -185,10 +211,13 @@ async def test_a_new_turn_invalidates_the_cached_context(memory: Bus, store: Mem
 
 
 async def test_a_summary_of_older_turns_is_made_in_the_background(
-        memory: Bus, store: MemoryStore, llm: ScriptedLLM) -> None:
+    memory: Bus, store: MemoryStore, llm: ScriptedLLM
+) -> None:
     session = "session-sum-1"
-    events = [user(session, f"t{i}", f"question {i}") if i % 2 == 0 else reply(session, f"t{i - 1}", f"answer {i}")
-              for i in range(6)]
+    events = [
+        user(session, f"t{i}", f"question {i}") if i % 2 == 0 else reply(session, f"t{i - 1}", f"answer {i}")
+        for i in range(6)
+    ]
     await publish(memory, *events)
     summary = await eventually(lambda: store.summary(session), lambda s: s is not None)
     assert summary is not None
@@ -229,8 +258,13 @@ async def test_a_malformed_stored_document_is_skipped(memory: Bus, store: Memory
 
 async def test_forget_deletes_the_sessions_memory(memory: Bus, store: MemoryStore) -> None:
     session, other = "session-forget-1", "session-forget-2"
-    await publish(memory, user(session, "t1", "My name is Bob."), user(other, "t1", "keep me"),
-                  ev.ForgetSession(session_id=session, producer="test"), user(session, "t2", "after forgetting"))
+    await publish(
+        memory,
+        user(session, "t1", "My name is Bob."),
+        user(other, "t1", "keep me"),
+        ev.ForgetSession(session_id=session, producer="test"),
+        user(session, "t2", "after forgetting"),
+    )
     await eventually(lambda: stored_texts(store, session), lambda t: t == ["after forgetting"])
     assert (await store.session(session, 10)).facts == []
     assert await stored_texts(store, other) == ["keep me"]
@@ -267,8 +301,9 @@ async def test_history_and_forget_through_the_edge(memory: Bus, store: MemorySto
 async def test_orchestrator_uses_memory_and_goes_on_without_it(nats_url: str, db_url: str, llm: ScriptedLLM) -> None:
     prefix = "memorch"
     memory = MemorySettings(nats_url=nats_url, mongo_url=db_url, subject_prefix=prefix, summary_after_turns=0)
-    orchestrator = OrchestratorSettings(nats_url=nats_url, llm_base_url=llm.base_url, subject_prefix=prefix,
-                                        memory_timeout_s=1.0)
+    orchestrator = OrchestratorSettings(
+        nats_url=nats_url, llm_base_url=llm.base_url, subject_prefix=prefix, memory_timeout_s=1.0
+    )
     async with running_worker(ORCHESTRATOR, orchestrator), running_edge(nats_url, subject_prefix=prefix) as url:
         client = await connect(url)
         async with running_worker(WORKER, memory):

@@ -48,11 +48,23 @@ class Run:
         self.writer: subprocess.Popen[bytes] | None = None
 
     def start_writer(self) -> None:
-        env = {**os.environ, "SB_NATS_URL": self.nats_url, "SB_MONGO_URL": self.mongo,
-               "SB_SUBJECT_PREFIX": self.prefix, "SB_SUMMARY_AFTER_TURNS": "0", "SB_LOG_LEVEL": "warning",
-               "SB_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT)}
-        self.writer = subprocess.Popen([sys.executable, "-m", "workers.memory"], env=env, cwd=ROOT,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "SB_NATS_URL": self.nats_url,
+            "SB_MONGO_URL": self.mongo,
+            "SB_SUBJECT_PREFIX": self.prefix,
+            "SB_SUMMARY_AFTER_TURNS": "0",
+            "SB_LOG_LEVEL": "warning",
+            "SB_LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+        }
+        self.writer = subprocess.Popen(
+            [sys.executable, "-m", "workers.memory"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop_writer(self, sig: signal.Signals = signal.SIGTERM) -> None:
         assert self.writer is not None
@@ -63,8 +75,13 @@ class Run:
         """Publish every turn in order, retrying through outages (the event id dedupes a retry)."""
         for i in range(TURNS):
             session = self.sessions[i % SESSIONS]
-            turn = ev.UserTurn(session_id=session, turn_id=f"t{i // SESSIONS}", text=f"{session} #{i // SESSIONS}",
-                               source="typed", producer="reliability")
+            turn = ev.UserTurn(
+                session_id=session,
+                turn_id=f"t{i // SESSIONS}",
+                text=f"{session} #{i // SESSIONS}",
+                source="typed",
+                producer="reliability",
+            )
             while True:
                 try:
                     await bus.publish(turn, durable=True)
@@ -119,7 +136,8 @@ async def connected_bus(url: str, prefix: str) -> Bus:
 
 
 async def test_writer_sigkilled_mid_stream_loses_and_duplicates_nothing(
-        nats_url: str, run_factory: Callable[[str, str], Run]) -> None:
+    nats_url: str, run_factory: Callable[[str, str], Run]
+) -> None:
     run = run_factory("kill", nats_url)
     bus = await connected_bus(nats_url, run.prefix)
     letters = await bus.nc.subscribe(dead_letter_subject("memory", run.prefix))
@@ -141,7 +159,8 @@ async def test_writer_sigkilled_mid_stream_loses_and_duplicates_nothing(
 
 
 async def test_nats_restarted_mid_stream_loses_and_duplicates_nothing(
-        tmp_path: Path, run_factory: Callable[[str, str], Run]) -> None:
+    tmp_path: Path, run_factory: Callable[[str, str], Run]
+) -> None:
     store_dir, port = tmp_path / "jetstream", free_port()
     server: RunningServer = start_nats(store_dir, port, NATS_CONF)
     try:
@@ -164,7 +183,8 @@ async def test_nats_restarted_mid_stream_loses_and_duplicates_nothing(
 
 
 async def test_database_stopped_for_ten_seconds_loses_nothing_and_the_writer_stays_up(
-        tmp_path: Path, nats_url: str, run_factory: Callable[[str, str, str], Run]) -> None:
+    tmp_path: Path, nats_url: str, run_factory: Callable[[str, str, str], Run]
+) -> None:
     data_dir, port = tmp_path / "mongo", free_port()
     database: RunningServer = start_mongo(data_dir, port)
     try:

@@ -31,8 +31,15 @@ def guarded_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
 
 async def sb(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ops.cli", *args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "ops.cli",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def test_sb_tail_follows_a_server_that_wants_credentials(guarded_nats: RunningServer) -> None:
@@ -51,8 +58,9 @@ async def test_sb_tail_follows_a_server_that_wants_credentials(guarded_nats: Run
 
 
 async def test_wrong_credentials_fail_clearly_without_showing_the_password(guarded_nats: RunningServer) -> None:
-    refused = await sb("tail", "--nats-url", f"nats://ops:{PASSWORD}-wrong@127.0.0.1:{guarded_nats.port}",
-                       "--count", "1")
+    refused = await sb(
+        "tail", "--nats-url", f"nats://ops:{PASSWORD}-wrong@127.0.0.1:{guarded_nats.port}", "--count", "1"
+    )
     out, err = await asyncio.wait_for(refused.communicate(), 60)
     assert refused.returncode == 1
     assert "cannot reach NATS at nats://ops:***@127.0.0.1" in err.decode()

@@ -25,11 +25,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 async def edge(nats_url: str, llm: ScriptedLLM, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    settings = OrchestratorSettings(nats_url=nats_url, subject_prefix=PREFIX, llm_base_url=llm.base_url,
-                                    llm_timeout_s=2.0, memory_timeout_s=0.2, retrieval_timeout_s=2.0)
+    settings = OrchestratorSettings(
+        nats_url=nats_url,
+        subject_prefix=PREFIX,
+        llm_base_url=llm.base_url,
+        llm_timeout_s=2.0,
+        memory_timeout_s=0.2,
+        retrieval_timeout_s=2.0,
+    )
     folder = tmp_path_factory.mktemp("retrieval-chat")
-    async with running_retriever(nats_url, folder, PREFIX) as bus, running_worker(WORKER, settings), \
-            running_edge(nats_url, subject_prefix=PREFIX, edge_max_upload_bytes=20_000_000) as url:
+    async with (
+        running_retriever(nats_url, folder, PREFIX) as bus,
+        running_worker(WORKER, settings),
+        running_edge(nats_url, subject_prefix=PREFIX, edge_max_upload_bytes=20_000_000) as url,
+    ):
         results = await ingest(bus, {p.name: p.read_bytes() for p in corpus_files()})
         assert {r.status for r in results.values()} == {"ingested"}
         yield url
@@ -77,8 +86,13 @@ async def test_a_session_searches_only_the_bases_it_chose(edge: str) -> None:
 
 
 async def test_with_the_retriever_down_the_answer_goes_on_and_says_so(nats_url: str, llm: ScriptedLLM) -> None:
-    settings = OrchestratorSettings(nats_url=nats_url, subject_prefix="rdown", llm_base_url=llm.base_url,
-                                    memory_timeout_s=0.2, retrieval_timeout_s=0.3)
+    settings = OrchestratorSettings(
+        nats_url=nats_url,
+        subject_prefix="rdown",
+        llm_base_url=llm.base_url,
+        memory_timeout_s=0.2,
+        retrieval_timeout_s=0.3,
+    )
     async with running_worker(WORKER, settings), running_edge(nats_url, subject_prefix="rdown") as url:
         client = await connect(url)
         done = await ask(client, "[echo_system] What does the handbook say about holidays?")
@@ -90,8 +104,12 @@ async def test_with_the_retriever_down_the_answer_goes_on_and_says_so(nats_url: 
 async def test_upload_needs_a_session_token(edge: str) -> None:
     async with httpx.AsyncClient(base_url=edge) as http:
         anonymous = await http.post("/v1/ingest", params={"filename": "a.txt"}, content=b"hello")
-        forged = await http.post("/v1/ingest", params={"filename": "a.txt"}, content=b"hello",
-                                 headers={"Authorization": "Bearer not-a-token"})
+        forged = await http.post(
+            "/v1/ingest",
+            params={"filename": "a.txt"},
+            content=b"hello",
+            headers={"Authorization": "Bearer not-a-token"},
+        )
     assert anonymous.status_code == forged.status_code == 401, anonymous.text
 
 
@@ -99,22 +117,30 @@ async def test_upload_becomes_a_job_whose_progress_and_result_reach_the_socket(e
     client = await connect(edge)
     pdf = CORPUS / "declaration-of-independence.pdf"
     async with httpx.AsyncClient(base_url=edge, headers={"Authorization": f"Bearer {client.token}"}) as http:
-        response = await http.post("/v1/ingest", params={"filename": "declaration-copy.pdf", "base": "uploads",
-                                                         "wait": 30}, content=pdf.read_bytes())
+        response = await http.post(
+            "/v1/ingest",
+            params={"filename": "declaration-copy.pdf", "base": "uploads", "wait": 30},
+            content=pdf.read_bytes(),
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["result"]["status"] == "ingested" and body["result"]["chunks"] >= 2
         events = await client.until(lambda e: e["kind"] == "ingest.result")
         assert {e["stage"] for e in events if e["kind"] == "job.progress"} >= {"parsing", "embedding", "storing"}
         assert events[-1]["job_id"] == body["job_id"] and events[-1]["status"] == "ingested"
-        again = await http.post("/v1/ingest", params={"filename": "declaration-copy.pdf", "base": "uploads",
-                                                      "wait": 30}, content=pdf.read_bytes())
+        again = await http.post(
+            "/v1/ingest",
+            params={"filename": "declaration-copy.pdf", "base": "uploads", "wait": 30},
+            content=pdf.read_bytes(),
+        )
         assert again.json()["result"]["status"] == "unchanged"  # a duplicate upload changes nothing
-        queued = await http.post("/v1/ingest", params={"filename": "note.txt", "base": "uploads"},
-                                 content=b"A note about the uploads base.")
+        queued = await http.post(
+            "/v1/ingest", params={"filename": "note.txt", "base": "uploads"}, content=b"A note about the uploads base."
+        )
         assert queued.status_code == 202 and queued.json()["result"] is None  # did not wait
-        removed = await http.delete("/v1/ingest", params={"filename": "declaration-copy.pdf", "base": "uploads",
-                                                          "wait": 30})
+        removed = await http.delete(
+            "/v1/ingest", params={"filename": "declaration-copy.pdf", "base": "uploads", "wait": 30}
+        )
         assert removed.json()["result"]["status"] == "deleted" and removed.json()["result"]["chunks"] >= 2
     await client.close()
 
@@ -137,8 +163,11 @@ async def test_upload_refuses_empty_and_oversized_bodies(edge: str) -> None:
     # A 100 MB file with its length declared: refused before a byte of the body is read.
     host, port = edge.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"POST /v1/ingest?filename=big.txt HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {client.token}"
-                 f"\r\nContent-Length: 100000000\r\n\r\n".encode() + b"a" * 65_536)
+    writer.write(
+        f"POST /v1/ingest?filename=big.txt HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {client.token}"
+        f"\r\nContent-Length: 100000000\r\n\r\n".encode()
+        + b"a" * 65_536
+    )
     await writer.drain()
     status_line = await asyncio.wait_for(reader.readline(), 10)
     writer.close()
@@ -150,15 +179,29 @@ async def test_upload_refuses_empty_and_oversized_bodies(edge: str) -> None:
     await client.close()
 
 
-async def test_sb_ingest_loads_a_folder_with_progress_and_reports_failures(edge: str, nats_url: str,
-                                                                           tmp_path: Path) -> None:
-    env = {**os.environ, "SB_NATS_URL": nats_url, "SB_SUBJECT_PREFIX": PREFIX, "PYTHONPATH": str(ROOT),
-           "COLUMNS": "200"}
+async def test_sb_ingest_loads_a_folder_with_progress_and_reports_failures(
+    edge: str, nats_url: str, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "SB_NATS_URL": nats_url,
+        "SB_SUBJECT_PREFIX": PREFIX,
+        "PYTHONPATH": str(ROOT),
+        "COLUMNS": "200",
+    }
 
     async def sb(*args: str) -> tuple[int, str]:
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "ops.cli", "ingest", *args, cwd=ROOT,
-                                                       env=env, stdout=asyncio.subprocess.PIPE,
-                                                       stderr=asyncio.subprocess.STDOUT)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ops.cli",
+            "ingest",
+            *args,
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         out, _ = await process.communicate()
         return process.returncode or 0, out.decode()
 

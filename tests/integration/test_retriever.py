@@ -54,11 +54,16 @@ async def test_passages_carry_citations_scores_and_the_floor_holds(retriever: Bu
 
 
 async def test_metadata_filters_restrict_the_search(retriever: Bus) -> None:
-    reply = await query(retriever, "all men are created equal", top_k=5, min_score=0.0,
-                        filters={"source": "gettysburg-address.txt"})
+    reply = await query(
+        retriever, "all men are created equal", top_k=5, min_score=0.0, filters={"source": "gettysburg-address.txt"}
+    )
     assert reply.passages and {p.citation.source for p in reply.passages} == {"gettysburg-address.txt"}
-    pages = await query(retriever, "pledge our Lives, our Fortunes and our sacred Honor", min_score=0.0,
-                        filters={"source": "declaration-of-independence.pdf", "section": "page 2"})
+    pages = await query(
+        retriever,
+        "pledge our Lives, our Fortunes and our sacred Honor",
+        min_score=0.0,
+        filters={"source": "declaration-of-independence.pdf", "section": "page 2"},
+    )
     assert pages.passages and {p.citation.section for p in pages.passages} == {"page 2"}
 
 
@@ -72,16 +77,30 @@ async def test_reingesting_unchanged_documents_does_nothing(retriever: Bus) -> N
 
 async def test_a_changed_document_replaces_its_chunks_and_delete_removes_them(retriever: Bus) -> None:
     progress: list[ev.JobProgress] = []
-    first = (await ingest(retriever, {"harbour.md": b"# Harbour\n\nThe ferry to the island leaves at seven "
-                                                     b"in the morning from pier four."}, progress=progress))
+    first = await ingest(
+        retriever,
+        {"harbour.md": b"# Harbour\n\nThe ferry to the island leaves at seven in the morning from pier four."},
+        progress=progress,
+    )
     assert first["harbour.md"].status == "ingested" and first["harbour.md"].chunks == 1
     assert {"parsing", "embedding", "storing"} <= {p.stage for p in progress}
-    second = await ingest(retriever, {"harbour.md": b"# Harbour\n\nThe ferry to the island now leaves at nine "
-                                                    b"from pier two.\n\n## Fares\n\nA return ticket costs ten."})
+    second = await ingest(
+        retriever,
+        {
+            "harbour.md": b"# Harbour\n\nThe ferry to the island now leaves at nine "
+            b"from pier two.\n\n## Fares\n\nA return ticket costs ten."
+        },
+    )
     assert second["harbour.md"].status == "ingested" and second["harbour.md"].chunks == 2
     assert second["harbour.md"].document_id == first["harbour.md"].document_id
-    texts = [p.text for p in (await query(retriever, "when does the ferry leave", top_k=50, min_score=-1.0,
-                                          filters={"source": "harbour.md"})).passages]
+    texts = [
+        p.text
+        for p in (
+            await query(
+                retriever, "when does the ferry leave", top_k=50, min_score=-1.0, filters={"source": "harbour.md"}
+            )
+        ).passages
+    ]
     assert len(texts) == 2 and any("nine" in t for t in texts) and not any("seven" in t for t in texts)
     gone = await delete(retriever, "harbour.md")
     assert (gone.status, gone.chunks) == ("deleted", 2)
@@ -90,8 +109,9 @@ async def test_a_changed_document_replaces_its_chunks_and_delete_removes_them(re
 
 
 async def test_bases_are_separate_collections(retriever: Bus) -> None:
-    results = await ingest(retriever, {"lighthouse.txt": b"The lighthouse keeper polishes the great lens daily."},
-                           base="coast")
+    results = await ingest(
+        retriever, {"lighthouse.txt": b"The lighthouse keeper polishes the great lens daily."}, base="coast"
+    )
     assert results["lighthouse.txt"].status == "ingested"
     question = "who polishes the lighthouse lens"
     assert (await query(retriever, question, bases=["default"])).passages == []
@@ -101,18 +121,22 @@ async def test_bases_are_separate_collections(retriever: Bus) -> None:
     assert both.passages[0].citation.source == "lighthouse.txt"
 
 
-@pytest.mark.parametrize(("name", "data", "error"), [
-    ("empty.txt", b"", "empty"),
-    ("blank.md", b"   \n\n  ", "empty"),
-    ("junk.txt", bytes(range(256)) * 64, "not UTF-8 text"),
-    ("controls.txt", b"\x01\x02\x03\x04" * 400, "binary data"),
-    ("scan.pdf", image_only_pdf(), "no text layer"),
-    ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "not a readable PDF"),
-    ("slides.pptx", b"PK\x03\x04 zipped slides", "unsupported content type"),
-    ("huge.txt", b"word " * 500_000, "limit is 2.0 MB"),
-])
-async def test_bad_documents_fail_with_a_reason_and_leave_nothing(retriever: Bus, nc: Client, name: str,
-                                                                  data: bytes, error: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "data", "error"),
+    [
+        ("empty.txt", b"", "empty"),
+        ("blank.md", b"   \n\n  ", "empty"),
+        ("junk.txt", bytes(range(256)) * 64, "not UTF-8 text"),
+        ("controls.txt", b"\x01\x02\x03\x04" * 400, "binary data"),
+        ("scan.pdf", image_only_pdf(), "no text layer"),
+        ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "not a readable PDF"),
+        ("slides.pptx", b"PK\x03\x04 zipped slides", "unsupported content type"),
+        ("huge.txt", b"word " * 500_000, "limit is 2.0 MB"),
+    ],
+)
+async def test_bad_documents_fail_with_a_reason_and_leave_nothing(
+    retriever: Bus, nc: Client, name: str, data: bytes, error: str
+) -> None:
     result = (await ingest(retriever, {name: data}))[name]
     assert result.status == "failed" and error in result.error, result
     assert (await query(retriever, "anything at all", min_score=-1.0, filters={"source": name})).passages == []
@@ -124,8 +148,14 @@ async def test_bad_documents_fail_with_a_reason_and_leave_nothing(retriever: Bus
 
 async def test_a_job_whose_upload_is_gone_fails_at_once(retriever: Bus) -> None:
     async with watch_jobs(retriever.nc, SESSION, PREFIX) as watch:
-        job = ev.IngestJob(session_id=SESSION, producer="test", job_id="gone-1", source="gone.pdf",
-                           content_type="application/pdf", object_name="never-uploaded")
+        job = ev.IngestJob(
+            session_id=SESSION,
+            producer="test",
+            job_id="gone-1",
+            source="gone.pdf",
+            content_type="application/pdf",
+            object_name="never-uploaded",
+        )
         await retriever.publish(job, durable=True)
         result = await anext(watch.results({job.job_id}, 30.0))
     assert result.status == "failed" and "is gone" in result.error
@@ -138,8 +168,12 @@ async def test_queries_that_cannot_run(retriever: Bus, nc: Client) -> None:
     empty = json.dumps({"kind": "retrieval.request", "session_id": SESSION, "producer": "test", "query": ""})
     # An empty query breaks the contract: dead-lettered, and the requester hears so at once (an empty
     # reply, which Bus.request reports as a ValueError and the orchestrator as retrieval "error").
-    reply = await nc.request(BY_NAME["retrieval.query"].subject(prefix=PREFIX), empty.encode(), timeout=5.0,
-                             headers={DELIBERATELY_INVALID: "1"})
+    reply = await nc.request(
+        BY_NAME["retrieval.query"].subject(prefix=PREFIX),
+        empty.encode(),
+        timeout=5.0,
+        headers={DELIBERATELY_INVALID: "1"},
+    )
     assert reply.data == b""
     with pytest.raises(ValueError, match="Invalid JSON"):
         ev.RetrievalReply.model_validate_json(reply.data)

@@ -26,11 +26,23 @@ from workers.runtime.provision import provision, stream_name
 from workers.runtime.tracing import parse_traceparent
 
 SESSION = "session-runtime-1"
-ECHO_TURNS = ConsumerSpec(durable="test-echo-turns", stream=EVENTS.name,
-                          filter_subjects=(BY_NAME["turn.user"].wildcard(),), ack_wait_s=2.0, max_deliver=3,
-                          deliver="new", description="test consumer of user turns")
-FLAKY = ConsumerSpec(durable="test-flaky", stream=EVENTS.name, filter_subjects=(BY_NAME["memory.forget"].wildcard(),),
-                     ack_wait_s=2.0, max_deliver=3, description="test consumer that always fails")
+ECHO_TURNS = ConsumerSpec(
+    durable="test-echo-turns",
+    stream=EVENTS.name,
+    filter_subjects=(BY_NAME["turn.user"].wildcard(),),
+    ack_wait_s=2.0,
+    max_deliver=3,
+    deliver="new",
+    description="test consumer of user turns",
+)
+FLAKY = ConsumerSpec(
+    durable="test-flaky",
+    stream=EVENTS.name,
+    filter_subjects=(BY_NAME["memory.forget"].wildcard(),),
+    ack_wait_s=2.0,
+    max_deliver=3,
+    description="test consumer that always fails",
+)
 
 
 class EchoSettings(RuntimeSettings):
@@ -49,8 +61,15 @@ class Echo(Worker[EchoSettings]):
 
     async def answer(self, turn: ev.UserTurn) -> None:
         await asyncio.sleep(self.settings.handle_delay_s)
-        await self.bus.publish(ev.ReplyDone(session_id=turn.session_id, turn_id=turn.turn_id,
-                                            producer=self.bus.producer, text=turn.text.upper(), agent="echo"))
+        await self.bus.publish(
+            ev.ReplyDone(
+                session_id=turn.session_id,
+                turn_id=turn.turn_id,
+                producer=self.bus.producer,
+                text=turn.text.upper(),
+                agent="echo",
+            )
+        )
 
     @consumes(delivery="jetstream", durable=FLAKY)
     async def on_forget(self, forget: ev.ForgetSession) -> None:
@@ -71,8 +90,7 @@ class DurableEcho(Echo):
 
 
 WAYS_IN = pytest.mark.parametrize("worker", [DirectEcho, DurableEcho], ids=["direct", "jetstream"])
-ECHO_WAYS_IN = pytest.mark.parametrize("echo", [DirectEcho, DurableEcho], ids=["direct", "jetstream"],
-                                       indirect=True)
+ECHO_WAYS_IN = pytest.mark.parametrize("echo", [DirectEcho, DurableEcho], ids=["direct", "jetstream"], indirect=True)
 
 
 @pytest.fixture
@@ -123,8 +141,9 @@ async def test_invalid_event_is_dead_lettered_and_the_worker_carries_on(echo: Bu
     await flush_ordered(nc)
     replies = await nc.subscribe(BY_NAME["reply.done"].subject(SESSION))
     await flush_ordered(nc)
-    bad = json.dumps({"kind": "turn.user", "session_id": SESSION, "turn_id": "t2", "producer": "test",
-                      "source": "typed", "text": ""}).encode()
+    bad = json.dumps(
+        {"kind": "turn.user", "session_id": SESSION, "turn_id": "t2", "producer": "test", "source": "typed", "text": ""}
+    ).encode()
     on_purpose = {DELIBERATELY_INVALID: "1"}
     await nc.publish(BY_NAME["turn.user"].subject(SESSION), bad, headers=on_purpose)
     await nc.publish(BY_NAME["turn.user"].subject(SESSION), b"\xff not json", headers=on_purpose)
@@ -175,7 +194,8 @@ async def test_stop_drains_in_flight_work(nats_url: str, nc: Client, worker: typ
 
 
 async def test_a_consumer_the_server_lost_is_recreated_where_it_was_and_health_says_so_meanwhile(
-        nats_url: str, nc: Client) -> None:
+    nats_url: str, nc: Client
+) -> None:
     """Deleted under a running worker (an operator's mistake, a lost replica): the worker re-creates the consumer
     after the last turn it saw (old turns are not answered again); while it cannot (its stream is gone too), its
     health says so."""
@@ -211,9 +231,14 @@ async def test_health_endpoint_reports_problems(echo: Bus, nc: Client) -> None:
     assert json.loads((await nc.request(health, b"", timeout=2)).data) == {"status": "ok", "problems": []}
 
 
-BATCH_TURNS = ConsumerSpec(durable="test-batch-turns", stream=EVENTS.name,
-                           filter_subjects=(BY_NAME["turn.user"].wildcard(),), ack_wait_s=2.0, max_deliver=3,
-                           description="test consumer handing turns over in batches")
+BATCH_TURNS = ConsumerSpec(
+    durable="test-batch-turns",
+    stream=EVENTS.name,
+    filter_subjects=(BY_NAME["turn.user"].wildcard(),),
+    ack_wait_s=2.0,
+    max_deliver=3,
+    description="test consumer handing turns over in batches",
+)
 
 
 class BatchEcho(Echo):
@@ -231,13 +256,15 @@ class BatchEcho(Echo):
 
 
 async def test_a_poison_message_in_a_batch_is_dead_lettered_alone_and_its_batch_is_written(
-        nats_url: str, nc: Client) -> None:
+    nats_url: str, nc: Client
+) -> None:
     prefix = "batch"
     started: list[BatchEcho] = []
     letters = await nc.subscribe(dead_letter_subject("echo", prefix))
     await flush_ordered(nc)
-    async with running_worker(BatchEcho, EchoSettings(nats_url=nats_url, subject_prefix=prefix, max_deliver=3),
-                              started=started.append) as bus:
+    async with running_worker(
+        BatchEcho, EchoSettings(nats_url=nats_url, subject_prefix=prefix, max_deliver=3), started=started.append
+    ) as bus:
         for turn_id, text in (("good-1", "one"), ("bad", "poison"), ("good-2", "two")):
             await bus.publish(user_turn(text, turn_id), durable=True)
         letter = ev.DeadLetter.model_validate_json((await letters.next_msg(timeout=20)).data)

@@ -19,8 +19,9 @@ STATUS = [sys.executable, "-m", "ops.cli", "status"]
 
 
 def run(cmd: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **env},
-                          check=False)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **env}, check=False
+    )
 
 
 def test_bad_setting_stops_the_process_with_one_line_naming_the_variable() -> None:
@@ -67,10 +68,14 @@ async def test_a_consumer_keeps_its_start_when_its_declared_start_changes(nc: Cl
     """NATS cannot change where an existing consumer starts (error 10012): a new release that declares another
     start for it still provisions, and the consumer keeps its own."""
     prefix = "redeploy"
-    before = ConsumerSpec(durable="redeploy-test", stream=EVENTS.name, filter_subjects=("sb.ev.*.turn.user",),
-                          description="test consumer", deliver="all")
+    before = ConsumerSpec(
+        durable="redeploy-test",
+        stream=EVENTS.name,
+        filter_subjects=("sb.ev.*.turn.user",),
+        description="test consumer",
+        deliver="all",
+    )
     await provision(nc.jetstream(), STREAMS, (before,), prefix)
-    await provision(nc.jetstream(), STREAMS, (before.model_copy(update={"deliver": "new", "ack_wait_s": 7.0}),),
-                    prefix)
+    await provision(nc.jetstream(), STREAMS, (before.model_copy(update={"deliver": "new", "ack_wait_s": 7.0}),), prefix)
     info = await nc.jetstream().consumer_info(f"{EVENTS.name}_{prefix.upper()}", "redeploy-test")
     assert info.config.deliver_policy == DeliverPolicy.ALL and info.config.ack_wait == 7.0

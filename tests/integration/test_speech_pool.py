@@ -127,8 +127,9 @@ async def test_a_crash_loop_breaks_the_pool_instead_of_spinning() -> None:
             [pid] = pool.pids()
             os.kill(pid, signal.SIGKILL)
             await noticed(pool)
-        assert pool.problems() == ["test-loop pool broken: crash loop: child 0 died 3 times in 60 s "
-                                   "(last killed by SIGKILL)"]
+        assert pool.problems() == [
+            "test-loop pool broken: crash loop: child 0 died 3 times in 60 s (last killed by SIGKILL)"
+        ]
         with pytest.raises(PoolBroken, match="crash loop"):
             await pool.call(None, os.getpid)
         assert metric("sb_pool_restarts_total", "test-loop") == 2
@@ -166,10 +167,18 @@ async def test_shutdown_kills_a_busy_child_after_the_grace() -> None:
 
 @pytest.mark.slow
 async def test_transcriber_shards_recover_after_their_process_is_killed() -> None:
-    config = ShardConfig("pocketsphinx", None, "en", vad_onnx=True, vad_threshold=0.5, vad_min_silence_ms=160,
-                         endpoint=EndpointConfig(), partial_interval_s=0.25)
+    config = ShardConfig(
+        "pocketsphinx",
+        None,
+        "en",
+        vad_onnx=True,
+        vad_threshold=0.5,
+        vad_min_silence_ms=160,
+        endpoint=EndpointConfig(),
+        partial_interval_s=0.25,
+    )
     speech = synthesize(SENTENCE) + silence(1.5)
-    frames = [(speech[at:at + 640], 1_700_000_000 + at / 32_000) for at in range(0, len(speech), 640)]
+    frames = [(speech[at : at + 640], 1_700_000_000 + at / 32_000) for at in range(0, len(speech), 640)]
     shards = Shards(1, config)
     await shards.start()
     try:

@@ -63,8 +63,9 @@ async def speak_live(client: Client, pcm: bytes) -> int:
     """Send PCM in 20 ms frames at real-time pace, stamped with the wall clock like a microphone."""
     started = time.monotonic()
     for seq, offset in enumerate(range(0, len(pcm), PCM_FRAME_BYTES)):
-        await client.ws.send(ClientFrame(FrameType.AUDIO_PCM16, seq, time.time(),
-                                         pcm[offset:offset + PCM_FRAME_BYTES]).pack())
+        await client.ws.send(
+            ClientFrame(FrameType.AUDIO_PCM16, seq, time.time(), pcm[offset : offset + PCM_FRAME_BYTES]).pack()
+        )
         await asyncio.sleep(max(0.0, (seq + 1) * 0.02 - (time.monotonic() - started)))
     return len(pcm)
 
@@ -78,13 +79,17 @@ async def heard(client: Client, turn_id: str) -> None:
 @pytest.fixture(scope="module")
 async def conversation(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[Conversation]:
     metrics_port = free_port()
-    async with running_worker(VOICE, VoiceSettings(nats_url=nats_url, subject_prefix=PREFIX, tts_provider="espeak")), \
-            running_worker(TRANSCRIBER, TranscriberSettings(nats_url=nats_url, subject_prefix=PREFIX)), \
-            running_worker(ORCHESTRATOR, OrchestratorSettings(nats_url=nats_url, subject_prefix=PREFIX,
-                                                              llm_base_url=llm.base_url)), \
-            running_worker(STATS, StatsSettings(nats_url=nats_url, subject_prefix=PREFIX, metrics_port=metrics_port)), \
-            running_edge(nats_url, subject_prefix=PREFIX, binary_frames_per_s=2000.0, burst_s=5.0,
-                         edge_operator_token=OPERATOR) as url:
+    async with (
+        running_worker(VOICE, VoiceSettings(nats_url=nats_url, subject_prefix=PREFIX, tts_provider="espeak")),
+        running_worker(TRANSCRIBER, TranscriberSettings(nats_url=nats_url, subject_prefix=PREFIX)),
+        running_worker(
+            ORCHESTRATOR, OrchestratorSettings(nats_url=nats_url, subject_prefix=PREFIX, llm_base_url=llm.base_url)
+        ),
+        running_worker(STATS, StatsSettings(nats_url=nats_url, subject_prefix=PREFIX, metrics_port=metrics_port)),
+        running_edge(
+            nats_url, subject_prefix=PREFIX, binary_frames_per_s=2000.0, burst_s=5.0, edge_operator_token=OPERATOR
+        ) as url,
+    ):
         client = await connect(url, capabilities=["text", "audio_in", "audio_out"])
         await client.chat("Hello there")
         typed = (await client.until(lambda e: e["kind"] == "reply.done"))[-1]
@@ -101,8 +106,16 @@ async def conversation(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[Convers
         await client.send(type="interrupt")
         await client.until(lambda e: e["kind"] == "reply.done")
         await heard(client, interrupted)  # the last audio.done: an interrupt ends the speech at once
-        yield Conversation(client.session_id, typed["turn_id"], final["turn_id"], final["text"], sent,
-                           f"http://127.0.0.1:{metrics_port}/metrics", url, client)
+        yield Conversation(
+            client.session_id,
+            typed["turn_id"],
+            final["turn_id"],
+            final["text"],
+            sent,
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            url,
+            client,
+        )
         await client.close()
 
 
@@ -111,8 +124,12 @@ async def snapshot_when(nc: Nats, session_id: str | None, ready: Any, prefix: st
     bus.attach(nc)
     deadline = time.monotonic() + 10
     while True:
-        snap = await bus.request("stats.snapshot", ev.StatsRequest(producer="test", session_id=session_id,
-                                                                   recent_turns=10), ev.StatsSnapshot, 2.0)
+        snap = await bus.request(
+            "stats.snapshot",
+            ev.StatsRequest(producer="test", session_id=session_id, recent_turns=10),
+            ev.StatsSnapshot,
+            2.0,
+        )
         if ready(snap) or time.monotonic() > deadline:
             return snap
         await asyncio.sleep(0.1)
@@ -122,11 +139,13 @@ def recorded_events(records: list[tools.Recorded]) -> list[Event]:
     return [ev.parse_event(r.msg.data) for r in records if r.msg.subject.split(".")[1] != "audio"]
 
 
-async def test_snapshot_counts_and_latencies_match_the_recorded_timestamps(conversation: Conversation,
-                                                                           nc: Nats) -> None:
+async def test_snapshot_counts_and_latencies_match_the_recorded_timestamps(
+    conversation: Conversation, nc: Nats
+) -> None:
     c = conversation
-    snap = await snapshot_when(nc, c.session_id, lambda s: s.turns == 4 and s.audio_out_s > 0
-                               and s.stages["voice_to_voice"].count == 1)
+    snap = await snapshot_when(
+        nc, c.session_id, lambda s: s.turns == 4 and s.audio_out_s > 0 and s.stages["voice_to_voice"].count == 1
+    )
     records = await tools.recorded_session(nc.jetstream(), c.session_id, PREFIX)
     events = recorded_events(records)
     dones = [e for e in events if isinstance(e, ev.ReplyDone)]
@@ -138,8 +157,9 @@ async def test_snapshot_counts_and_latencies_match_the_recorded_timestamps(conve
     assert snap.tokens == sum(d.usage.prompt_tokens + d.usage.completion_tokens for d in dones) > 0
     assert snap.audio_in_s == pytest.approx(c.audio_bytes / 32_000, abs=0.001)
     spoken_audio = [e for e in events if isinstance(e, ev.AudioOutDone)]
-    assert spoken_audio and snap.audio_out_s == pytest.approx(sum(e.duration_ms for e in spoken_audio) / 1000,
-                                                              abs=0.002)
+    assert spoken_audio and snap.audio_out_s == pytest.approx(
+        sum(e.duration_ms for e in spoken_audio) / 1000, abs=0.002
+    )
 
     def first(kind: type[Event], turn: str) -> Any:
         return next(e for e in events if isinstance(e, kind) and getattr(e, "turn_id", None) == turn)
@@ -148,8 +168,11 @@ async def test_snapshot_counts_and_latencies_match_the_recorded_timestamps(conve
     spoken, typed = timelines[c.spoken_turn], timelines[c.typed_turn]
     stopped, final = first(ev.SpeechStopped, c.spoken_turn), first(ev.TranscriptFinal, c.spoken_turn)
     delta, done = first(ev.ReplyDelta, c.spoken_turn), first(ev.ReplyDone, c.spoken_turn)
-    audio = min(ev.AudioOutMeta.model_validate_json(r.msg.headers[h.META]).published_at for r in records
-                if r.msg.subject.endswith(".out") and r.msg.headers and r.msg.headers.get(h.TURN) == c.spoken_turn)
+    audio = min(
+        ev.AudioOutMeta.model_validate_json(r.msg.headers[h.META]).published_at
+        for r in records
+        if r.msg.subject.endswith(".out") and r.msg.headers and r.msg.headers.get(h.TURN) == c.spoken_turn
+    )
     expected = {
         "end_of_speech_to_final": final.published_at - stopped.speech_ended_at,
         "final_to_first_delta": delta.published_at - final.published_at,
@@ -162,13 +185,17 @@ async def test_snapshot_counts_and_latencies_match_the_recorded_timestamps(conve
     assert spoken.marks["speech_ended"] < spoken.marks["vad_stopped"] <= spoken.marks["turn_final"]
     # Voice to voice is the sum of the three stages between its ends (no speed target here: see the benchmarks).
     assert spoken.stages["voice_to_voice"] == pytest.approx(
-        spoken.stages["end_of_speech_to_final"] + spoken.stages["final_to_first_delta"]
-        + spoken.stages["first_delta_to_first_audio"], abs=0.01)
+        spoken.stages["end_of_speech_to_final"]
+        + spoken.stages["final_to_first_delta"]
+        + spoken.stages["first_delta_to_first_audio"],
+        abs=0.01,
+    )
     assert spoken.stages["voice_to_voice"] > 0
     assert set(typed.stages) == {"final_to_first_delta", "llm_time_to_first_token", "first_delta_to_first_audio"}
     typed_turn, typed_delta = first(ev.UserTurn, c.typed_turn), first(ev.ReplyDelta, c.typed_turn)
     assert typed.stages["final_to_first_delta"] == pytest.approx(
-        (typed_delta.published_at - typed_turn.published_at) * 1000, abs=0.01)
+        (typed_delta.published_at - typed_turn.published_at) * 1000, abs=0.01
+    )
     assert [t.outcome for t in snap.recent] == ["stop", "stop", "error", "cancelled"]
     assert snap.stages["final_to_first_delta"].count == 3  # the failed turn never had a delta
     everything = await snapshot_when(nc, None, lambda s: True)
@@ -185,18 +212,21 @@ async def test_prometheus_exposes_stages_and_counts(conversation: Conversation) 
     assert 'sb_published_total{kind="reply.delta",producer="orchestrator"}' in text
 
 
-async def test_an_unreadable_recorded_event_is_counted_and_the_aggregator_goes_on(conversation: Conversation,
-                                                                                 nc: Nats) -> None:
+async def test_an_unreadable_recorded_event_is_counted_and_the_aggregator_goes_on(
+    conversation: Conversation, nc: Nats
+) -> None:
     async def unreadable() -> float:
         async with httpx.AsyncClient() as http:
             text = (await http.get(conversation.metrics_url)).raise_for_status().text
-        return float(next(line.split()[1] for line in text.splitlines()
-                          if line.startswith("sb_stats_unreadable_total ")))
+        return float(
+            next(line.split()[1] for line in text.splitlines() if line.startswith("sb_stats_unreadable_total "))
+        )
 
     before = await unreadable()
     # Recorded (ev.> is SB_EVENTS) but consumed by no worker here, so only stats reads it.
-    await nc.publish(f"{PREFIX}.ev.{conversation.session_id}.data.job_progress", b"{not json",
-                     headers={DELIBERATELY_INVALID: "1"})
+    await nc.publish(
+        f"{PREFIX}.ev.{conversation.session_id}.data.job_progress", b"{not json", headers={DELIBERATELY_INVALID: "1"}
+    )
     deadline = time.monotonic() + 10
     while await unreadable() == before:
         assert time.monotonic() < deadline
@@ -240,8 +270,11 @@ async def test_replay_reproduces_the_session_in_an_isolated_prefix(conversation:
         await asyncio.sleep(0.1)
 
     def shape(records: list[tools.Recorded], stream: str) -> list[tuple[str, bytes, dict[str, str]]]:
-        return [(r.msg.subject.split(".", 1)[1], r.msg.data, dict(r.msg.headers or {})) for r in records
-                if r.msg.metadata.stream.startswith(stream)]
+        return [
+            (r.msg.subject.split(".", 1)[1], r.msg.data, dict(r.msg.headers or {}))
+            for r in records
+            if r.msg.metadata.stream.startswith(stream)
+        ]
 
     # Each stream holds the same messages in the same order (between two streams, order is by clock only).
     for stream in ("SB_EVENTS", "SB_AUDIO"):
@@ -251,8 +284,9 @@ async def test_replay_reproduces_the_session_in_an_isolated_prefix(conversation:
     assert len(await tools.recorded_session(js, conversation.session_id, PREFIX)) == len(original)
 
 
-async def test_a_transcriber_redriven_by_the_replay_gives_the_same_final(conversation: Conversation, nats_url: str,
-                                                                         nc: Nats) -> None:
+async def test_a_transcriber_redriven_by_the_replay_gives_the_same_final(
+    conversation: Conversation, nats_url: str, nc: Nats
+) -> None:
     prefix = "statsredrive"
     finals: asyncio.Queue[ev.TranscriptFinal] = asyncio.Queue()
 
@@ -272,8 +306,15 @@ async def test_a_transcriber_redriven_by_the_replay_gives_the_same_final(convers
 
 def sb(*args: str, nats_url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SB_LOG_LEVEL": "warning"}
-    return subprocess.run([sys.executable, "-m", "ops.cli", *args, "--nats-url", nats_url, "--prefix", PREFIX],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", *args, "--nats-url", nats_url, "--prefix", PREFIX],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 async def test_sb_replay_prints_the_timeline_and_sb_trace_the_path(conversation: Conversation, nats_url: str) -> None:
@@ -293,9 +334,25 @@ async def test_sb_tail_follows_live_events_filtered(conversation: Conversation, 
     c = conversation
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ops.cli", "tail", "--nats-url", nats_url, "--prefix", PREFIX, "--kind", "reply.done",
-        "--session", c.session_id, "--count", "1", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "ops.cli",
+        "tail",
+        "--nats-url",
+        nats_url,
+        "--prefix",
+        PREFIX,
+        "--kind",
+        "reply.done",
+        "--session",
+        c.session_id,
+        "--count",
+        "1",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         assert process.stderr is not None and process.stdout is not None
         assert "following" in (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
@@ -321,8 +378,11 @@ async def test_ops_routes_need_the_operator_token(conversation: Conversation, na
         assert (await http.post("/ops/login", json={"token": "wrong"})).status_code == 401
         assert "operator token" in (await http.get("/ops")).text  # the login form, not the figures
         bearer = {"Authorization": f"Bearer {OPERATOR}"}
-        snap = (await http.get("/ops/api/snapshot", params={"session_id": conversation.session_id},
-                               headers=bearer)).raise_for_status().json()
+        snap = (
+            (await http.get("/ops/api/snapshot", params={"session_id": conversation.session_id}, headers=bearer))
+            .raise_for_status()
+            .json()
+        )
         assert snap["kind"] == "stats.snapshot" and snap["turns"] >= 4
         metrics = (await http.get("/ops/metrics", headers=bearer)).raise_for_status().text
         assert 'sb_published_total{kind="turn.user",producer="edge"}' in metrics
@@ -337,13 +397,24 @@ async def test_dashboard_loads_in_a_real_browser_without_errors(conversation: Co
 
     problems: list[str] = []
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
+        browser = await pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in (
-                "error", "warning") else None)
+            page.on(
+                "console",
+                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+            )
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             await page.goto(f"{conversation.edge_url}/ops")
             await page.fill("#t", OPERATOR)

@@ -42,8 +42,9 @@ SPOKEN = "The quick brown fox jumps over the lazy dog. Then the dog runs away in
 
 
 def settings(nats_url: str, prefix: str = PREFIX, **overrides: Any) -> VideoSettings:
-    return VideoSettings(nats_url=nats_url, subject_prefix=prefix, video_frame_sample_s=0.01,
-                         video_max_pixels=4096 * 2304, **overrides)
+    return VideoSettings(
+        nats_url=nats_url, subject_prefix=prefix, video_frame_sample_s=0.01, video_max_pixels=4096 * 2304, **overrides
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +80,11 @@ class Watch:
             self.events.append(json.loads(msg.data))
             self.arrived.set()
 
-        self.subs = [await self.nc.subscribe(f"{self.prefix}.ev.{self.session_id}.>", cb=on),
-                     await self.nc.subscribe(f"{self.prefix}.job.ingest", cb=on),
-                     await self.nc.subscribe(f"{self.prefix}.dlq.video", cb=on)]
+        self.subs = [
+            await self.nc.subscribe(f"{self.prefix}.ev.{self.session_id}.>", cb=on),
+            await self.nc.subscribe(f"{self.prefix}.job.ingest", cb=on),
+            await self.nc.subscribe(f"{self.prefix}.dlq.video", cb=on),
+        ]
         await flush_ordered(self.nc)
         return self
 
@@ -119,11 +122,13 @@ async def names(store: ObjectStore, session_id: str) -> list[str]:
 
 
 async def test_video_with_speech_gives_metadata_keyframes_transcript_progress_and_an_ingest_job(
-        worker: Bus, store: ObjectStore, videos: dict[str, Path], nc: Nats) -> None:
+    worker: Bus, store: ObjectStore, videos: dict[str, Path], nc: Nats
+) -> None:
     session = new_id()
     async with Watch(nc, session) as watch:
-        job = await submit(worker, store, videos["speech"].read_bytes(), session, filename="fox.mp4",
-                           ingest_base="videos")
+        job = await submit(
+            worker, store, videos["speech"].read_bytes(), session, filename="fox.mp4", ingest_base="videos"
+        )
         result = await watch.until("video.result", timeout=120)
     assert result["status"] == "done", result
     meta = result["metadata"]
@@ -159,8 +164,9 @@ async def test_video_with_speech_gives_metadata_keyframes_transcript_progress_an
     assert job.job_id == result["job_id"]
 
 
-async def test_video_without_audio_or_scene_changes(worker: Bus, store: ObjectStore, videos: dict[str, Path],
-                                                    nc: Nats) -> None:
+async def test_video_without_audio_or_scene_changes(
+    worker: Bus, store: ObjectStore, videos: dict[str, Path], nc: Nats
+) -> None:
     session = new_id()
     async with Watch(nc, session) as watch:
         await submit(worker, store, videos["silent"].read_bytes(), session, ingest_base="videos")
@@ -183,7 +189,8 @@ def _bad_inputs(folder: Path) -> dict[str, bytes]:
 
 
 async def test_each_bad_input_fails_clearly_and_leaves_no_object(
-        worker: Bus, store: ObjectStore, nc: Nats, tmp_path: Path) -> None:
+    worker: Bus, store: ObjectStore, nc: Nats, tmp_path: Path
+) -> None:
     for code, data in _bad_inputs(tmp_path).items():
         session = new_id()
         async with Watch(nc, session) as watch:
@@ -197,7 +204,8 @@ async def test_each_bad_input_fails_clearly_and_leaves_no_object(
 
 
 async def test_a_running_job_is_cancelled_and_a_queued_one_never_runs(
-        worker: Bus, store: ObjectStore, videos: dict[str, Path], nc: Nats) -> None:
+    worker: Bus, store: ObjectStore, videos: dict[str, Path], nc: Nats
+) -> None:
     session = new_id()
     async with Watch(nc, session) as watch:
         job = await submit(worker, store, videos["speech"].read_bytes(), session)
@@ -214,15 +222,17 @@ async def test_a_running_job_is_cancelled_and_a_queued_one_never_runs(
         await asyncio.sleep(0.2)
         name = f"{session}/{job_id}/upload"
         await store.put(name, videos["silent"].read_bytes())
-        await worker.publish(ev.VideoJob(session_id=session, producer="test", job_id=job_id, object_name=name),
-                             durable=True)
+        await worker.publish(
+            ev.VideoJob(session_id=session, producer="test", job_id=job_id, object_name=name), durable=True
+        )
         result = await watch.until("video.result")
     assert result["status"] == "cancelled" and watch.kinds("job.progress") == []
     assert await names(store, session) == []
 
 
 async def test_a_crashing_job_is_retried_then_dead_lettered_with_the_reason(
-        nats_url: str, videos: dict[str, Path], nc: Nats) -> None:
+    nats_url: str, videos: dict[str, Path], nc: Nats
+) -> None:
     prefix = "vidcrash"
     started: list[VideoWorker] = []
     async with running_worker(WORKER, settings(nats_url, prefix), started=started.append) as bus:
@@ -258,14 +268,19 @@ async def test_camera_frames_are_described_with_plain_facts(worker: Bus, nc: Nat
     session = new_id()
 
     async def describe() -> ev.FrameDescription:
-        return await worker.request("video.describe", ev.FrameDescribeRequest(session_id=session, producer="test"),
-                                    ev.FrameDescription, timeout=5)
+        return await worker.request(
+            "video.describe",
+            ev.FrameDescribeRequest(session_id=session, producer="test"),
+            ev.FrameDescription,
+            timeout=5,
+        )
 
     empty = await describe()
     assert not empty.available and empty.source == "none"
     for color in ("black", "white"):
-        await worker.publish_binary(ev.VideoFrameMeta(session_id=session, producer="test", captured_at=now()),
-                                    solid_jpeg(color))
+        await worker.publish_binary(
+            ev.VideoFrameMeta(session_id=session, producer="test", captured_at=now()), solid_jpeg(color)
+        )
         await asyncio.sleep(0.5)
     described = await describe()
     assert described.available and described.source == "facts"
@@ -285,17 +300,26 @@ async def test_a_vision_model_describes_the_frame_when_configured(nats_url: str,
         session = new_id()
         await bus.publish_binary(ev.VideoFrameMeta(session_id=session, producer="test"), solid_jpeg("gray"))
         await asyncio.sleep(0.5)
-        reply = await bus.request("video.describe", ev.FrameDescribeRequest(
-            session_id=session, producer="test", prompt="what is on the desk?"), ev.FrameDescription, timeout=10)
+        reply = await bus.request(
+            "video.describe",
+            ev.FrameDescribeRequest(session_id=session, producer="test", prompt="what is on the desk?"),
+            ev.FrameDescription,
+            timeout=10,
+        )
         assert reply.source == "vision_model" and reply.text == "You said: what is on the desk?"
         assert reply.brightness is not None and 0.4 < reply.brightness < 0.6
-        failing = await bus.request("video.describe", ev.FrameDescribeRequest(
-            session_id=session, producer="test", prompt="[status:500]"), ev.FrameDescription, timeout=10)
+        failing = await bus.request(
+            "video.describe",
+            ev.FrameDescribeRequest(session_id=session, producer="test", prompt="[status:500]"),
+            ev.FrameDescription,
+            timeout=10,
+        )
         assert failing.source == "facts" and failing.available
 
 
 async def test_edge_uploads_cancels_and_forwards_camera_frames(
-        worker: Bus, store: ObjectStore, videos: dict[str, Path], nc: Nats, nats_url: str) -> None:
+    worker: Bus, store: ObjectStore, videos: dict[str, Path], nc: Nats, nats_url: str
+) -> None:
     async with running_edge(nats_url, subject_prefix=PREFIX, edge_video_max_upload_bytes=200_000) as url:
         session, token = await new_session(url)
         auth = {"Authorization": f"Bearer {token}"}
@@ -309,8 +333,9 @@ async def test_edge_uploads_cancels_and_forwards_camera_frames(
 
             over = await http.post("/v1/videos", content=too_big(), headers=auth)
             assert over.status_code == 413 and "limit" in over.json()["detail"]
-            accepted = await http.post("/v1/videos", params={"filename": "silent.mp4"},
-                                       content=videos["silent"].read_bytes(), headers=auth)
+            accepted = await http.post(
+                "/v1/videos", params={"filename": "silent.mp4"}, content=videos["silent"].read_bytes(), headers=auth
+            )
             assert accepted.status_code == 202, accepted.text
             job_id = accepted.json()["job_id"]
             result = await watch.until("video.result")
@@ -318,8 +343,9 @@ async def test_edge_uploads_cancels_and_forwards_camera_frames(
             frame = await http.get(f"/v1/videos/{job_id}/keyframes/0", headers=auth)
             assert frame.status_code == 200 and decode_jpeg(frame.content)[:2] == (320, 240)
             _, other_token = await new_session(url)
-            denied = await http.get(f"/v1/videos/{job_id}/keyframes/0",
-                                    headers={"Authorization": f"Bearer {other_token}"})
+            denied = await http.get(
+                f"/v1/videos/{job_id}/keyframes/0", headers={"Authorization": f"Bearer {other_token}"}
+            )
             assert denied.status_code == 404
             cancel = await http.delete(f"/v1/videos/{new_id()}", headers=auth)
             assert cancel.status_code == 202 and (await watch.until("video.cancel"))["session_id"] == session
@@ -331,8 +357,12 @@ async def test_edge_uploads_cancels_and_forwards_camera_frames(
         assert refused[-1]["code"] == "bad_frame"
         await client.ws.send(ClientFrame(FrameType.VIDEO_JPEG, 2, now(), solid_jpeg("white")).pack())
         await asyncio.sleep(0.5)
-        reply = await worker.request("video.describe", ev.FrameDescribeRequest(session_id=session, producer="test"),
-                                     ev.FrameDescription, timeout=5)
+        reply = await worker.request(
+            "video.describe",
+            ev.FrameDescribeRequest(session_id=session, producer="test"),
+            ev.FrameDescription,
+            timeout=5,
+        )
         assert reply.available and reply.brightness is not None and reply.brightness > 0.95
         for seq in range(3, 10):  # over 2 per second (burst of 4)
             await client.ws.send(ClientFrame(FrameType.VIDEO_JPEG, seq, now(), solid_jpeg("black")).pack())

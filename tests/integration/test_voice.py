@@ -30,12 +30,26 @@ SPEAKS = ["text", "audio_out"]
 @contextlib.asynccontextmanager
 async def voiced_stack(nats_url: str, llm: ScriptedLLM, prefix: str, **voice: Any) -> AsyncIterator[str]:
     """Orchestrator, voice worker and edge on ``prefix``; yields the edge's URL."""
-    brain = OrchestratorSettings(nats_url=nats_url, llm_base_url=llm.base_url, subject_prefix=prefix,
-                                 memory_timeout_s=0.05, retrieval_timeout_s=0.05)
-    speech = VoiceSettings(nats_url=nats_url, subject_prefix=prefix, tts_openai_base_url=llm.base_url,
-                           tts_openai_api_key="test", tts_lead_s=0.5, **voice)
-    async with running_worker(ORCHESTRATOR, brain), running_worker(VOICE, speech), \
-            running_edge(nats_url, subject_prefix=prefix) as url:
+    brain = OrchestratorSettings(
+        nats_url=nats_url,
+        llm_base_url=llm.base_url,
+        subject_prefix=prefix,
+        memory_timeout_s=0.05,
+        retrieval_timeout_s=0.05,
+    )
+    speech = VoiceSettings(
+        nats_url=nats_url,
+        subject_prefix=prefix,
+        tts_openai_base_url=llm.base_url,
+        tts_openai_api_key="test",
+        tts_lead_s=0.5,
+        **voice,
+    )
+    async with (
+        running_worker(ORCHESTRATOR, brain),
+        running_worker(VOICE, speech),
+        running_edge(nats_url, subject_prefix=prefix) as url,
+    ):
         yield url
 
 
@@ -113,13 +127,15 @@ async def test_provider_and_voice_are_chosen_per_session(stack: str, llm: Script
     for client in (espeak, openai):
         await client.until(lambda e: e["kind"] == "session.settings")
     llm.speech_requests.clear()
-    (_, robot), (_, tone) = await asyncio.gather(spoken_turn(espeak, "Good morning to you."),
-                                                      spoken_turn(openai, "Good evening to you."))
+    (_, robot), (_, tone) = await asyncio.gather(
+        spoken_turn(espeak, "Good morning to you."), spoken_turn(openai, "Good evening to you.")
+    )
     text = "You said: Good morning to you."
     assert_speech(robot, text, rate=22_050)
     assert_speech(tone, text, rate=24_000)
     assert [(r["voice"], r["response_format"], r["model"]) for r in llm.speech_requests] == [
-        ("nova", "pcm", "gpt-4o-mini-tts")] * len(llm.speech_requests)
+        ("nova", "pcm", "gpt-4o-mini-tts")
+    ] * len(llm.speech_requests)
     assert " ".join(r["input"] for r in llm.speech_requests) == "You said: Good evening to you."
     await espeak.close()
     await openai.close()
@@ -127,8 +143,9 @@ async def test_provider_and_voice_are_chosen_per_session(stack: str, llm: Script
 
 async def test_two_sessions_audio_never_mixes(stack: str) -> None:
     clients = await asyncio.gather(*(connect(stack, capabilities=SPEAKS) for _ in range(3)))
-    results = await asyncio.gather(*(spoken_turn(c, f"Session number {i} is speaking now.")
-                                     for i, c in enumerate(clients)))
+    results = await asyncio.gather(
+        *(spoken_turn(c, f"Session number {i} is speaking now.") for i, c in enumerate(clients))
+    )
     turns = [events[-1]["turn_id"] for events, _ in results]
     for client, turn, (events, frames) in zip(clients, turns, results, strict=True):
         assert {f.turn_id for _, f in client.audio} == {turn}
@@ -138,9 +155,11 @@ async def test_two_sessions_audio_never_mixes(stack: str) -> None:
     assert len(set(turns)) == 3
 
 
-LONG_FIRST_SENTENCE = ("This first sentence is deliberately long, because it has to keep the voice busy while "
-                       "the user interrupts it somewhere in the middle of all these many words and clauses. "
-                       "A second sentence follows. And a third one ends the reply.")
+LONG_FIRST_SENTENCE = (
+    "This first sentence is deliberately long, because it has to keep the voice busy while "
+    "the user interrupts it somewhere in the middle of all these many words and clauses. "
+    "A second sentence follows. And a third one ends the reply."
+)
 
 
 async def frames_of(client: Client, turn_id: str, count: int) -> None:
@@ -198,7 +217,7 @@ async def test_an_interrupt_after_the_text_ended_still_stops_the_speech(stack: s
 
 async def test_empty_and_unpronounceable_replies_end_at_once_without_audio(stack: str, llm: ScriptedLLM) -> None:
     client = await connect(stack, capabilities=SPEAKS)
-    for reply in ("", "   ", "\U0001F600 \U0001F389 \u2764\ufe0f", "```python\nprint('hi')\n```"):
+    for reply in ("", "   ", "\U0001f600 \U0001f389 \u2764\ufe0f", "```python\nprint('hi')\n```"):
         llm.script(reply=reply)
         events, frames = await spoken_turn(client, "say nothing", timeout=10)
         assert frames == [] and events[-1]["frames"] == 0 and not events[-1]["cancelled"]
@@ -211,8 +230,10 @@ async def test_urls_code_and_emoji_are_not_read_out(stack: str, llm: ScriptedLLM
     await client.send(type="settings", tts_provider="openai")
     await client.until(lambda e: e["kind"] == "session.settings")
     llm.speech_requests.clear()
-    llm.script(reply="See https://docs.example.com/a/b?c=1 for **details** \U0001F600. "
-                     "```python\nprint('hi')\n```\nThat is all!")
+    llm.script(
+        reply="See https://docs.example.com/a/b?c=1 for **details** \U0001f600. "
+        "```python\nprint('hi')\n```\nThat is all!"
+    )
     _, frames = await spoken_turn(client, "links please")
     said = [r["input"] for r in llm.speech_requests]
     assert said == ["See link to docs dot example dot com for details.", "That is all!"], said
@@ -248,7 +269,8 @@ async def test_unknown_voice_and_provider_are_refused_and_the_default_speaks(sta
 
 @pytest.mark.parametrize("failure", [{"status": 500}, {"disconnect": True}])
 async def test_a_failing_provider_is_reported_and_the_worker_carries_on(
-        stack: str, llm: ScriptedLLM, failure: dict[str, Any]) -> None:
+    stack: str, llm: ScriptedLLM, failure: dict[str, Any]
+) -> None:
     client = await connect(stack, capabilities=SPEAKS)
     await client.send(type="settings", tts_provider="openai")
     await client.until(lambda e: e["kind"] == "session.settings")

@@ -34,8 +34,11 @@ WER_BOUND = 0.5  # the default engine's measured WER on piper speech is ~0.2; se
 async def stack(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[str]:
     transcriber = TranscriberSettings(nats_url=nats_url)
     orchestrator = OrchestratorSettings(nats_url=nats_url, llm_base_url=llm.base_url)
-    async with running_worker(TRANSCRIBER, transcriber), running_worker(ORCHESTRATOR, orchestrator), \
-            running_edge(nats_url, binary_frames_per_s=2000.0, burst_s=5.0) as url:
+    async with (
+        running_worker(TRANSCRIBER, transcriber),
+        running_worker(ORCHESTRATOR, orchestrator),
+        running_edge(nats_url, binary_frames_per_s=2000.0, burst_s=5.0) as url,
+    ):
         yield url
 
 
@@ -43,7 +46,7 @@ async def speak(client: Client, pcm: bytes, speed: float = 4.0, start_seq: int =
     """Send PCM as 20 ms frames at ``speed`` times real time; returns the next sequence number."""
     seq = start_seq
     for offset in range(0, len(pcm), PCM_FRAME_BYTES):
-        chunk = pcm[offset:offset + PCM_FRAME_BYTES]
+        chunk = pcm[offset : offset + PCM_FRAME_BYTES]
         frame = ClientFrame(FrameType.AUDIO_PCM16, seq, 1_700_000_000 + seq * 0.02, chunk)
         await client.ws.send(frame.pack())
         seq += 1
@@ -78,8 +81,11 @@ async def test_two_utterances_give_two_turns_and_silence_gives_none(stack: str) 
     await speak(client, audio)
     finals: list[dict[str, Any]] = []
     while len(finals) < 2:
-        finals += [e for e in await client.until(lambda e: e["kind"] == "transcript.final", timeout=30)
-                   if e["kind"] == "transcript.final"]
+        finals += [
+            e
+            for e in await client.until(lambda e: e["kind"] == "transcript.final", timeout=30)
+            if e["kind"] == "transcript.final"
+        ]
     assert finals[0]["turn_id"] != finals[1]["turn_id"]
     assert "light" in finals[0]["text"] and "music" in finals[1]["text"]
     # Silence alone: no speech events at all.
@@ -100,7 +106,7 @@ async def test_speaking_over_the_assistant_interrupts_it(stack: str) -> None:
     assert interrupt["reason"] == "barge_in"
     assert kinds(events).index("flush") < kinds(events).index("ctl.interrupt")
     assert events[-1]["finish_reason"] == "cancelled"
-    after_flush = events[kinds(events).index("flush"):]
+    after_flush = events[kinds(events).index("flush") :]
     assert not [e for e in after_flush if e["kind"] == "reply.delta"]
     await client.close()
 
@@ -109,12 +115,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def replica(nats_url: str, prefix: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "SB_NATS_URL": nats_url, "SB_SUBJECT_PREFIX": prefix, "SB_LOG_FORMAT": "json",
-           "SB_LEASE_TTL_S": "2", "SB_LOG_LEVEL": os.environ.get("TEST_REPLICA_LOG_LEVEL", "warning")}
+    env = {
+        **os.environ,
+        "SB_NATS_URL": nats_url,
+        "SB_SUBJECT_PREFIX": prefix,
+        "SB_LOG_FORMAT": "json",
+        "SB_LEASE_TTL_S": "2",
+        "SB_LOG_LEVEL": os.environ.get("TEST_REPLICA_LOG_LEVEL", "warning"),
+    }
     # TEST_REPLICA_LOG=file keeps the replicas' logs when debugging this test.
     log = open(os.environ["TEST_REPLICA_LOG"], "ab") if "TEST_REPLICA_LOG" in os.environ else None  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "workers.transcriber"], cwd=ROOT, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.transcriber"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=log or subprocess.DEVNULL,
+    )
 
 
 async def wait_for_replicas(nats_url: str, count: int, timeout: float = 60.0) -> None:

@@ -18,8 +18,14 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 BASE_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic", "--autoplay-policy=no-user-gesture-required",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--autoplay-policy=no-user-gesture-required",
 ]
 
 
@@ -51,8 +57,9 @@ class PageUnderTest:
 
     async def until(self, predicate: str, timeout_s: float = 15.0) -> None:
         """Wait until the JavaScript ``predicate`` (over ``sb``, the page state) holds."""
-        await self.page.wait_for_function(f"() => {{ const sb = window.sb; return {predicate}; }}",
-                                          timeout=timeout_s * 1000)
+        await self.page.wait_for_function(
+            f"() => {{ const sb = window.sb; return {predicate}; }}", timeout=timeout_s * 1000
+        )
 
     async def screenshot(self, name: str) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)
@@ -62,8 +69,9 @@ class PageUnderTest:
 
 
 @asynccontextmanager
-async def open_page(browser: Browser, url: str | None, *, width: int = 1000,
-                    height: int = 760) -> AsyncIterator[PageUnderTest]:
+async def open_page(
+    browser: Browser, url: str | None, *, width: int = 1000, height: int = 760
+) -> AsyncIterator[PageUnderTest]:
     """A fresh browser context (own storage) with the page at ``url`` (None: navigate later)."""
     context = await browser.new_context(viewport={"width": width, "height": height})
     page = await context.new_page()

@@ -47,19 +47,27 @@ def answers(question: Question, passages: list[ev.Passage]) -> bool:
 
 @asynccontextmanager
 async def running_retriever(nats_url: str, folder: Path, prefix: str, **overrides: Any) -> AsyncIterator[Bus]:
-    settings = RetrieverSettings(nats_url=nats_url, subject_prefix=prefix, retriever_path=folder / "chroma",
-                                 **overrides)
+    settings = RetrieverSettings(
+        nats_url=nats_url, subject_prefix=prefix, retriever_path=folder / "chroma", **overrides
+    )
     async with running_worker(WORKER, settings) as bus:
         yield bus
 
 
-async def ingest(bus: Bus, files: dict[str, bytes], base: str = "default", timeout: float = 60.0,
-                 progress: list[ev.JobProgress] | None = None) -> dict[str, ev.IngestResult]:
+async def ingest(
+    bus: Bus,
+    files: dict[str, bytes],
+    base: str = "default",
+    timeout: float = 60.0,
+    progress: list[ev.JobProgress] | None = None,
+) -> dict[str, ev.IngestResult]:
     """Submit one job per (name, bytes), as the CLI and the edge do; the results by name."""
     session = f"{SESSION}-{new_id()[:8]}"
     async with watch_jobs(bus.nc, session, bus.prefix, progress.append if progress is not None else None) as watch:
-        jobs = {(await submit_ingest(bus, session, name, data, content_type_for(name), base)).job_id: name
-                for name, data in files.items()}
+        jobs = {
+            (await submit_ingest(bus, session, name, data, content_type_for(name), base)).job_id: name
+            for name, data in files.items()
+        }
         return {jobs[r.job_id]: r async for r in watch.results(set(jobs), timeout)}
 
 

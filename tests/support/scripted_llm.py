@@ -72,8 +72,9 @@ Send = Callable[[Message], Awaitable[None]]
 MODEL_ID = "scripted"
 SPEECH_RATE = 24_000
 SPEECH_S_PER_CHAR = 0.06  # about what a voice takes per character of English
-SPEECH_VOICES = frozenset({"alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx",
-                           "sage", "shimmer", "verse"})
+SPEECH_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse"}
+)
 
 _MARKER = re.compile(
     r"\[(tokens|delay|first_delay|status):(\d+(?:\.\d+)?)\]|\[(hang|malformed|misshapen|disconnect|echo_system)\]"
@@ -300,16 +301,22 @@ class ScriptedLLM:
         self.speech_requests.append(body)
         script = self._speech_scripts.popleft() if self._speech_scripts else _SpeechScript(None, False, 0)
         text = str(body.get("input") or "")
-        problem = ("Invalid voice." if body.get("voice") not in SPEECH_VOICES else
-                   "Only response_format 'pcm' is scripted." if body.get("response_format") != "pcm" else
-                   "Input is empty." if not text.strip() else None)
+        problem = (
+            "Invalid voice."
+            if body.get("voice") not in SPEECH_VOICES
+            else "Only response_format 'pcm' is scripted."
+            if body.get("response_format") != "pcm"
+            else "Input is empty."
+            if not text.strip()
+            else None
+        )
         if script.status is not None or problem:
             status = script.status or 400
             await _respond(send, status, _error_body(status, problem if script.status is None else None))
             return
         self._count += 1
         audio = _tone(max(0.3, len(text.strip()) * SPEECH_S_PER_CHAR))
-        chunks = [audio[i:i + SPEECH_RATE // 5] for i in range(0, len(audio), SPEECH_RATE // 5)]  # 100 ms each
+        chunks = [audio[i : i + SPEECH_RATE // 5] for i in range(0, len(audio), SPEECH_RATE // 5)]  # 100 ms each
         if script.disconnect:
             chunks = chunks[: max(1, len(chunks) // 2)]
         gone = asyncio.Event()

@@ -19,14 +19,22 @@ def _run(stream: ffmpeg.nodes.OutputStream) -> None:
     stream.global_args("-hide_banner", "-loglevel", "error").overwrite_output().run(cmd=FFMPEG)
 
 
-def make_video(path: Path, seconds: float, size: str = "320x240", speech: str | None = None,
-               scenes: bool = True, codec: str = "libx264") -> Path:
+def make_video(
+    path: Path,
+    seconds: float,
+    size: str = "320x240",
+    speech: str | None = None,
+    scenes: bool = True,
+    codec: str = "libx264",
+) -> Path:
     """An MP4 (or the container of ``path``): testsrc, then smptebars, then mandelbrot when
     ``scenes`` (cuts at 1/3 and 2/3 of the length), plus piper speech of ``speech`` as AAC."""
     part = seconds / 3
     if scenes:
-        sources = [ffmpeg.input(f"{name}=size={size}:rate=25", f="lavfi", t=part)
-                   for name in ("testsrc", "smptebars", "mandelbrot")]
+        sources = [
+            ffmpeg.input(f"{name}=size={size}:rate=25", f="lavfi", t=part)
+            for name in ("testsrc", "smptebars", "mandelbrot")
+        ]
         video = ffmpeg.concat(*sources, v=1, a=0)
     else:
         video = ffmpeg.input(f"testsrc=size={size}:rate=25", f="lavfi", t=seconds)
@@ -54,17 +62,37 @@ def huge_video(path: Path, size: str) -> Path:
 
 def solid_jpeg(color: str, size: str = "320x240") -> bytes:
     """A JPEG of one colour (``black``, ``white``, ``gray``...)."""
-    out: bytes = (ffmpeg.input(f"color=c={color}:size={size}", f="lavfi", t=0.1)
-                  .output("pipe:", vcodec="mjpeg", format="image2pipe", **{"frames:v": 1})
-                  .global_args("-hide_banner", "-loglevel", "error").run(cmd=FFMPEG, capture_stdout=True)[0])
+    out: bytes = (
+        ffmpeg.input(f"color=c={color}:size={size}", f="lavfi", t=0.1)
+        .output("pipe:", vcodec="mjpeg", format="image2pipe", **{"frames:v": 1})
+        .global_args("-hide_banner", "-loglevel", "error")
+        .run(cmd=FFMPEG, capture_stdout=True)[0]
+    )
     return out
 
 
 def decode_jpeg(data: bytes) -> tuple[int, int, np.ndarray]:
     """(width, height, grey pixels) of a JPEG, decoded by ffmpeg: proves it is a viewable image."""
-    proc = subprocess.run([FFMPEG, "-hide_banner", "-f", "image2pipe", "-vcodec", "mjpeg", "-i", "pipe:0",
-                           "-f", "rawvideo", "-pix_fmt", "gray", "pipe:1"], input=data, capture_output=True,
-                          check=True)
+    proc = subprocess.run(
+        [
+            FFMPEG,
+            "-hide_banner",
+            "-f",
+            "image2pipe",
+            "-vcodec",
+            "mjpeg",
+            "-i",
+            "pipe:0",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "gray",
+            "pipe:1",
+        ],
+        input=data,
+        capture_output=True,
+        check=True,
+    )
     size = re.search(r"Video: .*?, (\d+)x(\d+)", proc.stderr.decode())
     assert size is not None, proc.stderr.decode()
     width, height = int(size.group(1)), int(size.group(2))

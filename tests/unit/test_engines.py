@@ -350,7 +350,8 @@ def test_whisper_model_folder_without_model_bin_is_refused(tmp_path: Path) -> No
 
 
 def test_hybrid_streams_sphinx_partials_and_finals_with_whisper(
-        sphinx: PocketSphinxEngine, whisper: WhisperEngine, speech: dict[str, bytes]) -> None:
+    sphinx: PocketSphinxEngine, whisper: WhisperEngine, speech: dict[str, bytes]
+) -> None:
     from workers.speech.engines.hybrid import HybridEngine
 
     engine = HybridEngine(sphinx, whisper)

@@ -40,19 +40,25 @@ def test_empty_ish_input_gives_nothing_and_neutral(text: str) -> None:
 
 def test_positive_and_negative_words() -> None:
     assert tagger.tag("I love the new pricing page, it is great") == (
-        ["love", "new", "pricing", "page", "great"], "positive", 1.0)
+        ["love", "new", "pricing", "page", "great"],
+        "positive",
+        1.0,
+    )
     assert tagger.tag("the checkout is slow and the form is confusing")[1:] == ("negative", -1.0)
     assert tagger.tag("the meeting is on tuesday")[1:] == ("neutral", 0.0)
 
 
-@pytest.mark.parametrize(("text", "sentiment", "score"), [
-    ("this is not good", "negative", -1.0),
-    ("never bad, honestly", "positive", 1.0),
-    ("no problem at all", "positive", 1.0),
-    ("it is not very good", "negative", -1.0),  # the negation reaches across "very"
-    ("I don't enjoy slow pages", "negative", -1.0),  # n't negates too; "slow" stays negative
-    ("I don\u2019t love it", "negative", -1.0),  # typographic apostrophe
-])
+@pytest.mark.parametrize(
+    ("text", "sentiment", "score"),
+    [
+        ("this is not good", "negative", -1.0),
+        ("never bad, honestly", "positive", 1.0),
+        ("no problem at all", "positive", 1.0),
+        ("it is not very good", "negative", -1.0),  # the negation reaches across "very"
+        ("I don't enjoy slow pages", "negative", -1.0),  # n't negates too; "slow" stays negative
+        ("I don\u2019t love it", "negative", -1.0),  # typographic apostrophe
+    ],
+)
 def test_negation_flips_the_next_sentiment_word(text: str, sentiment: str, score: float) -> None:
     assert tagger.tag(text)[1:] == (sentiment, score)
 
@@ -76,13 +82,17 @@ def test_tokens_keep_inner_apostrophes_and_drop_underscores() -> None:
     assert tokenize("Don't stop_words!") == ["don't", "stop", "words"]
 
 
-@pytest.mark.parametrize("text", [
-    "I love the new pricing page, it is great",
-    "ÉCOLE Straße CAFÉ café " + "word " * 20,
-    "https://example.com/some/very/long/path?query=1 not bad",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I love the new pricing page, it is great",
+        "ÉCOLE Straße CAFÉ café " + "word " * 20,
+        "https://example.com/some/very/long/path?query=1 not bad",
+    ],
+)
 def test_output_is_always_a_valid_contract_event(text: str) -> None:
     keywords, sentiment, score = tagger.tag(text)
-    event = ev.TurnKeywords(session_id="sessionKW01", turn_id="t1", producer="test",
-                            keywords=keywords, sentiment=sentiment, score=score)
+    event = ev.TurnKeywords(
+        session_id="sessionKW01", turn_id="t1", producer="test", keywords=keywords, sentiment=sentiment, score=score
+    )
     assert event.keywords == keywords and all(k == k.lower() for k in keywords)

@@ -32,21 +32,24 @@ from workers.memory.store import (
 )
 
 
-@pytest.mark.parametrize(("text", "facts"), [
-    ("Hi! My name is Alice and I live in Paris.", ["Their name is Alice", "They live in Paris"]),
-    ("I'm from New Zealand, I work as a nurse.", ["They are from New Zealand", "They work as a nurse"]),
-    ("I\u2019m 34 years old", ["They are 34 years old"]),
-    ("my favourite colour is blue", ["Their favourite colour is blue"]),
-    ("I'm allergic to peanuts and I work at Acme Corp", ["They are allergic to peanuts", "They work at Acme Corp"]),
-    ("I'm not from Paris", []),
-    ("my name is not Bob", []),
-    ("If my name is Bob, then what?", []),
-    ("Imagine I live in Rome.", []),
-    ("what is my name?", []),
-    ("my wife's name is Ann", []),
-    ("I'm tired and I'm going home", []),
-    ("I live in a small flat in the centre of Berlin with my cat", []),  # too long to be sure of the place
-])
+@pytest.mark.parametrize(
+    ("text", "facts"),
+    [
+        ("Hi! My name is Alice and I live in Paris.", ["Their name is Alice", "They live in Paris"]),
+        ("I'm from New Zealand, I work as a nurse.", ["They are from New Zealand", "They work as a nurse"]),
+        ("I\u2019m 34 years old", ["They are 34 years old"]),
+        ("my favourite colour is blue", ["Their favourite colour is blue"]),
+        ("I'm allergic to peanuts and I work at Acme Corp", ["They are allergic to peanuts", "They work at Acme Corp"]),
+        ("I'm not from Paris", []),
+        ("my name is not Bob", []),
+        ("If my name is Bob, then what?", []),
+        ("Imagine I live in Rome.", []),
+        ("what is my name?", []),
+        ("my wife's name is Ann", []),
+        ("I'm tired and I'm going home", []),
+        ("I live in a small flat in the centre of Berlin with my cat", []),  # too long to be sure of the place
+    ],
+)
 def test_facts_are_caught_only_when_stated_plainly(text: str, facts: list[str]) -> None:
     assert sorted(f.text for f in extract_facts(text)) == sorted(facts)
 
@@ -106,8 +109,11 @@ class DictStore:
                 if write.event_id not in self.docs[write.collection]:
                     inserted.add(write.event_id)
                     self.docs[write.collection][write.event_id] = {
-                        "_id": write.event_id, "session_id": write.session_id, "position": write.position,
-                        **write.fields}
+                        "_id": write.event_id,
+                        "session_id": write.session_id,
+                        "position": write.position,
+                        **write.fields,
+                    }
             elif isinstance(write, SetWindow):
                 self.sessions.setdefault(write.session_id, {"window": {}, "facts": {}})["window"].update(write.turns)
             elif isinstance(write, SetFact):
@@ -131,12 +137,21 @@ class DictStore:
         doc = self.sessions.get(session_id, {"window": {}, "facts": {}})
         latest = sorted(doc["window"], reverse=True)[:turns]
         facts = sorted(doc["facts"].items(), key=lambda fact: fact[1]["position"])
-        return SessionMemory([Turn(**doc["window"][p], position=p) for p in latest], None,
-                             [Fact(key, fact["text"]) for key, fact in facts])
+        return SessionMemory(
+            [Turn(**doc["window"][p], position=p) for p in latest],
+            None,
+            [Fact(key, fact["text"]) for key, fact in facts],
+        )
 
     async def recent_turns(self, session_id: str, limit: int, before: int | None = None) -> list[Turn]:
-        docs = sorted((d for d in self.docs["turns"].values() if d["session_id"] == session_id
-                       and (before is None or d["position"] < before)), key=lambda d: -int(d["position"]))
+        docs = sorted(
+            (
+                d
+                for d in self.docs["turns"].values()
+                if d["session_id"] == session_id and (before is None or d["position"] < before)
+            ),
+            key=lambda d: -int(d["position"]),
+        )
         return [t for t in map(parse_turn, docs[:limit]) if t is not None]
 
 
@@ -187,15 +202,39 @@ def kinds(writes: list[Write]) -> list[tuple[str, str]]:
 
 async def test_a_batch_is_one_bulk_write_applied_in_stream_order() -> None:
     memory, store, summaries = recorder()
-    transcript = ev.TranscriptFinal(session_id=A, turn_id="t2", text="spoken", engine="whisper", confidence=0.9,
-                                    audio_start=1.0, audio_end=2.0, producer="test")
-    batch = at_positions(user(A, "t1", "My name is Al."), reply(A, "t1", "Hi Al"), user(B, "t1", "other"),
-                         transcript, user(A, "t2", "spoken"), reply(A, "t2", ""), user(A, "t3", "My name is Bo."))
+    transcript = ev.TranscriptFinal(
+        session_id=A,
+        turn_id="t2",
+        text="spoken",
+        engine="whisper",
+        confidence=0.9,
+        audio_start=1.0,
+        audio_end=2.0,
+        producer="test",
+    )
+    batch = at_positions(
+        user(A, "t1", "My name is Al."),
+        reply(A, "t1", "Hi Al"),
+        user(B, "t1", "other"),
+        transcript,
+        user(A, "t2", "spoken"),
+        reply(A, "t2", ""),
+        user(A, "t3", "My name is Bo."),
+    )
     writes = plan_writes(batch, keep=40)
     # Turns and transcripts as they came; then each session's window; then facts, which need the session document.
-    assert kinds(writes) == [("InsertOnce", A), ("InsertOnce", A), ("InsertOnce", B), ("InsertOnce", A),
-                             ("InsertOnce", A), ("InsertOnce", A), ("SetWindow", A), ("SetWindow", B),
-                             ("SetFact", A), ("SetFact", A)]
+    assert kinds(writes) == [
+        ("InsertOnce", A),
+        ("InsertOnce", A),
+        ("InsertOnce", B),
+        ("InsertOnce", A),
+        ("InsertOnce", A),
+        ("InsertOnce", A),
+        ("SetWindow", A),
+        ("SetWindow", B),
+        ("SetFact", A),
+        ("SetFact", A),
+    ]
     assert [w.position for w in writes if isinstance(w, InsertOnce)] == [1, 2, 3, 4, 5, 7]
     await memory.record_batch(batch)
     assert store.bulk_writes == 1
@@ -208,12 +247,25 @@ async def test_a_batch_is_one_bulk_write_applied_in_stream_order() -> None:
 
 async def test_a_forget_in_a_batch_is_a_barrier() -> None:
     memory, store, summaries = recorder()
-    batch = at_positions(user(A, "t1", "My name is Al."), user(B, "t1", "keep me"), ev.ForgetSession(
-        session_id=A, producer="test"), user(A, "t2", "after forgetting"), reply(A, "t2", "noted"))
+    batch = at_positions(
+        user(A, "t1", "My name is Al."),
+        user(B, "t1", "keep me"),
+        ev.ForgetSession(session_id=A, producer="test"),
+        user(A, "t2", "after forgetting"),
+        reply(A, "t2", "noted"),
+    )
     writes = plan_writes(batch, keep=40)
-    assert kinds(writes) == [("InsertOnce", A), ("InsertOnce", B), ("SetWindow", A), ("SetWindow", B),
-                             ("SetFact", A), ("Forget", A), ("InsertOnce", A), ("InsertOnce", A),
-                             ("SetWindow", A)]
+    assert kinds(writes) == [
+        ("InsertOnce", A),
+        ("InsertOnce", B),
+        ("SetWindow", A),
+        ("SetWindow", B),
+        ("SetFact", A),
+        ("Forget", A),
+        ("InsertOnce", A),
+        ("InsertOnce", A),
+        ("SetWindow", A),
+    ]
     await memory.record_batch(batch)
     assert store.bulk_writes == 1
     assert await texts(memory, A) == ["after forgetting", "noted"]
@@ -249,8 +301,9 @@ async def test_sessions_falling_due_together_are_trimmed_a_few_a_batch() -> None
     memory, store, _ = recorder(context_turns=2)
     sessions = [f"session-{n:02d}" for n in range(TRIMS_PER_BATCH + 4)]
     await memory.record_batch(at_positions(*(user(s, "t1", "one") for s in sessions)))
-    await memory.record_batch(at_positions(*(user(s, "t2", "two") for s in sessions), user(sessions[-1], "t3", "3"),
-                                           first=100))
+    await memory.record_batch(
+        at_positions(*(user(s, "t2", "two") for s in sessions), user(sessions[-1], "t3", "3"), first=100)
+    )
     assert len(store.trimmed) == TRIMS_PER_BATCH and store.trimmed[0] == sessions[-1]  # the most overdue first
     await memory.record_batch(at_positions(*(user(s, "t4", "four") for s in sessions), first=200))
     assert sorted(store.trimmed) == sorted(sessions)  # the rest on the next batch

@@ -22,12 +22,21 @@ from workers.runtime.bus import headers_for
 S = "session-aaaa"
 
 
-def recorded(event: Event, at: float, subject: str = "sb.ev.x", parent: tracing.SpanContext | None = None,
-             extra: dict[str, str] | None = None) -> tools.Recorded:
+def recorded(
+    event: Event,
+    at: float,
+    subject: str = "sb.ev.x",
+    parent: tracing.SpanContext | None = None,
+    extra: dict[str, str] | None = None,
+) -> tools.Recorded:
     with tracing.handling(parent):
         hdrs = headers_for(event)
-    msg = Msg(_client=None, subject=subject, data=event.model_dump_json().encode(),  # type: ignore[arg-type]
-              headers={**hdrs, **(extra or {})})
+    msg = Msg(
+        _client=None,  # type: ignore[arg-type]  # a recorded message: no connection behind it
+        subject=subject,
+        data=event.model_dump_json().encode(),
+        headers={**hdrs, **(extra or {})},
+    )
     return tools.Recorded(at, msg)
 
 
@@ -55,11 +64,13 @@ def test_summary_drops_the_envelope_and_truncates() -> None:
 def test_timeline_lists_events_collapses_audio_and_gives_stages() -> None:
     t0 = 1_800_000_000.0
     turn = ev.UserTurn(session_id=S, turn_id="t1", producer="edge", text="hi", source="typed", published_at=t0)
-    delta = ev.ReplyDelta(session_id=S, turn_id="t1", producer="orchestrator", text="x", agent="a",
-                          published_at=t0 + 0.05)
+    delta = ev.ReplyDelta(
+        session_id=S, turn_id="t1", producer="orchestrator", text="x", agent="a", published_at=t0 + 0.05
+    )
     audio = ev.AudioInMeta(session_id=S, producer="edge")
-    frames = [recorded(audio, t0 + i * 0.02, f"sb.audio.{S}.in.3", extra={h.META: audio.model_dump_json()})
-              for i in range(3)]
+    frames = [
+        recorded(audio, t0 + i * 0.02, f"sb.audio.{S}.in.3", extra={h.META: audio.model_dump_json()}) for i in range(3)
+    ]
     lines = tools.timeline([*frames, recorded(turn, t0 + 0.1), recorded(delta, t0 + 0.15)])
     assert sum("audio.in" in line for line in lines) == 1  # the first frame only
     assert "audio frames: 3 in, 0 out" in lines[-2]
@@ -69,10 +80,17 @@ def test_timeline_lists_events_collapses_audio_and_gives_stages() -> None:
 
 def test_trace_tree_nests_what_a_handler_published_under_its_message() -> None:
     turn = recorded(ev.UserTurn(session_id=S, turn_id="t1", producer="edge", text="hi", source="typed"), 1.0)
-    deltas = [recorded(ev.ReplyDelta(session_id=S, turn_id="t1", producer="orchestrator", text="x", agent="a"),
-                       1.1 + i / 100, parent=span(turn)) for i in range(3)]
-    done = recorded(ev.ReplyDone(session_id=S, turn_id="t1", producer="orchestrator", text="xxx", agent="a"),
-                    1.2, parent=span(turn))
+    deltas = [
+        recorded(
+            ev.ReplyDelta(session_id=S, turn_id="t1", producer="orchestrator", text="x", agent="a"),
+            1.1 + i / 100,
+            parent=span(turn),
+        )
+        for i in range(3)
+    ]
+    done = recorded(
+        ev.ReplyDone(session_id=S, turn_id="t1", producer="orchestrator", text="xxx", agent="a"), 1.2, parent=span(turn)
+    )
     audio = recorded(ev.AudioOutMeta(session_id=S, turn_id="t1", producer="voice"), 1.15, parent=span(deltas[0]))
     tree = tools.trace_tree([turn, *deltas, audio, done])
     assert tree[0] == f"trace {span(turn).trace_id}: 6 messages, 200.0 ms"
@@ -85,24 +103,40 @@ def test_trace_tree_nests_what_a_handler_published_under_its_message() -> None:
 
 
 def test_the_launcher_gives_each_process_its_own_metrics_port(tmp_path: Path) -> None:
-    env: dict[str, Any] = {"SB_RUN_DIR": str(tmp_path), "SB_LLM_PROVIDER": "echo", "SB_METRICS_PORT": "9300",
-                           "SB_NATS_URL": "nats://127.0.0.1:1", "SB_MONGO_URL": "mongodb://127.0.0.1:1"}
+    env: dict[str, Any] = {
+        "SB_RUN_DIR": str(tmp_path),
+        "SB_LLM_PROVIDER": "echo",
+        "SB_METRICS_PORT": "9300",
+        "SB_NATS_URL": "nats://127.0.0.1:1",
+        "SB_MONGO_URL": "mongodb://127.0.0.1:1",
+    }
     processes, _ = plan(env)
     ports = [arg for p in processes for arg in p.command if arg.startswith("SB_METRICS_PORT=")]
     assert len(ports) == len(set(ports)) >= 5 and "SB_METRICS_PORT=9300" in ports
-    assert not [arg for p in plan({**env, "SB_METRICS_PORT": "0"})[0] for arg in p.command
-                if arg.startswith("SB_METRICS_PORT=")]
+    assert not [
+        arg for p in plan({**env, "SB_METRICS_PORT": "0"})[0] for arg in p.command if arg.startswith("SB_METRICS_PORT=")
+    ]
 
 
 def test_tail_lines_name_the_session_also_of_a_dead_letter() -> None:
-    letter = ev.DeadLetter(producer="orchestrator", worker="orchestrator", original_subject="sb.ev.x.turn.user",
-                           reason="invalid", error_type="ValidationError", payload_b64="", headers={h.SESSION: S})
+    letter = ev.DeadLetter(
+        producer="orchestrator",
+        worker="orchestrator",
+        original_subject="sb.ev.x.turn.user",
+        reason="invalid",
+        error_type="ValidationError",
+        payload_b64="",
+        headers={h.SESSION: S},
+    )
     record = recorded(letter, 1.0, subject="sb.dlq.orchestrator")
     assert tools.session_of(record.msg) == S
     line = tools.pretty(record.msg)
     assert "deadletter" in line and S in line and '"reason": "invalid"' in line
-    turn = recorded(ev.UserTurn(session_id=S, turn_id="t1", producer="edge", text="hi", source="typed"), 1.0,
-                    subject=f"sb.ev.{S}.turn.user")
+    turn = recorded(
+        ev.UserTurn(session_id=S, turn_id="t1", producer="edge", text="hi", source="typed"),
+        1.0,
+        subject=f"sb.ev.{S}.turn.user",
+    )
     assert tools.session_of(turn.msg) == S and " t1 " in tools.pretty(turn.msg)
 
 

@@ -67,11 +67,18 @@ def test_router_handoff_is_sticky_and_keywords_pick_knowledge() -> None:
 def test_prompt_has_tone_memory_and_numbered_passages() -> None:
     agent = AgentRegistry().get("knowledge")
     assert agent is not None
-    memory = ev.ContextReply(session_id=SID, producer="memory", summary="They planned a trip.",
-                             facts=["lives in Oslo"],
-                             turns=[ev.MemoryTurn(role="user", text="hi", turn_id="a", at=1.0)])
-    passage = ev.Passage(text="Leave is 25 days.", score=0.8,
-                         citation=ev.Citation(document_id="d1", source="handbook.md", section="Leave"))
+    memory = ev.ContextReply(
+        session_id=SID,
+        producer="memory",
+        summary="They planned a trip.",
+        facts=["lives in Oslo"],
+        turns=[ev.MemoryTurn(role="user", text="hi", turn_id="a", at=1.0)],
+    )
+    passage = ev.Passage(
+        text="Leave is 25 days.",
+        score=0.8,
+        citation=ev.Citation(document_id="d1", source="handbook.md", section="Leave"),
+    )
     messages = build_messages(agent, "formal", "how much leave?", [("user", "ignored local")], memory, [passage])
     system = messages[0]["content"]
     assert TONES["formal"] in system and "They planned a trip." in system and "lives in Oslo" in system
@@ -115,7 +122,9 @@ async def test_interrupt_for_another_turn_is_ignored_and_new_turn_supersedes() -
     await asyncio.sleep(0.03)
     await orch.on_interrupt(ev.Interrupt(session_id=SID, producer="test", reason="client"))
     assert [(d.turn_id, d.finish_reason) for d in recorder.of(ev.ReplyDone)] == [
-        ("t1", "superseded"), ("t2", "cancelled")]
+        ("t1", "superseded"),
+        ("t2", "cancelled"),
+    ]
 
 
 async def test_an_absent_service_is_not_asked_again_on_every_turn() -> None:

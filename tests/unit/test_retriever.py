@@ -29,9 +29,13 @@ def embedder() -> Embedder:
 def test_onnx_vectors_are_those_of_sentence_transformers(embedder: Embedder) -> None:
     from sentence_transformers import SentenceTransformer
 
-    texts = ["The quick brown fox jumps over the lazy dog.", "Slow but steady wins the race.",
-             "Congress shall make no law respecting an establishment of religion. " * 30,  # truncated at 256 tokens
-             "a", "Four score and seven years ago"]
+    texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Slow but steady wins the race.",
+        "Congress shall make no law respecting an establishment of religion. " * 30,  # truncated at 256 tokens
+        "a",
+        "Four score and seven years ago",
+    ]
     reference = SentenceTransformer(str(model_dir()), device="cpu").encode(texts, normalize_embeddings=True)
     ours = embedder.embed(texts)  # batch size 4: two batches, padded differently
     assert ours.shape == (5, 384) and ours.dtype == np.float32
@@ -86,7 +90,10 @@ def test_markdown_sections_follow_commonmark_headings() -> None:
     document = extract(text, "text/markdown", "notes.md")
     assert document.title == "Title"
     assert [(s.heading, s.text.splitlines()[0]) for s in document.sections] == [
-        ("", "Preface line."), ("Title", "Intro."), ("Setext", "Body.")]
+        ("", "Preface line."),
+        ("Title", "Intro."),
+        ("Setext", "Body."),
+    ]
     assert "# not a heading" in document.sections[1].text
 
 
@@ -99,21 +106,27 @@ def test_html_keeps_text_and_headings_and_drops_scripts() -> None:
 
 
 def test_pdf_pages_become_sections_and_a_scan_is_refused() -> None:
-    document = extract(text_pdf(["First page text.", "", "Third page (with parentheses)."], title="Doc"),
-                       "application/pdf", "d.pdf")
+    document = extract(
+        text_pdf(["First page text.", "", "Third page (with parentheses)."], title="Doc"), "application/pdf", "d.pdf"
+    )
     assert document.title == "Doc"
     assert [(s.heading, s.text) for s in document.sections] == [
-        ("page 1", "First page text."), ("page 3", "Third page (with parentheses).")]
+        ("page 1", "First page text."),
+        ("page 3", "Third page (with parentheses)."),
+    ]
     with pytest.raises(DocumentError, match="no text layer"):
         extract(image_only_pdf(), "application/pdf", "scan.pdf")
 
 
-@pytest.mark.parametrize(("data", "content_type", "message"), [
-    (b"", "text/plain", "empty"),
-    (b"\xff\xfe\x00junk", "text/plain", "not UTF-8"),
-    (b"hello", "application/msword", "unsupported content type"),
-    (b"<html><script>x()</script></html>", "text/html", "no text"),
-])
+@pytest.mark.parametrize(
+    ("data", "content_type", "message"),
+    [
+        (b"", "text/plain", "empty"),
+        (b"\xff\xfe\x00junk", "text/plain", "not UTF-8"),
+        (b"hello", "application/msword", "unsupported content type"),
+        (b"<html><script>x()</script></html>", "text/html", "no text"),
+    ],
+)
 def test_bad_input_is_refused_with_a_reason(data: bytes, content_type: str, message: str) -> None:
     with pytest.raises(DocumentError, match=message):
         extract(data, content_type, "f")

@@ -124,8 +124,9 @@ async def test_unknown_path_and_bad_json_get_openai_style_errors(llm: ScriptedLL
     async with httpx.AsyncClient(base_url=llm.base_url, headers={"authorization": "Bearer test"}) as http:
         missing = await http.get("/nope")
         bad = await http.post("/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
-        no_key = await http.post("/chat/completions", json={"model": "m", "messages": []},
-                                 headers={"authorization": ""})
+        no_key = await http.post(
+            "/chat/completions", json={"model": "m", "messages": []}, headers={"authorization": ""}
+        )
 
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "invalid_request_error"
@@ -254,8 +255,9 @@ async def test_malformed_marker_breaks_stream_iteration_after_one_chunk(client: 
 
 async def test_misshapen_marker_sends_json_that_is_no_chunk_after_one_valid_chunk(client: openai.AsyncOpenAI) -> None:
     body = {"model": "scripted", "messages": user("[misshapen] hi"), "stream": True}
-    response = await client.post("/chat/completions", cast_to=object, body=body, stream=True,
-                                 stream_cls=openai.AsyncStream[object])
+    response = await client.post(
+        "/chat/completions", cast_to=object, body=body, stream=True, stream_cls=openai.AsyncStream[object]
+    )
     events: list[Any] = [event async for event in response]
 
     assert [e["choices"][0]["delta"] for e in events] == [{"role": "assistant", "content": "You "}, "not an object"]

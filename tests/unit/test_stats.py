@@ -18,18 +18,39 @@ def spoken_turn(turn: str, start: float, session: str = S) -> list[Event]:
     common = {"session_id": session, "turn_id": turn}
     return [
         ev.SpeechStarted(**common, producer="transcriber", audio_at=0.5, captured_at=start, published_at=start + 0.1),
-        ev.SpeechStopped(**common, producer="transcriber", audio_at=1.5, speech_ended_at=start + 1.0,
-                         published_at=start + 1.2),
-        ev.TranscriptFinal(**common, producer="transcriber", text="hello", engine="e", audio_start=0.5,
-                           audio_end=1.5, published_at=start + 1.4),
-        ev.UserTurn(**common, producer="transcriber", text="hello", source="spoken", speech_ended_at=start + 1.0,
-                    published_at=start + 1.41),
+        ev.SpeechStopped(
+            **common, producer="transcriber", audio_at=1.5, speech_ended_at=start + 1.0, published_at=start + 1.2
+        ),
+        ev.TranscriptFinal(
+            **common,
+            producer="transcriber",
+            text="hello",
+            engine="e",
+            audio_start=0.5,
+            audio_end=1.5,
+            published_at=start + 1.4,
+        ),
+        ev.UserTurn(
+            **common,
+            producer="transcriber",
+            text="hello",
+            source="spoken",
+            speech_ended_at=start + 1.0,
+            published_at=start + 1.41,
+        ),
         ev.ReplyDelta(**common, producer="orchestrator", seq=0, text="Hi", agent="general", published_at=start + 1.6),
         ev.AudioOutMeta(**common, producer="voice", seq=0, published_at=start + 1.9),
         ev.ReplyDelta(**common, producer="orchestrator", seq=1, text="!", agent="general", published_at=start + 1.7),
         ev.AudioOutMeta(**common, producer="voice", seq=1, published_at=start + 2.0),
-        ev.ReplyDone(**common, producer="orchestrator", text="Hi!", agent="general", first_token_at=start + 1.55,
-                     usage=ev.TokenUsage(prompt_tokens=20, completion_tokens=3), published_at=start + 1.8),
+        ev.ReplyDone(
+            **common,
+            producer="orchestrator",
+            text="Hi!",
+            agent="general",
+            first_token_at=start + 1.55,
+            usage=ev.TokenUsage(prompt_tokens=20, completion_tokens=3),
+            published_at=start + 1.8,
+        ),
         ev.AudioOutDone(**common, producer="voice", frames=2, duration_ms=850.0, published_at=start + 2.1),
     ]
 
@@ -39,13 +60,16 @@ def test_a_spoken_turn_gives_every_stage_from_the_true_end_of_speech() -> None:
     for event in spoken_turn("t1", T0):
         stats.observe(event)
     stages = stats.turns[(S, "t1")].stages
-    assert stages == pytest.approx({
-        "end_of_speech_to_final": 400.0,  # from speech_ended_at (+1.0), not from the VAD's decision (+1.2)
-        "final_to_first_delta": 200.0,
-        "llm_time_to_first_token": 150.0,
-        "first_delta_to_first_audio": 300.0,
-        "voice_to_voice": 900.0,
-    }, abs=1e-3)
+    assert stages == pytest.approx(
+        {
+            "end_of_speech_to_final": 400.0,  # from speech_ended_at (+1.0), not from the VAD's decision (+1.2)
+            "final_to_first_delta": 200.0,
+            "llm_time_to_first_token": 150.0,
+            "first_delta_to_first_audio": 300.0,
+            "voice_to_voice": 900.0,
+        },
+        abs=1e-3,
+    )
     snap = stats.snapshot("stats", recent=5)
     assert snap.turns == 1 and snap.turns_by_source == {"spoken": 1}
     assert snap.tokens == 23 and snap.audio_out_s == pytest.approx(0.85)
@@ -71,14 +95,22 @@ def test_a_typed_turn_has_no_speech_stages_and_counts_by_session() -> None:
     stats.on_stage = lambda stage, ms: seen.append((stage, ms))
     stats.observe(ev.SessionStarted(session_id=S, producer="edge"))
     stats.observe(ev.SessionStarted(session_id="session-bbbb", producer="edge"))
-    stats.observe(ev.UserTurn(session_id=S, turn_id="t1", producer="edge", text="hi", source="typed",
-                              published_at=T0))
+    stats.observe(ev.UserTurn(session_id=S, turn_id="t1", producer="edge", text="hi", source="typed", published_at=T0))
     stats.observe(ev.ReplyDelta(session_id=S, turn_id="t1", producer="o", text="x", agent="a", published_at=T0 + 0.25))
     stats.observe(ev.Interrupt(session_id=S, turn_id="t1", producer="edge", reason="client"))
     stats.observe(ev.ErrorEvent(session_id=S, producer="o", code="llm_unavailable", message="m", source="o"))
     stats.observe(ev.ErrorEvent(session_id="session-bbbb", producer="o", code="llm_timeout", message="m", source="o"))
-    stats.observe(ev.DeadLetter(producer="x", worker="x", original_subject="s", reason="r", error_type="E",
-                                payload_b64="", headers={h.SESSION: S}))
+    stats.observe(
+        ev.DeadLetter(
+            producer="x",
+            worker="x",
+            original_subject="s",
+            reason="r",
+            error_type="E",
+            payload_b64="",
+            headers={h.SESSION: S},
+        )
+    )
     stats.observe(ev.SessionEnded(session_id="session-bbbb", producer="edge"))
     stats.observe_audio_in(S, 32_000 * 3)
     assert [stage for stage, _ in seen] == ["final_to_first_delta"] and seen[0][1] == pytest.approx(250.0)
@@ -111,8 +143,13 @@ def test_percentiles_are_nearest_rank() -> None:
 def test_trace_context_parses_w3c_and_refuses_garbage() -> None:
     context = tracing.parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
     assert context == tracing.SpanContext("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
-    for bad in (None, "", "00-xyz-00f067aa0ba902b7-01", "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01"):
+    for bad in (
+        None,
+        "",
+        "00-xyz-00f067aa0ba902b7-01",
+        "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01",
+    ):
         assert tracing.parse_traceparent(bad) is None
 
 

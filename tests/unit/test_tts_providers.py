@@ -55,10 +55,12 @@ def test_every_provider_of_this_machine_is_offered(providers: dict[str, TTSProvi
     assert providers["espeak"].has_voice("en-us") and providers["espeak"].has_voice("en-gb+f3")
 
 
-@pytest.mark.parametrize(("name", "rate", "streaming"),
-                         [("piper", 22_050, False), ("espeak", 22_050, True), ("openai", 24_000, True)])
-async def test_a_stream_speaks_every_unit_fed(providers: dict[str, TTSProvider], name: str, rate: int,
-                                              streaming: bool) -> None:
+@pytest.mark.parametrize(
+    ("name", "rate", "streaming"), [("piper", 22_050, False), ("espeak", 22_050, True), ("openai", 24_000, True)]
+)
+async def test_a_stream_speaks_every_unit_fed(
+    providers: dict[str, TTSProvider], name: str, rate: int, streaming: bool
+) -> None:
     declared = providers[name].capabilities
     assert declared.streaming is streaming and declared.sample_rate in (None, rate)
     units = ("Good morning.", "The meeting starts at ten, in the blue room.")
@@ -74,21 +76,29 @@ async def test_a_stream_speaks_every_unit_fed(providers: dict[str, TTSProvider],
     assert (len(one) > 1) is streaming  # a streaming provider yields a unit's audio in pieces, the others at once
 
 
-@pytest.mark.parametrize(("name", "code"), [("piper", "tts_unknown_voice"), ("espeak", "tts_unknown_voice"),
-                                            ("openai", "tts_rejected")])
-async def test_an_unknown_voice_fails_the_stream_with_a_code(providers: dict[str, TTSProvider], name: str,
-                                                             code: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "code"), [("piper", "tts_unknown_voice"), ("espeak", "tts_unknown_voice"), ("openai", "tts_rejected")]
+)
+async def test_an_unknown_voice_fails_the_stream_with_a_code(
+    providers: dict[str, TTSProvider], name: str, code: str
+) -> None:
     assert not providers[name].has_voice("no-such-voice")
     with pytest.raises(ProviderError) as failed:
         await collect(say(providers[name], "Hello.", voice="no-such-voice"))
     assert failed.value.code == code
 
 
-@pytest.mark.parametrize(("script", "code", "audio"), [
-    ({"status": 500}, "tts_failed", False), ({"status": 429}, "tts_rejected", False),
-    ({"disconnect": True}, "tts_failed", True)])
-async def test_openai_failures_become_provider_errors(providers: dict[str, TTSProvider], llm: ScriptedLLM,
-                                                      script: dict[str, object], code: str, audio: bool) -> None:
+@pytest.mark.parametrize(
+    ("script", "code", "audio"),
+    [
+        ({"status": 500}, "tts_failed", False),
+        ({"status": 429}, "tts_rejected", False),
+        ({"disconnect": True}, "tts_failed", True),
+    ],
+)
+async def test_openai_failures_become_provider_errors(
+    providers: dict[str, TTSProvider], llm: ScriptedLLM, script: dict[str, object], code: str, audio: bool
+) -> None:
     llm.script_speech(**script)  # type: ignore[arg-type]
     got: list[Audio] = []
     with pytest.raises(ProviderError) as failed:
@@ -122,8 +132,13 @@ async def test_piper_never_blocks_the_event_loop(providers: dict[str, TTSProvide
 
     ticker = asyncio.create_task(tick())
     started = time.monotonic()
-    await collect(say(providers["piper"], "This is a long sentence that keeps piper busy for a good while, "
-                                          "so that a blocked event loop would show as one long gap."))
+    await collect(
+        say(
+            providers["piper"],
+            "This is a long sentence that keeps piper busy for a good while, "
+            "so that a blocked event loop would show as one long gap.",
+        )
+    )
     took = time.monotonic() - started
     ticker.cancel()
     # Blocked, the loop would not tick at all while piper runs; free, it ticks all along.

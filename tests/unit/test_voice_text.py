@@ -12,7 +12,7 @@ def stream(text: str, chunker: Chunker | None = None, piece: int = 3) -> list[st
     chunker = chunker or Chunker()
     units: list[str] = []
     for i in range(0, len(text), piece):
-        units += chunker.feed(text[i:i + piece])
+        units += chunker.feed(text[i : i + piece])
     return units + chunker.flush()
 
 
@@ -24,10 +24,16 @@ def test_sentences_are_cut_at_their_end_whatever_the_pieces() -> None:
 
 def test_the_first_unit_is_short_so_speech_starts_early() -> None:
     assert stream("one two three four five six seven eight nine ten eleven twelve. And more.") == [
-        "one two three four five six", "seven eight nine ten eleven twelve.", "And more."]
+        "one two three four five six",
+        "seven eight nine ten eleven twelve.",
+        "And more.",
+    ]
     assert stream("Well, that depends on what you mean by it. Yes.")[0] == "Well, that depends on what you"
     assert stream("Sure thing, I can help. Here goes, one step at a time.") == [
-        "Sure thing,", "I can help.", "Here goes, one step at a time."]
+        "Sure thing,",
+        "I can help.",
+        "Here goes, one step at a time.",
+    ]
 
 
 def test_a_unit_is_not_cut_before_its_sentence_is_known_to_end() -> None:
@@ -66,18 +72,21 @@ def test_line_breaks_end_units_and_flush_resets_the_turn() -> None:
     assert chunker.feed("one two three four five six seven ") == ["one two three four five six"]
 
 
-@pytest.mark.parametrize(("unit", "said"), [
-    ("See https://docs.python.org/3/library/re.html for more.", "See link to docs dot python dot org for more."),
-    ("Visit www.example.com!", "Visit link to example dot com!"),
-    ("This is **bold**, `code` and _stress_.", "This is bold, code and stress."),
-    ("## A heading", "A heading"),
-    ("Great job \U0001F389\U0001F44D!", "Great job!"),
-    ("I \u2764\ufe0f this \u2192 that", "I this that"),
-    ("Caf\u00e9 na\u00efve \u00fcber", "Caf\u00e9 na\u00efve \u00fcber"),
-    ("\U0001F600\U0001F600", ""),
-    ("```", ""),
-    ("   ", ""),
-    ("--- *** ---", ""),
-])
+@pytest.mark.parametrize(
+    ("unit", "said"),
+    [
+        ("See https://docs.python.org/3/library/re.html for more.", "See link to docs dot python dot org for more."),
+        ("Visit www.example.com!", "Visit link to example dot com!"),
+        ("This is **bold**, `code` and _stress_.", "This is bold, code and stress."),
+        ("## A heading", "A heading"),
+        ("Great job \U0001f389\U0001f44d!", "Great job!"),
+        ("I \u2764\ufe0f this \u2192 that", "I this that"),
+        ("Caf\u00e9 na\u00efve \u00fcber", "Caf\u00e9 na\u00efve \u00fcber"),
+        ("\U0001f600\U0001f600", ""),
+        ("```", ""),
+        ("   ", ""),
+        ("--- *** ---", ""),
+    ],
+)
 def test_speakable_text(unit: str, said: str) -> None:
     assert speakable(unit) == said

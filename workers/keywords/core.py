@@ -31,7 +31,8 @@ def _words(block: str) -> frozenset[str]:
     return frozenset(block.split())
 
 
-STOP_WORDS = _words("""
+STOP_WORDS = (
+    _words("""
 a about above after again against all also am an and any are as at be because been before being below
 between both but by can could did do does doing down during each few for from further had has have having
 he her here hers herself him himself his how i if in into is it its itself just me more most my myself
@@ -39,7 +40,9 @@ nor now of off on once only or other our ours ourselves out over own same she sh
 that the their theirs them themselves then there these they this those through to too under until up
 us very was we were what when where which while who whom why will with would you your yours yourself
 yourselves i'm i've i'd i'll you're you've it's that's there's let's
-""") | NEGATORS
+""")
+    | NEGATORS
+)
 
 POSITIVE = _words("""
 good great excellent amazing awesome love loved loves liked likes nice happy glad pleased fantastic
@@ -106,5 +109,6 @@ class KeywordTagger:
 
 def _is_keyword(token: str) -> bool:
     # Single characters and bare numbers carry no topic; over-long tokens break the contract.
-    return (token not in STOP_WORDS and not _is_negator(token) and 1 < len(token) <= MAX_KEYWORD_LEN
-            and not token.isdigit())
+    return (
+        token not in STOP_WORDS and not _is_negator(token) and 1 < len(token) <= MAX_KEYWORD_LEN and not token.isdigit()
+    )

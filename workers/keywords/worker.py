@@ -25,11 +25,17 @@ class KeywordsWorker(Worker[RuntimeSettings]):
     @consumes("turn.user", queue="keywords")
     async def on_turn(self, turn: ev.UserTurn) -> None:
         keywords, sentiment, score = self.tagger.tag(turn.text)
-        await self.bus.publish(ev.TurnKeywords(
-            session_id=turn.session_id, turn_id=turn.turn_id, producer=self.bus.producer,
-            captured_at=turn.captured_at,  # so stats can measure this stage from the user's input
-            keywords=keywords, sentiment=sentiment, score=score,
-        ))
+        await self.bus.publish(
+            ev.TurnKeywords(
+                session_id=turn.session_id,
+                turn_id=turn.turn_id,
+                producer=self.bus.producer,
+                captured_at=turn.captured_at,  # so stats can measure this stage from the user's input
+                keywords=keywords,
+                sentiment=sentiment,
+                score=score,
+            )
+        )
 
 
 WORKER = KeywordsWorker

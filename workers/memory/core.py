@@ -117,10 +117,21 @@ def _recalled(event: Recordable) -> TypeGuard[ev.UserTurn | ev.ReplyDone]:
 
 def _fields(event: ev.UserTurn | ev.ReplyDone) -> Doc:
     if isinstance(event, ev.UserTurn):
-        return {"role": "user", "text": event.text, "turn_id": event.turn_id, "at": event.published_at,
-                "source": event.source}
-    return {"role": "assistant", "text": event.text, "turn_id": event.turn_id, "at": event.published_at,
-            "agent": event.agent, "finish_reason": event.finish_reason}
+        return {
+            "role": "user",
+            "text": event.text,
+            "turn_id": event.turn_id,
+            "at": event.published_at,
+            "source": event.source,
+        }
+    return {
+        "role": "assistant",
+        "text": event.text,
+        "turn_id": event.turn_id,
+        "at": event.published_at,
+        "agent": event.agent,
+        "finish_reason": event.finish_reason,
+    }
 
 
 def plan_writes(events: Sequence[tuple[Recordable, int]], keep: int) -> list[Write]:
@@ -137,8 +148,9 @@ def plan_writes(events: Sequence[tuple[Recordable, int]], keep: int) -> list[Wri
     facts: list[SetFact] = []
 
     def flush() -> None:
-        writes.extend(SetWindow(session, {p: turns[p] for p in sorted(turns)[-keep:]})
-                      for session, turns in windows.items())
+        writes.extend(
+            SetWindow(session, {p: turns[p] for p in sorted(turns)[-keep:]}) for session, turns in windows.items()
+        )
         writes.extend(facts)
         windows.clear()
         facts.clear()
@@ -149,10 +161,24 @@ def plan_writes(events: Sequence[tuple[Recordable, int]], keep: int) -> list[Wri
             flush()
             writes.append(Forget(session))
         elif isinstance(event, ev.TranscriptFinal):
-            writes.append(InsertOnce("transcripts", event.event_id, session, position, {
-                "turn_id": event.turn_id, "text": event.text, "engine": event.engine,
-                "confidence": event.confidence, "audio_start": event.audio_start, "audio_end": event.audio_end,
-                "forced": event.forced, "at": event.published_at}))
+            writes.append(
+                InsertOnce(
+                    "transcripts",
+                    event.event_id,
+                    session,
+                    position,
+                    {
+                        "turn_id": event.turn_id,
+                        "text": event.text,
+                        "engine": event.engine,
+                        "confidence": event.confidence,
+                        "audio_start": event.audio_start,
+                        "audio_end": event.audio_end,
+                        "forced": event.forced,
+                        "at": event.published_at,
+                    },
+                )
+            )
         elif _recalled(event):
             fields = _fields(event)
             writes.append(InsertOnce("turns", event.event_id, session, position, fields))
@@ -164,8 +190,14 @@ def plan_writes(events: Sequence[tuple[Recordable, int]], keep: int) -> list[Wri
 
 
 class Memory:
-    def __init__(self, store: Store, cache: ContextCache, summaries: SummaryScheduler,
-                 context_turns: int = 40, producer: str = "memory") -> None:
+    def __init__(
+        self,
+        store: Store,
+        cache: ContextCache,
+        summaries: SummaryScheduler,
+        context_turns: int = 40,
+        producer: str = "memory",
+    ) -> None:
         self.store = store
         self.cache = cache
         self._summaries = summaries
@@ -210,15 +242,27 @@ class Memory:
         material = await self.material(request.session_id)
         turns, tokens = assemble(material, request.max_tokens, request.turn_id)
         return ev.ContextReply(
-            session_id=request.session_id, turn_id=request.turn_id, producer=self._producer, turns=turns,
-            summary=material.summary.text if material.summary else "", facts=[f.text for f in material.facts],
-            tokens=tokens)
+            session_id=request.session_id,
+            turn_id=request.turn_id,
+            producer=self._producer,
+            turns=turns,
+            summary=material.summary.text if material.summary else "",
+            facts=[f.text for f in material.facts],
+            tokens=tokens,
+        )
 
     async def history(self, request: ev.HistoryRequest) -> ev.HistoryReply:
         page = await self.store.recent_turns(request.session_id, request.limit + 1, before=request.before)
         more = len(page) > request.limit
         page = page[: request.limit]
-        turns = [ev.StoredTurn(role=t.role, text=t.text, turn_id=t.turn_id, at=t.at, position=t.position)
-                 for t in reversed(page)]
-        return ev.HistoryReply(session_id=request.session_id, turn_id=request.turn_id, producer=self._producer,
-                               turns=turns, next_before=turns[0].position if more and turns else None)
+        turns = [
+            ev.StoredTurn(role=t.role, text=t.text, turn_id=t.turn_id, at=t.at, position=t.position)
+            for t in reversed(page)
+        ]
+        return ev.HistoryReply(
+            session_id=request.session_id,
+            turn_id=request.turn_id,
+            producer=self._producer,
+            turns=turns,
+            next_before=turns[0].position if more and turns else None,
+        )

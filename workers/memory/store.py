@@ -143,7 +143,8 @@ class MemoryStore:
         # Only server selection is short: a connect timeout that short also bounds the driver's heartbeats,
         # and a server busy for longer (a big insert on nx-27017) would see its pool cleared mid-operation.
         self.client: AsyncMongoClient[Doc] = AsyncMongoClient(
-            url, serverSelectionTimeoutMS=int(timeout_s * 1000), tz_aware=True)
+            url, serverSelectionTimeoutMS=int(timeout_s * 1000), tz_aware=True
+        )
         self.db: AsyncDatabase[Doc] = self.client.get_default_database(default=database)
 
     async def close(self) -> None:
@@ -203,24 +204,38 @@ class MemoryStore:
 
         if isinstance(write, InsertOnce):
             doc = {"session_id": write.session_id, "position": write.position, "stored_at": now, **write.fields}
-            return [UpdateOne({"_id": write.event_id}, {"$setOnInsert": doc}, upsert=True,
-                              namespace=ns(write.collection))]
+            return [
+                UpdateOne({"_id": write.event_id}, {"$setOnInsert": doc}, upsert=True, namespace=ns(write.collection))
+            ]
         if isinstance(write, SetWindow):
             entries = {f"window.{position}": turn for position, turn in write.turns.items()}
-            return [UpdateOne({"_id": write.session_id}, {"$set": {**entries, "stored_at": now}}, upsert=True,
-                              namespace=ns("sessions"))]
+            return [
+                UpdateOne(
+                    {"_id": write.session_id},
+                    {"$set": {**entries, "stored_at": now}},
+                    upsert=True,
+                    namespace=ns("sessions"),
+                )
+            ]
         if isinstance(write, SetFact):
             # Two conditions, not one $or: nx-27017 answers an $or by scanning the collection (14 ms a fact at
             # 1,000 sessions); each of these is a lookup by _id. (When the first sets it, the second finds it
             # not older and changes nothing.)
             path = f"facts.{write.fact.key}"
             fact = {"$set": {path: {"text": write.fact.text, "position": write.position}, "stored_at": now}}
-            return [UpdateOne({"_id": write.session_id, path: {"$exists": False}}, fact, namespace=ns("sessions")),
-                    UpdateOne({"_id": write.session_id, f"{path}.position": {"$lt": write.position}}, fact,
-                              namespace=ns("sessions"))]
-        return [DeleteMany({"session_id": write.session_id}, namespace=ns("turns")),
-                DeleteMany({"session_id": write.session_id}, namespace=ns("transcripts")),
-                DeleteMany({"_id": write.session_id}, namespace=ns("sessions"))]
+            return [
+                UpdateOne({"_id": write.session_id, path: {"$exists": False}}, fact, namespace=ns("sessions")),
+                UpdateOne(
+                    {"_id": write.session_id, f"{path}.position": {"$lt": write.position}},
+                    fact,
+                    namespace=ns("sessions"),
+                ),
+            ]
+        return [
+            DeleteMany({"session_id": write.session_id}, namespace=ns("turns")),
+            DeleteMany({"session_id": write.session_id}, namespace=ns("transcripts")),
+            DeleteMany({"_id": write.session_id}, namespace=ns("sessions")),
+        ]
 
     async def trim_window(self, session_id: str, keep: int) -> None:
         doc = await self.db.sessions.find_one({"_id": session_id}, {"window": 1})
@@ -233,7 +248,9 @@ class MemoryStore:
     async def set_summary(self, session_id: str, summary: Summary) -> None:
         await self.db.sessions.update_one(
             {"_id": session_id},
-            {"$set": {"summary": summary.text, "until": summary.until, "stored_at": _utcnow()}}, upsert=True)
+            {"$set": {"summary": summary.text, "until": summary.until, "stored_at": _utcnow()}},
+            upsert=True,
+        )
 
     # ------------------------------------------------------------------ reads
 
@@ -247,8 +264,12 @@ class MemoryStore:
 
     async def turns_between(self, session_id: str, after: int, limit: int) -> list[Turn]:
         """Turns after position ``after``, oldest first."""
-        docs = await (self.db.turns.find({"session_id": session_id, "position": {"$gt": after}})
-                      .sort("position", ASCENDING).limit(limit).to_list())
+        docs = await (
+            self.db.turns.find({"session_id": session_id, "position": {"$gt": after}})
+            .sort("position", ASCENDING)
+            .limit(limit)
+            .to_list()
+        )
         return [t for t in map(parse_turn, docs) if t is not None]
 
     async def session(self, session_id: str, turns: int) -> SessionMemory:
@@ -256,13 +277,23 @@ class MemoryStore:
         doc = await self.db.sessions.find_one({"_id": session_id}) or {}
         window: Doc = doc["window"] if isinstance(doc.get("window"), dict) else {}
         latest = sorted(window, key=_position, reverse=True)[:turns]
-        parsed = (parse_turn({**window[k], "position": k, "_id": f"{session_id}:{k}"})
-                  for k in latest if isinstance(window[k], dict))
+        parsed = (
+            parse_turn({**window[k], "position": k, "_id": f"{session_id}:{k}"})
+            for k in latest
+            if isinstance(window[k], dict)
+        )
         facts: Doc = doc["facts"] if isinstance(doc.get("facts"), dict) else {}
-        stated = sorted(((v.get("position", 0), k, v["text"]) for k, v in facts.items()
-                         if isinstance(v, dict) and isinstance(v.get("text"), str)), key=lambda f: f[0])
-        return SessionMemory([t for t in parsed if t is not None], _summary(doc),
-                             [Fact(key, text) for _, key, text in stated])
+        stated = sorted(
+            (
+                (v.get("position", 0), k, v["text"])
+                for k, v in facts.items()
+                if isinstance(v, dict) and isinstance(v.get("text"), str)
+            ),
+            key=lambda f: f[0],
+        )
+        return SessionMemory(
+            [t for t in parsed if t is not None], _summary(doc), [Fact(key, text) for _, key, text in stated]
+        )
 
     async def summary(self, session_id: str) -> Summary | None:
         return _summary(await self.db.sessions.find_one({"_id": session_id}, {"summary": 1, "until": 1}) or {})
@@ -278,10 +309,17 @@ class MemoryStore:
         windows: dict[str, dict[str, Doc]] = {}
         for d in sorted(docs, key=lambda d: int(d["position"])):
             windows.setdefault(d["session_id"], {})[f"window.{d['position']}"] = {
-                k: d[k] for k in ("role", "text", "turn_id", "at")}
-        await self.db.sessions.bulk_write([
-            UpdateOne({"_id": session}, {"$set": {**dict(list(entries.items())[-keep:]), "stored_at": now}},
-                      upsert=True) for session, entries in windows.items()], ordered=False)
+                k: d[k] for k in ("role", "text", "turn_id", "at")
+            }
+        await self.db.sessions.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": session}, {"$set": {**dict(list(entries.items())[-keep:]), "stored_at": now}}, upsert=True
+                )
+                for session, entries in windows.items()
+            ],
+            ordered=False,
+        )
 
 
 def _position(key: str) -> int:
@@ -307,7 +345,10 @@ async def while_unreachable(operation: Callable[[], Awaitable[T]], max_wait_s: f
         except ConnectionFailure as error:
             if time.monotonic() - logged >= 10.0:
                 logged = time.monotonic()
-                log.warning("database unreachable; retrying",
-                            down_for_s=round(time.monotonic() - since, 1), error=repr(error)[:200])
+                log.warning(
+                    "database unreachable; retrying",
+                    down_for_s=round(time.monotonic() - since, 1),
+                    error=repr(error)[:200],
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_wait_s)

@@ -25,9 +25,11 @@ from .store import MemoryStore, Summary
 log = get_logger("memory.summarizer")
 Complete = Callable[[list[dict[str, str]]], Awaitable[str]]
 
-INSTRUCTION = ("You keep a running summary of a conversation between a user and an assistant. Update the "
-               "summary with the new turns. Keep names, facts about the user, decisions and open questions. "
-               "At most 120 words, plain prose, no preamble.")
+INSTRUCTION = (
+    "You keep a running summary of a conversation between a user and an assistant. Update the "
+    "summary with the new turns. Keep names, facts about the user, decisions and open questions. "
+    "At most 120 words, plain prose, no preamble."
+)
 MAX_TURNS_PER_RUN = 200
 
 
@@ -35,16 +37,23 @@ def openai_completion(base_url: str, api_key: str, model: str, timeout_s: float,
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
 
     async def complete(messages: list[dict[str, str]]) -> str:
-        response = await client.chat.completions.create(model=model, messages=cast(Any, messages),
-                                                        max_tokens=max_tokens)
+        response = await client.chat.completions.create(
+            model=model, messages=cast(Any, messages), max_tokens=max_tokens
+        )
         return (response.choices[0].message.content or "").strip() if response.choices else ""
 
     return complete
 
 
 class Summarizer:
-    def __init__(self, store: MemoryStore, complete: Complete, after_turns: int, keep_recent: int,
-                 on_summary: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        store: MemoryStore,
+        complete: Complete,
+        after_turns: int,
+        keep_recent: int,
+        on_summary: Callable[[str], None],
+    ) -> None:
         self._store = store
         self._complete = complete
         self._after = after_turns

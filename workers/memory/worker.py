@@ -38,15 +38,17 @@ WRITE_BATCH = 256
 
 
 class MemorySettings(LLMSettings):
-    mongo_url: str = Field(default="mongodb://127.0.0.1:27017",
-                           description="MongoDB URL (a database in its path wins over SB_MONGO_DB)")
+    mongo_url: str = Field(
+        default="mongodb://127.0.0.1:27017", description="MongoDB URL (a database in its path wins over SB_MONGO_DB)"
+    )
     mongo_db: str = Field(default="switchboard", pattern=r"^[A-Za-z0-9_-]{1,63}$", description="Database name")
     mongo_timeout_s: float = Field(default=2.0, gt=0, description="Server selection and connect timeout")
     retention_days: float = Field(default=90.0, gt=0, description="Stored memory older than this is deleted")
     context_turns: int = Field(default=40, ge=1, le=1_000, description="Recent turns a context is chosen from")
     context_cache_sessions: int = Field(default=10_000, ge=0, description="Sessions whose context is kept hot")
-    summary_after_turns: int = Field(default=20, ge=0,
-                                     description="New turns that trigger a background summary (0: never)")
+    summary_after_turns: int = Field(
+        default=20, ge=0, description="New turns that trigger a background summary (0: never)"
+    )
     summary_keep_recent: int = Field(default=8, ge=0, description="Most recent turns a summary leaves out")
     summary_max_tokens: int = Field(default=200, ge=16, description="Longest summary, in tokens")
 
@@ -62,10 +64,20 @@ class MemoryWorker(Worker[MemorySettings]):
         super().__init__(settings, bus)
         self.store = MemoryStore(settings.mongo_url, settings.mongo_db, settings.mongo_timeout_s)
         cache = ContextCache(settings.context_cache_sessions)
-        complete = openai_completion(settings.llm_base_url, settings.llm_api_key.get_secret_value(),
-                                     settings.llm_model, settings.llm_timeout_s, settings.summary_max_tokens)
-        self.summarizer = Summarizer(self.store, complete, settings.summary_after_turns,
-                                     settings.summary_keep_recent, on_summary=cache.invalidate)
+        complete = openai_completion(
+            settings.llm_base_url,
+            settings.llm_api_key.get_secret_value(),
+            settings.llm_model,
+            settings.llm_timeout_s,
+            settings.summary_max_tokens,
+        )
+        self.summarizer = Summarizer(
+            self.store,
+            complete,
+            settings.summary_after_turns,
+            settings.summary_keep_recent,
+            on_summary=cache.invalidate,
+        )
         self.memory = Memory(self.store, cache, self.summarizer, settings.context_turns, bus.producer)
         self._background = contextlib.AsyncExitStack()
 
@@ -75,13 +87,13 @@ class MemoryWorker(Worker[MemorySettings]):
                 created = await while_unreachable(self.store.ensure_schema)
         except TimeoutError:
             await self.store.close()
-            raise StartupError(f"cannot reach the database at {self.settings.mongo_url} after "
-                               f"{self.settings.connect_timeout_s:g}s; start it with `just up` or set SB_MONGO_URL"
-                               ) from None
+            raise StartupError(
+                f"cannot reach the database at {self.settings.mongo_url} after "
+                f"{self.settings.connect_timeout_s:g}s; start it with `just up` or set SB_MONGO_URL"
+            ) from None
         if created:
             log.info("database initialised", created=created)
-        prune = asyncio.create_task(_prune_periodically(self.store, self.settings.retention_days),
-                                    name="memory-prune")
+        prune = asyncio.create_task(_prune_periodically(self.store, self.settings.retention_days), name="memory-prune")
         self._background.push_async_callback(_cancelled, prune)
         await self._background.enter_async_context(self.summarizer.running())
 

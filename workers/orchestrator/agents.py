@@ -37,14 +37,26 @@ class Agent:
 
 
 DEFAULT_AGENTS: tuple[Agent, ...] = (
-    Agent("general", "Everyday questions and conversation",
-          "You are Switchboard, a helpful voice and chat assistant. Replies are spoken aloud, so keep them "
-          "short and natural, without markdown.", frozenset({"memory", "camera"})),
-    Agent("knowledge", "Answers from the user's documents, with citations",
-          "You answer from the provided passages only and cite them as [1], [2]. If the passages do not "
-          "contain the answer, say so.", frozenset({"memory", "retrieval"})),
-    Agent("coach", "Practice and encouragement",
-          "You are a patient coach. Ask one question at a time and encourage the user.", frozenset({"memory"})),
+    Agent(
+        "general",
+        "Everyday questions and conversation",
+        "You are Switchboard, a helpful voice and chat assistant. Replies are spoken aloud, so keep them "
+        "short and natural, without markdown.",
+        frozenset({"memory", "camera"}),
+    ),
+    Agent(
+        "knowledge",
+        "Answers from the user's documents, with citations",
+        "You answer from the provided passages only and cite them as [1], [2]. If the passages do not "
+        "contain the answer, say so.",
+        frozenset({"memory", "retrieval"}),
+    ),
+    Agent(
+        "coach",
+        "Practice and encouragement",
+        "You are a patient coach. Ask one question at a time and encourage the user.",
+        frozenset({"memory"}),
+    ),
 )
 
 _HANDOFF = re.compile(r"\b(?:talk to|switch to|hand (?:me )?(?:off|over) to)\s+(?:the\s+)?([a-z_]+)", re.I)

@@ -43,8 +43,14 @@ class ContextHooks:
     #: memory or retrieval should not pay a round trip per turn to learn it again.
     ABSENT_FOR_S = 5.0
 
-    def __init__(self, requester: Requester, memory_timeout_s: float, retrieval_timeout_s: float,
-                 memory_tokens: int, camera_timeout_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        requester: Requester,
+        memory_timeout_s: float,
+        retrieval_timeout_s: float,
+        memory_tokens: int,
+        camera_timeout_s: float = 0.25,
+    ) -> None:
         self._requester = requester
         self._absent_until: dict[str, float] = {}
         self._memory_timeout_s = memory_timeout_s
@@ -54,18 +60,25 @@ class ContextHooks:
 
     async def gather(self, turn: ev.UserTurn, agent: Agent, bases: list[str] | None) -> Context:
         used = {MEMORY: agent.uses_memory, RETRIEVAL: agent.uses_retrieval, CAMERA: agent.uses_camera}
-        asks = {MEMORY: lambda: self._memory(turn), RETRIEVAL: lambda: self._retrieval(turn, bases),
-                CAMERA: lambda: self._camera(turn)}
+        asks = {
+            MEMORY: lambda: self._memory(turn),
+            RETRIEVAL: lambda: self._retrieval(turn, bases),
+            CAMERA: lambda: self._camera(turn),
+        }
         live = [name for name in asks if used[name] and not self._absent(name)]
         answers = dict(zip(live, await _settle([asks[name]() for name in live]), strict=True))
         for name in asks:
             answers.setdefault(name, (None, "unavailable" if used[name] else "skipped"))
         (memory, memory_status), (retrieval, retrieval_status), (camera, _) = (
-            answers[MEMORY], answers[RETRIEVAL], answers[CAMERA])
+            answers[MEMORY],
+            answers[RETRIEVAL],
+            answers[CAMERA],
+        )
         return Context(
             memory=memory if isinstance(memory, ev.ContextReply) else None,
             passages=retrieval.passages if isinstance(retrieval, ev.RetrievalReply) else [],
-            memory_status=memory_status, retrieval_status=retrieval_status,
+            memory_status=memory_status,
+            retrieval_status=retrieval_status,
             camera=camera if isinstance(camera, ev.FrameDescription) and camera.available else None,
         )
 
@@ -73,26 +86,39 @@ class ContextHooks:
         return time.monotonic() < self._absent_until.get(name, 0.0)
 
     async def _camera(self, turn: ev.UserTurn) -> tuple[Event | None, DependencyStatus]:
-        request = ev.FrameDescribeRequest(session_id=turn.session_id, turn_id=turn.turn_id,
-                                          producer=self._requester.producer, prompt=turn.text[:2_000])
+        request = ev.FrameDescribeRequest(
+            session_id=turn.session_id,
+            turn_id=turn.turn_id,
+            producer=self._requester.producer,
+            prompt=turn.text[:2_000],
+        )
         return await self._ask(CAMERA, request, ev.FrameDescription, self._camera_timeout_s)
 
     async def _memory(self, turn: ev.UserTurn) -> tuple[Event | None, DependencyStatus]:
-        request = ev.ContextRequest(session_id=turn.session_id, turn_id=turn.turn_id,
-                                    producer=self._requester.producer, max_tokens=self._memory_tokens)
+        request = ev.ContextRequest(
+            session_id=turn.session_id,
+            turn_id=turn.turn_id,
+            producer=self._requester.producer,
+            max_tokens=self._memory_tokens,
+        )
         return await self._ask(MEMORY, request, ev.ContextReply, self._memory_timeout_s)
 
     async def _retrieval(self, turn: ev.UserTurn, bases: list[str] | None) -> tuple[Event | None, DependencyStatus]:
-        request = ev.RetrievalRequest(session_id=turn.session_id, turn_id=turn.turn_id,
-                                      producer=self._requester.producer, query=turn.text,
-                                      bases=bases or ["default"])
+        request = ev.RetrievalRequest(
+            session_id=turn.session_id,
+            turn_id=turn.turn_id,
+            producer=self._requester.producer,
+            query=turn.text,
+            bases=bases or ["default"],
+        )
         reply, status = await self._ask(RETRIEVAL, request, ev.RetrievalReply, self._retrieval_timeout_s)
         if isinstance(reply, ev.RetrievalReply) and reply.error:
             return reply, "error"  # the retriever refused the query (e.g. a blank one)
         return reply, status
 
-    async def _ask(self, name: str, request: Event, reply: type[R],
-                   timeout: float) -> tuple[Event | None, DependencyStatus]:
+    async def _ask(
+        self, name: str, request: Event, reply: type[R], timeout: float
+    ) -> tuple[Event | None, DependencyStatus]:
         try:
             return await self._requester.request(name, request, reply, timeout), "ok"
         except DependencyUnavailableError as error:

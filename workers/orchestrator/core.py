@@ -56,8 +56,16 @@ SettingsLoader = Callable[[str], Awaitable[ev.SessionSettings | None]]
 
 
 class Orchestrator:
-    def __init__(self, publisher: Publisher, model: ChatModel, router: Router, hooks: ContextHooks,
-                 load_settings: SettingsLoader, max_tokens: int = 256, max_sessions: int = 100_000) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        model: ChatModel,
+        router: Router,
+        hooks: ContextHooks,
+        load_settings: SettingsLoader,
+        max_tokens: int = 256,
+        max_sessions: int = 100_000,
+    ) -> None:
         self._pub = publisher
         self._model = model
         self._router = router
@@ -95,9 +103,17 @@ class Orchestrator:
 
     async def refuse(self, turn: ev.UserTurn, code: str, message: str) -> None:
         """End ``turn`` without answering it: an error event, then its reply.done."""
-        await self._pub.publish(ev.ErrorEvent(session_id=turn.session_id, turn_id=turn.turn_id,
-                                              producer=self._pub.producer, code=code, message=message,
-                                              source="orchestrator", retryable=True))
+        await self._pub.publish(
+            ev.ErrorEvent(
+                session_id=turn.session_id,
+                turn_id=turn.turn_id,
+                producer=self._pub.producer,
+                code=code,
+                message=message,
+                source="orchestrator",
+                retryable=True,
+            )
+        )
         await self._publish_done(InFlight(turn, ""), "error", ev.TokenUsage(), "skipped", "skipped", [])
 
     async def on_interrupt(self, interrupt: ev.Interrupt) -> None:
@@ -127,8 +143,16 @@ class Orchestrator:
         agent = self._router.registry.get(flight.agent) or self._router.registry.default
         settings = state.settings
         context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
-        messages = build_messages(agent, settings.tone if settings else None, turn.text, state.history,
-                                  context.memory, context.passages, context.retrieval_status, context.camera)
+        messages = build_messages(
+            agent,
+            settings.tone if settings else None,
+            turn.text,
+            state.history,
+            context.memory,
+            context.passages,
+            context.retrieval_status,
+            context.camera,
+        )
         usage = ev.TokenUsage()
         finish: Literal["stop", "length", "error"] = "stop"
         try:
@@ -142,26 +166,53 @@ class Orchestrator:
                 first = flight.first_token_at is None
                 if first:
                     flight.first_token_at = time.time()
-                await self._pub.publish(ev.ReplyDelta(
-                    session_id=turn.session_id, turn_id=turn.turn_id, producer=self._pub.producer,
-                    seq=len(flight.text), text=chunk.text, agent=agent.name, captured_at=turn.captured_at))
+                await self._pub.publish(
+                    ev.ReplyDelta(
+                        session_id=turn.session_id,
+                        turn_id=turn.turn_id,
+                        producer=self._pub.producer,
+                        seq=len(flight.text),
+                        text=chunk.text,
+                        agent=agent.name,
+                        captured_at=turn.captured_at,
+                    )
+                )
                 flight.text.append(chunk.text)
                 if first:
                     await asyncio.sleep(0)  # let the client flush the first delta before parsing the rest
         except Exception as error:
             finish = "error"
             failure = error if isinstance(error, LLMError) else LLMError("internal", "the assistant failed")
-            log.warning("reply failed", session_id=turn.session_id, turn_id=turn.turn_id, code=failure.code,
-                        error=repr(error)[:300])
-            await self._pub.publish(ev.ErrorEvent(
-                session_id=turn.session_id, turn_id=turn.turn_id, producer=self._pub.producer,
-                code=failure.code, message=str(failure), source="orchestrator", retryable=failure.retryable))
+            log.warning(
+                "reply failed",
+                session_id=turn.session_id,
+                turn_id=turn.turn_id,
+                code=failure.code,
+                error=repr(error)[:300],
+            )
+            await self._pub.publish(
+                ev.ErrorEvent(
+                    session_id=turn.session_id,
+                    turn_id=turn.turn_id,
+                    producer=self._pub.producer,
+                    code=failure.code,
+                    message=str(failure),
+                    source="orchestrator",
+                    retryable=failure.retryable,
+                )
+            )
         text = "".join(flight.text)
         state.in_flight = None
         if text:
             state.history.extend((("user", turn.text), ("assistant", text)))
-        await self._publish_done(flight, finish, usage, context.memory_status, context.retrieval_status,
-                                 [p.citation for p in context.passages])
+        await self._publish_done(
+            flight,
+            finish,
+            usage,
+            context.memory_status,
+            context.retrieval_status,
+            [p.citation for p in context.passages],
+        )
 
     async def _stop(self, state: SessionState, reason: Literal["cancelled", "superseded"]) -> None:
         flight = state.in_flight
@@ -174,16 +225,33 @@ class Orchestrator:
         if flight.task.cancelled():
             await self._publish_done(flight, reason, ev.TokenUsage(), "skipped", "skipped", [])
 
-    async def _publish_done(self, flight: InFlight,
-                            finish: Literal["stop", "length", "error", "cancelled", "superseded"],
-                            usage: ev.TokenUsage, memory: ev.DependencyStatus, retrieval: ev.DependencyStatus,
-                            citations: list[ev.Citation]) -> None:
+    async def _publish_done(
+        self,
+        flight: InFlight,
+        finish: Literal["stop", "length", "error", "cancelled", "superseded"],
+        usage: ev.TokenUsage,
+        memory: ev.DependencyStatus,
+        retrieval: ev.DependencyStatus,
+        citations: list[ev.Citation],
+    ) -> None:
         turn = flight.turn
-        await self._pub.publish(ev.ReplyDone(
-            session_id=turn.session_id, turn_id=turn.turn_id, producer=self._pub.producer,
-            text="".join(flight.text), agent=flight.agent, model=self._model.name, finish_reason=finish,
-            usage=usage, memory=memory, retrieval=retrieval, citations=citations,
-            first_token_at=flight.first_token_at, captured_at=turn.captured_at))
+        await self._pub.publish(
+            ev.ReplyDone(
+                session_id=turn.session_id,
+                turn_id=turn.turn_id,
+                producer=self._pub.producer,
+                text="".join(flight.text),
+                agent=flight.agent,
+                model=self._model.name,
+                finish_reason=finish,
+                usage=usage,
+                memory=memory,
+                retrieval=retrieval,
+                citations=citations,
+                first_token_at=flight.first_token_at,
+                captured_at=turn.captured_at,
+            )
+        )
 
     # ------------------------------------------------------------------ sessions
 

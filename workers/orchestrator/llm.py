@@ -74,12 +74,22 @@ class OpenAIChatModel(ChatModel):
         # client's documented custom-request path), and building a pydantic ChatCompletionChunk per
         # server-sent event (`AsyncStream[object]` yields the decoded JSON; `_read_chunk` takes the
         # three fields we use). Same HTTP stack, auth, SSE parser and error types.
-        body = {"model": model or self.name, "messages": messages, "stream": True, "max_tokens": max_tokens,
-                "stream_options": {"include_usage": True}}
+        body = {
+            "model": model or self.name,
+            "messages": messages,
+            "stream": True,
+            "max_tokens": max_tokens,
+            "stream_options": {"include_usage": True},
+        }
         try:
             response = await self._client.post(
-                "/chat/completions", cast_to=object, body=body, options={"security": {"bearer_auth": True}},
-                stream=True, stream_cls=openai.AsyncStream[object])
+                "/chat/completions",
+                cast_to=object,
+                body=body,
+                options={"security": {"bearer_auth": True}},
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
+            )
             pieces, reported = 0, False
             async with response:  # closes the connection also when a chunk is refused or we are cancelled
                 async for event in response:
@@ -89,8 +99,11 @@ class OpenAIChatModel(ChatModel):
                     if chunk.text or chunk.usage or chunk.finish_reason:
                         yield chunk
             if not reported:  # servers such as llama.cpp's ignore stream_options: estimate
-                yield Chunk(usage=TokenUsage(prompt_tokens=sum(len(m["content"]) for m in messages) // 4,
-                                             completion_tokens=pieces))
+                yield Chunk(
+                    usage=TokenUsage(
+                        prompt_tokens=sum(len(m["content"]) for m in messages) // 4, completion_tokens=pieces
+                    )
+                )
         except openai.APIError as error:
             raise _classify(error) from error
         except ValueError as error:  # undecodable server-sent event, or one without a chunk's shape
@@ -106,8 +119,9 @@ def _read_chunk(event: object) -> Chunk:
         raise ValueError("a stream event that is not a JSON object")
     usage = None
     if isinstance(reported := event.get("usage"), dict):
-        usage = TokenUsage(prompt_tokens=_count(reported, "prompt_tokens"),
-                           completion_tokens=_count(reported, "completion_tokens"))
+        usage = TokenUsage(
+            prompt_tokens=_count(reported, "prompt_tokens"), completion_tokens=_count(reported, "completion_tokens")
+        )
     choices = event.get("choices") or []
     if not isinstance(choices, list):
         raise ValueError("choices is not a list")
@@ -161,8 +175,11 @@ class EchoChatModel(ChatModel):
         words = _WORDS.findall("You said: " + messages[-1]["content"])[:max_tokens]
         for word in words:
             yield Chunk(word)
-        yield Chunk(usage=TokenUsage(prompt_tokens=sum(len(m["content"].split()) for m in messages),
-                                     completion_tokens=len(words)))
+        yield Chunk(
+            usage=TokenUsage(
+                prompt_tokens=sum(len(m["content"].split()) for m in messages), completion_tokens=len(words)
+            )
+        )
 
 
 def build_model(provider: str, **options: Any) -> ChatModel:

@@ -12,13 +12,22 @@ from .llm import ChatMessage
 
 #: Told to an agent that searches documents when the search found nothing relevant, or failed.
 NO_PASSAGES = "No passage of the user's documents matches this question: say that the documents do not cover it."
-SEARCH_DOWN = ("The document search is unavailable right now: tell the user that you could not consult their "
-               "documents, then answer as best you can without them.")
+SEARCH_DOWN = (
+    "The document search is unavailable right now: tell the user that you could not consult their "
+    "documents, then answer as best you can without them."
+)
 
 
-def build_messages(agent: Agent, tone: Tone | None, user_text: str, history: Iterable[tuple[str, str]],
-                   memory: ev.ContextReply | None, passages: list[ev.Passage],
-                   retrieval: DependencyStatus = "ok", camera: ev.FrameDescription | None = None) -> list[ChatMessage]:
+def build_messages(
+    agent: Agent,
+    tone: Tone | None,
+    user_text: str,
+    history: Iterable[tuple[str, str]],
+    memory: ev.ContextReply | None,
+    passages: list[ev.Passage],
+    retrieval: DependencyStatus = "ok",
+    camera: ev.FrameDescription | None = None,
+) -> list[ChatMessage]:
     system = [agent.system_prompt]
     if instruction := tone_instruction(tone):
         system.append(instruction)
@@ -28,8 +37,10 @@ def build_messages(agent: Agent, tone: Tone | None, user_text: str, history: Ite
         if memory.facts:
             system.append("What the user told you about themselves: " + "; ".join(memory.facts))
     if passages:
-        numbered = "\n".join(f"[{i}] ({p.citation.source}{', ' + p.citation.section if p.citation.section else ''}) "
-                             f"{p.text}" for i, p in enumerate(passages, start=1))
+        numbered = "\n".join(
+            f"[{i}] ({p.citation.source}{', ' + p.citation.section if p.citation.section else ''}) {p.text}"
+            for i, p in enumerate(passages, start=1)
+        )
         system.append(f"Passages:\n{numbered}")
     elif agent.uses_retrieval:
         system.append(NO_PASSAGES if retrieval == "ok" else SEARCH_DOWN)

@@ -36,7 +36,8 @@ log = get_logger("orchestrator")
 
 class OrchestratorSettings(LLMSettings):
     llm_provider: Literal["openai", "echo"] = Field(
-        default="openai", description="openai: any OpenAI-compatible server; echo: zero-latency load-test model")
+        default="openai", description="openai: any OpenAI-compatible server; echo: zero-latency load-test model"
+    )
     llm_max_tokens: int = Field(default=256, ge=1, le=16_384, description="Longest reply, in tokens")
     default_agent: str = Field(default="general", description="Agent of sessions that chose none")
     memory_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the memory context request")
@@ -44,8 +45,11 @@ class OrchestratorSettings(LLMSettings):
     camera_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the camera description request")
     memory_tokens: int = Field(default=1_500, ge=1, description="Token budget of recalled context")
     turn_deadline_s: float = Field(
-        default=120.0, gt=0, description="A turn still unanswered this long after it was sent (no orchestrator "
-        "ran) gets an error (turn_not_answered) instead of a late reply")
+        default=120.0,
+        gt=0,
+        description="A turn still unanswered this long after it was sent (no orchestrator "
+        "ran) gets an error (turn_not_answered) instead of a late reply",
+    )
 
 
 class OrchestratorWorker(Worker[OrchestratorSettings]):
@@ -58,12 +62,28 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
         async def last_settings(session_id: str) -> ev.SessionSettings | None:
             return await last_recorded(bus, "session.settings", session_id, ev.SessionSettings)
 
-        self.model = build_model(settings.llm_provider, base_url=settings.llm_base_url, model=settings.llm_model,
-                                 api_key=settings.llm_api_key.get_secret_value(), timeout_s=settings.llm_timeout_s)
-        hooks = ContextHooks(bus, settings.memory_timeout_s, settings.retrieval_timeout_s, settings.memory_tokens,
-                             settings.camera_timeout_s)
-        self.core = Orchestrator(bus, self.model, Router(AgentRegistry(default=settings.default_agent)), hooks,
-                                 last_settings, settings.llm_max_tokens)
+        self.model = build_model(
+            settings.llm_provider,
+            base_url=settings.llm_base_url,
+            model=settings.llm_model,
+            api_key=settings.llm_api_key.get_secret_value(),
+            timeout_s=settings.llm_timeout_s,
+        )
+        hooks = ContextHooks(
+            bus,
+            settings.memory_timeout_s,
+            settings.retrieval_timeout_s,
+            settings.memory_tokens,
+            settings.camera_timeout_s,
+        )
+        self.core = Orchestrator(
+            bus,
+            self.model,
+            Router(AgentRegistry(default=settings.default_agent)),
+            hooks,
+            last_settings,
+            settings.llm_max_tokens,
+        )
 
     # Turns of many sessions are answered at once (a session's own turns supersede each other in core).
     @consumes("turn.user", delivery="jetstream", durable=USER_TURNS, max_in_flight=USER_TURNS.max_ack_pending)
@@ -72,9 +92,11 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
             log.info("turn already answered; not answering again", turn_id=turn.turn_id)
             return
         if time.time() - turn.published_at > self.settings.turn_deadline_s:
-            await self.core.refuse(turn, "turn_not_answered",
-                                   f"no assistant was available for {self.settings.turn_deadline_s:g} s; "
-                                   "please ask again")
+            await self.core.refuse(
+                turn,
+                "turn_not_answered",
+                f"no assistant was available for {self.settings.turn_deadline_s:g} s; please ask again",
+            )
             return
         await self.core.answer(turn)
 

@@ -59,7 +59,7 @@ class Chunker:
             end = min(start + self.size, n)
             if end < n:
                 end = self._break(text, offsets, start, end, word_start)
-            pieces.append(text[offsets[start][0]:offsets[end - 1][1]].strip())
+            pieces.append(text[offsets[start][0] : offsets[end - 1][1]].strip())
             if end >= n:
                 break
             following = max(end - self.overlap, start + 1)
@@ -68,12 +68,13 @@ class Chunker:
             start = following
         return [p for p in pieces if p]
 
-    def _break(self, text: str, offsets: list[tuple[int, int]], start: int, end: int,
-               word_start: Callable[[int], bool]) -> int:
+    def _break(
+        self, text: str, offsets: list[tuple[int, int]], start: int, end: int, word_start: Callable[[int], bool]
+    ) -> int:
         """Where the window ``[start, end)`` should really end: a sentence end, else a word boundary."""
         for j in range(end, start + self.size // 2, -1):
-            before = text[offsets[j - 1][0]:offsets[j - 1][1]]
-            gap = text[offsets[j - 1][1]:offsets[j][0]]
+            before = text[offsets[j - 1][0] : offsets[j - 1][1]]
+            gap = text[offsets[j - 1][1] : offsets[j][0]]
             if (before and before[-1] in _SENTENCE_END and gap) or "\n" in gap:
                 return j
         j = end

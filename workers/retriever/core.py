@@ -46,16 +46,18 @@ async def _no_progress(stage: str, done: int, total: int) -> None:
 
 
 class Retriever:
-    def __init__(self, embedder: Embedder, chunker: Chunker, store: ChunkStore,
-                 max_document_bytes: int, max_chunks: int) -> None:
+    def __init__(
+        self, embedder: Embedder, chunker: Chunker, store: ChunkStore, max_document_bytes: int, max_chunks: int
+    ) -> None:
         self.embedder = embedder
         self.chunker = chunker
         self.store = store
         self.max_document_bytes = max_document_bytes
         self.max_chunks = max_chunks
 
-    async def ingest(self, base: str, source: str, content_type: str, data: bytes,
-                     progress: Progress = _no_progress) -> Outcome:
+    async def ingest(
+        self, base: str, source: str, content_type: str, data: bytes, progress: Progress = _no_progress
+    ) -> Outcome:
         """Index ``data`` as the document ``source`` of ``base``; DocumentError for bad input."""
         self.check_size(len(data))
         doc_id = document_id(source)
@@ -73,20 +75,30 @@ class Retriever:
         vectors = []
         for i in range(0, len(embedded), step):
             await progress("embedding", i, len(chunks))
-            vectors.append(await asyncio.to_thread(self.embedder.embed, embedded[i:i + step]))
+            vectors.append(await asyncio.to_thread(self.embedder.embed, embedded[i : i + step]))
         await progress("storing", len(chunks), len(chunks))
         metadatas: list[dict[str, Scalar]] = [
-            {"document_id": doc_id, "source": source, "title": document.title, "section": c.section,
-             "position": c.position, "content_hash": content_hash, "content_type": content_type}
-            for c in chunks]
-        await asyncio.to_thread(self.store.replace, base, doc_id, content_hash, texts, np.concatenate(vectors),
-                                metadatas)
+            {
+                "document_id": doc_id,
+                "source": source,
+                "title": document.title,
+                "section": c.section,
+                "position": c.position,
+                "content_hash": content_hash,
+                "content_type": content_type,
+            }
+            for c in chunks
+        ]
+        await asyncio.to_thread(
+            self.store.replace, base, doc_id, content_hash, texts, np.concatenate(vectors), metadatas
+        )
         return Outcome("ingested", doc_id, len(chunks))
 
     def check_size(self, size: int) -> None:
         if size > self.max_document_bytes:
-            raise DocumentError(f"the document is {size / 1e6:.1f} MB; the limit is "
-                                f"{self.max_document_bytes / 1e6:.1f} MB")
+            raise DocumentError(
+                f"the document is {size / 1e6:.1f} MB; the limit is {self.max_document_bytes / 1e6:.1f} MB"
+            )
 
     async def delete(self, base: str, source: str) -> Outcome:
         doc_id = document_id(source)
@@ -98,11 +110,22 @@ class Retriever:
         if not request.query.strip():
             raise QueryError("the query is blank")
         hits = await asyncio.to_thread(self._search, request)
-        return [ev.Passage(text=hit.text, score=round(hit.score, 4), citation=ev.Citation(
-            document_id=str(hit.metadata["document_id"]), source=str(hit.metadata["source"]),
-            title=str(hit.metadata.get("title", "")), section=str(hit.metadata.get("section", "")),
-            position=int(hit.metadata.get("position", 0)), score=round(hit.score, 4)))
-            for hit in hits if hit.score >= request.min_score]
+        return [
+            ev.Passage(
+                text=hit.text,
+                score=round(hit.score, 4),
+                citation=ev.Citation(
+                    document_id=str(hit.metadata["document_id"]),
+                    source=str(hit.metadata["source"]),
+                    title=str(hit.metadata.get("title", "")),
+                    section=str(hit.metadata.get("section", "")),
+                    position=int(hit.metadata.get("position", 0)),
+                    score=round(hit.score, 4),
+                ),
+            )
+            for hit in hits
+            if hit.score >= request.min_score
+        ]
 
     def _search(self, request: ev.RetrievalRequest) -> list[Hit]:
         vector = self.embedder.embed([request.query.strip()])[0]

@@ -60,8 +60,9 @@ def export_onnx(target: Path) -> Path:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    token_type_ids: torch.Tensor) -> torch.Tensor:
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> torch.Tensor:
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
             hidden: torch.Tensor = out.last_hidden_state
             return hidden
@@ -75,9 +76,16 @@ def export_onnx(target: Path) -> Path:
     os.close(fd)
     try:
         with torch.no_grad():
-            torch.onnx.export(_Encoder(model), (example, example, torch.zeros_like(example)), tmp,
-                              input_names=list(_INPUTS), output_names=["last_hidden_state"],
-                              dynamic_axes=axes, opset_version=17, dynamo=False)
+            torch.onnx.export(
+                _Encoder(model),
+                (example, example, torch.zeros_like(example)),
+                tmp,
+                input_names=list(_INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -105,7 +113,7 @@ class Embedder:
         """One unit-length 384-dim row per text (cosine similarity is a dot product)."""
         if not texts:
             return np.zeros((0, DIMENSIONS), dtype=np.float32)
-        batches = [self._embed_batch(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        batches = [self._embed_batch(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
         return np.concatenate(batches)
 
     def _embed_batch(self, texts: list[str]) -> Vectors:

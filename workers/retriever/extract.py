@@ -43,8 +43,9 @@ def decode_text(data: bytes) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise DocumentError(f"not UTF-8 text (byte {error.start} is invalid): binary data or another encoding"
-                            ) from None
+        raise DocumentError(
+            f"not UTF-8 text (byte {error.start} is invalid): binary data or another encoding"
+        ) from None
     if len(_CONTROL.findall(text[:65_536])) > max(8, len(text[:65_536]) // 100):
         raise DocumentError("the content is binary data, not text")
     return text
@@ -67,8 +68,11 @@ def parse_markdown(data: bytes, source: str) -> Document:
     text = decode_text(data)
     lines = text.splitlines()
     tokens = MarkdownIt("commonmark").parse(text)
-    headings = [(tok.map[0], tok.map[1], int(tok.tag[1]), tokens[i + 1].content)
-                for i, tok in enumerate(tokens) if tok.type == "heading_open" and tok.map]
+    headings = [
+        (tok.map[0], tok.map[1], int(tok.tag[1]), tokens[i + 1].content)
+        for i, tok in enumerate(tokens)
+        if tok.type == "heading_open" and tok.map
+    ]
     title = next((name for _, _, level, name in headings if level == 1), _stem(source))
     sections, heading, start = [], "", 0
     for first, after, _, name in [*headings, (len(lines), len(lines), 0, "")]:
@@ -82,8 +86,29 @@ def parse_markdown(data: bytes, source: str) -> Document:
 class _HTMLText(HTMLParser):
     _SKIP = frozenset({"script", "style", "noscript", "template", "svg", "head"})
     _HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
-    _BLOCKS = frozenset({"p", "div", "br", "li", "tr", "section", "article", "blockquote", "pre", "table",
-                         "ul", "ol", "dd", "dt", "header", "footer", "main", "aside", "nav"})
+    _BLOCKS = frozenset(
+        {
+            "p",
+            "div",
+            "br",
+            "li",
+            "tr",
+            "section",
+            "article",
+            "blockquote",
+            "pre",
+            "table",
+            "ul",
+            "ol",
+            "dd",
+            "dt",
+            "header",
+            "footer",
+            "main",
+            "aside",
+            "nav",
+        }
+    )
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

@@ -26,21 +26,25 @@ def default_cache() -> Path:
 
 class RetrieverSettings(RuntimeSettings):
     # JetStream stops redelivering an ingestion job after INGEST.max_deliver; dead-letter it then too.
-    max_deliver: int = Field(default=INGEST.max_deliver, ge=1, le=100,
-                             description="Deliveries before a message is dead-lettered")
+    max_deliver: int = Field(
+        default=INGEST.max_deliver, ge=1, le=100, description="Deliveries before a message is dead-lettered"
+    )
     retriever_chroma_url: str | None = Field(
-        default=None, description="A `chroma run` server (http://host:port) shared by replicas; unset: embedded")
+        default=None, description="A `chroma run` server (http://host:port) shared by replicas; unset: embedded"
+    )
     retriever_path: Path | None = Field(
-        default=None, description="Folder of the embedded index; unset: $SB_RUN_DIR/chroma (.run/chroma)")
+        default=None, description="Folder of the embedded index; unset: $SB_RUN_DIR/chroma (.run/chroma)"
+    )
     retriever_model_cache: Path | None = Field(
-        default=None, description="Where the ONNX export of the embedding model is cached; unset: "
-                                  "~/.cache/switchboard/models (or under $XDG_CACHE_HOME)")
+        default=None,
+        description="Where the ONNX export of the embedding model is cached; unset: "
+        "~/.cache/switchboard/models (or under $XDG_CACHE_HOME)",
+    )
     retriever_chunk_tokens: int = Field(default=128, ge=16, le=254, description="Tokens per chunk (model limit 254)")
     retriever_chunk_overlap: int = Field(default=24, ge=0, description="Tokens shared by neighbouring chunks")
     retriever_batch_size: int = Field(default=32, ge=1, le=512, description="Chunks embedded per model call")
     retriever_threads: int = Field(default=2, ge=1, le=64, description="onnxruntime threads per model call")
-    retriever_max_document_bytes: int = Field(default=20 * MiB, ge=1,
-                                              description="Largest document accepted (bytes)")
+    retriever_max_document_bytes: int = Field(default=20 * MiB, ge=1, description="Largest document accepted (bytes)")
     retriever_max_chunks: int = Field(default=20_000, ge=1, description="Most chunks one document may make")
 
     @model_validator(mode="after")

@@ -39,8 +39,12 @@ def open_client(chroma_url: str | None, path: Path) -> ClientAPI:
     no_telemetry = Settings(anonymized_telemetry=False)
     if chroma_url:
         parts = urlsplit(chroma_url)
-        return chromadb.HttpClient(host=parts.hostname or "127.0.0.1", port=parts.port or 8000,
-                                   ssl=parts.scheme == "https", settings=no_telemetry)
+        return chromadb.HttpClient(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 8000,
+            ssl=parts.scheme == "https",
+            settings=no_telemetry,
+        )
     path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(path), settings=no_telemetry)
 
@@ -67,7 +71,8 @@ class ChunkStore:
         name = collection_name(base)
         if create:
             return self._client.get_or_create_collection(
-                name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None)
+                name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+            )
         try:
             return self._client.get_collection(name, embedding_function=None)
         except (NotFoundError, ValueError):
@@ -82,17 +87,27 @@ class ChunkStore:
         metadatas = found["metadatas"] or []
         return str(metadatas[0]["content_hash"]) if metadatas else None
 
-    def replace(self, base: str, document_id: str, content_hash: str, texts: Sequence[str],
-                vectors: Vectors, metadatas: Sequence[Mapping[str, Scalar]]) -> None:
+    def replace(
+        self,
+        base: str,
+        document_id: str,
+        content_hash: str,
+        texts: Sequence[str],
+        vectors: Vectors,
+        metadatas: Sequence[Mapping[str, Scalar]],
+    ) -> None:
         """Index the new version of a document, then drop every other version of it."""
         collection = self._collection(base, create=True)
         assert collection is not None
         ids = [f"{document_id}:{content_hash[:16]}:{m['position']}" for m in metadatas]
         try:
             for i in range(0, len(ids), WRITE_BATCH):
-                collection.upsert(ids=ids[i:i + WRITE_BATCH], embeddings=vectors[i:i + WRITE_BATCH],
-                                  documents=list(texts[i:i + WRITE_BATCH]),
-                                  metadatas=cast(Any, list(metadatas[i:i + WRITE_BATCH])))
+                collection.upsert(
+                    ids=ids[i : i + WRITE_BATCH],
+                    embeddings=vectors[i : i + WRITE_BATCH],
+                    documents=list(texts[i : i + WRITE_BATCH]),
+                    metadatas=cast(Any, list(metadatas[i : i + WRITE_BATCH])),
+                )
         except BaseException:
             collection.delete(ids=ids)  # nothing half-ingested
             raise
@@ -112,20 +127,25 @@ class ChunkStore:
         collection = self._collection(base, create=False)
         return collection.count() if collection is not None else 0
 
-    def query(self, bases: Sequence[str], vector: Vectors, top_k: int,
-              filters: Mapping[str, Scalar]) -> list[Hit]:
+    def query(self, bases: Sequence[str], vector: Vectors, top_k: int, filters: Mapping[str, Scalar]) -> list[Hit]:
         """The ``top_k`` nearest chunks over all ``bases`` (absent bases contribute nothing), best first."""
         hits: list[Hit] = []
         for base in dict.fromkeys(bases):
             collection = self._collection(base, create=False)
             if collection is None:
                 continue
-            found = collection.query(query_embeddings=vector.reshape(1, -1), n_results=top_k,
-                                     where=where_clause(filters), include=["documents", "metadatas", "distances"])
+            found = collection.query(
+                query_embeddings=vector.reshape(1, -1),
+                n_results=top_k,
+                where=where_clause(filters),
+                include=["documents", "metadatas", "distances"],
+            )
             documents = (found["documents"] or [[]])[0]
             metadatas = (found["metadatas"] or [[]])[0]
             distances = (found["distances"] or [[]])[0]
-            hits.extend(Hit(text, 1.0 - distance, cast(Mapping[str, Scalar], metadata))
-                        for text, metadata, distance in zip(documents, metadatas, distances, strict=True))
+            hits.extend(
+                Hit(text, 1.0 - distance, cast(Mapping[str, Scalar], metadata))
+                for text, metadata, distance in zip(documents, metadatas, distances, strict=True)
+            )
         hits.sort(key=lambda hit: hit.score, reverse=True)
         return hits[:top_k]

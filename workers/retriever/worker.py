@@ -43,8 +43,6 @@ class _Slot:
         return self.retriever
 
 
-
-
 def open_retriever(settings: RetrieverSettings) -> Retriever:
     """Load the embedding model (exporting it to ONNX on first use) and open the index. Blocking."""
     embedder = Embedder(settings.model_cache(), settings.retriever_threads, settings.retriever_batch_size)
@@ -63,24 +61,37 @@ class Jobs:
 
     async def run(self, job: ev.IngestJob, deliveries: int) -> None:
         async def progress(stage: str, done: int, total: int) -> None:
-            await self._bus.publish(ev.JobProgress(session_id=job.session_id, producer=self._bus.producer,
-                                                   job_id=job.job_id, stage=stage, done=done, total=total))
+            await self._bus.publish(
+                ev.JobProgress(
+                    session_id=job.session_id,
+                    producer=self._bus.producer,
+                    job_id=job.job_id,
+                    stage=stage,
+                    done=done,
+                    total=total,
+                )
+            )
 
         retriever = self._slot.ready
         try:
             if job.delete:
                 outcome = await retriever.delete(job.base, job.source)
             else:
-                outcome = await retriever.ingest(job.base, job.source, job.content_type,
-                                                 await self._content(job, retriever), progress)
+                outcome = await retriever.ingest(
+                    job.base, job.source, job.content_type, await self._content(job, retriever), progress
+                )
         except DocumentError as error:
             log.info("ingestion refused", job_id=job.job_id, source=job.source, error=str(error))
             await self._finish(job, error=str(error))
             return
         except Exception as error:
             if deliveries >= self._max_deliver:
-                await self._finish(job, error=f"internal error after {self._max_deliver} attempts: "
-                                              f"{type(error).__name__}: {str(error)[:300]}", keep_object=True)
+                await self._finish(
+                    job,
+                    error=f"internal error after {self._max_deliver} attempts: "
+                    f"{type(error).__name__}: {str(error)[:300]}",
+                    keep_object=True,
+                )
             raise  # redelivered, or dead-lettered with the reason
         await self._finish(job, outcome)
 
@@ -91,24 +102,30 @@ class Jobs:
         try:
             info = await store.get_info(job.object_name)
         except NotFoundError:
-            raise DocumentError(f"the uploaded file {job.object_name!r} is gone (expired after a day, or "
-                                f"deleted)") from None
+            raise DocumentError(
+                f"the uploaded file {job.object_name!r} is gone (expired after a day, or deleted)"
+            ) from None
         retriever.check_size(info.size or 0)
         data: bytes = (await store.get(job.object_name)).data or b""
         return data
 
-    async def _finish(self, job: ev.IngestJob, outcome: Outcome | None = None, error: str = "",
-                      keep_object: bool = False) -> None:
+    async def _finish(
+        self, job: ev.IngestJob, outcome: Outcome | None = None, error: str = "", keep_object: bool = False
+    ) -> None:
         if job.object_name and not keep_object:  # kept after an internal error: a replay needs it
             store = await object_store(self._bus.js, INGEST_FILES, self._bus.prefix)
             with contextlib.suppress(Exception):
                 await store.delete(job.object_name)
-        result = ev.IngestResult(session_id=job.session_id, producer=self._bus.producer, job_id=job.job_id,
-                                 status=outcome.status if outcome else "failed",
-                                 document_id=outcome.document_id if outcome else "",
-                                 chunks=outcome.chunks if outcome else 0, error=error[:2000])
-        log.info("ingestion job done", job_id=job.job_id, source=job.source, status=result.status,
-                 chunks=result.chunks)
+        result = ev.IngestResult(
+            session_id=job.session_id,
+            producer=self._bus.producer,
+            job_id=job.job_id,
+            status=outcome.status if outcome else "failed",
+            document_id=outcome.document_id if outcome else "",
+            chunks=outcome.chunks if outcome else 0,
+            error=error[:2000],
+        )
+        log.info("ingestion job done", job_id=job.job_id, source=job.source, status=result.status, chunks=result.chunks)
         await self._bus.publish(result, durable=True)
 
 

@@ -5,5 +5,15 @@ from .consumes import Delivery, consumes, serves
 from .settings import RuntimeSettings, load_settings
 from .worker import StartupError, Worker, main, running_worker
 
-__all__ = ["Bus", "Delivery", "RuntimeSettings", "StartupError", "Worker", "consumes", "load_settings", "main",
-           "running_worker", "serves"]
+__all__ = [
+    "Bus",
+    "Delivery",
+    "RuntimeSettings",
+    "StartupError",
+    "Worker",
+    "consumes",
+    "load_settings",
+    "main",
+    "running_worker",
+    "serves",
+]

@@ -19,9 +19,12 @@ from .worker import Worker
 def declared_router(worker_type: type[Worker[Any]], prefix: str = DEFAULT_PREFIX) -> NatsRouter:
     router = NatsRouter()
     for consumption in worker_type.consumptions():
-        router.subscriber(_subject(consumption, prefix), **_options(consumption, prefix),
-                          title=consumption.title(worker_type.name),
-                          description=_description(consumption))(_schema_of(_payload(worker_type, consumption)))
+        router.subscriber(
+            _subject(consumption, prefix),
+            **_options(consumption, prefix),
+            title=consumption.title(worker_type.name),
+            description=_description(consumption),
+        )(_schema_of(_payload(worker_type, consumption)))
     return router
 
 
@@ -51,8 +54,11 @@ def _subject(consumption: Consumption, prefix: str) -> str:
 
 def _options(consumption: Consumption, prefix: str) -> dict[str, Any]:
     if consumption.durable is not None:
-        return {"stream": JStream(stream_name(_stream(consumption.durable.stream), prefix), declare=False),
-                "durable": consumption.durable.durable, "pull_sub": True}
+        return {
+            "stream": JStream(stream_name(_stream(consumption.durable.stream), prefix), declare=False),
+            "durable": consumption.durable.durable,
+            "pull_sub": True,
+        }
     return {"queue": consumption.queue} if consumption.queue else {}
 
 
@@ -65,13 +71,15 @@ def _stream(name: str) -> Any:
 def _description(consumption: Consumption) -> str:
     parts = [f"delivery: {consumption.delivery}"]
     if consumption.durable is not None:
-        parts.append(f"durable consumer {consumption.durable.durable} on "
-                     + ", ".join(consumption.durable.filter_subjects))
+        parts.append(
+            f"durable consumer {consumption.durable.durable} on " + ", ".join(consumption.durable.filter_subjects)
+        )
     if consumption.batch > 1:
         parts.append(f"up to {consumption.batch} messages per call")
     if consumption.stream is not None:
-        parts.append(f"reads what {consumption.stream.name} recorded"
-                     + (" (headers only)" if consumption.headers_only else ""))
+        parts.append(
+            f"reads what {consumption.stream.name} recorded" + (" (headers only)" if consumption.headers_only else "")
+        )
     if consumption.replies:
         parts.append("request/reply")
     return "; ".join(parts)
@@ -79,6 +87,7 @@ def _description(consumption: Consumption) -> str:
 
 def _schema_of(model: Any) -> Callable[[Any], Awaitable[None]]:
     """A stand-in typed with ``model`` for FastStream to read (never called)."""
+
     async def declared(message: Any) -> None:
         raise NotImplementedError("declared for the AsyncAPI document only")
 

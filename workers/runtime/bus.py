@@ -119,8 +119,9 @@ class Bus:
         """Request/reply with a deadline; raises DependencyUnavailableError instead of hanging."""
         subject = BY_NAME[name].subject(prefix=self.prefix)
         try:
-            msg = await self.nc.request(subject, event.model_dump_json().encode(),
-                                        timeout=timeout, headers=headers_for(event))
+            msg = await self.nc.request(
+                subject, event.model_dump_json().encode(), timeout=timeout, headers=headers_for(event)
+            )
         except nats.errors.NoRespondersError:
             raise DependencyUnavailableError(name, "unavailable") from None
         except (TimeoutError, nats.errors.TimeoutError):

@@ -120,10 +120,18 @@ def _is_jetstream(msg: Msg) -> bool:
     return bool(msg.reply) and msg.reply.startswith("$JS.ACK.")
 
 
-def consumes(subject: str = "", *, delivery: DeliveryKind = "direct", queue: str = "",
-             durable: ConsumerSpec | None = None, batch: int = 1, max_in_flight: int | str = 1,
-             stream: StreamSpec | None = None, filter: str = "",
-             headers_only: bool = False) -> Callable[[F], F]:
+def consumes(
+    subject: str = "",
+    *,
+    delivery: DeliveryKind = "direct",
+    queue: str = "",
+    durable: ConsumerSpec | None = None,
+    batch: int = 1,
+    max_in_flight: int | str = 1,
+    stream: StreamSpec | None = None,
+    filter: str = "",
+    headers_only: bool = False,
+) -> Callable[[F], F]:
     """Mark a worker method as the handler of ``subject`` (see the module docstring)."""
     if subject and subject not in BY_NAME:
         raise ValueError(f"{subject!r} is not a subject declared in contracts.subjects")
@@ -134,12 +142,27 @@ def consumes(subject: str = "", *, delivery: DeliveryKind = "direct", queue: str
 
     def mark(method: F) -> F:
         # A parameter annotated Delivery, or a batch of (event, Delivery) tuples (annotations may be strings).
-        wants = any(p.annotation is Delivery or "Delivery" in str(p.annotation)
-                    for p in inspect.signature(method).parameters.values())
-        setattr(method, _MARK, Consumption(
-            method=method.__name__, subject=subject, delivery=delivery, queue=queue, durable=durable, batch=batch,
-            max_in_flight=max_in_flight, stream=stream, filter=filter, headers_only=headers_only,
-            wants_delivery=wants))
+        wants = any(
+            p.annotation is Delivery or "Delivery" in str(p.annotation)
+            for p in inspect.signature(method).parameters.values()
+        )
+        setattr(
+            method,
+            _MARK,
+            Consumption(
+                method=method.__name__,
+                subject=subject,
+                delivery=delivery,
+                queue=queue,
+                durable=durable,
+                batch=batch,
+                max_in_flight=max_in_flight,
+                stream=stream,
+                filter=filter,
+                headers_only=headers_only,
+                wants_delivery=wants,
+            ),
+        )
         return method
 
     return mark
@@ -147,6 +170,7 @@ def consumes(subject: str = "", *, delivery: DeliveryKind = "direct", queue: str
 
 def serves(subject: str, *, queue: str) -> Callable[[F], F]:
     """Mark a worker method as a request/reply handler; it returns the reply (None: an empty reply)."""
+
     def mark(method: F) -> F:
         consumes(subject, queue=queue)(method)
         declared: Consumption = getattr(method, _MARK)

@@ -34,8 +34,11 @@ async def handled(raw: Msg, worker: str, bus: Bus, max_deliver: int) -> AsyncIte
     headers: dict[str, str] = dict(raw.headers or {})
     parent = tracing.parse_traceparent(headers.get(h.TRACEPARENT))
     structlog.contextvars.bind_contextvars(
-        session_id=headers.get(h.SESSION), turn_id=headers.get(h.TURN), subject=raw.subject,
-        **({"trace_id": parent.trace_id} if parent else {}))
+        session_id=headers.get(h.SESSION),
+        turn_id=headers.get(h.TURN),
+        subject=raw.subject,
+        **({"trace_id": parent.trace_id} if parent else {}),
+    )
     started, outcome = time.perf_counter(), "error"
     try:
         with tracing.handling(parent):  # a dead letter too is a child of the message it keeps

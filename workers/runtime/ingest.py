@@ -50,8 +50,9 @@ def _inline_text(data: bytes, content_type: str) -> str | None:
         return None  # the retriever names the problem; the bytes go as they are
 
 
-async def submit_ingest(bus: Bus, session_id: str, source: str, data: bytes | io.BufferedIOBase,
-                        content_type: str, base: str = "default") -> ev.IngestJob:
+async def submit_ingest(
+    bus: Bus, session_id: str, source: str, data: bytes | io.BufferedIOBase, content_type: str, base: str = "default"
+) -> ev.IngestJob:
     """Publish a job that adds (or replaces) the document ``source`` in ``base``."""
     job_id = new_id()
     text = _inline_text(data, content_type) if isinstance(data, bytes) else None
@@ -60,16 +61,31 @@ async def submit_ingest(bus: Bus, session_id: str, source: str, data: bytes | io
         store = await object_store(bus.js, INGEST_FILES, bus.prefix)
         object_name = job_id
         await store.put(object_name, data)
-    job = ev.IngestJob(session_id=session_id, producer=bus.producer, job_id=job_id, base=base, source=source,
-                       content_type=content_type, text=text, object_name=object_name)
+    job = ev.IngestJob(
+        session_id=session_id,
+        producer=bus.producer,
+        job_id=job_id,
+        base=base,
+        source=source,
+        content_type=content_type,
+        text=text,
+        object_name=object_name,
+    )
     await bus.publish(job, durable=True)
     return job
 
 
 async def submit_delete(bus: Bus, session_id: str, source: str, base: str = "default") -> ev.IngestJob:
     """Publish a job that removes the document ``source`` (all its chunks) from ``base``."""
-    job = ev.IngestJob(session_id=session_id, producer=bus.producer, job_id=new_id(), base=base, source=source,
-                       content_type="", delete=True)
+    job = ev.IngestJob(
+        session_id=session_id,
+        producer=bus.producer,
+        job_id=new_id(),
+        base=base,
+        source=source,
+        content_type="",
+        delete=True,
+    )
     await bus.publish(job, durable=True)
     return job
 
@@ -94,8 +110,9 @@ class JobWatch:
 
 
 @asynccontextmanager
-async def watch_jobs(nc: Client, session_id: str, prefix: str,
-                     on_progress: ProgressCallback | None = None) -> AsyncIterator[JobWatch]:
+async def watch_jobs(
+    nc: Client, session_id: str, prefix: str, on_progress: ProgressCallback | None = None
+) -> AsyncIterator[JobWatch]:
     """Follow the session's job progress (through ``on_progress``) and results (``JobWatch.results``)."""
     watch = JobWatch()
 
@@ -106,8 +123,10 @@ async def watch_jobs(nc: Client, session_id: str, prefix: str,
     async def result(msg: Msg) -> None:
         watch._results.put_nowait(ev.IngestResult.model_validate_json(msg.data))
 
-    subscriptions = [await nc.subscribe(BY_NAME["job.progress"].subject(session_id, prefix), cb=progress),
-                     await nc.subscribe(BY_NAME["ingest.result"].subject(session_id, prefix), cb=result)]
+    subscriptions = [
+        await nc.subscribe(BY_NAME["job.progress"].subject(session_id, prefix), cb=progress),
+        await nc.subscribe(BY_NAME["ingest.result"].subject(session_id, prefix), cb=result),
+    ]
     await flush_ordered(nc)
     try:
         yield watch

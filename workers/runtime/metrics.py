@@ -16,8 +16,12 @@ from contracts.events import EVENTS_BY_KIND
 #: Seconds; from sub-millisecond handlers to a slow LLM stream.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-HANDLED = Histogram("sb_handler_seconds", "Time a worker spent handling one message",
-                    ("worker", "kind", "outcome"), buckets=LATENCY_BUCKETS)
+HANDLED = Histogram(
+    "sb_handler_seconds",
+    "Time a worker spent handling one message",
+    ("worker", "kind", "outcome"),
+    buckets=LATENCY_BUCKETS,
+)
 PUBLISHED = Counter("sb_published_total", "Events published", ("producer", "kind"))
 
 _serving: set[int] = set()

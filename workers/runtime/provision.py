@@ -57,8 +57,10 @@ def consumer_config(spec: ConsumerSpec, prefix: str = DEFAULT_PREFIX, after: int
     """``after``: a consumer re-created after the server lost it resumes after that stream sequence."""
     filters = [f"{prefix}.{s.split('.', 1)[1]}" for s in spec.filter_subjects]
     start: dict[str, Any] = (
-        {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1} if after
-        else {"deliver_policy": DeliverPolicy(spec.deliver)})
+        {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
+        if after
+        else {"deliver_policy": DeliverPolicy(spec.deliver)}
+    )
     return ConsumerConfig(
         **start,
         durable_name=spec.durable,
@@ -135,8 +137,12 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
         existing = (await js.consumer_info(stream, config.durable_name)).config
     except NotFoundError:
         return await js.add_consumer(stream, config)
-    config = replace(config, deliver_policy=existing.deliver_policy, opt_start_seq=existing.opt_start_seq,
-                     opt_start_time=existing.opt_start_time)
+    config = replace(
+        config,
+        deliver_policy=existing.deliver_policy,
+        opt_start_seq=existing.opt_start_seq,
+        opt_start_time=existing.opt_start_time,
+    )
     return await js.add_consumer(stream, config)
 
 
@@ -151,6 +157,5 @@ async def object_store(js: JetStreamContext, spec: ObjectStoreSpec, prefix: str 
     try:
         return await js.object_store(name)
     except NotFoundError:
-        config = ObjectStoreConfig(bucket=name, description=spec.description, max_bytes=spec.max_bytes,
-                                   ttl=spec.ttl_s)
+        config = ObjectStoreConfig(bucket=name, description=spec.description, max_bytes=spec.max_bytes, ttl=spec.ttl_s)
         return await js.create_object_store(name, config=config)

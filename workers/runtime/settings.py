@@ -20,16 +20,19 @@ class RuntimeSettings(BaseSettings):
     nats_user: str | None = Field(default=None, description="NATS user (with SB_NATS_PASSWORD)")
     nats_password: SecretStr | None = Field(default=None, description="NATS password (never logged)")
     nats_creds: str | None = Field(default=None, description="Path to a NATS .creds file")
-    subject_prefix: str = Field(default="sb", pattern=r"^[a-z][a-z0-9_-]*$",
-                                description="First token of every subject; replays use another")
+    subject_prefix: str = Field(
+        default="sb", pattern=r"^[a-z][a-z0-9_-]*$", description="First token of every subject; replays use another"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log threshold")
     log_format: Literal["auto", "json", "pretty"] = Field(
-        default="auto", description="auto: pretty in a terminal, JSON otherwise")
+        default="auto", description="auto: pretty in a terminal, JSON otherwise"
+    )
     connect_timeout_s: float = Field(default=30.0, gt=0, description="How long to keep trying NATS at start-up")
     shutdown_timeout_s: float = Field(default=10.0, gt=0, description="Grace for in-flight work on stop")
     max_deliver: int = Field(default=5, ge=1, le=100, description="Deliveries before a message is dead-lettered")
-    metrics_port: int = Field(default=0, ge=0, le=65_535,
-                              description="Port of the Prometheus scrape endpoint (/metrics); 0: none")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65_535, description="Port of the Prometheus scrape endpoint (/metrics); 0: none"
+    )
 
     def nats_servers(self) -> list[str]:
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]
@@ -41,8 +44,9 @@ class LLMSettings(RuntimeSettings):
     llm_base_url: str = Field(default="http://127.0.0.1:8089/v1", description="OpenAI-compatible base URL")
     llm_api_key: SecretStr = Field(default=SecretStr("local"), description="API key for the LLM server")
     llm_model: str = Field(default="smollm2-135m-instruct", description="Default model of every agent")
-    llm_timeout_s: float = Field(default=30.0, gt=0,
-                                 description="Deadline of an LLM request (between bytes when streaming)")
+    llm_timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline of an LLM request (between bytes when streaming)"
+    )
 
 
 SettingsT = TypeVar("SettingsT", bound=RuntimeSettings)

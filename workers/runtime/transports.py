@@ -49,8 +49,7 @@ _EXPIRES_S = 30.0  # a pull request's lifetime; renewed before it ends
 class Transport:
     """One declared consumption, served. ``start`` subscribes; ``stop`` drains."""
 
-    def __init__(self, bus: Bus, worker: str, consumption: Consumption, handler: Handler,
-                 max_deliver: int) -> None:
+    def __init__(self, bus: Bus, worker: str, consumption: Consumption, handler: Handler, max_deliver: int) -> None:
         self.bus = bus
         self.worker = worker
         self.consumption = consumption
@@ -109,8 +108,9 @@ class DirectTransport(Transport):
     async def start(self) -> None:
         contract = self.consumption.contract
         assert contract is not None
-        self._sub = await self.bus.nc.subscribe(contract.wildcard(self.bus.prefix), queue=self.consumption.queue,
-                                                cb=self._on_message)
+        self._sub = await self.bus.nc.subscribe(
+            contract.wildcard(self.bus.prefix), queue=self.consumption.queue, cb=self._on_message
+        )
 
     async def _on_message(self, msg: Msg) -> None:
         try:
@@ -250,16 +250,23 @@ class _Puller(Transport):
                 self._failures += 1
                 self._problem = f"consumer {self._consumer or self.consumption.method}: {type(error).__name__}"
                 if self._failures in (1, 10) or self._failures % 60 == 0:
-                    log.warning("JetStream consumer unavailable; retrying", consumer=self._consumer,
-                                error=repr(error)[:200], attempts=self._failures)
+                    log.warning(
+                        "JetStream consumer unavailable; retrying",
+                        consumer=self._consumer,
+                        error=repr(error)[:200],
+                        attempts=self._failures,
+                    )
                 await asyncio.sleep(min(0.25 * self._failures, 2.0))
                 with contextlib.suppress(Exception):
                     await self._recover()
 
     async def _pull(self, batch: int) -> None:
         request = {"batch": batch, "expires": int(_EXPIRES_S * 1e9), "idle_heartbeat": int(_HEARTBEAT_S * 1e9)}
-        await self.bus.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}",
-                                  json.dumps(request).encode(), reply=self._inbox)
+        await self.bus.nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}",
+            json.dumps(request).encode(),
+            reply=self._inbox,
+        )
         self._pending += batch  # an earlier pull may still be open: credit adds up
         self._pull_alive_until = time.monotonic() + 2 * _HEARTBEAT_S + 1.0
         self._failures = 0
@@ -308,8 +315,9 @@ class JetStreamTransport(_Puller):
         return int(self.consumption.max_in_flight)
 
     def capacity(self) -> int:
-        return max(0, self._limit() * (2 if self.consumption.batch > 1 else 1)
-                   - len(self._queue) - len(self._in_flight))
+        return max(
+            0, self._limit() * (2 if self.consumption.batch > 1 else 1) - len(self._queue) - len(self._in_flight)
+        )
 
     async def ensure_consumer(self) -> None:
         self._stream = stream_name(_stream_of(self.spec), self.bus.prefix)
@@ -336,7 +344,7 @@ class JetStreamTransport(_Puller):
             self._ready.clear()
             if self.consumption.batch > 1:
                 while self._queue:
-                    batch, self._queue = self._queue[:self.consumption.batch], self._queue[self.consumption.batch:]
+                    batch, self._queue = self._queue[: self.consumption.batch], self._queue[self.consumption.batch :]
                     self._batch_idle.clear()
                     self._handling = batch
                     try:
@@ -459,11 +467,17 @@ class RecordedTransport(_Puller):
                 await self.bus.js.delete_consumer(self._stream, self._consumer)
         start: dict[str, Any] = (
             {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": self._last_stream_seq + 1}
-            if self._last_stream_seq else
-            {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": _rfc3339(self._since)})
-        config = ConsumerConfig(ack_policy=AckPolicy.NONE, filter_subject=self._filter(), mem_storage=True,
-                                inactive_threshold=60.0, headers_only=self.consumption.headers_only or None,
-                                **start)
+            if self._last_stream_seq
+            else {"deliver_policy": DeliverPolicy.BY_START_TIME, "opt_start_time": _rfc3339(self._since)}
+        )
+        config = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            filter_subject=self._filter(),
+            mem_storage=True,
+            inactive_threshold=60.0,
+            headers_only=self.consumption.headers_only or None,
+            **start,
+        )
         info = await self.bus.js.add_consumer(self._stream, config)
         self._consumer = info.name
         self._expected_consumer_seq = 1
@@ -534,8 +548,9 @@ async def _settle(action: Awaitable[None]) -> None:
         await action
 
 
-def transport_for(bus: Bus, worker: str, consumption: Consumption, handler: Handler, max_deliver: int,
-                  since: float) -> Transport:
+def transport_for(
+    bus: Bus, worker: str, consumption: Consumption, handler: Handler, max_deliver: int, since: float
+) -> Transport:
     if consumption.delivery == "jetstream":
         return JetStreamTransport(bus, worker, consumption, handler, max_deliver)
     if consumption.delivery == "recorded":
@@ -545,5 +560,12 @@ def transport_for(bus: Bus, worker: str, consumption: Consumption, handler: Hand
     return DirectTransport(bus, worker, consumption, handler, max_deliver)
 
 
-__all__ = ["Client", "DirectTransport", "JetStreamTransport", "PartitionedTransport", "RecordedTransport",
-           "Transport", "transport_for"]
+__all__ = [
+    "Client",
+    "DirectTransport",
+    "JetStreamTransport",
+    "PartitionedTransport",
+    "RecordedTransport",
+    "Transport",
+    "transport_for",
+]

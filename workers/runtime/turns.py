@@ -26,8 +26,13 @@ SPOKEN_FINISH = frozenset({"stop", "length"})
 class TurnLedger:
     """One session's turns as the assistant goes through them."""
 
-    def __init__(self, audio_out: bool = False, playback_grace_s: float = 60.0, remember: int = 64,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        audio_out: bool = False,
+        playback_grace_s: float = 60.0,
+        remember: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.audio_out = audio_out  # replies are spoken, so a finished reply may still be playing
         self.generating: str | None = None  # the turn whose reply is being generated
         self._speaking: str | None = None  # the turn whose speech may still be playing

@@ -97,6 +97,7 @@ class Worker(Generic[S]):
     def health(self) -> list[str]:
         return [*self.problems(), *(p for t in self.transports.values() for p in t.problems())]
 
+
 class StartupError(RuntimeError):
     pass
 
@@ -135,7 +136,8 @@ async def _with_retry(settings: RuntimeSettings, connect: Callable[[], Awaitable
     except (TimeoutError, *_CONNECT_ERRORS) as error:
         raise StartupError(
             f"cannot reach NATS at {shown_url(settings.nats_url)} after {settings.connect_timeout_s:g}s "
-            f"({type(error).__name__}); start it with `just up` or set SB_NATS_URL") from None
+            f"({type(error).__name__}); start it with `just up` or set SB_NATS_URL"
+        ) from None
 
 
 _CONNECT_ERRORS = (OSError, nats.errors.NoServersError, TimeoutError)
@@ -143,6 +145,7 @@ _CONNECT_ERRORS = (OSError, nats.errors.NoServersError, TimeoutError)
 
 def shown_url(urls: str) -> str:
     """Server URLs as they may appear in messages and logs: a password in them becomes ***."""
+
     def one(url: str) -> str:
         parts = urlsplit(url.strip())
         if parts.password is None:
@@ -173,8 +176,9 @@ async def _on_reconnect() -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(worker_type: type[W], settings: RuntimeSettings,
-                         started: Callable[[W], None] | None = None) -> AsyncIterator[Bus]:
+async def running_worker(
+    worker_type: type[W], settings: RuntimeSettings, started: Callable[[W], None] | None = None
+) -> AsyncIterator[Bus]:
     """Run a worker until the block exits, then drain it. Yields its bus; ``started`` gets the worker."""
     began = time.monotonic()
     name = worker_type.name
@@ -196,8 +200,13 @@ async def running_worker(worker_type: type[W], settings: RuntimeSettings,
             if isinstance(declared.max_in_flight, str):  # named after a setting
                 consumption = replace(declared, max_in_flight=int(getattr(settings, declared.max_in_flight)))
             worker.transports[consumption.method] = transport_for(
-                bus, name, consumption, getattr(worker, consumption.method), settings.max_deliver,
-                worker.recorded_since())
+                bus,
+                name,
+                consumption,
+                getattr(worker, consumption.method),
+                settings.max_deliver,
+                worker.recorded_since(),
+            )
         await worker.start()  # may open partitions already; other subscriptions start after it
         try:
             for transport in worker.transports.values():
@@ -244,17 +253,20 @@ async def _announce(worker: Worker[Any]) -> Service:
     """NATS service discovery: ``sb status`` finds the worker and asks its health endpoint."""
     settings = worker.settings
     service = await nats.micro.add_service(
-        worker.bus.nc, name=worker.name, version=VERSION, description=worker.description,
+        worker.bus.nc,
+        name=worker.name,
+        version=VERSION,
+        description=worker.description,
         metadata={"started_at": f"{time.time():.3f}", "prefix": settings.subject_prefix},
     )
 
     async def health(request: Request) -> None:
         problems = worker.health()
-        await request.respond(json.dumps({"status": "degraded" if problems else "ok",
-                                          "problems": problems}).encode())
+        await request.respond(json.dumps({"status": "degraded" if problems else "ok", "problems": problems}).encode())
 
-    await service.add_endpoint(EndpointConfig(
-        name=HEALTH_ENDPOINT, subject=f"$SRV.HEALTH.{worker.name}.{service.id}", handler=health))
+    await service.add_endpoint(
+        EndpointConfig(name=HEALTH_ENDPOINT, subject=f"$SRV.HEALTH.{worker.name}.{service.id}", handler=health)
+    )
     return service
 
 

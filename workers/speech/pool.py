@@ -116,8 +116,16 @@ class ChildPool(Generic[A]):
     and ``sb_pool_restarts_total`` (label ``pool``) count deaths and respawns.
     """
 
-    def __init__(self, name: str, size: int, initializer: Callable[[A], object], initarg: A, *,
-                 crash_limit: int = 5, crash_window_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        initializer: Callable[[A], object],
+        initarg: A,
+        *,
+        crash_limit: int = 5,
+        crash_window_s: float = 60.0,
+    ) -> None:
         self.name = name
         self._initializer, self._initarg = initializer, initarg
         self._crash_limit, self._crash_window_s = crash_limit, crash_window_s
@@ -166,16 +174,20 @@ class ChildPool(Generic[A]):
 
     def pids(self) -> list[int]:
         """Process ids of the children alive now (for ops tools and tests)."""
-        return [child.process.pid for child in self._children
-                if child.process is not None and child.process.pid is not None]
+        return [
+            child.process.pid for child in self._children if child.process is not None and child.process.pid is not None
+        ]
 
     def problems(self) -> list[str]:
         """What keeps the pool from serving at full strength, for health; empty when fine."""
         if self._closed is not None:
             return [f"{self.name} pool {self._closed}"]
-        return [f"{self.name} child {child.index} restarting after a crash "
-                f"({self._recent_crashes(child)} in {self._crash_window_s:g} s)"
-                for child in self._children if child.respawn is not None]
+        return [
+            f"{self.name} child {child.index} restarting after a crash "
+            f"({self._recent_crashes(child)} in {self._crash_window_s:g} s)"
+            for child in self._children
+            if child.respawn is not None
+        ]
 
     def shutdown(self, grace_s: float = 2.0) -> None:
         """End the children: ``grace_s`` for them to exit by themselves (a busy one after its call,
@@ -201,8 +213,12 @@ class ChildPool(Generic[A]):
     def _spawn(self, child: _Child) -> None:
         assert self._loop is not None
         ours, theirs = self._context.Pipe()
-        process = self._context.Process(target=_serve, args=(theirs, self._initializer, self._initarg),
-                                        name=f"{self.name}-{child.index}", daemon=True)
+        process = self._context.Process(
+            target=_serve,
+            args=(theirs, self._initializer, self._initarg),
+            name=f"{self.name}-{child.index}",
+            daemon=True,
+        )
         process.start()
         theirs.close()  # only the child holds its end now: its death is an EOF here
         child.process, child.conn, child.ready = process, ours, False
@@ -269,12 +285,16 @@ class ChildPool(Generic[A]):
         self._fail_lost(child, cause)
         crashes = self._recent_crashes(child)
         if crashes >= self._crash_limit:
-            self._close(f"broken: crash loop: child {child.index} died {crashes} times in "
-                        f"{self._crash_window_s:g} s (last {cause})", 0.0)
+            self._close(
+                f"broken: crash loop: child {child.index} died {crashes} times in "
+                f"{self._crash_window_s:g} s (last {cause})",
+                0.0,
+            )
             return
         assert self._loop is not None
-        child.respawn = self._loop.call_later(min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (crashes - 1)),
-                                              self._restart, child)
+        child.respawn = self._loop.call_later(
+            min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (crashes - 1)), self._restart, child
+        )
 
     def _restart(self, child: _Child) -> None:
         RESTARTS.labels(self.name).inc()
@@ -328,8 +348,10 @@ class ChildPool(Generic[A]):
             if child.respawn is not None:
                 child.respawn.cancel()
             self._hang_up(child)
-        calls = [*self._unpinned, *(call for child in self._children for call in (child.running, *child.queue)
-                                    if call is not None)]
+        calls = [
+            *self._unpinned,
+            *(call for child in self._children for call in (child.running, *child.queue) if call is not None),
+        ]
         for child in self._children:
             self._release(child, max(0.0, deadline - time.monotonic()))
             child.running, child.queue = None, deque()

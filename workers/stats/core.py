@@ -68,8 +68,14 @@ class Turn:
     outcome: str = ""
 
     def timeline(self) -> ev.TurnTimeline:
-        return ev.TurnTimeline(session_id=self.session_id, turn_id=self.turn_id, source=self.source,
-                               marks=dict(self.marks), stages=dict(self.stages), outcome=self.outcome)
+        return ev.TurnTimeline(
+            session_id=self.session_id,
+            turn_id=self.turn_id,
+            source=self.source,
+            marks=dict(self.marks),
+            stages=dict(self.stages),
+            outcome=self.outcome,
+        )
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -81,15 +87,24 @@ def stage_latency(values: Iterable[float]) -> ev.StageLatency:
     ordered = sorted(values)
     if not ordered:
         return ev.StageLatency()
-    return ev.StageLatency(count=len(ordered), p50_ms=percentile(ordered, 50), p95_ms=percentile(ordered, 95),
-                           p99_ms=percentile(ordered, 99))
+    return ev.StageLatency(
+        count=len(ordered),
+        p50_ms=percentile(ordered, 50),
+        p95_ms=percentile(ordered, 95),
+        p99_ms=percentile(ordered, 99),
+    )
 
 
 class StatsAggregator:
     """Folds events into turns and counts; bounded (oldest turns and sessions are forgotten)."""
 
-    def __init__(self, max_turns: int = 10_000, max_sessions: int = 10_000,
-                 on_stage: StageObserver | None = None, since: float | None = None) -> None:
+    def __init__(
+        self,
+        max_turns: int = 10_000,
+        max_sessions: int = 10_000,
+        on_stage: StageObserver | None = None,
+        since: float | None = None,
+    ) -> None:
         self.max_turns = max_turns
         self.max_sessions = max_sessions
         self.on_stage = on_stage
@@ -202,10 +217,18 @@ class StatsAggregator:
             turns = [t for t in self.turns.values() if t.session_id == session_id]
             active = int(session_id in self.active)
         return ev.StatsSnapshot(
-            producer=producer, sessions_active=active, sessions_total=counts.sessions,
-            turns=sum(counts.turns.values()), turns_by_source=dict(counts.turns),
-            interruptions=counts.interruptions, errors=dict(counts.errors), dead_letters=counts.dead_letters,
-            tokens=counts.tokens, audio_in_s=round(counts.audio_in_s, 3), audio_out_s=round(counts.audio_out_s, 3),
+            producer=producer,
+            sessions_active=active,
+            sessions_total=counts.sessions,
+            turns=sum(counts.turns.values()),
+            turns_by_source=dict(counts.turns),
+            interruptions=counts.interruptions,
+            errors=dict(counts.errors),
+            dead_letters=counts.dead_letters,
+            tokens=counts.tokens,
+            audio_in_s=round(counts.audio_in_s, 3),
+            audio_out_s=round(counts.audio_out_s, 3),
             stages={name: stage_latency(t.stages[name] for t in turns if name in t.stages) for name in STAGES},
-            since=self.since, recent=[t.timeline() for t in turns[-recent:]] if recent else [],
+            since=self.since,
+            recent=[t.timeline() for t in turns[-recent:]] if recent else [],
         )

@@ -31,14 +31,16 @@ log = get_logger("stats")
 
 #: Seconds: voice-to-voice lives between ~0.3 s (excellent) and several seconds (broken).
 STAGE_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
-STAGE_SECONDS = Histogram("sb_turn_stage_seconds", "Per-turn latency of each stage (see docs/ops.md)",
-                          ("stage",), buckets=STAGE_BUCKETS)
+STAGE_SECONDS = Histogram(
+    "sb_turn_stage_seconds", "Per-turn latency of each stage (see docs/ops.md)", ("stage",), buckets=STAGE_BUCKETS
+)
 UNREADABLE = Counter("sb_stats_unreadable_total", "Recorded messages the aggregator could not read")
 
 
 class StatsSettings(RuntimeSettings):
-    stats_backfill_s: float = Field(default=3_600.0, ge=0,
-                                    description="On start, fold in what was recorded this long ago")
+    stats_backfill_s: float = Field(
+        default=3_600.0, ge=0, description="On start, fold in what was recorded this long ago"
+    )
     stats_max_turns: int = Field(default=10_000, ge=10, description="Turns kept for percentiles and waterfalls")
 
 

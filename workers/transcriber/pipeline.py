@@ -35,8 +35,9 @@ class Output:
 
 
 class SessionPipeline:
-    def __init__(self, vad: VoiceActivity, recognizer: Recognizer, endpoint: TurnEndpoint,
-                 partial_interval_s: float = 0.25) -> None:
+    def __init__(
+        self, vad: VoiceActivity, recognizer: Recognizer, endpoint: TurnEndpoint, partial_interval_s: float = 0.25
+    ) -> None:
         self.vad = vad
         self.recognizer = recognizer
         self.endpoint = endpoint
@@ -114,8 +115,16 @@ class SessionPipeline:
     def _final(self, start_s: float, end_s: float, forced: bool) -> Output:
         assert self.turn_id is not None
         transcript = self.recognizer.final()
-        output = Output("final", self.turn_id, end_s, self.wall_time(end_s), text=transcript.text.strip(),
-                        confidence=transcript.confidence, audio_start=start_s, forced=forced)
+        output = Output(
+            "final",
+            self.turn_id,
+            end_s,
+            self.wall_time(end_s),
+            text=transcript.text.strip(),
+            confidence=transcript.confidence,
+            audio_start=start_s,
+            forced=forced,
+        )
         self.turn_id = None
         return output
 

@@ -38,8 +38,9 @@ def _pipeline(session_id: str) -> SessionPipeline:
     if pipeline is None:
         config, models = child.settings(ShardConfig), child.models()
         vad = VoiceActivity(models.vad, config.vad_threshold, config.vad_min_silence_ms)
-        pipeline = SessionPipeline(vad, models.engine.recognizer(), TurnEndpoint(config.endpoint),
-                                   config.partial_interval_s)
+        pipeline = SessionPipeline(
+            vad, models.engine.recognizer(), TurnEndpoint(config.endpoint), config.partial_interval_s
+        )
         _pipelines[session_id] = pipeline
     return pipeline
 

@@ -40,20 +40,24 @@ log = get_logger("transcriber")
 class TranscriberSettings(RuntimeSettings):
     stt_engine: Literal["pocketsphinx+whisper", "pocketsphinx", "whisper", "vosk", "vosk+whisper"] = Field(
         default="pocketsphinx+whisper",
-        description="Speech-to-text engine; a+b: partials from a, final from b (docs/speech.md)")
+        description="Speech-to-text engine; a+b: partials from a, final from b (docs/speech.md)",
+    )
     stt_model_path: str | None = Field(
-        default=None, description="Model directory of the (final) engine; vosk: the language's model")
+        default=None, description="Model directory of the (final) engine; vosk: the language's model"
+    )
     stt_language: str = Field(default="en", description="Language of the speech")
     vad_onnx: bool = Field(default=False, description="Run silero-vad through onnxruntime instead of torch")
     vad_threshold: float = Field(default=0.5, gt=0, lt=1, description="Speech probability threshold")
     vad_min_silence_ms: int = Field(default=160, ge=0, description="Silence before 'speech stopped'")
     turn_silence_ms: int = Field(default=EndpointConfig().silence_ms, ge=0, description="Silence that ends a turn")
-    turn_pause_guard_ms: int = Field(default=EndpointConfig().pause_guard_ms, ge=0,
-                                     description="Extra wait when the words clearly go on")
+    turn_pause_guard_ms: int = Field(
+        default=EndpointConfig().pause_guard_ms, ge=0, description="Extra wait when the words clearly go on"
+    )
     turn_max_utterance_s: float = Field(default=30.0, gt=0, description="Longest utterance before a forced final")
     partial_interval_s: float = Field(default=0.25, ge=0, description="Least time between two partials")
-    recognition_processes: int = Field(default=2, ge=1, le=32,
-                                       description="Processes running VAD and recognition (each loads the models)")
+    recognition_processes: int = Field(
+        default=2, ge=1, le=32, description="Processes running VAD and recognition (each loads the models)"
+    )
     session_queue_frames: int = Field(default=500, ge=10, description="Frames buffered per session (20 ms each)")
     session_idle_s: float = Field(default=300.0, gt=0, description="Forget a session after this long without audio")
     lease_ttl_s: float = Field(default=3.0, gt=0, description="A dead replica's partitions move after this")
@@ -75,11 +79,19 @@ class Transcriber(Worker[TranscriberSettings]):
 
     def __init__(self, settings: TranscriberSettings, bus: Bus) -> None:
         super().__init__(settings, bus)
-        self.shards = Shards(settings.recognition_processes, ShardConfig(
-            settings.stt_engine, settings.stt_model_path, settings.stt_language, settings.vad_onnx,
-            settings.vad_threshold, settings.vad_min_silence_ms,
-            EndpointConfig(settings.turn_silence_ms, settings.turn_max_utterance_s, settings.turn_pause_guard_ms),
-            settings.partial_interval_s))
+        self.shards = Shards(
+            settings.recognition_processes,
+            ShardConfig(
+                settings.stt_engine,
+                settings.stt_model_path,
+                settings.stt_language,
+                settings.vad_onnx,
+                settings.vad_threshold,
+                settings.vad_min_silence_ms,
+                EndpointConfig(settings.turn_silence_ms, settings.turn_max_utterance_s, settings.turn_pause_guard_ms),
+                settings.partial_interval_s,
+            ),
+        )
         self.sessions: dict[str, Session] = {}
         # What the assistant is doing per session: the barge-in condition.
         self.assistant: SessionTable[TurnLedger] = SessionTable(50_000)
@@ -92,8 +104,12 @@ class Transcriber(Worker[TranscriberSettings]):
 
     async def start(self) -> None:
         await self.shards.start()
-        log.info("models loaded", engine=self.settings.stt_engine, vad="onnx" if self.settings.vad_onnx else "torch",
-                 processes=self.settings.recognition_processes)
+        log.info(
+            "models loaded",
+            engine=self.settings.stt_engine,
+            vad="onnx" if self.settings.vad_onnx else "torch",
+            processes=self.settings.recognition_processes,
+        )
         self._leases = asyncio.create_task(self.keep_leases(await self.open_leases(), self._leases_stop))
 
     def problems(self) -> list[str]:
@@ -161,8 +177,11 @@ class Transcriber(Worker[TranscriberSettings]):
         for session_id, session in list(self.sessions.items()):
             if session.partition == partition:
                 if session.in_turn:
-                    log.warning("session moved to another replica; its utterance in flight is lost",
-                                session_id=session_id, partition=partition)
+                    log.warning(
+                        "session moved to another replica; its utterance in flight is lost",
+                        session_id=session_id,
+                        partition=partition,
+                    )
                 self._drop(session_id)
                 await self.shards.close(session_id, finish=False)
         log.info("partition released", partition=partition, replica=self.replica)
@@ -171,8 +190,9 @@ class Transcriber(Worker[TranscriberSettings]):
 
     @consumes("audio.in.partition", delivery="partitioned")
     async def on_audio(self, meta: ev.AudioInMeta, delivery: Delivery) -> None:
-        session = self.sessions.get(meta.session_id) or self._open(meta.session_id,
-                                                                   int(delivery.subject.split(".")[-1]))
+        session = self.sessions.get(meta.session_id) or self._open(
+            meta.session_id, int(delivery.subject.split(".")[-1])
+        )
         session.last_audio = time.monotonic()
         try:
             session.queue.put_nowait((delivery.data, meta.captured_at or time.time()))
@@ -200,43 +220,96 @@ class Transcriber(Worker[TranscriberSettings]):
                 for output in outputs:
                     await self._publish(session_id, output)
             except PoolBroken as error:
-                log.error("recognition is down; this session's audio is not heard", session_id=session_id,
-                          error=str(error)[:300])
+                log.error(
+                    "recognition is down; this session's audio is not heard",
+                    session_id=session_id,
+                    error=str(error)[:300],
+                )
                 await self._tell(session_id, "recognition_unavailable", "speech recognition is down; please type")
                 return  # the session's audio is dropped (health says why) until it reconnects
             except Exception as error:  # ChildLost (its process died) or a bug: the next utterance starts afresh
-                log.error("recognition failed; the session goes on with its next utterance",
-                          session_id=session_id, error=repr(error)[:300])
+                log.error(
+                    "recognition failed; the session goes on with its next utterance",
+                    session_id=session_id,
+                    error=repr(error)[:300],
+                )
                 session.in_turn = False
                 await self._tell(session_id, "recognition_lost", "what you were saying was lost; please say it again")
 
     async def _tell(self, session_id: str, code: str, message: str) -> None:
         with contextlib.suppress(Exception):
-            await self.bus.publish(ev.ErrorEvent(session_id=session_id, producer=self.bus.producer, code=code,
-                                                 message=message, source="transcriber", retryable=True))
+            await self.bus.publish(
+                ev.ErrorEvent(
+                    session_id=session_id,
+                    producer=self.bus.producer,
+                    code=code,
+                    message=message,
+                    source="transcriber",
+                    retryable=True,
+                )
+            )
 
     async def _publish(self, session_id: str, out: Output) -> None:
         producer, turn = self.bus.producer, out.turn_id
         if out.kind == "speech_started":
-            await self.bus.publish(ev.SpeechStarted(session_id=session_id, turn_id=turn, producer=producer,
-                                                    audio_at=out.audio_at, captured_at=out.wall_at))
+            await self.bus.publish(
+                ev.SpeechStarted(
+                    session_id=session_id,
+                    turn_id=turn,
+                    producer=producer,
+                    audio_at=out.audio_at,
+                    captured_at=out.wall_at,
+                )
+            )
             await self._barge_in(session_id)
         elif out.kind == "speech_stopped":
-            await self.bus.publish(ev.SpeechStopped(session_id=session_id, turn_id=turn, producer=producer,
-                                                    audio_at=out.audio_at, speech_ended_at=out.wall_at,
-                                                    captured_at=out.wall_at))
+            await self.bus.publish(
+                ev.SpeechStopped(
+                    session_id=session_id,
+                    turn_id=turn,
+                    producer=producer,
+                    audio_at=out.audio_at,
+                    speech_ended_at=out.wall_at,
+                    captured_at=out.wall_at,
+                )
+            )
         elif out.kind == "partial":
-            await self.bus.publish(ev.TranscriptPartial(session_id=session_id, turn_id=turn, producer=producer,
-                                                        text=out.text, engine=self.settings.stt_engine))
+            await self.bus.publish(
+                ev.TranscriptPartial(
+                    session_id=session_id,
+                    turn_id=turn,
+                    producer=producer,
+                    text=out.text,
+                    engine=self.settings.stt_engine,
+                )
+            )
         else:
-            await self.bus.publish(ev.TranscriptFinal(
-                session_id=session_id, turn_id=turn, producer=producer, text=out.text,
-                engine=self.settings.stt_engine, confidence=out.confidence, audio_start=out.audio_start,
-                audio_end=out.audio_at, forced=out.forced, captured_at=out.wall_at))
+            await self.bus.publish(
+                ev.TranscriptFinal(
+                    session_id=session_id,
+                    turn_id=turn,
+                    producer=producer,
+                    text=out.text,
+                    engine=self.settings.stt_engine,
+                    confidence=out.confidence,
+                    audio_start=out.audio_start,
+                    audio_end=out.audio_at,
+                    forced=out.forced,
+                    captured_at=out.wall_at,
+                )
+            )
             if out.text:
-                await self.bus.publish(ev.UserTurn(session_id=session_id, turn_id=turn, producer=producer,
-                                                   text=out.text, source="spoken", speech_ended_at=out.wall_at,
-                                                   captured_at=out.wall_at))
+                await self.bus.publish(
+                    ev.UserTurn(
+                        session_id=session_id,
+                        turn_id=turn,
+                        producer=producer,
+                        text=out.text,
+                        source="spoken",
+                        speech_ended_at=out.wall_at,
+                        captured_at=out.wall_at,
+                    )
+                )
 
     async def _barge_in(self, session_id: str) -> None:
         ledger = self.assistant.get(session_id)
@@ -245,14 +318,16 @@ class Transcriber(Worker[TranscriberSettings]):
             return
         ledger.interrupt(interrupted)
         log.info("barge-in", session_id=session_id, turn_id=interrupted)
-        await self.bus.publish(ev.Interrupt(session_id=session_id, turn_id=interrupted, producer=self.bus.producer,
-                                            reason="barge_in"))
+        await self.bus.publish(
+            ev.Interrupt(session_id=session_id, turn_id=interrupted, producer=self.bus.producer, reason="barge_in")
+        )
 
     # ------------------------------------------------------------------ what the assistant does
 
     def ledger(self, session_id: str) -> TurnLedger:
-        return self.assistant.setdefault(session_id, lambda: TurnLedger(
-            playback_grace_s=self.settings.playback_grace_s))
+        return self.assistant.setdefault(
+            session_id, lambda: TurnLedger(playback_grace_s=self.settings.playback_grace_s)
+        )
 
     @consumes("session.started")
     async def on_session_started(self, event: ev.SessionStarted) -> None:

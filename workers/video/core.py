@@ -42,8 +42,9 @@ class VideoProcessor:
         limits = self.limits
         metadata = await media.probe(video, limits.max_pixels)
         await progress("metadata", 1, 1)
-        frames = await media.keyframes(video, work_dir, metadata.duration_s, limits.scene_threshold,
-                                       limits.max_keyframes, limits.keyframe_width)
+        frames = await media.keyframes(
+            video, work_dir, metadata.duration_s, limits.scene_threshold, limits.max_keyframes, limits.keyframe_width
+        )
         await progress("keyframes", len(frames.paths), len(frames.paths))
         result = Processed(metadata, frames)
         if transcribe and metadata.audio_codec is not None and self.speech is not None:

@@ -28,13 +28,18 @@ class Sampled:
     motion: float | None  # None for the first frame of a session
 
     def facts(self, now: float) -> str:
-        motion = ("no earlier frame to compare with" if self.motion is None
-                  else f"{self.motion:.3f} mean change since the previous sampled frame ({_motion_word(self.motion)})")
-        return (f"Plain image facts (no vision model; nothing is recognised in the picture): a "
-                f"{self.thumbnail.width}x{self.thumbnail.height} camera frame from {now - self.received_at:.1f} s "
-                f"ago; brightness {self.brightness:.2f} on a 0 (black) to 1 (white) scale "
-                f"({_light_word(self.brightness)}); "
-                f"motion: {motion}.")
+        motion = (
+            "no earlier frame to compare with"
+            if self.motion is None
+            else f"{self.motion:.3f} mean change since the previous sampled frame ({_motion_word(self.motion)})"
+        )
+        return (
+            f"Plain image facts (no vision model; nothing is recognised in the picture): a "
+            f"{self.thumbnail.width}x{self.thumbnail.height} camera frame from {now - self.received_at:.1f} s "
+            f"ago; brightness {self.brightness:.2f} on a 0 (black) to 1 (white) scale "
+            f"({_light_word(self.brightness)}); "
+            f"motion: {motion}."
+        )
 
     def data_url(self) -> str:
         return "data:image/jpeg;base64," + base64.b64encode(self.jpeg).decode()

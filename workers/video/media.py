@@ -59,8 +59,11 @@ def ffmpeg_exe() -> str:
 async def run(args: Sequence[str], stdin: bytes | None = None) -> tuple[int, bytes, str]:
     """Run ffmpeg; returns (exit code, stdout, stderr). Cancelling kills the process."""
     proc = await asyncio.create_subprocess_exec(
-        *args, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await proc.communicate(stdin)
     finally:
@@ -96,9 +99,12 @@ def parse_metadata(info: str) -> VideoMetadata:
         hours, minutes, secs = duration.groups()
         seconds = int(hours) * 3600 + int(minutes) * 60 + float(secs)
     return VideoMetadata(
-        duration_s=round(seconds, 3), width=int(size.group(1)), height=int(size.group(2)),
+        duration_s=round(seconds, 3),
+        width=int(size.group(1)),
+        height=int(size.group(2)),
         fps=(float(fps.group(1)) * (1000 if fps.group(2) else 1)) if fps else 0.0,
-        video_codec=codec, audio_codec=audio,
+        video_codec=codec,
+        audio_codec=audio,
     )
 
 
@@ -125,22 +131,29 @@ async def probe(path: Path, max_pixels: int) -> VideoMetadata:
     """Metadata of the video, after checking that its first second decodes and its size is allowed."""
     if await asyncio.to_thread(_size, path) == 0:
         raise MediaError("empty_file", "the file is empty")
-    args = (ffmpeg.input(str(path), t=1).output("-", format="null", map="0:v:0")
-            .global_args("-hide_banner", "-nostdin").compile(cmd=ffmpeg_exe()))
+    args = (
+        ffmpeg.input(str(path), t=1)
+        .output("-", format="null", map="0:v:0")
+        .global_args("-hide_banner", "-nostdin")
+        .compile(cmd=ffmpeg_exe())
+    )
     code, _, info = await run(args)
     if "Duration:" not in info and "Stream #0" not in info:
         raise _input_error(info)
     metadata = parse_metadata(info)  # raises for a missing or unknown video stream
     if metadata.width * metadata.height > max_pixels:
-        raise MediaError("resolution_too_large", f"{metadata.width}x{metadata.height} is over the limit of "
-                         f"{max_pixels:,} pixels per frame")
+        raise MediaError(
+            "resolution_too_large",
+            f"{metadata.width}x{metadata.height} is over the limit of {max_pixels:,} pixels per frame",
+        )
     if code != 0 or "frame=" not in info:
         raise _input_error(info)
     return metadata
 
 
-async def keyframes(path: Path, out_dir: Path, duration_s: float, scene_threshold: float, max_frames: int,
-                    width: int) -> Keyframes:
+async def keyframes(
+    path: Path, out_dir: Path, duration_s: float, scene_threshold: float, max_frames: int, width: int
+) -> Keyframes:
     """JPEGs of the first frame and of each scene change; at a fixed interval when there is none."""
     select = f"eq(n\\,0)+gt(scene\\,{scene_threshold})"
     paths, times = await _extract(path, out_dir, "scene", f"select='{select}'", max_frames, width)
@@ -153,27 +166,40 @@ async def keyframes(path: Path, out_dir: Path, duration_s: float, scene_threshol
     return Keyframes(paths, times, "interval")
 
 
-async def _extract(path: Path, out_dir: Path, stem: str, selection: str, max_frames: int,
-                   width: int) -> tuple[list[Path], list[float]]:
+async def _extract(
+    path: Path, out_dir: Path, stem: str, selection: str, max_frames: int, width: int
+) -> tuple[list[Path], list[float]]:
     pattern = out_dir / f"{stem}-%03d.jpg"
     # ffmpeg-python would quote the select expression's commas itself; the filter graph is one string.
-    args = (ffmpeg.input(str(path))
-            .output(str(pattern), vf=f"{selection},scale='min({width},iw)':-2,showinfo", fps_mode="vfr",
-                    **{"frames:v": max_frames, "q:v": 4})
-            .global_args("-hide_banner", "-nostdin", "-an").overwrite_output().compile(cmd=ffmpeg_exe()))
+    args = (
+        ffmpeg.input(str(path))
+        .output(
+            str(pattern),
+            vf=f"{selection},scale='min({width},iw)':-2,showinfo",
+            fps_mode="vfr",
+            **{"frames:v": max_frames, "q:v": 4},
+        )
+        .global_args("-hide_banner", "-nostdin", "-an")
+        .overwrite_output()
+        .compile(cmd=ffmpeg_exe())
+    )
     code, _, info = await run(args)
     if code != 0:
         raise _input_error(info)
     times = [float(t) for t in _PTS_TIME.findall(info)]
     paths = await asyncio.to_thread(lambda: sorted(out_dir.glob(f"{stem}-*.jpg")))
-    return paths, [max(t, 0.0) for t in times[:len(paths)]]
+    return paths, [max(t, 0.0) for t in times[: len(paths)]]
 
 
 async def extract_audio(path: Path, target: Path) -> float:
     """The first audio track as PCM16 LE mono 16 kHz in ``target``; returns its length in seconds."""
-    args = (ffmpeg.input(str(path)).output(str(target), format="s16le", acodec="pcm_s16le", ac=1, ar=AUDIO_RATE,
-                                           map="0:a:0")
-            .global_args("-hide_banner", "-nostdin", "-vn").overwrite_output().compile(cmd=ffmpeg_exe()))
+    args = (
+        ffmpeg.input(str(path))
+        .output(str(target), format="s16le", acodec="pcm_s16le", ac=1, ar=AUDIO_RATE, map="0:a:0")
+        .global_args("-hide_banner", "-nostdin", "-vn")
+        .overwrite_output()
+        .compile(cmd=ffmpeg_exe())
+    )
     code, _, info = await run(args)
     if code != 0:
         raise _input_error(info)
@@ -194,9 +220,12 @@ class Thumbnail:
 async def jpeg_thumbnail(jpeg: bytes) -> Thumbnail:
     """Decode a JPEG to its size and a small grey thumbnail (for brightness and motion)."""
     w, h = THUMB_SIZE
-    args = (ffmpeg.input("pipe:0", format="image2pipe", vcodec="mjpeg")
-            .output("pipe:1", format="rawvideo", pix_fmt="gray", s=f"{w}x{h}", **{"frames:v": 1})
-            .global_args("-hide_banner").compile(cmd=ffmpeg_exe()))
+    args = (
+        ffmpeg.input("pipe:0", format="image2pipe", vcodec="mjpeg")
+        .output("pipe:1", format="rawvideo", pix_fmt="gray", s=f"{w}x{h}", **{"frames:v": 1})
+        .global_args("-hide_banner")
+        .compile(cmd=ffmpeg_exe())
+    )
     code, out, info = await run(args, stdin=jpeg)
     size = _SIZE.search(info.split("Output #0")[0])
     if code != 0 or len(out) != w * h or size is None:

@@ -47,8 +47,12 @@ PRODUCER = "video"
 
 
 class VideoSettings(RuntimeSettings):
-    max_deliver: int = Field(default=VIDEO.max_deliver, ge=1, le=VIDEO.max_deliver,
-                             description="Attempts of a crashing video job before it is dead-lettered")
+    max_deliver: int = Field(
+        default=VIDEO.max_deliver,
+        ge=1,
+        le=VIDEO.max_deliver,
+        description="Attempts of a crashing video job before it is dead-lettered",
+    )
     video_max_jobs: int = Field(default=2, ge=1, le=VIDEO.max_ack_pending, description="Video jobs run at once")
     video_speech_processes: int = Field(default=1, ge=1, le=16, description="Child processes that transcribe")
     video_stt_engine: str = Field(default="whisper", description="Speech-to-text engine of transcripts")
@@ -85,16 +89,20 @@ class Jobs:
         self.processor: VideoProcessor | None = None
         self.running: dict[str, tuple[str, asyncio.Task[Processed]]] = {}
         self.cancelled: OrderedDict[str, str] = OrderedDict()  # job id -> session, for jobs not started yet
-        self.frames = FrameKeeper(settings.video_frame_sample_s, settings.video_frame_max_age_s,
-                                  settings.video_frame_sessions)
+        self.frames = FrameKeeper(
+            settings.video_frame_sample_s, settings.video_frame_max_age_s, settings.video_frame_sessions
+        )
         self.vision: AsyncOpenAI | None = None
 
     # ------------------------------------------------------------------ jobs
 
     async def handle(self, job: ev.VideoJob, deliveries: int) -> None:
         if self.cancelled.pop(job.job_id, None) == job.session_id:
-            await self._finish(job, ev.VideoResult(session_id=job.session_id, producer=PRODUCER, job_id=job.job_id,
-                                                   status="cancelled"), [])
+            await self._finish(
+                job,
+                ev.VideoResult(session_id=job.session_id, producer=PRODUCER, job_id=job.job_id, status="cancelled"),
+                [],
+            )
             return
         stored: list[str] = []  # the runtime keeps the job's ack deadline alive while it runs
         try:
@@ -105,30 +113,42 @@ class Jobs:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the worker is stopping: JetStream redelivers the job to a replica
-            result = ev.VideoResult(session_id=job.session_id, producer=PRODUCER, job_id=job.job_id,
-                                    status="cancelled")
+            result = ev.VideoResult(session_id=job.session_id, producer=PRODUCER, job_id=job.job_id, status="cancelled")
         except Exception as error:
             await self._delete(stored)
             if deliveries < self.settings.max_deliver:
                 raise
-            await self._finish(job, self._failed(job, "crashed", f"processing failed {deliveries} times: "
-                                                 f"{type(error).__name__}: {error}"), [])
+            await self._finish(
+                job,
+                self._failed(job, "crashed", f"processing failed {deliveries} times: {type(error).__name__}: {error}"),
+                [],
+            )
             raise  # dead-lettered with the reason by the runtime
         await self._finish(job, result, stored if result.status != "done" else [])
         if result.status == "done" and job.ingest_base and result.transcript and result.metadata:
-            await self.bus.publish(ev.IngestJob(
-                session_id=job.session_id, producer=PRODUCER, job_id=new_id(), base=job.ingest_base,
-                source=f"video:{job.filename or job.job_id}", content_type="text/plain",
-                text=transcript_document(job.filename or job.job_id, result.metadata.duration_s, result.transcript),
-            ), durable=True)
+            await self.bus.publish(
+                ev.IngestJob(
+                    session_id=job.session_id,
+                    producer=PRODUCER,
+                    job_id=new_id(),
+                    base=job.ingest_base,
+                    source=f"video:{job.filename or job.job_id}",
+                    content_type="text/plain",
+                    text=transcript_document(job.filename or job.job_id, result.metadata.duration_s, result.transcript),
+                ),
+                durable=True,
+            )
 
     async def _attempt(self, job: ev.VideoJob, stored: list[str]) -> ev.VideoResult:
         assert self.store is not None and self.processor is not None
         processor, store = self.processor, self.store
 
         async def progress(stage: str, done: int, total: int) -> None:
-            await self.bus.publish(ev.JobProgress(session_id=job.session_id, producer=PRODUCER, job_id=job.job_id,
-                                                  stage=stage, done=done, total=total))
+            await self.bus.publish(
+                ev.JobProgress(
+                    session_id=job.session_id, producer=PRODUCER, job_id=job.job_id, stage=stage, done=done, total=total
+                )
+            )
 
         with tempfile.TemporaryDirectory(prefix="sb-video-") as tmp:
             work = Path(tmp)
@@ -153,22 +173,41 @@ class Jobs:
                 stored.append(name)
                 names.append(name)
         return ev.VideoResult(
-            session_id=job.session_id, producer=PRODUCER, job_id=job.job_id, status="done",
-            metadata=processed.metadata, keyframes=names, keyframe_times_s=processed.keyframes.times_s,
+            session_id=job.session_id,
+            producer=PRODUCER,
+            job_id=job.job_id,
+            status="done",
+            metadata=processed.metadata,
+            keyframes=names,
+            keyframe_times_s=processed.keyframes.times_s,
             keyframe_method="scene" if processed.keyframes.method == "scene" else "interval",
-            transcript=processed.transcript)
+            transcript=processed.transcript,
+        )
 
     def _failed(self, job: ev.VideoJob, code: str, message: str) -> ev.VideoResult:
-        return ev.VideoResult(session_id=job.session_id, producer=PRODUCER, job_id=job.job_id, status="failed",
-                              error_code=code, error=message[:2_000])
+        return ev.VideoResult(
+            session_id=job.session_id,
+            producer=PRODUCER,
+            job_id=job.job_id,
+            status="failed",
+            error_code=code,
+            error=message[:2_000],
+        )
 
     async def _finish(self, job: ev.VideoJob, result: ev.VideoResult, orphans: list[str]) -> None:
         """The upload and any keyframes of an unfinished job go; then the client hears the outcome."""
         await self._delete([job.object_name, *orphans])
         if result.status == "failed":
-            await self.bus.publish(ev.ErrorEvent(session_id=job.session_id, producer=PRODUCER,
-                                                 code=f"video_{result.error_code}", message=result.error[:500],
-                                                 source=PRODUCER, retryable=result.error_code == "crashed"))
+            await self.bus.publish(
+                ev.ErrorEvent(
+                    session_id=job.session_id,
+                    producer=PRODUCER,
+                    code=f"video_{result.error_code}",
+                    message=result.error[:500],
+                    source=PRODUCER,
+                    retryable=result.error_code == "crashed",
+                )
+            )
         await self.bus.publish(result)
         log.info("video job ended", job_id=job.job_id, status=result.status, error_code=result.error_code)
 
@@ -205,13 +244,19 @@ class Jobs:
         sampled = self.frames.latest(request.session_id, now)
         base = {"session_id": request.session_id, "turn_id": request.turn_id, "producer": PRODUCER}
         if sampled is None:
-            return ev.FrameDescription(**base, available=False, source="none",
-                                       text="No camera frame from this session in the last "
-                                            f"{self.settings.video_frame_max_age_s:g} s.")
-        facts = {"width": sampled.thumbnail.width, "height": sampled.thumbnail.height,
-                 "brightness": round(sampled.brightness, 4),
-                 "motion": None if sampled.motion is None else round(sampled.motion, 4),
-                 "frame_captured_at": sampled.captured_at}
+            return ev.FrameDescription(
+                **base,
+                available=False,
+                source="none",
+                text=f"No camera frame from this session in the last {self.settings.video_frame_max_age_s:g} s.",
+            )
+        facts = {
+            "width": sampled.thumbnail.width,
+            "height": sampled.thumbnail.height,
+            "brightness": round(sampled.brightness, 4),
+            "motion": None if sampled.motion is None else round(sampled.motion, 4),
+            "frame_captured_at": sampled.captured_at,
+        }
         text = await self._vision(sampled, request.prompt) if self.vision is not None else None
         if text is not None:
             return ev.FrameDescription(**base, **facts, available=True, source="vision_model", text=text[:4_000])
@@ -222,10 +267,19 @@ class Jobs:
         question = prompt or "Describe briefly what this camera frame shows."
         try:
             reply = await self.vision.chat.completions.create(
-                model=self.settings.video_vision_model, max_tokens=200, timeout=self.settings.video_vision_timeout_s,
-                messages=[{"role": "user", "content": [
-                    {"type": "text", "text": question},
-                    {"type": "image_url", "image_url": {"url": sampled.data_url()}}]}])
+                model=self.settings.video_vision_model,
+                max_tokens=200,
+                timeout=self.settings.video_vision_timeout_s,
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": question},
+                            {"type": "image_url", "image_url": {"url": sampled.data_url()}},
+                        ],
+                    }
+                ],
+            )
         except OpenAIError as error:
             log.warning("vision model failed; answering with image facts", error=repr(error)[:200])
             return None
@@ -243,13 +297,27 @@ class VideoWorker(Worker[VideoSettings]):
     async def start(self) -> None:
         settings, jobs = self.settings, self.jobs
         jobs.store = await object_store(self.bus.js, VIDEO_OBJECTS, self.bus.prefix)
-        jobs.speech = SpeechPool(settings.video_speech_processes, SpeechConfig(
-            settings.video_stt_engine, settings.video_stt_model_path, settings.video_language,
-            settings.video_vad_onnx, settings.video_min_silence_ms, settings.video_max_segment_s))
+        jobs.speech = SpeechPool(
+            settings.video_speech_processes,
+            SpeechConfig(
+                settings.video_stt_engine,
+                settings.video_stt_model_path,
+                settings.video_language,
+                settings.video_vad_onnx,
+                settings.video_min_silence_ms,
+                settings.video_max_segment_s,
+            ),
+        )
         # the speech models load in their child process with the first job, not at start-up
-        jobs.processor = VideoProcessor(Limits(settings.video_max_pixels, settings.video_max_keyframes,
-                                               settings.video_scene_threshold, settings.video_keyframe_width),
-                                        jobs.speech)
+        jobs.processor = VideoProcessor(
+            Limits(
+                settings.video_max_pixels,
+                settings.video_max_keyframes,
+                settings.video_scene_threshold,
+                settings.video_keyframe_width,
+            ),
+            jobs.speech,
+        )
         if settings.video_vision_model:
             key = settings.video_vision_api_key.get_secret_value() if settings.video_vision_api_key else "unused"
             jobs.vision = AsyncOpenAI(base_url=settings.video_vision_base_url, api_key=key, max_retries=0)

@@ -1,4 +1,5 @@
 """Voice: reply deltas in, the assistant's speech out (PCM16 frames)."""
+
 from workers.runtime import main
 
 from .worker import WORKER

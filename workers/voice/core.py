@@ -66,20 +66,36 @@ Recorded = Callable[[str], Awaitable[tuple[ev.SessionStarted | None, ev.SessionS
 
 
 async def publish_error(pub: Publisher, session_id: str, turn_id: str | None, code: str, message: str) -> None:
-    await pub.publish(ev.ErrorEvent(session_id=session_id, turn_id=turn_id, producer=pub.producer, code=code,
-                                    message=message[:500], source=SOURCE, retryable=code == "tts_failed"))
+    await pub.publish(
+        ev.ErrorEvent(
+            session_id=session_id,
+            turn_id=turn_id,
+            producer=pub.producer,
+            code=code,
+            message=message[:500],
+            source=SOURCE,
+            retryable=code == "tts_failed",
+        )
+    )
 
 
 class VoiceService:
-    def __init__(self, publisher: Publisher, providers: dict[str, TTSProvider], config: SpeechConfig,
-                 recorded: Recorded, max_sessions: int = 100_000) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        providers: dict[str, TTSProvider],
+        config: SpeechConfig,
+        recorded: Recorded,
+        max_sessions: int = 100_000,
+    ) -> None:
         self._pub = publisher
         self._providers = providers
         self._config = config
         self._recorded = recorded
         # A session that speaks or is still loading stays; the least recently used idle one goes first.
         self._sessions: SessionTable[Session] = SessionTable(
-            max_sessions, busy=lambda s: s.turn is not None or s.ready is not None)
+            max_sessions, busy=lambda s: s.turn is not None or s.ready is not None
+        )
 
     # ------------------------------------------------------------------ inputs
 
@@ -144,8 +160,9 @@ class VoiceService:
             return None  # not voiced, or late text of a turn already spoken or stopped
         provider, voice, _ = self._choose(session.settings, asked_voice=False)
         session.finished.append(event.turn_id)
-        turn = TurnSpeech(self._pub, event, provider, voice, self._config,
-                          on_end=lambda: self._ended(session, event.turn_id))
+        turn = TurnSpeech(
+            self._pub, event, provider, voice, self._config, on_end=lambda: self._ended(session, event.turn_id)
+        )
         previous, session.turn = session.turn, turn
         if previous is not None:
             await previous.stop()  # a new reply supersedes the speech of the previous one
@@ -159,16 +176,22 @@ class VoiceService:
         if session.turn is not None:
             await session.turn.stop()
 
-    def _choose(self, settings: ev.SessionSettings | None, asked_voice: bool
-                ) -> tuple[TTSProvider, str, tuple[str, str] | None]:
+    def _choose(
+        self, settings: ev.SessionSettings | None, asked_voice: bool
+    ) -> tuple[TTSProvider, str, tuple[str, str] | None]:
         """The provider and voice to use, and what was wrong with the asked ones (they are then not used)."""
         default = self._providers[self._config.default_provider]
         name = settings.tts_provider if settings else None
         provider = self._providers.get(name or default.name)
         if provider is None:
-            return default, default.default_voice, (
-                "tts_unknown_provider", f"No text-to-speech provider {name!r} here; "
-                f"available: {', '.join(sorted(self._providers))}.")
+            return (
+                default,
+                default.default_voice,
+                (
+                    "tts_unknown_provider",
+                    f"No text-to-speech provider {name!r} here; available: {', '.join(sorted(self._providers))}.",
+                ),
+            )
         voice = settings.voice if settings else None
         if voice is None or provider.has_voice(voice):
             return provider, voice or provider.default_voice, None
@@ -203,8 +226,15 @@ class VoiceService:
 class TurnSpeech:
     """One turn: text in (``feed``, ``finish``), paced audio frames and one ``audio.done`` out."""
 
-    def __init__(self, publisher: Publisher, first: ev.ReplyDelta | ev.ReplyDone, provider: TTSProvider, voice: str,
-                 config: SpeechConfig, on_end: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        first: ev.ReplyDelta | ev.ReplyDone,
+        provider: TTSProvider,
+        voice: str,
+        config: SpeechConfig,
+        on_end: Callable[[], None],
+    ) -> None:
         self.session_id, self.turn_id = first.session_id, first.turn_id
         self._captured_at = first.captured_at
         self._pub = publisher
@@ -234,7 +264,7 @@ class TurnSpeech:
         if self._finished:
             return
         if full_text.startswith(self._received):
-            self.feed(full_text[len(self._received):])
+            self.feed(full_text[len(self._received) :])
         for unit in self._chunker.flush():
             self._say(unit)
         self._finished = True
@@ -274,23 +304,46 @@ class TurnSpeech:
             if carry:
                 playhead = await self._send(carry, rate, playhead)
         except ProviderError as error:
-            log.warning("synthesis failed", session_id=self.session_id, turn_id=self.turn_id, code=error.code,
-                        error=str(error)[:300])
-            await publish_error(self._pub, self.session_id, self.turn_id, error.code,
-                                "Speech stopped: the voice failed. The text reply is complete.")
+            log.warning(
+                "synthesis failed",
+                session_id=self.session_id,
+                turn_id=self.turn_id,
+                code=error.code,
+                error=str(error)[:300],
+            )
+            await publish_error(
+                self._pub,
+                self.session_id,
+                self.turn_id,
+                error.code,
+                "Speech stopped: the voice failed. The text reply is complete.",
+            )
             await self._done(cancelled=True)
             return
         if self._truncated:
-            await publish_error(self._pub, self.session_id, self.turn_id, "tts_truncated",
-                                f"Only the first {self._config.max_chars} characters were read aloud.")
+            await publish_error(
+                self._pub,
+                self.session_id,
+                self.turn_id,
+                "tts_truncated",
+                f"Only the first {self._config.max_chars} characters were read aloud.",
+            )
         await asyncio.sleep(max(0.0, playhead - time.monotonic()))
         await self._done(cancelled=False)
 
     async def _send(self, pcm: bytes, rate: int, playhead: float) -> float:
         now = time.monotonic()
-        await self._pub.publish_binary(ev.AudioOutMeta(
-            session_id=self.session_id, turn_id=self.turn_id, producer=self._pub.producer, seq=self._frames,
-            sample_rate=rate, captured_at=self._captured_at), pcm)
+        await self._pub.publish_binary(
+            ev.AudioOutMeta(
+                session_id=self.session_id,
+                turn_id=self.turn_id,
+                producer=self._pub.producer,
+                seq=self._frames,
+                sample_rate=rate,
+                captured_at=self._captured_at,
+            ),
+            pcm,
+        )
         self._frames += 1
         seconds = len(pcm) / 2 / rate
         self._seconds += seconds
@@ -304,6 +357,14 @@ class TurnSpeech:
         self._done_sent = True
         self._on_end()
         with tracing.handling(self._trace):
-            await self._pub.publish(ev.AudioOutDone(
-                session_id=self.session_id, turn_id=self.turn_id, producer=self._pub.producer, frames=self._frames,
-                duration_ms=round(self._seconds * 1000, 1), cancelled=cancelled, captured_at=self._captured_at))
+            await self._pub.publish(
+                ev.AudioOutDone(
+                    session_id=self.session_id,
+                    turn_id=self.turn_id,
+                    producer=self._pub.producer,
+                    frames=self._frames,
+                    duration_ms=round(self._seconds * 1000, 1),
+                    cancelled=cancelled,
+                    captured_at=self._captured_at,
+                )
+            )

@@ -65,7 +65,7 @@ class Chunker:
             return None
         self._buffer = self._buffer[cut:]
         if fence >= 0 and cut == len(text):
-            self._buffer = self._buffer[len(_FENCE):]
+            self._buffer = self._buffer[len(_FENCE) :]
             self._in_code = True
         self._first = False
         return text[:cut]
@@ -77,9 +77,9 @@ class Chunker:
         end = self._buffer.find(_FENCE)
         if end < 0:
             # Keep only a possible partial fence at the end; the rest is code.
-            self._buffer = self._buffer[-(len(_FENCE) - 1):]
+            self._buffer = self._buffer[-(len(_FENCE) - 1) :]
             return True
-        self._buffer = self._buffer[end + len(_FENCE):]
+        self._buffer = self._buffer[end + len(_FENCE) :]
         self._in_code = False
         return False
 
@@ -89,7 +89,7 @@ class Chunker:
         if self._first:
             # The earliest of: a sentence end, a clause mark after two words, the first_words-th word.
             ends += [m.end() for m in _CLAUSE_END.finditer(text) if len(text[: m.end()].split()) >= 2][:1]
-            ends += [m.end() for m in _WORD.finditer(text)][self.first_words - 1:self.first_words]
+            ends += [m.end() for m in _WORD.finditer(text)][self.first_words - 1 : self.first_words]
         if ends:
             return min(ends)
         if len(text) > self.max_chars:
@@ -106,7 +106,10 @@ def speakable(unit: str) -> str:
     """The unit as a voice should read it; empty when nothing in it can be pronounced."""
     text = _URL.sub(lambda m: " link to " + m.group(1).removeprefix("www.").replace(".", " dot ") + " ", unit)
     text = _MARKUP.sub(" ", text)
-    text = "".join(c for c in unicodedata.normalize("NFKC", text)
-                   if unicodedata.category(c)[0] in _KEEP and not _VARIATION <= ord(c) <= _VARIATION + 15)
+    text = "".join(
+        c
+        for c in unicodedata.normalize("NFKC", text)
+        if unicodedata.category(c)[0] in _KEEP and not _VARIATION <= ord(c) <= _VARIATION + 15
+    )
     text = _SPACE_BEFORE_MARK.sub(r"\1", _SPACES.sub(" ", text)).strip()
     return text if any(c.isalnum() for c in text) else ""

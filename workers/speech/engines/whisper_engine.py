@@ -185,8 +185,9 @@ class WhisperEngine(Engine):
         """``window_s``: the shortest encoder window for short utterances (see :meth:`transcribe`);
         None always uses Whisper's stock 30 s window (``WhisperModel.transcribe``)."""
         # accept() only buffers; final() decodes it all, in the one language it is told.
-        super().__init__(STTCapabilities(streaming=False, whole_utterance=True,
-                                         languages=frozenset({primary_language(language)})))
+        super().__init__(
+            STTCapabilities(streaming=False, whole_utterance=True, languages=frozenset({primary_language(language)}))
+        )
         path = Path(model_path) if model_path is not None else bundled_model_dir()
         if not (path / "model.bin").is_file():
             raise EngineError(f"{str(path)!r} is not a CTranslate2 Whisper model folder (no model.bin): {INSTALL_HINT}")

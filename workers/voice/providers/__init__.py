@@ -11,8 +11,14 @@ from .openai_tts import OpenAIProvider
 from .piper_tts import PiperProvider
 
 
-def available(pool: ThreadPoolExecutor, piper_voices_dir: Path | None, openai_base_url: str,
-              openai_api_key: str | None, openai_model: str, openai_timeout_s: float) -> dict[str, TTSProvider]:
+def available(
+    pool: ThreadPoolExecutor,
+    piper_voices_dir: Path | None,
+    openai_base_url: str,
+    openai_api_key: str | None,
+    openai_model: str,
+    openai_timeout_s: float,
+) -> dict[str, TTSProvider]:
     """piper always (it may lack a voice: start() says so); espeak when its binary is on PATH; openai with a key."""
     providers: list[TTSProvider] = [PiperProvider(pool, piper_voices_dir)]
     if (exe := find_espeak()) is not None:

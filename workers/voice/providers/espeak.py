@@ -48,8 +48,16 @@ class EspeakProvider(TTSProvider):
         if not self.has_voice(voice):
             raise ProviderError("tts_unknown_voice", f"espeak-ng has no voice {voice!r}")
         process = await asyncio.create_subprocess_exec(
-            self._exe, "-v", voice, "--stdout", "--", text,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self._exe,
+            "-v",
+            voice,
+            "--stdout",
+            "--",
+            text,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         assert process.stdout is not None
         try:
             header = await process.stdout.readexactly(_WAV_HEADER)

@@ -13,8 +13,9 @@ import openai
 from .base import Audio, ProviderError, TTSCapabilities, TTSProvider
 
 SAMPLE_RATE = 24_000  # what response_format="pcm" always returns
-VOICES = frozenset({"alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx",
-                    "sage", "shimmer", "verse"})
+VOICES = frozenset(
+    {"alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse"}
+)
 _CHUNK = 4_800  # 100 ms
 
 
@@ -31,7 +32,8 @@ class OpenAIProvider(TTSProvider):
 
     async def synthesize(self, text: str, voice: str) -> AsyncIterator[Audio]:
         speech = self._client.audio.speech.with_streaming_response.create(
-            model=self._model, voice=voice, input=text, response_format="pcm")
+            model=self._model, voice=voice, input=text, response_format="pcm"
+        )
         carry = b""
         try:
             async with speech as response:
@@ -39,8 +41,9 @@ class OpenAIProvider(TTSProvider):
                     pcm, carry = _whole_samples(carry + chunk)
                     yield Audio(pcm, SAMPLE_RATE)
         except openai.APIStatusError as error:
-            raise ProviderError("tts_rejected" if error.status_code < 500 else "tts_failed",
-                                f"OpenAI TTS answered {error.status_code}") from None
+            raise ProviderError(
+                "tts_rejected" if error.status_code < 500 else "tts_failed", f"OpenAI TTS answered {error.status_code}"
+            ) from None
         except openai.APIError as error:
             raise ProviderError("tts_failed", f"OpenAI TTS failed: {type(error).__name__}") from None
         # A body cut mid-stream raises the SDK's HTTP client's own error: SpeechStream reports it as tts_failed.
@@ -49,4 +52,3 @@ class OpenAIProvider(TTSProvider):
 def _whole_samples(data: bytes) -> tuple[bytes, bytes]:
     cut = len(data) - len(data) % 2
     return data[:cut], data[cut:]
-

