@@ -335,6 +335,9 @@ class JetStreamTransport(_Puller):
 
     def on_delivered(self, msg: Msg) -> None:
         self._last_seen = max(self._last_seen, int(msg.metadata.sequence.stream))
+        if self.consumption.batch == 1 and not self._queue and len(self._in_flight) < self._limit():
+            self._start(msg)  # room now: straight to its handler (the dispatcher would cost a loop turn)
+            return
         self._queue.append(msg)
         self._ready.set()
 
@@ -355,11 +358,13 @@ class JetStreamTransport(_Puller):
                     self._wake.set()
                 continue
             while self._queue and len(self._in_flight) < self._limit():
-                msg = self._queue.pop(0)
-                task = asyncio.create_task(self._handle_one(msg))
-                self._in_flight[task] = msg
-                task.add_done_callback(self._finished)
+                self._start(self._queue.pop(0))
             await asyncio.sleep(0)
+
+    def _start(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._handle_one(msg))
+        self._in_flight[task] = msg
+        task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
