@@ -24,6 +24,8 @@ from contracts.binary import PCM_BYTES_PER_SAMPLE, PCM_FRAME_BYTES, PCM_SAMPLE_R
 # How far the audio a client sends may run from its declared rate before it is refused.
 RATE_TOLERANCE = 0.25
 RATE_WINDOW_S = 2.0
+# A frame captured this much after (or before) the end of the audio so far starts a new window.
+PAUSE_S = 0.5
 # A stream that yields no audio after this many bytes is not one ffmpeg can decode (ffmpeg
 # itself would keep searching for a sync point as long as bytes come).
 UNDECODABLE_AFTER_BYTES = 24_000
@@ -48,15 +50,17 @@ class PcmIngest:
         self._last_seq: int | None = None
         self.gaps = 0
         self._window_start: float | None = None
+        self._window_end: float | None = None  # capture time where the window's audio ends
         self._window_samples = 0
 
     def accept(self, frame: ClientFrame) -> bytes:
-        """The frame's audio at 16 kHz (possibly empty while the resampler fills), or AudioError."""
+        """The frame's audio at 16 kHz (possibly empty while the resampler fills), or AudioError.
+
+        Sequence numbers are the client's: frames are forwarded in the order they arrive and never
+        refused for their number (docs/protocol.md); gaps are counted (``gaps``) for operators."""
         if len(frame.payload) % PCM_BYTES_PER_SAMPLE:
             raise AudioError("PCM16 payload has an odd number of bytes")
-        if self._last_seq is not None:
-            if frame.seq <= self._last_seq:
-                raise AudioError(f"repeated or out-of-order sequence number {frame.seq} (dropped)")
+        if self._last_seq is not None and frame.seq > self._last_seq + 1:
             self.gaps += frame.seq - self._last_seq - 1
         self._last_seq = frame.seq
         self._check_rate(frame)
@@ -67,12 +71,18 @@ class PcmIngest:
         return resampled.astype("<i2").tobytes()
 
     def _check_rate(self, frame: ClientFrame) -> None:
-        # Compare the samples received with the capture clock over a window: a client that
-        # declared 16 kHz but sends 48 kHz audio shows three times too many samples.
+        # Compare the samples received with the capture clock over a window of continuous audio: a
+        # client that declared 16 kHz but sends 48 kHz audio shows three times too many samples. A
+        # pause in capture (mute, push-to-talk, client-side VAD) or a jump of the client's clock
+        # starts a new window: it says nothing about the rate.
         samples = len(frame.payload) // PCM_BYTES_PER_SAMPLE
-        if self._window_start is None:
+        duration = samples / self.sample_rate
+        resumed = self._window_end is not None and not (-PAUSE_S < frame.captured_at - self._window_end < PAUSE_S)
+        if self._window_start is None or resumed:
             self._window_start, self._window_samples = frame.captured_at, samples
+            self._window_end = frame.captured_at + duration
             return
+        self._window_end = max(self._window_end or frame.captured_at, frame.captured_at + duration)
         elapsed = frame.captured_at - self._window_start
         if elapsed >= RATE_WINDOW_S:
             measured = self._window_samples / elapsed
