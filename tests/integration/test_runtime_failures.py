@@ -32,6 +32,15 @@ def test_bad_setting_stops_the_process_with_one_line_naming_the_variable() -> No
     assert "SB_LOG_LEVEL='loud'" in lines[0] and "SB_CONNECT_TIMEOUT_S='-1'" in lines[0]
 
 
+@pytest.mark.parametrize("keys", ["not-json-sk-live-abcdef123456", '[1, {"k": "sk-live-abcdef123456"}]'])
+def test_a_bad_secret_setting_is_named_but_never_shown(keys: str) -> None:
+    result = run([sys.executable, "-m", "edge"], SB_EDGE_API_KEYS=keys, SB_NATS_PASSWORD="")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "SB_EDGE_API_KEYS" in lines[0], result.stderr
+    assert "sk-live-abcdef123456" not in result.stderr + result.stdout
+
+
 def test_unreachable_nats_gives_a_clear_error() -> None:
     result = run(STATUS, SB_NATS_URL=f"nats://127.0.0.1:{free_port()}", SB_CONNECT_TIMEOUT_S="1")
     assert result.returncode == 1

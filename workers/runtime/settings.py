@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Literal, NoReturn, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 ENV_PREFIX = "SB_"
 
@@ -53,13 +55,26 @@ SettingsT = TypeVar("SettingsT", bound=RuntimeSettings)
 
 
 def describe_error(error: ValidationError, settings_cls: type[RuntimeSettings]) -> str:
-    """One line naming each bad variable, e.g. ``SB_LOG_LEVEL='loud': Input should be ...``."""
+    """One line naming each bad variable, e.g. ``SB_LOG_LEVEL='loud': Input should be ...``; the value of
+    a secret (keys, passwords, tokens) is never shown."""
     prefix = settings_cls.model_config.get("env_prefix", ENV_PREFIX)
     parts = []
     for err in error.errors():
         field = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{prefix}{field.upper()}={err.get('input')!r}: {err['msg']}")
+        shown = (
+            "<hidden>" if is_secret(settings_cls, str(err["loc"][0]) if err["loc"] else "") else repr(err.get("input"))
+        )
+        parts.append(f"{prefix}{field.upper()}={shown}: {err['msg']}")
     return "invalid configuration: " + "; ".join(parts)
+
+
+_SECRET_WORDS = ("key", "secret", "password", "token", "creds")
+
+
+def is_secret(settings_cls: type[RuntimeSettings], name: str) -> bool:
+    info = settings_cls.model_fields.get(name)
+    annotation = repr(info.annotation) if info is not None else ""
+    return "SecretStr" in annotation or any(word in name for word in _SECRET_WORDS)
 
 
 def load_settings(settings_cls: type[SettingsT]) -> SettingsT:
@@ -68,6 +83,11 @@ def load_settings(settings_cls: type[SettingsT]) -> SettingsT:
         return settings_cls()
     except ValidationError as error:
         _die(describe_error(error, settings_cls))
+    except SettingsError as error:  # a value that must be JSON is not
+        field = re.search(r'field "(\w+)"', str(error))
+        prefix = settings_cls.model_config.get("env_prefix", ENV_PREFIX)
+        name = f"{prefix}{field.group(1).upper()}" if field else "a variable"
+        _die(f'invalid configuration: {name} is not valid JSON (e.g. ["first", "second"] for a list)')
 
 
 def _die(message: str) -> NoReturn:
