@@ -56,7 +56,8 @@ def dashboard_router(settings: EdgeSettings, bus: Bus) -> APIRouter:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        serve_metrics(settings.metrics_port)  # the edge's endpoint on its own port too, like every process
+        # The edge's endpoint on its own port too, like every process.
+        serve_metrics(settings.metrics_port, settings.metrics_host)
         yield
 
     router = APIRouter(prefix="/ops", lifespan=lifespan)

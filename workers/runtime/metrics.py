@@ -27,7 +27,7 @@ PUBLISHED = Counter("sb_published_total", "Events published", ("producer", "kind
 _serving: set[int] = set()
 
 
-def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Start the scrape endpoint once per port (several in-process workers share one registry)."""
     if port and port not in _serving:
         start_http_server(port, addr=host)

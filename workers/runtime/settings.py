@@ -35,6 +35,10 @@ class RuntimeSettings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65_535, description="Port of the Prometheus scrape endpoint (/metrics); 0: none"
     )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the Prometheus endpoint listens on (0.0.0.0 exposes it to the network)",
+    )
 
     def nats_servers(self) -> list[str]:
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]
