@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .events import Tone
+from .limits import TYPED_TEXT_CHARS
 
 PROTOCOL_VERSION = 1
 
@@ -58,7 +59,7 @@ class Hello(_Command):
 
 class Chat(_Command):
     type: Literal["chat"]
-    text: str = Field(min_length=1, max_length=8_000)
+    text: str = Field(min_length=1, max_length=TYPED_TEXT_CHARS)
 
 
 class Settings(_Command):

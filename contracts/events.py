@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from .envelope import Event, SessionEvent, TurnEvent, TurnId
+from .limits import CAMERA_PROMPT_CHARS, QUERY_CHARS, REPLY_TEXT_CHARS, TURN_TEXT_CHARS
 
 Tone = Literal["neutral", "concise", "friendly", "formal"]
 DependencyStatus = Literal["ok", "timeout", "unavailable", "error", "skipped"]
@@ -66,7 +67,7 @@ class UserTurn(TurnEvent):
     """What the user said or typed: one turn for the orchestrator, whatever its source."""
 
     kind: Literal["turn.user"] = "turn.user"
-    text: str = Field(min_length=1, max_length=16_000)
+    text: str = Field(min_length=1, max_length=TURN_TEXT_CHARS)
     source: Literal["typed", "spoken"]
     speech_ended_at: float | None = Field(
         default=None, description="For spoken turns: true end of speech in the audio (epoch s)"
@@ -77,7 +78,7 @@ class ReplyDelta(TurnEvent):
     """A piece of the assistant's reply as the LLM streams it. ``seq`` orders the pieces."""
 
     kind: Literal["reply.delta"] = "reply.delta"
-    text: str = Field(max_length=16_000)
+    text: str = Field(max_length=TURN_TEXT_CHARS)
     agent: str = Field(max_length=64)
 
 
@@ -99,7 +100,7 @@ class ReplyDone(TurnEvent):
     """The finished reply: full text, usage, and how the context hooks fared."""
 
     kind: Literal["reply.done"] = "reply.done"
-    text: str = Field(max_length=64_000)
+    text: str = Field(max_length=REPLY_TEXT_CHARS)
     agent: str = Field(max_length=64)
     model: str = Field(default="", max_length=128)
     finish_reason: Literal["stop", "length", "cancelled", "error", "superseded"] = "stop"
@@ -132,7 +133,7 @@ class TranscriptPartial(TurnEvent):
     """The recognizer's running hypothesis; replaced by the next partial or the final."""
 
     kind: Literal["transcript.partial"] = "transcript.partial"
-    text: str = Field(max_length=16_000)
+    text: str = Field(max_length=TURN_TEXT_CHARS)
     engine: str = Field(max_length=32)
 
 
@@ -140,7 +141,7 @@ class TranscriptFinal(TurnEvent):
     """The recognizer's final text for one utterance (also published as the UserTurn)."""
 
     kind: Literal["transcript.final"] = "transcript.final"
-    text: str = Field(max_length=16_000)
+    text: str = Field(max_length=TURN_TEXT_CHARS)
     engine: str = Field(max_length=32)
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     audio_start: float = Field(ge=0.0, description="Utterance start in the session's audio (s)")
@@ -258,7 +259,7 @@ class HistoryReply(SessionEvent):
 
 class RetrievalRequest(SessionEvent):
     kind: Literal["retrieval.request"] = "retrieval.request"
-    query: str = Field(min_length=1, max_length=4_000)
+    query: str = Field(min_length=1, max_length=QUERY_CHARS)
     bases: list[str] = Field(default_factory=lambda: ["default"])
     top_k: int = Field(default=4, ge=1, le=50)
     min_score: float = Field(default=0.3, ge=-1.0, le=1.0, description="Relevance floor (cosine similarity)")
@@ -376,7 +377,9 @@ class FrameDescribeRequest(SessionEvent):
     """Ask what the session's camera shows now (its latest sampled snapshot)."""
 
     kind: Literal["video.describe_request"] = "video.describe_request"
-    prompt: str = Field(default="", max_length=2_000, description="What the agent wants to know (vision model only)")
+    prompt: str = Field(
+        default="", max_length=CAMERA_PROMPT_CHARS, description="What the agent wants to know (vision model only)"
+    )
 
 
 class FrameDescription(SessionEvent):

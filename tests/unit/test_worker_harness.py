@@ -12,6 +12,7 @@ import pytest
 
 from contracts import events as ev
 from contracts.envelope import Event
+from contracts.limits import QUERY_CHARS
 from tests.support.fakes import FakeChatModel, FakeEngine, FakeTTS
 from tests.support.harness import WorkerHarness
 from workers.keywords.worker import KeywordsWorker
@@ -200,3 +201,40 @@ def test_the_fake_engine_streams_partials_and_hears_the_script() -> None:
     assert recognizer.final().text == "thanks"
     whole = FakeEngine("hello", streaming=False)
     assert whole.capabilities.whole_utterance and whole.recognizer().accept(bytes(word)) is None
+
+
+async def test_a_long_knowledge_turn_still_ends_and_its_query_is_cut_to_the_limit() -> None:
+    """Issue 16, observation 6: a typed turn over the retrieval query's limit made the turn silent."""
+    asked: list[int] = []
+
+    async def retrieval(request: Event) -> Event:
+        assert isinstance(request, ev.RetrievalRequest)
+        asked.append(len(request.query))
+        return ev.RetrievalReply(session_id=request.session_id, producer="retriever")
+
+    async with WorkerHarness(
+        OrchestratorWorker,
+        OrchestratorSettings(default_agent="knowledge"),
+        providers=[FakeChatModel(["From the documents: ", "nothing."])],
+        responders={"retrieval.query": retrieval},
+    ) as h:
+        await h.deliver(user_turn("what do my documents say about falcons? " * 150, "long"))
+        await h.deliver(user_turn("and about hares?", "short"))
+    assert [(d.turn_id, d.finish_reason) for d in h.published(ev.ReplyDone)] == [("long", "stop"), ("short", "stop")]
+    assert asked == [QUERY_CHARS, len("and about hares?")]
+
+
+async def test_a_failure_while_building_the_context_ends_the_turn_with_an_error() -> None:
+    async def broken(request: Event) -> Event:
+        raise RuntimeError("a bug in a context service client")
+
+    async with WorkerHarness(
+        OrchestratorWorker,
+        OrchestratorSettings(default_agent="knowledge"),
+        providers=[FakeChatModel(["never sent"])],
+        responders={"retrieval.query": broken},
+    ) as h:
+        await h.deliver(user_turn("what do my documents say?"))
+    [done] = h.published(ev.ReplyDone)
+    assert done.finish_reason == "error" and h.published(ev.ReplyDelta) == []
+    assert [e.code for e in h.published(ev.ErrorEvent)] == ["internal"]

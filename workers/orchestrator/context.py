@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 from contracts import events as ev
 from contracts.envelope import Event
 from contracts.events import DependencyStatus
+from contracts.limits import CAMERA_PROMPT_CHARS, QUERY_CHARS
 from workers.runtime.bus import DependencyUnavailableError
 
 from .agents import Agent
@@ -90,7 +91,7 @@ class ContextHooks:
             session_id=turn.session_id,
             turn_id=turn.turn_id,
             producer=self._requester.producer,
-            prompt=turn.text[:2_000],
+            prompt=turn.text[:CAMERA_PROMPT_CHARS],  # context only: a long turn is cut, not refused
         )
         return await self._ask(CAMERA, request, ev.FrameDescription, self._camera_timeout_s)
 
@@ -108,7 +109,7 @@ class ContextHooks:
             session_id=turn.session_id,
             turn_id=turn.turn_id,
             producer=self._requester.producer,
-            query=turn.text,
+            query=turn.text[:QUERY_CHARS],  # context only: a long turn is cut, not refused
             bases=bases or ["default"],
         )
         reply, status = await self._ask(RETRIEVAL, request, ev.RetrievalReply, self._retrieval_timeout_s)

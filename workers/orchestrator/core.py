@@ -22,7 +22,7 @@ from workers.runtime.logging import get_logger
 from workers.runtime.turns import SessionTable
 
 from .agents import Router
-from .context import ContextHooks
+from .context import Context, ContextHooks
 from .llm import ChatModel, LLMError
 from .prompt import build_messages
 
@@ -142,20 +142,21 @@ class Orchestrator:
         turn = flight.turn
         agent = self._router.registry.get(flight.agent) or self._router.registry.default
         settings = state.settings
-        context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
-        messages = build_messages(
-            agent,
-            settings.tone if settings else None,
-            turn.text,
-            state.history,
-            context.memory,
-            context.passages,
-            context.retrieval_status,
-            context.camera,
-        )
         usage = ev.TokenUsage()
         finish: Literal["stop", "length", "error"] = "stop"
-        try:
+        context = Context()
+        try:  # whatever fails, from gathering context to the last chunk, the turn ends with reply.done
+            context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
+            messages = build_messages(
+                agent,
+                settings.tone if settings else None,
+                turn.text,
+                state.history,
+                context.memory,
+                context.passages,
+                context.retrieval_status,
+                context.camera,
+            )
             async for chunk in self._model.stream(messages, agent.model, self._max_tokens):
                 if chunk.usage is not None:
                     usage = chunk.usage

@@ -193,7 +193,7 @@ async def running_worker(
     bus.attach(await connect_nats(settings, name, disconnected_cb=_on_disconnect, reconnected_cb=reconnected))
     try:
         await provision(bus.js, STREAMS, worker_type.consumers(), settings.subject_prefix)
-        serve_metrics(settings.metrics_port)
+        serve_metrics(settings.metrics_port, settings.metrics_host)
         worker = worker_type(settings, bus)
         for declared in worker_type.consumptions():
             consumption = declared
