@@ -14,7 +14,6 @@ WebSocket:
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +30,7 @@ from workers.runtime.provision import provision
 from workers.runtime.worker import VERSION, connect_nats
 
 from . import page
-from .auth import AuthError, TokenIssuer, development_secret
+from .auth import AuthError, TokenIssuer, development_secret, same_secret
 from .connection import Connection, Edge, SessionSockets
 from .dashboard import dashboard_router
 from .ingest import ingest_router
@@ -81,7 +80,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         if not api_keys:
             return
         given = (authorization or "").removeprefix("Bearer ").strip()
-        if not any(hmac.compare_digest(given, key) for key in api_keys):
+        if not any(same_secret(given, key) for key in api_keys):
             raise HTTPException(status_code=401, detail="a valid API key is required to create sessions")
 
     @app.post("/v1/sessions", dependencies=[Depends(require_api_key)])

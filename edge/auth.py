@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 import time
@@ -9,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
+from pydantic import TypeAdapter, ValidationError
 
 from contracts.client import CloseCode
-from contracts.envelope import new_id
+from contracts.envelope import SessionId, new_id
 from workers.runtime.logging import get_logger
 
 log = get_logger("edge.auth")
@@ -58,7 +60,18 @@ class TokenIssuer:
             raise AuthError(CloseCode.AUTH_INVALID, "invalid session token") from None
         if claims.get("typ") != "session":
             raise AuthError(CloseCode.AUTH_INVALID, "invalid session token")
-        return str(claims["sid"])
+        try:  # signed with our secret but not a session id we issue (a leaked secret, an old format)
+            return _SESSION_ID.validate_python(claims["sid"])
+        except ValidationError:
+            raise AuthError(CloseCode.AUTH_INVALID, "invalid session token") from None
+
+
+_SESSION_ID: TypeAdapter[str] = TypeAdapter(SessionId)
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of any text (hmac.compare_digest refuses non-ASCII str: a 500)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def development_secret(path: Path | None = None) -> str:

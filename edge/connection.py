@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -186,6 +187,10 @@ class Connection:
                     close_code=CloseCode.PROTOCOL_ERROR,
                 )
             )
+        if json_too_deep(text):
+            raise FrameRefusedError(
+                ProtocolError(code="bad_json", message=TOO_DEEP, fatal=True, close_code=CloseCode.PROTOCOL_ERROR)
+            )
         try:
             command = COMMANDS.validate_json(text)
         except ValidationError as error:
@@ -257,6 +262,8 @@ class Connection:
             )
         if not self.text_rate.take():
             raise FrameRefusedError(ProtocolError(code="rate_limited", message="too many text frames; slow down"))
+        if json_too_deep(text):  # parsers recurse: a deeply nested frame must not reach one
+            raise FrameRefusedError(ProtocolError(code="bad_json", message=TOO_DEEP))
         try:
             command = COMMANDS.validate_json(text)
         except ValidationError as error:
@@ -385,6 +392,22 @@ def _first_error(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+MAX_JSON_DEPTH = 16  # the deepest command is 3 levels deep
+TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``text`` nests arrays and objects deeper than ``limit`` (brackets inside strings do not count)."""
+    depth = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > limit:
+            return True
+    return False
 
 
 def _command_error(text: str, error: ValidationError) -> ProtocolError:

@@ -28,6 +28,7 @@ from contracts import events as ev
 from workers.runtime.bus import Bus, DependencyUnavailableError
 from workers.runtime.metrics import serve_metrics
 
+from .auth import same_secret
 from .settings import EdgeSettings
 
 COOKIE = "sb_ops"
@@ -68,9 +69,7 @@ def dashboard_router(settings: EdgeSettings, bus: Bus) -> APIRouter:
 
     def authorized(authorization: str | None, cookie: str | None) -> bool:
         given = (authorization or "").removeprefix("Bearer ").strip()
-        return bool(
-            token and marker and (hmac.compare_digest(given, token) or hmac.compare_digest(cookie or "", marker))
-        )
+        return bool(token and marker and (same_secret(given, token) or same_secret(cookie or "", marker)))
 
     def operator(
         authorization: Annotated[str | None, Header()] = None, sb_ops: Annotated[str | None, Cookie()] = None
@@ -98,7 +97,7 @@ def dashboard_router(settings: EdgeSettings, bus: Bus) -> APIRouter:
 
     @router.post("/login", dependencies=[Depends(enabled)], status_code=204)
     async def login(body: Login, response: Response) -> None:
-        if token is None or marker is None or not hmac.compare_digest(body.token, token):
+        if token is None or marker is None or not same_secret(body.token, token):
             raise HTTPException(401, "wrong operator token")
         response.set_cookie(
             COOKIE,

@@ -60,6 +60,9 @@ async def test_missing_forged_and_expired_tokens_are_refused_with_documented_cod
         ({"type": "hello", "token": forged}, CloseCode.AUTH_INVALID),
         ({"type": "hello", "token": expired}, CloseCode.AUTH_EXPIRED),
         ({"type": "hello", "token": "garbage"}, CloseCode.AUTH_INVALID),
+        # Signed with our secret, but no session id of ours: refused, not a dropped socket (1006).
+        ({"type": "hello", "token": token({"sid": "../../x", "exp": int(time.time()) + 60})}, CloseCode.AUTH_INVALID),
+        ({"type": "hello", "token": token({"sid": ["a"], "exp": int(time.time()) + 60})}, CloseCode.AUTH_INVALID),
         ({"type": "chat", "text": "hi"}, CloseCode.PROTOCOL_ERROR),
         ("not json", CloseCode.PROTOCOL_ERROR),
         ({"type": "hello"}, CloseCode.PROTOCOL_ERROR),
@@ -121,6 +124,21 @@ async def test_bad_commands_get_protocol_errors_and_the_socket_stays_open(edge: 
     await client.send(type="ping", id="still-open")
     assert (await client.until(lambda e: e["kind"] == "pong"))[-1]["id"] == "still-open"
     await client.close()
+
+
+async def test_deeply_nested_json_is_refused_and_counted_as_a_violation(edge: str) -> None:
+    client = await connect(edge)
+    deep = '{"type": "chat", "text": "hi", "x": ' + "[" * 8000 + "]" * 8000 + "}"
+    with pytest.raises(ConnectionClosed) as closed:
+        for _ in range(20):
+            await client.ws.send(deep)
+            await client.next_event()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.POLICY
+    refusals = [e for e in client.received if e["kind"] == "protocol_error"]
+    assert {e["code"] for e in refusals} == {"bad_json"} and "nested deeper" in refusals[0]["message"]
+    hello_deep = json.dumps({"type": "hello", "token": "t"})[:-1] + ', "x": ' + "[" * 8000 + "]" * 8000 + "}"
+    got, frames = await closed_with(edge, hello_deep)
+    assert got == CloseCode.PROTOCOL_ERROR and json.loads(frames[-1])["code"] == "bad_json"
 
 
 async def test_rate_limit_violations_close_the_socket_and_others_are_unaffected(edge: str) -> None:

@@ -376,6 +376,10 @@ async def test_ops_routes_need_the_operator_token(conversation: Conversation, na
         assert (await http.get("/ops/api/snapshot")).status_code == 401
         assert (await http.get("/ops/metrics", headers={"Authorization": "Bearer wrong"})).status_code == 401
         assert (await http.post("/ops/login", json={"token": "wrong"})).status_code == 401
+        # Non-ASCII tokens are wrong tokens too (hmac.compare_digest refused them: a 500).
+        assert (await http.post("/ops/login", json={"token": "ﬁ-tökén"})).status_code == 401
+        foreign = {b"Authorization": "Bearer tökén".encode()}
+        assert (await http.get("/ops/metrics", headers=foreign)).status_code == 401
         assert "operator token" in (await http.get("/ops")).text  # the login form, not the figures
         bearer = {"Authorization": f"Bearer {OPERATOR}"}
         snap = (
