@@ -18,7 +18,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from contracts import events as ev
 from workers.runtime.bus import Bus
@@ -88,9 +88,12 @@ def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIR
             spool.seek(0)
             data: bytes | io.BufferedIOBase = spool.read() if size <= INLINE_MAX_BYTES else spool
             async with watch_jobs(bus.nc, session_id, bus.prefix) as watch:
-                job = await submit_ingest(
-                    bus, session_id, filename, data, content_type_for(filename, content_type), base
-                )
+                try:
+                    job = await submit_ingest(
+                        bus, session_id, filename, data, content_type_for(filename, content_type), base
+                    )
+                except ValidationError as error:  # e.g. a Content-Type no document has
+                    raise HTTPException(status_code=422, detail=f"cannot ingest this upload: {_first(error)}") from None
                 return await _reply(job, watch, wait)
 
     @router.delete("")
@@ -111,6 +114,11 @@ async def _reply(job: ev.IngestJob, watch: JobWatch, wait: float) -> JSONRespons
             result = await anext(watch.results({job.job_id}, wait))
     body = Submitted(job_id=job.job_id, document=job.source, base=job.base, result=result)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if result else 202)
+
+
+def _first(error: ValidationError) -> str:
+    first = error.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
 def _too_large(limit: int) -> str:

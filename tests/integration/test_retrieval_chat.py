@@ -11,13 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
+from nats.aio.client import Client as Nats
 
+from contracts.streams import INGEST_FILES
 from tests.support.edge_client import Client, connect, running_edge
 from tests.support.retrieval import CORPUS, corpus_files, ingest, running_retriever
 from tests.support.scripted_llm import ScriptedLLM
 from workers.orchestrator.prompt import NO_PASSAGES, SEARCH_DOWN
 from workers.orchestrator.worker import WORKER, OrchestratorSettings
 from workers.runtime import running_worker
+from workers.runtime.provision import object_store
 
 PREFIX = "rchat"
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,3 +216,22 @@ async def test_sb_ingest_loads_a_folder_with_progress_and_reports_failures(
     (tmp_path / "scan.txt").write_bytes(b"\x00\x01\x02\x03" * 100)
     code, out = await sb(str(tmp_path / "scan.txt"), "--base", "cli-kb")
     assert code == 1 and "failed" in out and "binary data" in out, out
+
+
+async def test_a_refused_upload_leaves_nothing_in_the_object_store(edge: str, nc: Nats) -> None:
+    """Issue 16, observation 5: a Content-Type over the job's limit was a 500 that kept the bytes; enough of
+    them filled the bucket for every session."""
+    client = await connect(edge)
+    store = await object_store(nc.jetstream(), INGEST_FILES, PREFIX)
+    before = (await store.status()).size
+    async with httpx.AsyncClient(base_url=edge, headers={"Authorization": f"Bearer {client.token}"}) as http:
+        for _ in range(3):
+            refused = await http.post(
+                "/v1/ingest",
+                params={"filename": "scan.bin"},
+                content=b"\x00\x01" * 40_000,
+                headers={"Content-Type": "application/" + "x" * 150},
+            )
+            assert refused.status_code == 422 and "content_type" in refused.json()["detail"]
+    assert (await store.status()).size == before
+    await client.close()

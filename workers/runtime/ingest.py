@@ -8,6 +8,7 @@ the object. Progress and the result come back on the requesting session's subjec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import mimetypes
 from collections.abc import AsyncIterator, Callable
@@ -56,11 +57,7 @@ async def submit_ingest(
     """Publish a job that adds (or replaces) the document ``source`` in ``base``."""
     job_id = new_id()
     text = _inline_text(data, content_type) if isinstance(data, bytes) else None
-    object_name = None
-    if text is None:
-        store = await object_store(bus.js, INGEST_FILES, bus.prefix)
-        object_name = job_id
-        await store.put(object_name, data)
+    # The job is validated before any byte is stored: a refused upload leaves nothing behind.
     job = ev.IngestJob(
         session_id=session_id,
         producer=bus.producer,
@@ -69,9 +66,19 @@ async def submit_ingest(
         source=source,
         content_type=content_type,
         text=text,
-        object_name=object_name,
+        object_name=job_id if text is None else None,
     )
-    await bus.publish(job, durable=True)
+    if job.object_name is None:
+        await bus.publish(job, durable=True)
+        return job
+    store = await object_store(bus.js, INGEST_FILES, bus.prefix)
+    await store.put(job.object_name, data)
+    try:
+        await bus.publish(job, durable=True)
+    except BaseException:  # no job will ever read the bytes
+        with contextlib.suppress(Exception):
+            await store.delete(job.object_name)
+        raise
     return job
 
 
