@@ -93,8 +93,11 @@ class FakeTTS(TTSProvider):
         sample_rate: int = 16_000,
         chunk_s: float = 0.05,
         delay_s: float = 0.0,
+        scripts: frozenset[str] | None = None,
     ) -> None:
-        super().__init__(TTSCapabilities(streaming=True, sample_rate=sample_rate, voices=frozenset({voice})), voice)
+        super().__init__(
+            TTSCapabilities(streaming=True, sample_rate=sample_rate, voices=frozenset({voice}), scripts=scripts), voice
+        )
         self.name = name
         self.seconds_per_char = seconds_per_char
         self.chunk_s = chunk_s

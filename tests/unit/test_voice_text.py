@@ -90,3 +90,19 @@ def test_line_breaks_end_units_and_flush_resets_the_turn() -> None:
 )
 def test_speakable_text(unit: str, said: str) -> None:
     assert speakable(unit) == said
+
+
+@pytest.mark.parametrize(
+    ("text", "latin"),
+    [
+        ("مرحبا بكم", ""),
+        ("שלום עולם", ""),
+        ("你好\uff0c世界", ""),
+        ("Hello مرحبا world", "Hello world"),
+        ("Zoë's naïve café costs 3 € 😀", "Zoë's naïve café costs 3"),
+        ("Ελληνικά and Русский", "and"),
+    ],
+)
+def test_a_voice_gets_only_letters_of_the_scripts_it_reads(text: str, latin: str) -> None:
+    assert speakable(text, frozenset({"LATIN"})) == latin
+    assert speakable(text)  # a voice that reads any script: nothing is dropped

