@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,9 @@ def test_leftovers_are_recognised_by_the_stack_environment_not_the_command_line(
     ours = subprocess.Popen(sleeper, env={**os.environ, "SB_STACK_PIDS": str(pids_file)})
     theirs = subprocess.Popen(sleeper, env={k: v for k, v in os.environ.items() if k != "SB_STACK_PIDS"})
     try:
+        for process in (ours, theirs):  # /proc shows the parent's environment until the child has exec'd
+            while b"time.sleep" not in Path(f"/proc/{process.pid}/cmdline").read_bytes():
+                time.sleep(0.01)
         assert started_by_stack(ours.pid, pids_file)
         assert not started_by_stack(theirs.pid, pids_file)
         assert not started_by_stack(ours.pid, tmp_path / "another-stack.pids")
