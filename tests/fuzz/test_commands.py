@@ -1,0 +1,30 @@
+"""Fuzzed text frames on an authenticated socket: arbitrary JSON, near-valid commands, deep nesting, garbage."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.fuzz.harness import check, exchange, healthy, open_socket
+from tests.fuzz.strategies import accepted_chat, text_frames
+
+
+@settings(settings.get_profile("fuzz"), max_examples=120)
+@given(frames=st.lists(text_frames, min_size=1, max_size=12))
+async def test_text_frames_keep_the_protocol(edge: str, frames: list[str]) -> None:
+    ws = await open_socket(edge)
+    chats = sum(map(accepted_chat, frames))
+    check(await exchange(ws, list(frames), chats), chats)
+    await healthy(edge)
+
+
+@settings(settings.get_profile("fuzz"), max_examples=40)
+@given(texts=st.lists(st.text(min_size=1, max_size=300), min_size=1, max_size=4), interrupt=st.booleans())
+async def test_every_accepted_chat_ends_once(edge: str, texts: list[str], interrupt: bool) -> None:
+    """Chats back to back (each supersedes the last) and an interrupt: every turn still ends exactly once."""
+    frames = [json.dumps({"type": "chat", "text": text}) for text in texts]
+    frames += [json.dumps({"type": "interrupt"})] if interrupt else []
+    ws = await open_socket(edge)
+    check(await exchange(ws, frames, len(texts)), len(texts))
