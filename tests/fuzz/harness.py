@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -73,7 +74,7 @@ async def _receive(ws: ClientConnection, outcome: Outcome) -> dict[str, Any] | N
             return event
 
 
-async def exchange(ws: ClientConnection, frames: list[str | bytes], chats: int = 0) -> Outcome:
+async def exchange(ws: ClientConnection, frames: Sequence[str | bytes], chats: int = 0) -> Outcome:
     """Send ``frames``, then a ping; read until its pong and ``chats`` finished turns, or the close.
 
     ``chats`` is how many of the frames the edge must accept as chat turns (when the socket stays

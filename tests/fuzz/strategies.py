@@ -49,13 +49,14 @@ field_values: st.SearchStrategy[Any] = (
 def near_command(draw: st.DrawFn) -> dict[str, Any]:
     """A command of a real type whose fields are kept, dropped, retyped or joined by unknown ones."""
     kind = draw(st.sampled_from(COMMAND_TYPES))
-    valid: dict[str, Any] = {
+    fields: dict[str, dict[str, Any]] = {
         "hello": {"token": "x", "protocol": 1},
         "chat": {"text": draw(TEXT.filter(bool) | long_text(8_000))},
         "settings": {"tone": "concise", "agent": "general"},
         "interrupt": {},
         "ping": {"id": draw(st.integers() | TEXT | st.none())},
-    }[kind]
+    }
+    valid = fields[kind]
     command: dict[str, Any] = {"type": kind}
     for name, value in valid.items():
         choice = draw(st.sampled_from(["keep", "keep", "drop", "mutate"]))

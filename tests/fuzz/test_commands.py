@@ -16,7 +16,7 @@ from tests.fuzz.strategies import accepted_chat, text_frames
 async def test_text_frames_keep_the_protocol(edge: str, frames: list[str]) -> None:
     ws = await open_socket(edge)
     chats = sum(map(accepted_chat, frames))
-    check(await exchange(ws, list(frames), chats), chats)
+    check(await exchange(ws, frames, chats), chats)
     await healthy(edge)
 
 
