@@ -63,9 +63,9 @@ async def _grant(http: httpx.AsyncClient) -> tuple[str, str]:
     return str(grant["session_id"]), str(grant["token"])
 
 
-def _wire(headers: dict[str, str]) -> dict[str, bytes]:
+def _wire(headers: dict[str, str]) -> dict[bytes, bytes]:
     """Header values as latin-1 bytes (httpx would encode str values as ASCII and refuse the rest)."""
-    return {name: value.encode("latin-1") for name, value in headers.items()}
+    return {name.encode(): value.encode("latin-1") for name, value in headers.items()}
 
 
 def _no_5xx(response: httpx.Response) -> None:
