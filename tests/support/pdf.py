@@ -1,7 +1,8 @@
 """Minimal PDF files written by hand (PDF 1.4, Helvetica): a text layer, or none at all.
 
 Enough for pypdf to read, so tests need no PDF library: ``text_pdf`` makes one page per list
-of lines; ``image_only_pdf`` makes pages that draw shapes but carry no text (like a scan).
+of lines; ``image_only_pdf`` makes pages that draw shapes but carry no text (like a scan);
+``crowded_pdf`` makes a few KB that take a reader seconds (a page of countless tiny text operators).
 Run ``python -m tests.support.pdf SRC.txt OUT.pdf`` to build a PDF from a text file whose
 pages are separated by form feeds.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 
@@ -17,7 +19,7 @@ def _escape(line: str) -> str:
     return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
-def _document(contents: list[bytes], title: str) -> bytes:
+def _document(contents: list[bytes], title: str, deflate: bool = False) -> bytes:
     pages = len(contents)
     objects: list[bytes] = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -31,7 +33,8 @@ def _document(contents: list[bytes], title: str) -> bytes:
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> "
             f">> /Contents {5 + 2 * i} 0 R >>".encode()
         )
-        objects.append(f"<< /Length {len(content)} >>\nstream\n".encode() + content + b"\nendstream")
+        stream, encoding = (zlib.compress(content, 9), " /Filter /FlateDecode") if deflate else (content, "")
+        objects.append(f"<< /Length {len(stream)}{encoding} >>\nstream\n".encode() + stream + b"\nendstream")
     objects.append(f"<< /Title ({_escape(title)}) >>".encode())
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
@@ -60,6 +63,12 @@ def text_pdf(pages: list[str], title: str = "") -> bytes:
 def image_only_pdf(pages: int = 2) -> bytes:
     """Pages with filled rectangles and no text operators: what a scanned document looks like to pypdf."""
     return _document([b"0.2 0.2 0.2 rg 50 50 500 700 re f" for _ in range(pages)], "Scanned")
+
+
+def crowded_pdf(operators: int) -> bytes:
+    """One page drawing one letter ``operators`` times, deflated: 1,000,000 make 10 KB that pypdf
+    reads in ~10 s (like the 23 KB PDF of issue 16 that held the retriever for 40 s)."""
+    return _document([b"BT /F1 1 Tf " + b"(a) Tj " * operators + b"ET"], "Crowded", deflate=True)
 
 
 if __name__ == "__main__":

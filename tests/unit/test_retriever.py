@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from tests.support.pdf import image_only_pdf, text_pdf
+from tests.support.pdf import crowded_pdf, image_only_pdf, text_pdf
 from tests.support.retrieval import CORPUS
 from workers.orchestrator.agents import DEFAULT_AGENTS
 from workers.orchestrator.prompt import NO_PASSAGES, SEARCH_DOWN, build_messages
 from workers.retriever.chunker import Chunker
 from workers.retriever.embedder import Embedder, load_tokenizer, model_dir
 from workers.retriever.extract import Document, DocumentError, Section, extract
+from workers.retriever.reader import Reader
 from workers.retriever.settings import RetrieverSettings
 from workers.retriever.store import where_clause
 from workers.runtime.ingest import content_type_for
@@ -130,6 +133,40 @@ def test_pdf_pages_become_sections_and_a_scan_is_refused() -> None:
 def test_bad_input_is_refused_with_a_reason(data: bytes, content_type: str, message: str) -> None:
     with pytest.raises(DocumentError, match=message):
         extract(data, content_type, "f")
+
+
+def test_text_past_the_character_cap_is_refused() -> None:
+    assert extract(b"word " * 20, "text/plain", "f", max_chars=99).sections[0].text.startswith("word")
+    with pytest.raises(DocumentError, match=r"^the document has more than 100 characters of text$"):
+        extract(b"word " * 30, "text/plain", "f", max_chars=100)
+    with pytest.raises(DocumentError, match="more than 1,000 characters"):
+        extract(text_pdf(["word " * 150, "word " * 150]), "application/pdf", "f.pdf", max_chars=1000)
+
+
+async def test_a_document_too_slow_to_read_is_killed_in_time_and_the_loop_never_waits() -> None:
+    reader = Reader(timeout_s=1.0, max_chars=1_000_000)
+    await reader.start()
+    lags: list[float] = []
+
+    async def tick() -> None:  # how late the event loop wakes up while the document is read
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append(time.monotonic() - before - 0.01)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        started = time.monotonic()
+        with pytest.raises(DocumentError, match=r"^the document took longer than 1 s to read$"):
+            await reader.read(crowded_pdf(500_000), "application/pdf", "crowded.pdf")  # seconds of pypdf
+        assert time.monotonic() - started < 1.0 + 2.0
+        assert len(lags) > 20 and max(lags) < 0.5
+        # The killed child was replaced: the next document reads normally, without the crowded one's wait.
+        document = await reader.read(text_pdf(["Next page."]), "application/pdf", "next.pdf")
+        assert [s.text for s in document.sections] == ["Next page."] and reader.problems() == []
+    finally:
+        ticker.cancel()
+        reader.shutdown()
 
 
 def test_content_types_come_from_the_declaration_or_the_name() -> None:

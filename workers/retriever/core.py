@@ -2,8 +2,9 @@
 
 Ingestion: extract sections -> token-aware chunks -> embeddings (batched) -> replace the
 document's chunks in its base's collection. A document is identified by its source within a
-base; its content hash makes re-ingesting unchanged bytes a no-op. Every CPU- or IO-bound
-step runs in a worker thread, never on the event loop.
+base; its content hash makes re-ingesting unchanged bytes a no-op. Extraction runs in a child
+process within a time budget (reader.py); every other CPU- or IO-bound step runs in a worker
+thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from contracts import events as ev
 
 from .chunker import Chunker
 from .embedder import Embedder
-from .extract import DocumentError, extract
+from .extract import DocumentError
+from .reader import Reader
 from .store import ChunkStore, Hit, Scalar
 
 Progress = Callable[[str, int, int], Awaitable[None]]  # stage, done, total
@@ -47,8 +49,15 @@ async def _no_progress(stage: str, done: int, total: int) -> None:
 
 class Retriever:
     def __init__(
-        self, embedder: Embedder, chunker: Chunker, store: ChunkStore, max_document_bytes: int, max_chunks: int
+        self,
+        reader: Reader,
+        embedder: Embedder,
+        chunker: Chunker,
+        store: ChunkStore,
+        max_document_bytes: int,
+        max_chunks: int,
     ) -> None:
+        self.reader = reader
         self.embedder = embedder
         self.chunker = chunker
         self.store = store
@@ -65,7 +74,7 @@ class Retriever:
         if await asyncio.to_thread(self.store.stored_hash, base, doc_id) == content_hash:
             return Outcome("unchanged", doc_id, 0)
         await progress("parsing", 0, 1)
-        document = await asyncio.to_thread(extract, data, content_type, source)
+        document = await self.reader.read(data, content_type, source)
         chunks = await asyncio.to_thread(self.chunker.chunks, document)
         if len(chunks) > self.max_chunks:
             raise DocumentError(f"the document makes {len(chunks)} chunks; the limit is {self.max_chunks}")

@@ -1,7 +1,8 @@
 """Text out of documents: plain text, Markdown, HTML and PDF, cut into titled sections.
 
 Every refusal is a :class:`DocumentError` whose message tells the user what was wrong
-(empty, not text, no text layer, unsupported type); the job fails with it and stores nothing.
+(empty, not text, no text layer, unsupported type, too much text); the job fails with it and
+stores nothing. The retriever runs these in a child process (reader.py), bounded in time.
 """
 
 from __future__ import annotations
@@ -201,7 +202,8 @@ PARSERS: dict[str, Callable[[bytes, str], Document]] = {
 }
 
 
-def extract(data: bytes, content_type: str, source: str) -> Document:
+def extract(data: bytes, content_type: str, source: str, max_chars: int | None = None) -> Document:
+    """The document's sections; DocumentError when it has no text, or more than ``max_chars`` of it."""
     parser = PARSERS.get(content_type.split(";", 1)[0].strip().lower())
     if parser is None:
         supported = ", ".join(sorted({"text/plain", "text/markdown", "text/html", "application/pdf"}))
@@ -211,4 +213,6 @@ def extract(data: bytes, content_type: str, source: str) -> Document:
     document = parser(data, source)
     if not any(s.text.strip() for s in document.sections):
         raise DocumentError("the document has no text")
+    if max_chars is not None and sum(len(s.text) for s in document.sections) > max_chars:
+        raise DocumentError(f"the document has more than {max_chars:,} characters of text")
     return document

@@ -46,6 +46,13 @@ class RetrieverSettings(RuntimeSettings):
     retriever_threads: int = Field(default=2, ge=1, le=64, description="onnxruntime threads per model call")
     retriever_max_document_bytes: int = Field(default=20 * MiB, ge=1, description="Largest document accepted (bytes)")
     retriever_max_chunks: int = Field(default=20_000, ge=1, description="Most chunks one document may make")
+    retriever_extract_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, description="Longest a document may take to read (its reader process is killed)"
+    )
+    # About what retriever_max_chunks lets through at the default chunk size, but refused before chunking.
+    retriever_max_text_chars: int = Field(
+        default=10_000_000, ge=1, description="Most characters of text one document may hold"
+    )
 
     @model_validator(mode="after")
     def _overlap_below_half_a_chunk(self) -> RetrieverSettings:

@@ -4,7 +4,8 @@ Consumes: ingest.job (durable JetStream pull consumer INGEST on SB_JOBS: one job
 replica; bad documents fail their job, other errors are redelivered then dead-lettered) and
 retrieval.query (request/reply, queue group "retriever").
 Produces: job.progress and ingest.result on the requesting session; RetrievalReply replies.
-Logic: core.Retriever (extract -> chunker -> embedder -> store), plain classes without the bus.
+Logic: core.Retriever (reader -> chunker -> embedder -> store), plain classes without the bus; the
+reader is a child process, killed when a document takes longer than SB_RETRIEVER_EXTRACT_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .chunker import Chunker
 from .core import Outcome, QueryError, Retriever
 from .embedder import Embedder, load_tokenizer
 from .extract import DocumentError
+from .reader import Reader
 from .settings import RetrieverSettings
 from .store import ChunkStore, open_client
 
@@ -45,10 +47,13 @@ class _Slot:
 
 def open_retriever(settings: RetrieverSettings) -> Retriever:
     """Load the embedding model (exporting it to ONNX on first use) and open the index. Blocking."""
+    reader = Reader(settings.retriever_extract_timeout_s, settings.retriever_max_text_chars)
     embedder = Embedder(settings.model_cache(), settings.retriever_threads, settings.retriever_batch_size)
     chunker = Chunker(load_tokenizer(), settings.retriever_chunk_tokens, settings.retriever_chunk_overlap)
     store = ChunkStore(open_client(settings.retriever_chroma_url, settings.chroma_path()))
-    return Retriever(embedder, chunker, store, settings.retriever_max_document_bytes, settings.retriever_max_chunks)
+    return Retriever(
+        reader, embedder, chunker, store, settings.retriever_max_document_bytes, settings.retriever_max_chunks
+    )
 
 
 class Jobs:
@@ -140,6 +145,14 @@ class RetrieverWorker(Worker[RetrieverSettings]):
 
     async def start(self) -> None:
         self.slot.retriever = await asyncio.to_thread(open_retriever, self.settings)
+        await self.slot.retriever.reader.start()
+
+    async def stop(self) -> None:
+        if self.slot.retriever is not None:
+            self.slot.retriever.reader.shutdown()
+
+    def problems(self) -> list[str]:
+        return self.slot.retriever.reader.problems() if self.slot.retriever is not None else []
 
     # One job at a time per replica (the runtime keeps a long job's ack deadline alive).
     @consumes("ingest.job", delivery="jetstream", durable=INGEST, max_in_flight=1)
