@@ -14,7 +14,7 @@ ENCODINGS = st.sampled_from(["pcm_s16le", "webm_opus", "ogg_opus"])
 SAMPLE_RATES = st.sampled_from([16_000, 8_000, 48_000, 44_100])
 
 
-@settings(settings.get_profile("fuzz"), max_examples=90)
+@settings(settings.get_profile("fuzz"), max_examples=300)
 @given(
     encoding=ENCODINGS,
     sample_rate=SAMPLE_RATES,
@@ -26,7 +26,7 @@ async def test_binary_frames_keep_the_protocol(edge: str, encoding: str, sample_
     await healthy(edge)
 
 
-@settings(settings.get_profile("fuzz"), max_examples=15)
+@settings(settings.get_profile("fuzz"), max_examples=50)
 @given(encoding=ENCODINGS, frames=st.lists(binary_frames(), min_size=1, max_size=6), text=st.text(min_size=1))
 async def test_chat_is_answered_after_binary_frames(edge: str, encoding: str, frames: list[bytes], text: str) -> None:
     """Media garbage does not stop the socket's turns: a chat after it still ends with one reply.done."""

@@ -11,7 +11,7 @@ from tests.fuzz.harness import check, exchange, healthy, open_socket
 from tests.fuzz.strategies import accepted_chat, text_frames
 
 
-@settings(settings.get_profile("fuzz"), max_examples=120)
+@settings(settings.get_profile("fuzz"), max_examples=400)
 @given(frames=st.lists(text_frames, min_size=1, max_size=12))
 async def test_text_frames_keep_the_protocol(edge: str, frames: list[str]) -> None:
     ws = await open_socket(edge)
@@ -20,7 +20,7 @@ async def test_text_frames_keep_the_protocol(edge: str, frames: list[str]) -> No
     await healthy(edge)
 
 
-@settings(settings.get_profile("fuzz"), max_examples=40)
+@settings(settings.get_profile("fuzz"), max_examples=100)
 @given(texts=st.lists(st.text(min_size=1, max_size=300), min_size=1, max_size=4), interrupt=st.booleans())
 async def test_every_accepted_chat_ends_once(edge: str, texts: list[str], interrupt: bool) -> None:
     """Chats back to back (each supersedes the last) and an interrupt: every turn still ends exactly once."""

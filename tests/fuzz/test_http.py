@@ -72,7 +72,7 @@ def _no_5xx(response: httpx.Response) -> None:
     assert response.status_code < 500, f"{response.request.method} {response.request.url}: {response.text}"
 
 
-@settings(settings.get_profile("fuzz"), max_examples=60)
+@settings(settings.get_profile("fuzz"), max_examples=150)
 @given(data=st.data())
 async def test_session_routes(edge: str, data: st.DataObject) -> None:
     async with httpx.AsyncClient(base_url=edge) as http:
@@ -87,7 +87,7 @@ async def test_session_routes(edge: str, data: st.DataObject) -> None:
     await healthy(edge)
 
 
-@settings(settings.get_profile("fuzz"), max_examples=50)
+@settings(settings.get_profile("fuzz"), max_examples=150)
 @given(data=st.data())
 async def test_history(edge: str, data: st.DataObject) -> None:
     async with httpx.AsyncClient(base_url=edge) as http:
@@ -116,7 +116,7 @@ CONTENT_TYPES = (
 WAITS = st.sampled_from(["0", "0.05", "-1", "601", "nan", "inf", "-inf", "1e400", "abc", ""])  # never a long wait
 
 
-@settings(settings.get_profile("fuzz"), max_examples=80)
+@settings(settings.get_profile("fuzz"), max_examples=250)
 @given(data=st.data())
 async def test_ingest_upload(edge: str, data: st.DataObject) -> None:
     async with httpx.AsyncClient(base_url=edge) as http:
