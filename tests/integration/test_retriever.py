@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,19 +16,27 @@ from contracts import events as ev
 from contracts.streams import INGEST_FILES
 from contracts.subjects import BY_NAME
 from tests.contract_tap import DELIBERATELY_INVALID
-from tests.support.pdf import image_only_pdf
+from tests.support.pdf import crowded_pdf, image_only_pdf
 from tests.support.retrieval import SESSION, answers, corpus_files, delete, ingest, query, questions, running_retriever
 from workers.runtime import Bus
-from workers.runtime.ingest import watch_jobs
+from workers.runtime.ingest import submit_ingest, watch_jobs
 from workers.runtime.provision import object_store
 
 PREFIX = "rtv"
+EXTRACT_TIMEOUT_S = 2.0  # the corpus reads in milliseconds; the crowded PDF in seconds
 
 
 @pytest.fixture(scope="module")
 async def retriever(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bus]:
     folder = tmp_path_factory.mktemp("retriever")
-    async with running_retriever(nats_url, folder, PREFIX, retriever_max_document_bytes=2_000_000) as bus:
+    async with running_retriever(
+        nats_url,
+        folder,
+        PREFIX,
+        retriever_max_document_bytes=2_000_000,
+        retriever_max_text_chars=1_000_000,
+        retriever_extract_timeout_s=EXTRACT_TIMEOUT_S,
+    ) as bus:
         results = await ingest(bus, {p.name: p.read_bytes() for p in corpus_files()})
         assert {r.status for r in results.values()} == {"ingested"}, results
         yield bus
@@ -132,6 +141,7 @@ async def test_bases_are_separate_collections(retriever: Bus) -> None:
         ("broken.pdf", b"%PDF-1.4 this is not really a pdf", "not a readable PDF"),
         ("slides.pptx", b"PK\x03\x04 zipped slides", "unsupported content type"),
         ("huge.txt", b"word " * 500_000, "limit is 2.0 MB"),
+        ("long.md", b"word " * 250_000, "the document has more than 1,000,000 characters of text"),
     ],
 )
 async def test_bad_documents_fail_with_a_reason_and_leave_nothing(
@@ -144,6 +154,27 @@ async def test_bad_documents_fail_with_a_reason_and_leave_nothing(
         store = await object_store(nc.jetstream(), INGEST_FILES, PREFIX)  # the upload is cleaned up
         with pytest.raises(NotFoundError):
             await store.get_info(result.job_id)
+
+
+async def test_a_document_too_slow_to_read_fails_in_time_while_queries_are_answered(retriever: Bus) -> None:
+    session = f"{SESSION}-crowded"
+    reading = asyncio.Event()
+    async with watch_jobs(retriever.nc, session, PREFIX, lambda _: reading.set()) as watch:
+        crowded = await submit_ingest(retriever, session, "crowded.pdf", crowded_pdf(500_000), "application/pdf")
+        after = await submit_ingest(retriever, session, "after.txt", b"Read as soon as it can be.", "text/plain")
+        failed = asyncio.ensure_future(anext(watch.results({crowded.job_id}, 30.0)))
+        await reading.wait()  # its first progress: the crowded PDF is being read (jobs run one at a time)
+        since = time.monotonic()
+        reply = await query(retriever, "Which amendment forbids cruel and unusual punishments?")
+        assert reply.passages and not failed.done()  # answered while the document was still being read
+        result = await failed
+        assert (
+            result.status == "failed"
+            and result.error == f"the document took longer than {EXTRACT_TIMEOUT_S:g} s to read"
+        )
+        assert time.monotonic() - since < EXTRACT_TIMEOUT_S + 2.0
+        assert (await anext(watch.results({after.job_id}, 10.0))).status == "ingested"  # the next job goes on
+    assert (await query(retriever, "anything", min_score=-1.0, filters={"source": "crowded.pdf"})).passages == []
 
 
 async def test_a_job_whose_upload_is_gone_fails_at_once(retriever: Bus) -> None:
