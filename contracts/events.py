@@ -293,6 +293,11 @@ class IngestJob(SessionEvent):
     object_name: str | None = Field(default=None, description="Bytes in the NATS object store, if not inline")
     text: str | None = Field(default=None, max_length=1_000_000, description="Inline text for small docs")
     delete: bool = Field(default=False, description="Remove the document's chunks instead")
+    owner: Literal["session", "public"] = Field(
+        default="session",
+        description="Whose base: the requesting session's own, or the shared read-only bases every session "
+        "also searches (loaded by operators: sb ingest --public)",
+    )
 
 
 class JobProgress(SessionEvent):

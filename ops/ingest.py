@@ -1,5 +1,8 @@
 """`sb ingest PATH...`: load documents into a knowledge base through the retriever's job queue.
 
+It is the operators' tool: it loads the shared read-only bases (owner ``public``) that every
+session searches beside its own; a session's own documents come through the edge's upload.
+
 Each file becomes one durable ingestion job (small text inline, anything else through the
 JetStream object store); the command follows every job's progress on its own session's
 subjects, shows a progress bar per file, and exits 1 if any job failed or timed out.
@@ -86,7 +89,7 @@ async def _ingest(settings: RetrieverSettings, files: list[Path], base: str, del
             async with watch_jobs(nc, session_id, bus.prefix, on_progress) as watch:
                 for path in files:
                     if delete:
-                        job = await submit_delete(bus, session_id, path.name, base)
+                        job = await submit_delete(bus, session_id, path.name, base, "public")
                     elif (size := path.stat().st_size) > settings.retriever_max_document_bytes:
                         console.print(
                             f"[red]{path}: {size / 1e6:.1f} MB is over the limit of "
@@ -96,7 +99,7 @@ async def _ingest(settings: RetrieverSettings, files: list[Path], base: str, del
                         continue
                     else:
                         job = await submit_ingest(
-                            bus, session_id, path.name, path.read_bytes(), content_type_for(path.name), base
+                            bus, session_id, path.name, path.read_bytes(), content_type_for(path.name), base, "public"
                         )
                     tasks[job.job_id] = bar.add_task(str(path), total=None, stage="queued")
                 try:

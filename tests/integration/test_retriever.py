@@ -13,11 +13,14 @@ from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
 from contracts import events as ev
+from contracts.envelope import new_id
 from contracts.streams import INGEST_FILES
 from contracts.subjects import BY_NAME
 from tests.contract_tap import DELIBERATELY_INVALID
 from tests.support.pdf import crowded_pdf, image_only_pdf
 from tests.support.retrieval import SESSION, answers, corpus_files, delete, ingest, query, questions, running_retriever
+from workers.retriever.core import PUBLIC, owned
+from workers.retriever.store import collection_name
 from workers.runtime import Bus
 from workers.runtime.ingest import submit_ingest, watch_jobs
 from workers.runtime.provision import object_store
@@ -236,8 +239,9 @@ async def test_server_mode_through_chroma_run(nats_url: str, tmp_path: Path) -> 
             reply = await query(bus, "government of the people, by the people")
             assert reply.passages[0].citation.source == gettysburg.name
             client = chromadb.HttpClient(host="127.0.0.1", port=server.port)
-            assert [c.name for c in client.list_collections()] == ["kb-default-minilm-l6"]
-            assert client.get_collection("kb-default-minilm-l6").count() == results[gettysburg.name].chunks
+            public_default = collection_name(owned(PUBLIC, "default"))  # an operator's load: the public base
+            assert [c.name for c in client.list_collections()] == [public_default] == ["kb-public-default-minilm-l6"]
+            assert client.get_collection(public_default).count() == results[gettysburg.name].chunks
             assert not (tmp_path / "chroma").exists()  # nothing went to an embedded index
             # The index goes away: the job is retried, then fails with the reason and is dead-lettered.
             server.stop()
@@ -248,3 +252,47 @@ async def test_server_mode_through_chroma_run(nats_url: str, tmp_path: Path) -> 
             assert letter.deliveries == 3 and letter.original_subject == "rtvs.job.ingest"
     finally:
         server.stop()
+
+
+async def test_a_session_never_sees_reuses_or_deletes_another_sessions_documents(retriever: Bus) -> None:
+    """Issue 16, observation 1: B's knowledge turn cited A's secret; B re-uploading A's bytes was told
+    'unchanged'; B's upload under A's file name replaced A's document; B could delete it."""
+    alice, bob = f"alice-{new_id()[:12]}", f"bob-{new_id()[:12]}"
+    secret = b"Falcon project: the launch code word is periwinkle and the budget is 42 million."
+    mine = await ingest(retriever, {"falcon-secret.md": secret}, owner="session", session=alice)
+    assert mine["falcon-secret.md"].status == "ingested"
+
+    def cites_secret(reply: ev.RetrievalReply) -> bool:
+        return any(p.citation.source == "falcon-secret.md" for p in reply.passages)
+
+    question = "What is the Falcon project's launch code word?"
+    assert cites_secret(await query(retriever, question, session=alice, min_score=0.2))
+    assert not cites_secret(await query(retriever, question, session=bob, min_score=0.0, top_k=20))
+    again = await ingest(retriever, {"falcon-secret.md": secret}, owner="session", session=bob)
+    assert again["falcon-secret.md"].status == "ingested"  # never "unchanged": nothing tells B what A holds
+    await delete(retriever, "falcon-secret.md", owner="session", session=bob)
+    other = await ingest(
+        retriever, {"falcon-secret.md": b"Bob's unrelated note about hares."}, owner="session", session=bob
+    )
+    assert other["falcon-secret.md"].status == "ingested"
+    assert cites_secret(await query(retriever, question, session=alice, min_score=0.2))  # A's is untouched
+    assert [
+        p.citation.source
+        for p in (await query(retriever, "hares", session=alice, min_score=0.3)).passages
+        if "hares" in p.text
+    ] == []
+
+
+async def test_public_bases_are_read_by_every_session_and_written_only_by_operators(retriever: Bus) -> None:
+    handbook = b"Company handbook: every employee gets thirty days of holiday a year."
+    await ingest(retriever, {"handbook.md": handbook}, base="handbook", owner="public")
+    for session in (f"carol-{new_id()[:12]}", f"dave-{new_id()[:12]}"):
+        reply = await query(retriever, "How many days of holiday?", session=session, bases=["handbook"])
+        assert [p.citation.source for p in reply.passages][:1] == ["handbook.md"]
+    # A session's upload to a base of the same name lands in its own, not in the public one.
+    eve, frank = f"eve-{new_id()[:12]}", f"frank-{new_id()[:12]}"
+    await ingest(
+        retriever, {"eve.md": b"Eve says the holiday is ninety days."}, base="handbook", owner="session", session=eve
+    )
+    reply = await query(retriever, "holiday days", session=frank, bases=["handbook"], top_k=20, min_score=0.0)
+    assert "eve.md" not in {p.citation.source for p in reply.passages}

@@ -14,7 +14,7 @@ from contracts.envelope import new_id
 from workers.retriever.settings import RetrieverSettings
 from workers.retriever.worker import WORKER
 from workers.runtime import Bus, running_worker
-from workers.runtime.ingest import content_type_for, submit_delete, submit_ingest, watch_jobs
+from workers.runtime.ingest import Owner, content_type_for, submit_delete, submit_ingest, watch_jobs
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CORPUS = DATA / "corpus"
@@ -60,24 +60,30 @@ async def ingest(
     base: str = "default",
     timeout: float = 60.0,
     progress: list[ev.JobProgress] | None = None,
+    owner: Owner = "public",
+    session: str | None = None,
 ) -> dict[str, ev.IngestResult]:
-    """Submit one job per (name, bytes), as the CLI and the edge do; the results by name."""
-    session = f"{SESSION}-{new_id()[:8]}"
+    """Submit one job per (name, bytes), as the CLI and the edge do; the results by name. By default an
+    operator's load of the shared read-only bases (every session searches them); ``owner="session"``
+    loads into ``session``'s own."""
+    session = session or f"{SESSION}-{new_id()[:8]}"
     async with watch_jobs(bus.nc, session, bus.prefix, progress.append if progress is not None else None) as watch:
         jobs = {
-            (await submit_ingest(bus, session, name, data, content_type_for(name), base)).job_id: name
+            (await submit_ingest(bus, session, name, data, content_type_for(name), base, owner)).job_id: name
             for name, data in files.items()
         }
         return {jobs[r.job_id]: r async for r in watch.results(set(jobs), timeout)}
 
 
-async def delete(bus: Bus, source: str, base: str = "default") -> ev.IngestResult:
-    session = f"{SESSION}-{new_id()[:8]}"
+async def delete(
+    bus: Bus, source: str, base: str = "default", owner: Owner = "public", session: str | None = None
+) -> ev.IngestResult:
+    session = session or f"{SESSION}-{new_id()[:8]}"
     async with watch_jobs(bus.nc, session, bus.prefix) as watch:
-        job = await submit_delete(bus, session, source, base)
+        job = await submit_delete(bus, session, source, base, owner)
         return await anext(watch.results({job.job_id}, 30.0))
 
 
-async def query(bus: Bus, text: str, **fields: Any) -> ev.RetrievalReply:
-    request = ev.RetrievalRequest(session_id=SESSION, producer="test", query=text, **fields)
+async def query(bus: Bus, text: str, session: str = SESSION, **fields: Any) -> ev.RetrievalReply:
+    request = ev.RetrievalRequest(session_id=session, producer="test", query=text, **fields)
     return await bus.request("retrieval.query", request, ev.RetrievalReply, timeout=10.0)

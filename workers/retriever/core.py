@@ -2,7 +2,10 @@
 
 Ingestion: extract sections -> token-aware chunks -> embeddings (batched) -> replace the
 document's chunks in its base's collection. A document is identified by its source within a
-base; its content hash makes re-ingesting unchanged bytes a no-op. Extraction runs in a child
+base; its content hash makes re-ingesting unchanged bytes a no-op. Every base belongs to an owner
+(:func:`owned`): a session's bases are its own, and the ``public`` ones, loaded by operators, are
+read by every session that names them; nothing else crosses owners, not even the answer to
+"unchanged". Extraction runs in a child
 process within a time budget (reader.py); every other CPU- or IO-bound step runs in a worker
 thread, never on the event loop.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +40,19 @@ class Outcome:
 
 class QueryError(ValueError):
     """The query cannot run as asked (a blank query)."""
+
+
+PUBLIC = "public"  # shorter than any session id (8+ characters): never an owner of its own
+
+
+def owned(owner: str, base: str) -> str:
+    """The stored name of ``owner``'s base ``base`` (owners never share a collection)."""
+    return f"{owner}-{base}"
+
+
+def searched(session_id: str, bases: Sequence[str]) -> list[str]:
+    """What a session's query searches: its own bases of those names, then the public ones."""
+    return [owned(owner, base) for base in dict.fromkeys(bases) for owner in (session_id, PUBLIC)]
 
 
 def document_id(source: str) -> str:
@@ -114,11 +130,12 @@ class Retriever:
         removed = await asyncio.to_thread(self.store.delete, base, doc_id)
         return Outcome("deleted", doc_id, removed)
 
-    async def query(self, request: ev.RetrievalRequest) -> list[ev.Passage]:
-        """Top-k passages over the request's bases, each at or above ``min_score``, best first."""
+    async def query(self, request: ev.RetrievalRequest, bases: Sequence[str] | None = None) -> list[ev.Passage]:
+        """Top-k passages over ``bases`` (stored names; default: the request's, as they are), each at or
+        above ``min_score``, best first."""
         if not request.query.strip():
             raise QueryError("the query is blank")
-        hits = await asyncio.to_thread(self._search, request)
+        hits = await asyncio.to_thread(self._search, request, request.bases if bases is None else bases)
         return [
             ev.Passage(
                 text=hit.text,
@@ -136,6 +153,6 @@ class Retriever:
             if hit.score >= request.min_score
         ]
 
-    def _search(self, request: ev.RetrievalRequest) -> list[Hit]:
+    def _search(self, request: ev.RetrievalRequest, bases: Sequence[str]) -> list[Hit]:
         vector = self.embedder.embed([request.query.strip()])[0]
-        return self.store.query(request.bases, vector, request.top_k, request.filters)
+        return self.store.query(bases, vector, request.top_k, request.filters)

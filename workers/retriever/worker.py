@@ -23,7 +23,7 @@ from workers.runtime.logging import get_logger
 from workers.runtime.provision import object_store
 
 from .chunker import Chunker
-from .core import Outcome, QueryError, Retriever
+from .core import PUBLIC, Outcome, QueryError, Retriever, owned, searched
 from .embedder import Embedder, load_tokenizer
 from .extract import DocumentError
 from .reader import Reader
@@ -78,12 +78,13 @@ class Jobs:
             )
 
         retriever = self._slot.ready
+        base = owned(PUBLIC if job.owner == "public" else job.session_id, job.base)
         try:
             if job.delete:
-                outcome = await retriever.delete(job.base, job.source)
+                outcome = await retriever.delete(base, job.source)
             else:
                 outcome = await retriever.ingest(
-                    job.base, job.source, job.content_type, await self._content(job, retriever), progress
+                    base, job.source, job.content_type, await self._content(job, retriever), progress
                 )
         except DocumentError as error:
             log.info("ingestion refused", job_id=job.job_id, source=job.source, error=str(error))
@@ -163,7 +164,9 @@ class RetrieverWorker(Worker[RetrieverSettings]):
     async def on_query(self, request: ev.RetrievalRequest) -> ev.RetrievalReply:
         reply = {"session_id": request.session_id, "turn_id": request.turn_id, "producer": self.bus.producer}
         try:
-            return ev.RetrievalReply(**reply, passages=await self.slot.ready.query(request))
+            return ev.RetrievalReply(
+                **reply, passages=await self.slot.ready.query(request, searched(request.session_id, request.bases))
+            )
         except QueryError as error:
             return ev.RetrievalReply(**reply, error=str(error))
 

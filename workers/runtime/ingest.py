@@ -14,6 +14,7 @@ import mimetypes
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import PurePath
+from typing import Literal
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -31,6 +32,7 @@ INLINE_MAX_BYTES = 256 * 1024
 _INLINE_TYPES = frozenset({"text/plain", "text/markdown", "text/html"})
 _BY_SUFFIX = {".md": "text/markdown", ".markdown": "text/markdown", ".txt": "text/plain", ".text": "text/plain"}
 JobEvent = ev.JobProgress | ev.IngestResult
+Owner = Literal["session", "public"]
 
 
 def content_type_for(source: str, declared: str | None = None) -> str:
@@ -52,9 +54,15 @@ def _inline_text(data: bytes, content_type: str) -> str | None:
 
 
 async def submit_ingest(
-    bus: Bus, session_id: str, source: str, data: bytes | io.BufferedIOBase, content_type: str, base: str = "default"
+    bus: Bus,
+    session_id: str,
+    source: str,
+    data: bytes | io.BufferedIOBase,
+    content_type: str,
+    base: str = "default",
+    owner: Owner = "session",
 ) -> ev.IngestJob:
-    """Publish a job that adds (or replaces) the document ``source`` in ``base``."""
+    """Publish a job that adds (or replaces) the document ``source`` in ``base`` of ``owner``."""
     job_id = new_id()
     text = _inline_text(data, content_type) if isinstance(data, bytes) else None
     # The job is validated before any byte is stored: a refused upload leaves nothing behind.
@@ -67,6 +75,7 @@ async def submit_ingest(
         content_type=content_type,
         text=text,
         object_name=job_id if text is None else None,
+        owner=owner,
     )
     if job.object_name is None:
         await bus.publish(job, durable=True)
@@ -82,8 +91,10 @@ async def submit_ingest(
     return job
 
 
-async def submit_delete(bus: Bus, session_id: str, source: str, base: str = "default") -> ev.IngestJob:
-    """Publish a job that removes the document ``source`` (all its chunks) from ``base``."""
+async def submit_delete(
+    bus: Bus, session_id: str, source: str, base: str = "default", owner: Owner = "session"
+) -> ev.IngestJob:
+    """Publish a job that removes the document ``source`` (all its chunks) from ``base`` of ``owner``."""
     job = ev.IngestJob(
         session_id=session_id,
         producer=bus.producer,
@@ -92,6 +103,7 @@ async def submit_delete(bus: Bus, session_id: str, source: str, base: str = "def
         source=source,
         content_type="",
         delete=True,
+        owner=owner,
     )
     await bus.publish(job, durable=True)
     return job
