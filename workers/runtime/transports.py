@@ -17,6 +17,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -321,10 +322,12 @@ class JetStreamTransport(_Puller):
 
     async def ensure_consumer(self) -> None:
         self._stream = stream_name(_stream_of(self.spec), self.bus.prefix)
-        if self._last_seen and (await self.bus.js.stream_info(self._stream)).state.last_seq < self._last_seen:
-            self._last_seen = 0  # the stream itself was re-created: its sequences started again
-        # Re-created after the server lost it: resume after the last message seen, not from the start.
         config = consumer_config(self.spec, self.bus.prefix, after=self._last_seen)
+        if self._last_seen and (await self.bus.js.stream_info(self._stream)).state.last_seq < self._last_seen:
+            # The stream itself was re-created (its sequences started again): all it holds is new to us.
+            self._last_seen = 0
+            config = replace(config, deliver_policy=DeliverPolicy.ALL, opt_start_seq=None)
+        # Otherwise a consumer re-created after the server lost it resumes after the last message seen.
         info = await ensure_consumer(self.bus.js, self._stream, config)
         self._consumer = info.name
 
