@@ -26,6 +26,7 @@ from contracts.envelope import Event
 from ops import tools
 from ops.servers import free_port
 from tests.contract_tap import DELIBERATELY_INVALID
+from tests.support.browser import BASE_ARGS
 from tests.support.edge_client import Client, connect, running_edge
 from tests.support.scripted_llm import ScriptedLLM
 from tests.support.speech import silence, synthesize
@@ -403,15 +404,7 @@ async def test_dashboard_loads_in_a_real_browser_without_errors(conversation: Co
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path="/usr/bin/chromium",
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-            ],
+            args=BASE_ARGS,
         )
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 1100})
