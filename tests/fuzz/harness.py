@@ -17,6 +17,7 @@ from typing import Any, get_args
 
 import httpx
 import websockets
+from hypothesis import event
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -74,7 +75,7 @@ async def _receive(ws: ClientConnection, outcome: Outcome) -> dict[str, Any] | N
             return event
 
 
-async def exchange(ws: ClientConnection, frames: Sequence[str | bytes], chats: int = 0) -> Outcome:
+async def exchange(ws: ClientConnection, frames: Sequence[str | bytes], chats: int = 0, refill_s: float = 0) -> Outcome:
     """Send ``frames``, then a ping; read until its pong and ``chats`` finished turns, or the close.
 
     ``chats`` is how many of the frames the edge must accept as chat turns (when the socket stays
@@ -85,6 +86,8 @@ async def exchange(ws: ClientConnection, frames: Sequence[str | bytes], chats: i
     try:
         for frame in frames:
             await ws.send(frame)
+        # Pacing, not an assertion: a burst empties the rate bucket, whose refill the ping waits for.
+        await asyncio.sleep(refill_s)
         await ws.send(json.dumps({"type": "ping", "id": ping_id}))
     except ConnectionClosed:
         pass  # closed mid-send (4008 after the budget): _receive reads the code
@@ -112,6 +115,10 @@ async def _round_trip(ws: ClientConnection, outcome: Outcome) -> None:
 
 def check(outcome: Outcome, chats: int = 0) -> None:
     """The promises every example must keep (see the module docstring)."""
+    # Labels for --hypothesis-show-statistics: which refusals and closes the examples reached.
+    event(f"closed {outcome.close_code}")
+    for code in sorted({e["code"] for e in outcome.errors}):
+        event(f"protocol_error {code}")
     if outcome.close_code is not None:
         assert outcome.close_code in DOCUMENTED_CLOSES, f"undocumented close {outcome.close_code}: {outcome.events}"
     else:

@@ -57,7 +57,9 @@ def near_command(draw: st.DrawFn) -> dict[str, Any]:
         "ping": {"id": draw(st.integers() | TEXT | st.none())},
     }
     valid = fields[kind]
-    command: dict[str, Any] = {"type": kind}
+    # Sometimes the type itself is wrong: unknown, another JSON type, a near miss.
+    wrong_types = st.sampled_from([kind.upper(), kind + " "]) | json_scalars
+    command: dict[str, Any] = {"type": draw(st.sampled_from([kind]) | st.sampled_from([kind]) | wrong_types)}
     for name, value in valid.items():
         choice = draw(st.sampled_from(["keep", "keep", "drop", "mutate"]))
         if choice == "keep":

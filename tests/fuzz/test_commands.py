@@ -28,3 +28,14 @@ async def test_every_accepted_chat_ends_once(edge: str, texts: list[str], interr
     frames += [json.dumps({"type": "interrupt"})] if interrupt else []
     ws = await open_socket(edge)
     check(await exchange(ws, frames, len(texts)), len(texts))
+
+
+@settings(settings.get_profile("fuzz"), max_examples=30)
+@given(burst=st.integers(30, 70), frames=st.lists(text_frames, max_size=4))
+async def test_bursts_past_the_rate_limit(edge: str, burst: int, frames: list[str]) -> None:
+    """More frames than the text bucket holds (40): rate_limited, then 4008, never anything undocumented."""
+    ws = await open_socket(edge)
+    pings = [json.dumps({"type": "ping", "id": n}) for n in range(burst)]
+    # Whether the late chats were accepted depends on timing; only the promises are checked, not the count.
+    outcome = await exchange(ws, [*pings, *frames], refill_s=0.2)  # 20 frames/s: 4 tokens
+    check(outcome, len(outcome.of_kind("turn.user")))
