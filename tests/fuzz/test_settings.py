@@ -40,7 +40,7 @@ def _valid(frame: str) -> bool:
         return False
 
 
-@settings(settings.get_profile("fuzz"), max_examples=60)
+@settings(settings.get_profile("fuzz"), max_examples=180)
 @given(commands=st.lists(settings_commands(), min_size=1, max_size=3), text=st.text(min_size=1, max_size=200))
 async def test_random_settings_then_a_chat(edge: str, commands: list[dict[str, Any]], text: str) -> None:
     frames = [json.dumps(command) for command in commands]
