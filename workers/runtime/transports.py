@@ -44,6 +44,7 @@ Handler = Callable[..., Awaitable[Any]]
 
 _STATUS = "Status"
 _HEARTBEAT_S = 2.0  # idle heartbeat asked of the server; two missed ones mean the pull is gone
+_RECOVER_PAUSE_S = 0.1
 _EXPIRES_S = 30.0  # a pull request's lifetime; renewed before it ends
 
 
@@ -182,6 +183,7 @@ class _Puller(Transport):
         self._problem = ""
         self._failures = 0
         self._lost = False  # the open pull (or the consumer) is known to be gone
+        self._recovered_at = 0.0
 
     # what a subclass provides
     def capacity(self) -> int:
@@ -220,8 +222,9 @@ class _Puller(Transport):
             # status says how much of that pull's credit was left unused.
             unused = (msg.headers or {}).get("Nats-Pending-Messages")
             self._pending = max(0, self._pending - int(unused)) if unused and unused.isdigit() else 0
-            if status == "409":
-                self._problem = f"consumer {self._consumer}: {(msg.headers or {}).get('Description', '409')}"
+            if status in ("409", "503"):  # 503: no responders, the consumer is gone (or going) on the server
+                reason = (msg.headers or {}).get("Description") or ("no responders" if status == "503" else status)
+                self._problem = f"consumer {self._consumer}: {reason}"
                 self._lost = True
             self._wake.set()
             return
@@ -234,7 +237,10 @@ class _Puller(Transport):
                 if self._lost or (self._pull_alive_until and time.monotonic() > self._pull_alive_until):
                     # No message, heartbeat or status for two heartbeats: the request (or the consumer) is gone.
                     self._pending = 0
+                    if time.monotonic() - self._recovered_at < _RECOVER_PAUSE_S:
+                        await asyncio.sleep(_RECOVER_PAUSE_S)  # lost again at once: the server is still deleting it
                     await self._recover()
+                    self._recovered_at = time.monotonic()
                     self._lost = False
                 want = self.capacity() - self._pending
                 if want > 0 and (self._pending == 0 or want >= max(1, self.capacity() // 2)):
