@@ -34,6 +34,7 @@ from .auth import AuthError, TokenIssuer, development_secret, same_secret
 from .connection import Connection, Edge, SessionSockets
 from .dashboard import dashboard_router
 from .ingest import ingest_router
+from .limits import UploadQuota
 from .memory import memory_router
 from .settings import EdgeSettings
 from .video import video_router
@@ -50,6 +51,7 @@ class SessionGrant(BaseModel):
 def create_app(settings: EdgeSettings) -> FastAPI:
     secret = settings.edge_secret.get_secret_value() if settings.edge_secret else development_secret()
     issuer = TokenIssuer(secret, settings.token_ttl_s)
+    uploads = UploadQuota(settings.edge_uploads_per_min)
     api_keys = [key.get_secret_value() for key in settings.edge_api_keys]
     bus = Bus(producer="edge", prefix=settings.subject_prefix)
     edge = Edge(settings, bus, issuer, SessionSockets())
@@ -74,7 +76,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         await nc.drain()
 
     app = FastAPI(title="Switchboard edge", version=VERSION, lifespan=lifespan)
-    app.include_router(video_router(settings, bus, issuer))
+    app.include_router(video_router(settings, bus, issuer, uploads))
 
     def require_api_key(authorization: str | None = Header(default=None)) -> None:
         if not api_keys:
@@ -98,7 +100,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         return SessionGrant(session_id=grant.session_id, token=grant.token, expires_at=grant.expires_at)
 
     app.include_router(memory_router(issuer, bus))
-    app.include_router(ingest_router(settings, bus, issuer))
+    app.include_router(ingest_router(settings, bus, issuer, uploads))
 
     @app.get("/healthz")
     async def health() -> dict[str, object]:

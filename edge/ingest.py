@@ -32,6 +32,7 @@ from workers.runtime.ingest import (
 )
 
 from .auth import AuthError, TokenIssuer
+from .limits import UploadQuota
 from .settings import EdgeSettings
 
 Base = Annotated[str, Query(min_length=3, max_length=63, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -59,7 +60,7 @@ class SessionAuth:
             raise HTTPException(status_code=401, detail=str(error)) from None
 
 
-def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIRouter:
+def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads: UploadQuota) -> APIRouter:
     router = APIRouter(prefix="/v1/ingest", tags=["retrieval"])
     limit = settings.edge_max_upload_bytes
 
@@ -76,6 +77,7 @@ def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIR
     ) -> JSONResponse:
         if int(request.headers.get("content-length") or 0) > limit:
             raise HTTPException(status_code=413, detail=_too_large(limit))
+        uploads.take(session_id)
         with tempfile.TemporaryFile() as spool:
             size = 0
             async for piece in request.stream():

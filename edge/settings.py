@@ -26,6 +26,9 @@ class EdgeSettings(RuntimeSettings):
     max_violations: int = Field(default=10, ge=1, description="Refused frames before the socket is closed")
     max_sockets_per_session: int = Field(default=2, ge=1)
     edge_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest document upload (bytes)")
+    edge_uploads_per_min: float = Field(
+        default=12.0, gt=0, description="Uploads (documents and videos) a session may start per minute; then 429"
+    )
     edge_operator_token: SecretStr | None = Field(
         default=None, description="Operators' token for the dashboard and metrics under /ops; unset: /ops is off"
     )

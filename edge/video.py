@@ -27,6 +27,7 @@ from workers.runtime.bus import Bus
 from workers.runtime.provision import object_store
 
 from .auth import AuthError, TokenIssuer
+from .limits import UploadQuota
 from .settings import EdgeSettings
 
 PRODUCER = "edge"
@@ -39,7 +40,7 @@ class VideoAccepted(BaseModel):
     size: int
 
 
-def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIRouter:
+def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads: UploadQuota) -> APIRouter:
     router = APIRouter(prefix="/v1/videos", tags=["video"])
     limit = settings.edge_video_max_upload_bytes
     buckets: list[ObjectStore] = []
@@ -66,6 +67,7 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer) -> APIRo
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise HTTPException(status_code=413, detail=f"the video is over the upload limit of {limit} bytes")
+        uploads.take(session_id)
         job_id = new_id()
         name = f"{session_id}/{job_id}/upload"
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:

@@ -235,3 +235,25 @@ async def test_a_refused_upload_leaves_nothing_in_the_object_store(edge: str, nc
             assert refused.status_code == 422 and "content_type" in refused.json()["detail"]
     assert (await store.status()).size == before
     await client.close()
+
+
+async def test_uploads_per_session_are_limited_and_other_sessions_are_unaffected(nats_url: str) -> None:
+    async with running_edge(nats_url, subject_prefix="quota", edge_uploads_per_min=2.0) as url:
+        greedy, other = await connect(url), await connect(url)
+        async with httpx.AsyncClient(base_url=url) as http:
+
+            async def upload(client: Client) -> httpx.Response:
+                return await http.post(
+                    "/v1/ingest",
+                    params={"filename": "note.txt"},
+                    content=b"A short note.",
+                    headers={"Authorization": f"Bearer {client.token}"},
+                )
+
+            assert [(await upload(greedy)).status_code for _ in range(3)] == [202, 202, 429]
+            refused = await upload(greedy)
+            assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"
+            assert "at most 2 a minute" in refused.json()["detail"]
+            assert (await upload(other)).status_code == 202
+        await greedy.close()
+        await other.close()
