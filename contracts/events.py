@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from .envelope import Event, SessionEvent, TurnEvent, TurnId
 from .limits import CAMERA_PROMPT_CHARS, QUERY_CHARS, REPLY_TEXT_CHARS, TURN_TEXT_CHARS
+from .owners import Tenant
 
 Tone = Literal["neutral", "concise", "friendly", "formal"]
 DependencyStatus = Literal["ok", "timeout", "unavailable", "error", "skipped"]
@@ -25,6 +26,11 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+_TENANT = (
+    "The session's tenant, named by the API key that created it: its sessions share their knowledge bases, "
+    "uploads and video jobs; None: the session owns them alone"
+)
+
 # ---------------------------------------------------------------- session (edge)
 
 
@@ -34,6 +40,7 @@ class SessionStarted(SessionEvent):
     kind: Literal["session.started"] = "session.started"
     client: str = Field(default="", max_length=200, description="Client's user agent or name")
     capabilities: list[str] = Field(default_factory=list, description="What the client declared in hello")
+    tenant: Tenant | None = Field(default=None, description=_TENANT)
 
 
 class SessionEnded(SessionEvent):
@@ -264,6 +271,9 @@ class RetrievalRequest(SessionEvent):
     top_k: int = Field(default=4, ge=1, le=50)
     min_score: float = Field(default=0.3, ge=-1.0, le=1.0, description="Relevance floor (cosine similarity)")
     filters: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Metadata equality")
+    tenant: Tenant | None = Field(
+        default=None, description=_TENANT + " (searched: the owner's bases and the public ones)"
+    )
 
 
 class Passage(_Part):
@@ -295,9 +305,10 @@ class IngestJob(SessionEvent):
     delete: bool = Field(default=False, description="Remove the document's chunks instead")
     owner: Literal["session", "public"] = Field(
         default="session",
-        description="Whose base: the requesting session's own, or the shared read-only bases every session "
-        "also searches (loaded by operators: sb ingest --public)",
+        description="Whose base: the requesting session's own (its tenant's, when `tenant` is set), or the shared "
+        "read-only bases every session also searches (loaded by operators: sb ingest --public)",
     )
+    tenant: Tenant | None = Field(default=None, description=_TENANT)
 
 
 class JobProgress(SessionEvent):
@@ -329,6 +340,7 @@ class VideoJob(SessionEvent):
     filename: str = Field(default="", max_length=500)
     transcribe: bool = True
     ingest_base: str | None = Field(default=None, description="Ingest the transcript into this base")
+    tenant: Tenant | None = Field(default=None, description=_TENANT + " (keyframes are the owner's)")
 
 
 class VideoMetadata(_Part):
@@ -368,6 +380,7 @@ class VideoCancel(SessionEvent):
 
     kind: Literal["video.cancel"] = "video.cancel"
     job_id: str = Field(min_length=1, max_length=64)
+    tenant: Tenant | None = Field(default=None, description=_TENANT + " (any session of the job's owner may cancel)")
 
 
 class VideoFrameMeta(SessionEvent):

@@ -14,12 +14,13 @@ from nats.js.errors import NotFoundError
 
 from contracts import events as ev
 from contracts.envelope import new_id
+from contracts.owners import PUBLIC
 from contracts.streams import INGEST_FILES
 from contracts.subjects import BY_NAME
 from tests.contract_tap import DELIBERATELY_INVALID
 from tests.support.pdf import crowded_pdf, image_only_pdf
 from tests.support.retrieval import SESSION, answers, corpus_files, delete, ingest, query, questions, running_retriever
-from workers.retriever.core import PUBLIC, owned
+from workers.retriever.core import owned
 from workers.retriever.store import collection_name
 from workers.runtime import Bus
 from workers.runtime.ingest import submit_ingest, watch_jobs

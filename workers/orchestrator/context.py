@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+
+from nats.errors import Error as NatsError
 
 from contracts import events as ev
 from contracts.envelope import Event
 from contracts.events import DependencyStatus
 from contracts.limits import CAMERA_PROMPT_CHARS, QUERY_CHARS
 from workers.runtime.bus import DependencyUnavailableError
+from workers.runtime.turns import SessionTable
 
 from .agents import Agent
 
@@ -39,6 +42,31 @@ class Context:
     camera: ev.FrameDescription | None = None  # only when the session's camera sent a frame recently
 
 
+StartedLoader = Callable[[str], Awaitable[ev.SessionStarted | None]]
+
+
+class Tenants:
+    """Each session's tenant, which its retrieval requests carry (contracts/owners.py).
+
+    A session's tenant never changes (its token binds it), so a replica learns it once: from the live
+    ``session.started``, or else from the last one recorded (a replica that started after the hello)."""
+
+    def __init__(self, load: StartedLoader, limit: int = 100_000) -> None:
+        self._load = load
+        self._known: SessionTable[str] = SessionTable(limit)  # "" is a session without a tenant
+
+    def learn(self, started: ev.SessionStarted) -> None:
+        self._known.pop(started.session_id)
+        self._known.setdefault(started.session_id, lambda: started.tenant or "")
+
+    async def of(self, session_id: str) -> str | None:
+        known = self._known.get(session_id)
+        if known is None:
+            started = await self._load(session_id)
+            known = self._known.setdefault(session_id, lambda: (started.tenant or "") if started else "")
+        return known or None
+
+
 class ContextHooks:
     #: After "no responders", the service is assumed absent for this long: a deployment without
     #: memory or retrieval should not pay a round trip per turn to learn it again.
@@ -51,8 +79,10 @@ class ContextHooks:
         retrieval_timeout_s: float,
         memory_tokens: int,
         camera_timeout_s: float = 0.25,
+        tenants: Tenants | None = None,  # None: no session has a tenant (tools, unit tests)
     ) -> None:
         self._requester = requester
+        self._tenants = tenants
         self._absent_until: dict[str, float] = {}
         self._memory_timeout_s = memory_timeout_s
         self._retrieval_timeout_s = retrieval_timeout_s
@@ -105,12 +135,20 @@ class ContextHooks:
         return await self._ask(MEMORY, request, ev.ContextReply, self._memory_timeout_s)
 
     async def _retrieval(self, turn: ev.UserTurn, bases: list[str] | None) -> tuple[Event | None, DependencyStatus]:
+        try:  # within the retrieval's deadline: a slow stream read must not hold the turn
+            async with asyncio.timeout(self._retrieval_timeout_s):
+                tenant = await self._tenants.of(turn.session_id) if self._tenants else None
+        except TimeoutError:
+            return None, "timeout"
+        except NatsError:  # the recorded session.started cannot be read: no documents rather than the wrong ones
+            return None, "unavailable"
         request = ev.RetrievalRequest(
             session_id=turn.session_id,
             turn_id=turn.turn_id,
             producer=self._requester.producer,
             query=turn.text[:QUERY_CHARS],  # context only: a long turn is cut, not refused
             bases=bases or ["default"],
+            tenant=tenant,
         )
         reply, status = await self._ask(RETRIEVAL, request, ev.RetrievalReply, self._retrieval_timeout_s)
         if isinstance(reply, ev.RetrievalReply) and reply.error:

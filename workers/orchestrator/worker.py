@@ -4,7 +4,8 @@ Consumes: turn.user through the durable consumer USER_TURNS (one replica answers
 once the reply is done, so a turn sent while no orchestrator runs, or held by one that died, is
 answered by the next; a redelivered turn that was answered already is not answered again; one
 older than SB_TURN_DEADLINE_S gets an error instead); interrupt and session.settings (every
-replica: whoever owns the in-flight turn acts).
+replica: whoever owns the in-flight turn acts); session.started (every replica: the session's
+tenant, whose knowledge bases its retrieval requests name).
 Produces: reply.delta, reply.done, error. Asks: memory.context, retrieval.query, video.describe.
 Logic: core.Orchestrator (turns), agents.Router (who answers), prompt.build_messages, llm.
 """
@@ -27,7 +28,7 @@ from workers.runtime.recorded import last_recorded
 from workers.runtime.settings import LLMSettings
 
 from .agents import AgentRegistry, Router
-from .context import ContextHooks
+from .context import ContextHooks, Tenants
 from .core import Orchestrator
 from .llm import build_model
 
@@ -62,6 +63,11 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
         async def last_settings(session_id: str) -> ev.SessionSettings | None:
             return await last_recorded(bus, "session.settings", session_id, ev.SessionSettings)
 
+        async def last_started(session_id: str) -> ev.SessionStarted | None:
+            return await last_recorded(bus, "session.started", session_id, ev.SessionStarted)
+
+        self.tenants = Tenants(last_started)
+
         self.model = build_model(
             settings.llm_provider,
             base_url=settings.llm_base_url,
@@ -75,6 +81,7 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
             settings.retrieval_timeout_s,
             settings.memory_tokens,
             settings.camera_timeout_s,
+            self.tenants,
         )
         self.core = Orchestrator(
             bus,
@@ -107,6 +114,10 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
     @consumes("session.settings")
     async def on_settings(self, settings_event: ev.SessionSettings) -> None:
         await self.core.on_settings(settings_event)
+
+    @consumes("session.started")
+    async def on_session_started(self, started: ev.SessionStarted) -> None:
+        self.tenants.learn(started)  # whose knowledge bases the session's turns search
 
     async def stop(self) -> None:
         await self.core.drain(self.settings.shutdown_timeout_s)

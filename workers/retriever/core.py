@@ -3,9 +3,9 @@
 Ingestion: extract sections -> token-aware chunks -> embeddings (batched) -> replace the
 document's chunks in its base's collection. A document is identified by its source within a
 base; its content hash makes re-ingesting unchanged bytes a no-op. Every base belongs to an owner
-(:func:`owned`): a session's bases are its own, and the ``public`` ones, loaded by operators, are
-read by every session that names them; nothing else crosses owners, not even the answer to
-"unchanged". Extraction runs in a child
+(:func:`owned`): a session's bases are its own (or its tenant's, shared by the tenant's sessions:
+contracts/owners.py), and the ``public`` ones, loaded by operators, are read by every session that
+names them; nothing else crosses owners, not even the answer to "unchanged". Extraction runs in a child
 process within a time budget (reader.py); every other CPU- or IO-bound step runs in a worker
 thread, never on the event loop.
 """
@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from contracts import events as ev
+from contracts.owners import PUBLIC, owner_of
 
 from .chunker import Chunker
 from .embedder import Embedder
@@ -42,17 +43,15 @@ class QueryError(ValueError):
     """The query cannot run as asked (a blank query)."""
 
 
-PUBLIC = "public"  # shorter than any session id (8+ characters): never an owner of its own
-
-
 def owned(owner: str, base: str) -> str:
     """The stored name of ``owner``'s base ``base`` (owners never share a collection)."""
     return f"{owner}-{base}"
 
 
-def searched(session_id: str, bases: Sequence[str]) -> list[str]:
-    """What a session's query searches: its own bases of those names, then the public ones."""
-    return [owned(owner, base) for base in dict.fromkeys(bases) for owner in (session_id, PUBLIC)]
+def searched(session_id: str, tenant: str | None, bases: Sequence[str]) -> list[str]:
+    """What a session's query searches: its own (or its tenant's) bases of those names, then the public ones."""
+    mine = owner_of(session_id, tenant)
+    return [owned(owner, base) for base in dict.fromkeys(bases) for owner in (mine, PUBLIC)]
 
 
 def document_id(source: str) -> str:

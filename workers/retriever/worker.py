@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from nats.js.errors import NotFoundError
 
 from contracts import events as ev
+from contracts.owners import PUBLIC, owner_of
 from contracts.streams import INGEST, INGEST_FILES
 from workers.runtime import Bus, Delivery, Worker, consumes, serves
 from workers.runtime.logging import get_logger
 from workers.runtime.provision import object_store
 
 from .chunker import Chunker
-from .core import PUBLIC, Outcome, QueryError, Retriever, owned, searched
+from .core import Outcome, QueryError, Retriever, owned, searched
 from .embedder import Embedder, load_tokenizer
 from .extract import DocumentError
 from .reader import Reader
@@ -78,7 +79,7 @@ class Jobs:
             )
 
         retriever = self._slot.ready
-        base = owned(PUBLIC if job.owner == "public" else job.session_id, job.base)
+        base = owned(PUBLIC if job.owner == "public" else owner_of(job.session_id, job.tenant), job.base)
         try:
             if job.delete:
                 outcome = await retriever.delete(base, job.source)
@@ -165,7 +166,10 @@ class RetrieverWorker(Worker[RetrieverSettings]):
         reply = {"session_id": request.session_id, "turn_id": request.turn_id, "producer": self.bus.producer}
         try:
             return ev.RetrievalReply(
-                **reply, passages=await self.slot.ready.query(request, searched(request.session_id, request.bases))
+                **reply,
+                passages=await self.slot.ready.query(
+                    request, searched(request.session_id, request.tenant, request.bases)
+                ),
             )
         except QueryError as error:
             return ev.RetrievalReply(**reply, error=str(error))

@@ -61,8 +61,10 @@ async def submit_ingest(
     content_type: str,
     base: str = "default",
     owner: Owner = "session",
+    tenant: str | None = None,
 ) -> ev.IngestJob:
-    """Publish a job that adds (or replaces) the document ``source`` in ``base`` of ``owner``."""
+    """Publish a job that adds (or replaces) the document ``source`` in ``base`` of ``owner`` (a session's
+    own: its ``tenant``'s when it has one)."""
     job_id = new_id()
     text = _inline_text(data, content_type) if isinstance(data, bytes) else None
     # The job is validated before any byte is stored: a refused upload leaves nothing behind.
@@ -76,6 +78,7 @@ async def submit_ingest(
         text=text,
         object_name=job_id if text is None else None,
         owner=owner,
+        tenant=tenant,
     )
     if job.object_name is None:
         await bus.publish(job, durable=True)
@@ -92,7 +95,12 @@ async def submit_ingest(
 
 
 async def submit_delete(
-    bus: Bus, session_id: str, source: str, base: str = "default", owner: Owner = "session"
+    bus: Bus,
+    session_id: str,
+    source: str,
+    base: str = "default",
+    owner: Owner = "session",
+    tenant: str | None = None,
 ) -> ev.IngestJob:
     """Publish a job that removes the document ``source`` (all its chunks) from ``base`` of ``owner``."""
     job = ev.IngestJob(
@@ -104,6 +112,7 @@ async def submit_delete(
         content_type="",
         delete=True,
         owner=owner,
+        tenant=tenant,
     )
     await bus.publish(job, durable=True)
     return job

@@ -6,7 +6,8 @@ Consumes: video.job (SB_JOBS work queue, durable consumer "video-jobs": one repl
           video.describe (request/reply, queue group "video").
 Produces: job.progress while a job runs, one video.result per job, error when a job fails,
           ingest.job (the timed transcript) when the job names a knowledge base; JPEG keyframes
-          in the SB_VIDEO object store; replies FrameDescription.
+          in the SB_VIDEO object store, named by their owner (the session, or its tenant: every
+          session of the tenant reads and cancels its jobs); replies FrameDescription.
 Logic: core.VideoProcessor (ffmpeg in media.py, speech in transcript.py), frames.FrameKeeper.
 
 Jobs: at most ``SB_VIDEO_MAX_JOBS`` at once on the event loop (ffmpeg runs as subprocesses, speech
@@ -32,6 +33,7 @@ from pydantic import Field, SecretStr
 
 from contracts import events as ev
 from contracts.envelope import new_id
+from contracts.owners import owner_of
 from contracts.streams import VIDEO, VIDEO_OBJECTS
 from workers.runtime import Bus, Delivery, RuntimeSettings, Worker, consumes, serves
 from workers.runtime.logging import get_logger
@@ -87,8 +89,8 @@ class Jobs:
         self.store: ObjectStore | None = None
         self.speech: SpeechPool | None = None
         self.processor: VideoProcessor | None = None
-        self.running: dict[str, tuple[str, asyncio.Task[Processed]]] = {}
-        self.cancelled: OrderedDict[str, str] = OrderedDict()  # job id -> session, for jobs not started yet
+        self.running: dict[str, tuple[str, asyncio.Task[Processed]]] = {}  # job id -> (owner, task)
+        self.cancelled: OrderedDict[str, str] = OrderedDict()  # job id -> owner, for jobs not started yet
         self.frames = FrameKeeper(
             settings.video_frame_sample_s, settings.video_frame_max_age_s, settings.video_frame_sessions
         )
@@ -97,7 +99,7 @@ class Jobs:
     # ------------------------------------------------------------------ jobs
 
     async def handle(self, job: ev.VideoJob, deliveries: int) -> None:
-        if self.cancelled.pop(job.job_id, None) == job.session_id:
+        if self.cancelled.pop(job.job_id, None) == owner_of(job.session_id, job.tenant):
             await self._finish(
                 job,
                 ev.VideoResult(session_id=job.session_id, producer=PRODUCER, job_id=job.job_id, status="cancelled"),
@@ -135,6 +137,7 @@ class Jobs:
                     source=f"video:{job.filename or job.job_id}",
                     content_type="text/plain",
                     text=transcript_document(job.filename or job.job_id, result.metadata.duration_s, result.transcript),
+                    tenant=job.tenant,  # into the base of the job's owner
                 ),
                 durable=True,
             )
@@ -160,14 +163,15 @@ class Jobs:
                 raise media.MediaError("upload_missing", f"no uploaded object {job.object_name!r}") from None
             await progress("fetch", 1, 1)
             task = asyncio.create_task(processor.process(video, work, job.transcribe, progress))
-            self.running[job.job_id] = (job.session_id, task)
+            self.running[job.job_id] = (owner_of(job.session_id, job.tenant), task)
             try:
                 processed = await task
             finally:
                 self.running.pop(job.job_id, None)
             names = []
             for index, path in enumerate(processed.keyframes.paths):
-                name = f"{job.session_id}/{job.job_id}/keyframe-{index:03d}.jpg"
+                # named by the owner: every session of a tenant reads them, nobody else (edge/video.py)
+                name = f"{owner_of(job.session_id, job.tenant)}/{job.job_id}/keyframe-{index:03d}.jpg"
                 with path.open("rb") as jpeg:
                     await store.put(name, jpeg)
                 stored.append(name)
@@ -218,12 +222,13 @@ class Jobs:
                 await self.store.delete(name)
 
     def cancel(self, request: ev.VideoCancel) -> None:
+        owner = owner_of(request.session_id, request.tenant)  # any session of the job's owner may cancel it
         running = self.running.get(request.job_id)
         if running is None:
-            self.cancelled[request.job_id] = request.session_id
+            self.cancelled[request.job_id] = owner
             while len(self.cancelled) > 1_000:
                 self.cancelled.popitem(last=False)
-        elif running[0] == request.session_id:
+        elif running[0] == owner:
             running[1].cancel()
 
     # ------------------------------------------------------------------ live frames
