@@ -30,7 +30,7 @@ from workers.runtime.provision import provision
 from workers.runtime.worker import VERSION, connect_nats
 
 from . import page
-from .auth import AuthError, TokenIssuer, development_secret, same_secret
+from .auth import AuthError, Grant, TokenIssuer, development_secret, same_secret
 from .connection import Connection, Edge, SessionSockets
 from .dashboard import dashboard_router
 from .ingest import ingest_router
@@ -46,13 +46,14 @@ class SessionGrant(BaseModel):
     session_id: str
     token: str
     expires_at: float
+    tenant: str | None = None  # named by the API key that created the session; None: the session owns its things alone
 
 
 def create_app(settings: EdgeSettings) -> FastAPI:
     secret = settings.edge_secret.get_secret_value() if settings.edge_secret else development_secret()
     issuer = TokenIssuer(secret, settings.token_ttl_s)
     uploads = UploadQuota(settings.edge_uploads_per_min)
-    api_keys = [key.get_secret_value() for key in settings.edge_api_keys]
+    api_keys = settings.api_key_tenants()  # key -> the tenant it names (None: a bare key)
     bus = Bus(producer="edge", prefix=settings.subject_prefix)
     edge = Edge(settings, bus, issuer, SessionSockets())
 
@@ -78,26 +79,28 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     app = FastAPI(title="Switchboard edge", version=VERSION, lifespan=lifespan)
     app.include_router(video_router(settings, bus, issuer, uploads))
 
-    def require_api_key(authorization: str | None = Header(default=None)) -> None:
+    def api_key_tenant(authorization: str | None = Header(default=None)) -> str | None:
+        """The tenant the request's API key names (None: a bare key, or none needed); 401 without a valid key."""
         if not api_keys:
-            return
+            return None
         given = (authorization or "").removeprefix("Bearer ").strip()
-        if not any(same_secret(given, key) for key in api_keys):
+        # Every key is compared (constant time each): which one matched takes no longer to find.
+        matched = [tenant for key, tenant in api_keys.items() if same_secret(given, key)]
+        if not matched:
             raise HTTPException(status_code=401, detail="a valid API key is required to create sessions")
+        return matched[0]
 
-    @app.post("/v1/sessions", dependencies=[Depends(require_api_key)])
-    async def create_session() -> SessionGrant:
-        grant = issuer.issue()
-        return SessionGrant(session_id=grant.session_id, token=grant.token, expires_at=grant.expires_at)
+    @app.post("/v1/sessions")
+    async def create_session(tenant: str | None = Depends(api_key_tenant)) -> SessionGrant:
+        return _granted(issuer.issue(tenant=tenant))
 
     @app.post("/v1/sessions/refresh")
     async def refresh_session(authorization: str | None = Header(default=None)) -> SessionGrant:
         try:
-            session_id = issuer.verify((authorization or "").removeprefix("Bearer ").strip())
+            bearer = issuer.verify((authorization or "").removeprefix("Bearer ").strip())
         except AuthError as error:
             raise HTTPException(status_code=401, detail=str(error)) from None
-        grant = issuer.issue(session_id)
-        return SessionGrant(session_id=grant.session_id, token=grant.token, expires_at=grant.expires_at)
+        return _granted(issuer.issue(bearer.session_id, bearer.tenant))  # the session keeps its tenant
 
     app.include_router(memory_router(issuer, bus))
     app.include_router(ingest_router(settings, bus, issuer, uploads))
@@ -118,6 +121,12 @@ def create_app(settings: EdgeSettings) -> FastAPI:
     app.include_router(page.router)
     app.mount("/static", page.static_files, name="static")
     return app
+
+
+def _granted(grant: Grant) -> SessionGrant:
+    return SessionGrant(
+        session_id=grant.session_id, token=grant.token, expires_at=grant.expires_at, tenant=grant.tenant
+    )
 
 
 def server_config(settings: EdgeSettings, **overrides: object) -> uvicorn.Config:

@@ -1,4 +1,4 @@
-"""Session tokens: signed JWTs (HS256, PyJWT) that bind a socket to one session."""
+"""Session tokens: signed JWTs (HS256, PyJWT) that bind a socket to one session (and its tenant, if any)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from contracts.client import CloseCode
 from contracts.envelope import SessionId, new_id
+from contracts.owners import Tenant
 from workers.runtime.logging import get_logger
 
 log = get_logger("edge.auth")
@@ -32,6 +33,15 @@ class Grant:
     session_id: str
     token: str
     expires_at: float
+    tenant: str | None = None
+
+
+@dataclass(frozen=True)
+class Bearer:
+    """What a valid token proves: the session, and the tenant named by the API key that created it."""
+
+    session_id: str
+    tenant: str | None = None
 
 
 class TokenIssuer:
@@ -41,15 +51,17 @@ class TokenIssuer:
         self._secret = secret
         self._ttl_s = ttl_s
 
-    def issue(self, session_id: str | None = None) -> Grant:
+    def issue(self, session_id: str | None = None, tenant: str | None = None) -> Grant:
         session_id = session_id or new_id()
         now = time.time()
         expires = int(now + self._ttl_s)
-        claims = {"sid": session_id, "iat": int(now), "exp": expires, "typ": "session"}
-        return Grant(session_id, jwt.encode(claims, self._secret, algorithm=ALGORITHM), expires)
+        claims: dict[str, object] = {"sid": session_id, "iat": int(now), "exp": expires, "typ": "session"}
+        if tenant:  # tokens of tenant-less sessions stay as they were before tenants
+            claims["tenant"] = tenant
+        return Grant(session_id, jwt.encode(claims, self._secret, algorithm=ALGORITHM), expires, tenant)
 
-    def verify(self, token: str | None) -> str:
-        """The session id the token grants, or AuthError with the close code to use."""
+    def verify(self, token: str | None) -> Bearer:
+        """The session (and tenant) the token grants, or AuthError with the close code to use."""
         if not token:
             raise AuthError(CloseCode.AUTH_MISSING, "no session token")
         try:
@@ -60,13 +72,14 @@ class TokenIssuer:
             raise AuthError(CloseCode.AUTH_INVALID, "invalid session token") from None
         if claims.get("typ") != "session":
             raise AuthError(CloseCode.AUTH_INVALID, "invalid session token")
-        try:  # signed with our secret but not a session id we issue (a leaked secret, an old format)
-            return _SESSION_ID.validate_python(claims["sid"])
+        try:  # signed with our secret but not a session id or tenant we issue (a leaked secret, an old format)
+            return Bearer(_SESSION_ID.validate_python(claims["sid"]), _TENANT.validate_python(claims.get("tenant")))
         except ValidationError:
             raise AuthError(CloseCode.AUTH_INVALID, "invalid session token") from None
 
 
 _SESSION_ID: TypeAdapter[str] = TypeAdapter(SessionId)
+_TENANT: TypeAdapter[str | None] = TypeAdapter(Tenant | None)
 
 
 def same_secret(given: str, expected: str) -> bool:

@@ -97,6 +97,7 @@ class Connection:
         self.video_rate = TokenBucket(s.video_frames_per_s, s.video_frames_per_s * s.burst_s)
         self.violations = 0
         self.session_id = ""
+        self.tenant: str | None = None  # named by the API key that created the session (its token says)
         self.hello: Hello | None = None
         self.pcm: PcmIngest | None = None
         self.compressed: CompressedIngest | None = None
@@ -141,6 +142,7 @@ class Connection:
                     producer=PRODUCER,
                     client=hello.client,
                     capabilities=list(hello.capabilities),
+                    tenant=self.tenant,  # the orchestrator's retrieval requests name it
                 )
             )
             reader = asyncio.create_task(self._read())
@@ -211,7 +213,8 @@ class Connection:
                     close_code=CloseCode.PROTOCOL_ERROR,
                 )
             )
-        self.session_id = self.edge.issuer.verify(command.token)
+        bearer = self.edge.issuer.verify(command.token)
+        self.session_id, self.tenant = bearer.session_id, bearer.tenant
         self.hello = command
         self.out.turns.audio_out = "audio_out" in command.capabilities
         return command

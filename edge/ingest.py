@@ -31,7 +31,7 @@ from workers.runtime.ingest import (
     watch_jobs,
 )
 
-from .auth import AuthError, TokenIssuer
+from .auth import AuthError, Bearer, TokenIssuer
 from .limits import UploadQuota
 from .settings import EdgeSettings
 
@@ -48,12 +48,12 @@ class Submitted(BaseModel):
 
 
 class SessionAuth:
-    """Dependency: the session whose token the request carries (``Authorization: Bearer``), else 401."""
+    """Dependency: the session (and tenant) whose token the request carries (``Authorization: Bearer``), else 401."""
 
     def __init__(self, issuer: TokenIssuer) -> None:
         self._issuer = issuer
 
-    def __call__(self, authorization: Annotated[str | None, Header()] = None) -> str:
+    def __call__(self, authorization: Annotated[str | None, Header()] = None) -> Bearer:
         try:
             return self._issuer.verify((authorization or "").removeprefix("Bearer ").strip())
         except AuthError as error:
@@ -64,19 +64,20 @@ def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads
     router = APIRouter(prefix="/v1/ingest", tags=["retrieval"])
     limit = settings.edge_max_upload_bytes
 
-    session_of = SessionAuth(issuer)
+    authenticated = Depends(SessionAuth(issuer))  # the session (and tenant) of the request's token
 
     @router.post("")
     async def upload(
         request: Request,
         filename: Filename,
-        session_id: str = Depends(session_of),
+        bearer: Bearer = authenticated,
         base: Base = "default",
         wait: Wait = 0.0,
         content_type: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
         if int(request.headers.get("content-length") or 0) > limit:
             raise HTTPException(status_code=413, detail=_too_large(limit))
+        session_id = bearer.session_id
         uploads.take(session_id)
         with tempfile.TemporaryFile() as spool:
             size = 0
@@ -92,7 +93,13 @@ def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads
             async with watch_jobs(bus.nc, session_id, bus.prefix) as watch:
                 try:
                     job = await submit_ingest(
-                        bus, session_id, filename, data, content_type_for(filename, content_type), base
+                        bus,
+                        session_id,
+                        filename,
+                        data,
+                        content_type_for(filename, content_type),
+                        base,
+                        tenant=bearer.tenant,  # a tenant's session writes the tenant's base
                     )
                 except ValidationError as error:  # e.g. a Content-Type no document has
                     raise HTTPException(status_code=422, detail=f"cannot ingest this upload: {_first(error)}") from None
@@ -100,10 +107,11 @@ def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads
 
     @router.delete("")
     async def delete(
-        filename: Filename, session_id: str = Depends(session_of), base: Base = "default", wait: Wait = 0.0
+        filename: Filename, bearer: Bearer = authenticated, base: Base = "default", wait: Wait = 0.0
     ) -> JSONResponse:
-        async with watch_jobs(bus.nc, session_id, bus.prefix) as watch:
-            return await _reply(await submit_delete(bus, session_id, filename, base), watch, wait)
+        async with watch_jobs(bus.nc, bearer.session_id, bus.prefix) as watch:
+            job = await submit_delete(bus, bearer.session_id, filename, base, tenant=bearer.tenant)
+            return await _reply(job, watch, wait)
 
     return router
 

@@ -26,7 +26,8 @@ def memory_router(issuer: TokenIssuer, bus: Bus) -> APIRouter:
 
     def owner(session_id: str, authorization: str | None) -> str:
         try:
-            granted = issuer.verify((authorization or "").removeprefix("Bearer ").strip())
+            # Memory stays per session, whatever the tenant: only the session's own token reads it.
+            granted = issuer.verify((authorization or "").removeprefix("Bearer ").strip()).session_id
         except AuthError as error:
             raise HTTPException(status_code=401, detail=str(error)) from None
         if granted != session_id:

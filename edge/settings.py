@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import re
 
+from pydantic import Field, SecretStr, field_validator
+
+from contracts.owners import TENANT_PATTERN
 from workers.runtime import RuntimeSettings
+
+_TENANT = re.compile(TENANT_PATTERN)
+
+
+def api_key_entry(entry: str) -> tuple[str | None, str]:
+    """``(tenant, key)`` of one SB_EDGE_API_KEYS entry: ``TENANT=KEY``, or a bare ``KEY`` (no tenant).
+
+    The tenant ends at the first ``=``; ``=`` only at the end of an entry is a bare key's own (base64
+    padding), so keys that worked before tenants still do. ValueError never quotes the entry: any
+    part of it may be a key."""
+    if not entry:
+        raise ValueError("is empty")
+    if "=" not in entry.rstrip("="):
+        if _TENANT.match(entry.rstrip("=")) and entry.endswith("="):
+            raise ValueError("names a tenant but has no key after its '='")
+        return None, entry
+    tenant, key = entry.split("=", 1)
+    if not _TENANT.match(tenant):
+        raise ValueError(
+            "has no tenant name before its first '=' (a tenant is 1-32 lowercase letters, digits or '-', "
+            "starting with a letter or digit)"
+        )
+    return tenant, key
 
 
 class EdgeSettings(RuntimeSettings):
@@ -14,7 +40,9 @@ class EdgeSettings(RuntimeSettings):
         default=None, description="HMAC secret for session tokens; unset: a development secret in .run/"
     )
     edge_api_keys: list[SecretStr] = Field(
-        default_factory=list, description="JSON list; when set, POST /v1/sessions needs one as a Bearer token"
+        default_factory=list,
+        description="JSON list; when set, POST /v1/sessions needs one as a Bearer token. An entry TENANT=KEY "
+        "names the key's tenant (its sessions share knowledge bases and videos); a bare KEY has none",
     )
     token_ttl_s: float = Field(default=3_600.0, gt=0, description="Lifetime of a session token")
     hello_timeout_s: float = Field(default=5.0, gt=0, description="Time a socket has to send its hello")
@@ -37,3 +65,22 @@ class EdgeSettings(RuntimeSettings):
         default=512 * 1024 * 1024, ge=1_024, description="Largest video upload accepted (POST /v1/videos)"
     )
     video_frames_per_s: float = Field(default=2.0, gt=0, description="Camera frames a socket may send per second")
+
+    @field_validator("edge_api_keys")
+    @classmethod
+    def _tenant_keys(cls, entries: list[SecretStr]) -> list[SecretStr]:
+        tenants: dict[str, str | None] = {}
+        for number, entry in enumerate(entries, 1):
+            try:
+                tenant, key = api_key_entry(entry.get_secret_value())
+            except ValueError as error:
+                raise ValueError(f"entry {number} {error}") from None
+            if key in tenants and tenants[key] != tenant:
+                raise ValueError(f"entry {number} repeats an earlier entry's key for another tenant")
+            tenants[key] = tenant
+        return entries
+
+    def api_key_tenants(self) -> dict[str, str | None]:
+        """Each API key and the tenant it names (None: a bare key)."""
+        pairs = (api_key_entry(entry.get_secret_value()) for entry in self.edge_api_keys)
+        return {key: tenant for tenant, key in pairs}

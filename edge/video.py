@@ -22,11 +22,12 @@ from pydantic import BaseModel
 
 from contracts import events as ev
 from contracts.envelope import new_id
+from contracts.owners import owner_of
 from contracts.streams import VIDEO_OBJECTS
 from workers.runtime.bus import Bus
 from workers.runtime.provision import object_store
 
-from .auth import AuthError, TokenIssuer
+from .auth import AuthError, Bearer, TokenIssuer
 from .limits import UploadQuota
 from .settings import EdgeSettings
 
@@ -45,11 +46,13 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads:
     limit = settings.edge_video_max_upload_bytes
     buckets: list[ObjectStore] = []
 
-    def session(authorization: str | None = Header(default=None)) -> str:
+    def session(authorization: str | None = Header(default=None)) -> Bearer:
         try:
             return issuer.verify((authorization or "").removeprefix("Bearer ").strip())
         except AuthError as error:
             raise HTTPException(status_code=401, detail=str(error)) from None
+
+    authenticated = Depends(session)
 
     async def store() -> ObjectStore:
         if not buckets:
@@ -59,7 +62,7 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads:
     @router.post("", status_code=202)
     async def upload(
         request: Request,
-        session_id: str = Depends(session),
+        bearer: Bearer = authenticated,
         filename: str = Query(default="", max_length=500),
         transcribe: bool = True,
         ingest_base: str | None = Query(default=None, min_length=3, max_length=63, pattern=r"^[A-Za-z0-9_-]+$"),
@@ -67,9 +70,10 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise HTTPException(status_code=413, detail=f"the video is over the upload limit of {limit} bytes")
+        session_id = bearer.session_id
         uploads.take(session_id)
         job_id = new_id()
-        name = f"{session_id}/{job_id}/upload"
+        name = f"{owner_of(session_id, bearer.tenant)}/{job_id}/upload"
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
             size = 0
             async for chunk in request.stream():
@@ -92,6 +96,7 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads:
                     filename=filename,
                     transcribe=transcribe,
                     ingest_base=ingest_base,
+                    tenant=bearer.tenant,
                 ),
                 durable=True,
             )
@@ -101,15 +106,17 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads:
         return VideoAccepted(job_id=job_id, object_name=name, size=size)
 
     @router.delete("/{job_id}", status_code=202)
-    async def cancel(job_id: str, session_id: str = Depends(session)) -> dict[str, str]:
-        await bus.publish(ev.VideoCancel(session_id=session_id, producer=PRODUCER, job_id=job_id[:64]))
+    async def cancel(job_id: str, bearer: Bearer = authenticated) -> dict[str, str]:
+        await bus.publish(
+            ev.VideoCancel(session_id=bearer.session_id, producer=PRODUCER, job_id=job_id[:64], tenant=bearer.tenant)
+        )
         return {"job_id": job_id, "status": "cancel requested"}
 
     @router.get("/{job_id}/keyframes/{index}")
-    async def keyframe(job_id: str, index: int, session_id: str = Depends(session)) -> Response:
+    async def keyframe(job_id: str, index: int, bearer: Bearer = authenticated) -> Response:
         bucket = await store()
-        try:  # the name starts with the session id: a session reads only its own keyframes
-            found = await bucket.get(f"{session_id}/{job_id}/keyframe-{index:03d}.jpg")
+        try:  # the name starts with the owner: a session reads only its own (or its tenant's) keyframes
+            found = await bucket.get(f"{owner_of(bearer.session_id, bearer.tenant)}/{job_id}/keyframe-{index:03d}.jpg")
         except NotFoundError:
             raise HTTPException(status_code=404, detail="no such keyframe") from None
         return Response(content=found.data or b"", media_type="image/jpeg")
