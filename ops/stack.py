@@ -37,9 +37,9 @@ from types import FrameType
 from typing import BinaryIO, TextIO
 from urllib.parse import urlparse
 
-from . import registry
-from .llm_server import MODEL_ALIAS, find_model, llm_command
-from .servers import find_binary, mongo_command, nats_command, port_open
+from . import models, registry
+from .llm_server import find_model, llm_command
+from .servers import ServerError, find_binary, mongo_command, nats_command, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUN_DIR = ROOT / ".run"
@@ -127,8 +127,9 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
 
 def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
     """What to start, and notes about what is reused. Launcher-only variables: SB_RUN_DIR (state of
-    the local servers), SB_NATS_MONITOR_PORT (8222), SB_LLM_LOCAL_PORT (8089); SB_METRICS_PORT is the
-    first of one metrics port per process."""
+    the local servers), SB_NATS_MONITOR_PORT (8222), SB_LLM_LOCAL_PORT (8089), SB_LLM_LOCAL_MODEL (the
+    local model: 1.5b, the default, 0.5b or smollm2; see ops/models.py), SB_LLM_LOCAL_CTX (its context
+    window; default: the model's); SB_METRICS_PORT is the first of one metrics port per process."""
     run_dir = Path(env.setdefault("SB_RUN_DIR", str(DEFAULT_RUN_DIR)))
     env["SB_STACK_PIDS"] = str(run_dir / "stack.pids")
     processes: list[Process] = []
@@ -155,11 +156,14 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
     elif env.get("SB_LLM_PROVIDER", "openai") == "openai":
         llm_port = int(env.get("SB_LLM_LOCAL_PORT", "8089"))
         env["SB_LLM_BASE_URL"] = f"http://127.0.0.1:{llm_port}/v1"
-        env.setdefault("SB_LLM_MODEL", MODEL_ALIAS)
+        local = models.resolve(env.get("SB_LLM_LOCAL_MODEL") or models.DEFAULT)
+        env.setdefault("SB_LLM_MODEL", local.alias)
         if port_open("127.0.0.1", llm_port):
             notes.append(f"reusing the local LLM server on port {llm_port}")
         else:
-            processes.append(Process("llm", _tracked(llm_command(llm_port, find_model())), server=True))
+            context = int(env["SB_LLM_LOCAL_CTX"]) if env.get("SB_LLM_LOCAL_CTX") else None
+            command = llm_command(llm_port, find_model(local.alias), name=local.alias, context=context)
+            processes.append(Process("llm", _tracked(command), server=True))
     python = sys.executable
     # SB_METRICS_PORT=N gives each process its own Prometheus endpoint: N, N+1, ... in this order.
     base = int(env.get("SB_METRICS_PORT", "0"))
@@ -403,7 +407,11 @@ def up() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, request_stop)
     env = dict(os.environ)
-    processes, notes = _prepare(env)
+    try:
+        processes, notes = _prepare(env)
+    except ServerError as error:  # a missing binary or model: the line says which setup step makes it
+        print(f"switchboard: {error}", file=sys.stderr)
+        return 1
     run_dir = Path(env["SB_RUN_DIR"])
     terminal = Terminal(sys.stdout, ["switchboard", *(p.name for p in processes)], run_dir / LOGS)
     terminal.show("switchboard", notes)
