@@ -110,6 +110,9 @@ async def test_new_turn_supersedes_the_one_in_flight(edge: str) -> None:
         ("[hang]", "llm_timeout"),
         ("[malformed]", "llm_bad_stream"),
         ("[misshapen]", "llm_bad_stream"),
+        ("[empty]", "llm_empty_reply"),
+        ("[silent]", "llm_empty_reply"),
+        ("[stream_error]", "llm_stream_error"),
     ],
 )
 async def test_llm_failures_become_error_events_and_the_worker_carries_on(edge: str, marker: str, code: str) -> None:

@@ -28,6 +28,15 @@ Markers in the LAST user message script the response (they combine):
     [misshapen]       streamed: one valid chunk, then JSON that is no chunk (its delta is a string), then [DONE]
     [disconnect]      two valid chunks, then close the connection without finishing the body
     [echo_system]     reply with the first system (or developer) message verbatim
+    [empty]           streamed: the role chunk, finish_reason "stop" and [DONE], no content at all
+    [silent]          streamed: status 200 and SSE headers, then the body ends with no event (what
+                      llama-cpp-python's server sends when the prompt exceeds its context window)
+    [stream_error]    streamed: the role chunk, then ``data: {"error": {...}}`` (llama-server's shape of
+                      a failure after the stream started), then the body ends
+
+``ScriptedLLM(context_window=N)`` behaves like llama-server started with ``-c N``: ``GET /props``
+reports ``default_generation_settings.n_ctx``, and a chat request whose prompt has more than N
+tokens (its own count: :func:`prompt_tokens`) gets HTTP 400 ``exceed_context_size_error``.
 
 ``llm.script(reply=..., status=..., delay_ms=...)`` scripts the next request programmatically
 (each call queues one request); a marker wins over the scripted value it competes with.
@@ -77,7 +86,7 @@ SPEECH_VOICES = frozenset(
 )
 
 _MARKER = re.compile(
-    r"\[(tokens|delay|first_delay|status):(\d+(?:\.\d+)?)\]|\[(hang|malformed|misshapen|disconnect|echo_system)\]"
+    r"\[(tokens|delay|first_delay|status):(\d+(?:\.\d+)?)\]|\[(hang|malformed|misshapen|disconnect|echo_system|empty|silent|stream_error)\]"
 )
 _PIECE = re.compile(r"\s*\S+\s*")
 
@@ -128,6 +137,9 @@ class _Plan:
     malformed: bool = False
     misshapen: bool = False
     disconnect: bool = False
+    empty: bool = False
+    silent: bool = False
+    stream_error: bool = False
 
 
 def _text(content: Any) -> str:
@@ -153,9 +165,10 @@ def _error_body(status: int, message: str | None = None) -> bytes:
 class ScriptedLLM:
     """An in-loop OpenAI-compatible server on 127.0.0.1; use as ``async with ScriptedLLM() as llm``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, context_window: int | None = None) -> None:
         self.host = host
         self.port = port
+        self.context_window = context_window
         self.requests: list[dict[str, Any]] = []
         self.speech_requests: list[dict[str, Any]] = []
         # Chat requests being answered right now; drops when a client abandons a stream.
@@ -254,6 +267,9 @@ class ScriptedLLM:
         elif method == "GET" and path == "/v1/models":
             model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "switchboard"}
             await _respond(send, 200, json.dumps({"object": "list", "data": [model]}).encode())
+        elif method == "GET" and path == "/props" and self.context_window:
+            props = {"total_slots": 1, "default_generation_settings": {"n_ctx": self.context_window}}
+            await _respond(send, 200, json.dumps(props).encode())
         elif method == "GET" and path == f"/v1/models/{MODEL_ID}":
             model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "switchboard"}
             await _respond(send, 200, json.dumps(model).encode())
@@ -273,6 +289,16 @@ class ScriptedLLM:
             self.in_flight -= 1
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, body: dict[str, Any]) -> None:
+        if self.context_window and (count := prompt_tokens(body)) > self.context_window:
+            error = {
+                "code": 400,
+                "message": "the request exceeds the available context size, try increasing it",
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": count,
+                "n_ctx": self.context_window,
+            }
+            await _respond(send, 400, json.dumps({"error": error}).encode())
+            return
         plan = self._plan(body)
         if plan.hang:
             while (await receive())["type"] != "http.disconnect":
@@ -361,7 +387,9 @@ class ScriptedLLM:
                 echo_system = True
             else:
                 setattr(plan, flag, True)
-        if tokens is not None:
+        if plan.empty or plan.silent:
+            plan.pieces = []
+        elif tokens is not None:
             plan.pieces = [f"tok{k} " for k in range(tokens)]
         elif echo_system:
             system = next((m for m in messages if m.get("role") in ("system", "developer")), None)
@@ -412,6 +440,13 @@ class ScriptedLLM:
 
         await send({"type": "http.response.start", "status": 200, "headers": self._headers(_SSE_HEADERS)})
         pieces = plan.pieces
+        if plan.silent or plan.stream_error:
+            body_end = b""
+            if plan.stream_error:
+                error = {"code": 500, "message": "llama_decode failed (scripted)", "type": "server_error"}
+                body_end = event(content("", role=True)) + b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+            await send({"type": "http.response.body", "body": body_end, "more_body": False})
+            return
         if plan.malformed or plan.misshapen or plan.disconnect:
             for index, piece in enumerate(pieces[: 2 if plan.disconnect else 1]):
                 if not await _pause(plan.first_delay * (index == 0) + plan.delay, gone):
@@ -494,6 +529,12 @@ class ScriptedLLM:
                     if cycle.disconnected:
                         break
                     await asyncio.sleep(0.001)
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The double's token count of a chat request: a quarter of each message's characters, plus 4 a message."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    return sum(len(_text(m.get("content"))) // 4 + 4 for m in messages)
 
 
 async def _respond(send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:

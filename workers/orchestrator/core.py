@@ -24,7 +24,7 @@ from workers.runtime.turns import SessionTable
 from .agents import Router
 from .context import Context, ContextHooks
 from .llm import ChatModel, LLMError
-from .prompt import build_messages
+from .prompt import build_prompt
 
 log = get_logger("orchestrator")
 
@@ -65,6 +65,7 @@ class Orchestrator:
         load_settings: SettingsLoader,
         max_tokens: int = 256,
         max_sessions: int = 100_000,
+        context_margin: float = 0.05,
     ) -> None:
         self._pub = publisher
         self._model = model
@@ -72,6 +73,7 @@ class Orchestrator:
         self._hooks = hooks
         self._load_settings = load_settings
         self._max_tokens = max_tokens
+        self._context_margin = context_margin
         # A session with a reply in flight stays; the least recently used idle one goes first.
         self._sessions: SessionTable[SessionState] = SessionTable(max_sessions, busy=lambda s: s.in_flight is not None)
 
@@ -145,9 +147,13 @@ class Orchestrator:
         usage = ev.TokenUsage()
         finish: Literal["stop", "length", "error"] = "stop"
         context = Context()
+        cited: list[ev.Passage] = []
         try:  # whatever fails, from gathering context to the last chunk, the turn ends with reply.done
             context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
-            messages = build_messages(
+            window = await self._model.context_window()
+            # Room for the reply's max tokens, and a margin for the estimate's error.
+            budget = int(window * (1 - self._context_margin)) - self._max_tokens if window else None
+            prompt = build_prompt(
                 agent,
                 settings.tone if settings else None,
                 turn.text,
@@ -156,7 +162,23 @@ class Orchestrator:
                 context.passages,
                 context.retrieval_status,
                 context.camera,
+                budget,
             )
+            cited = prompt.passages
+            if prompt.tokens != prompt.tokens_before:
+                log.info(
+                    "prompt budgeted",
+                    session_id=turn.session_id,
+                    turn_id=turn.turn_id,
+                    window=window,
+                    budget=budget,
+                    tokens_before=prompt.tokens_before,
+                    tokens=prompt.tokens,
+                    dropped_turns=prompt.dropped_turns,
+                    dropped_passages=prompt.dropped_passages,
+                    dropped_memory=prompt.dropped_memory,
+                )
+            messages = prompt.messages
             async for chunk in self._model.stream(messages, agent.model, self._max_tokens):
                 if chunk.usage is not None:
                     usage = chunk.usage
@@ -181,6 +203,8 @@ class Orchestrator:
                 flight.text.append(chunk.text)
                 if first:
                     await asyncio.sleep(0)  # let the client flush the first delta before parsing the rest
+            if not "".join(flight.text).strip():  # a finished stream with no words is a failure, never an answer
+                raise LLMError("llm_empty_reply", "the language model ended its reply without any text", True)
         except Exception as error:
             finish = "error"
             failure = error if isinstance(error, LLMError) else LLMError("internal", "the assistant failed")
@@ -212,7 +236,7 @@ class Orchestrator:
             usage,
             context.memory_status,
             context.retrieval_status,
-            [p.citation for p in context.passages],
+            [p.citation for p in cited],
         )
 
     async def _stop(self, state: SessionState, reason: Literal["cancelled", "superseded"]) -> None:

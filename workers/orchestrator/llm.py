@@ -7,6 +7,7 @@ measures everything but the LLM. Test double: ``tests/support/fakes.py``.
 from __future__ import annotations
 
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ import openai
 from contracts.events import TokenUsage
 
 ChatMessage = dict[str, str]
+
+PROPS_TIMEOUT_S = 2.0
+WINDOW_TTL_S = 300.0
+NO_WINDOW_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class ChatModel(ABC):
     def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
         """The reply in chunks (the last ones may carry only usage or a finish reason); raises LLMError."""
 
+    async def context_window(self) -> int | None:
+        """Tokens of prompt and reply together that the serving model takes; None when unknown."""
+        return self.capabilities.context_window
+
     async def close(self) -> None:  # noqa: B027 - an optional hook: most models hold no connection
         """Release connections (on stop)."""
 
@@ -61,11 +70,38 @@ class ChatModel(ABC):
 class OpenAIChatModel(ChatModel):
     """Any OpenAI-compatible server through the official client, streamed."""
 
-    def __init__(self, base_url: str, api_key: str, model: str, timeout_s: float) -> None:
-        # No tools are sent and only content is read; the server's model and its window are not known here.
-        super().__init__(LLMCapabilities(streaming=True, tool_calls=False))
+    def __init__(
+        self, base_url: str, api_key: str, model: str, timeout_s: float, context_window: int | None = None
+    ) -> None:
+        # No tools are sent and only content is read. The window is the configured one, else the
+        # server's report (context_window()).
+        super().__init__(LLMCapabilities(streaming=True, tool_calls=False, context_window=context_window))
         self.name = model
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
+        self._props_url = base_url.rstrip("/").removesuffix("/v1") + "/props"
+        self._window: int | None = None
+        self._window_until = 0.0  # monotonic time until which _window is believed
+
+    async def context_window(self) -> int | None:
+        """The configured window, else what the server reports: ``GET /props`` ->
+        ``default_generation_settings.n_ctx`` (llama.cpp's llama-server, and our llama-cpp-python
+        launcher, ops/llama_cpp_serve.py). Asked again every WINDOW_TTL_S (a server may be restarted
+        with another model); a server that does not report it (OpenAI) is asked every NO_WINDOW_TTL_S."""
+        if self.capabilities.context_window or time.monotonic() < self._window_until:
+            return self.capabilities.context_window or self._window
+        window = None
+        try:
+            props = await self._client.get(self._props_url, cast_to=object, options={"timeout": PROPS_TIMEOUT_S})
+            settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+            n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+            window = n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
+        except openai.APIStatusError:
+            pass  # no such endpoint: the server does not say
+        except openai.APIError:
+            return self._window  # unreachable or slow now: the turn will say so; ask again next turn
+        self._window = window
+        self._window_until = time.monotonic() + (WINDOW_TTL_S if window else NO_WINDOW_TTL_S)
+        return window
 
     async def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
         # Two costs of the SDK's typed path are skipped, both measured on this machine: the generic
@@ -99,11 +135,7 @@ class OpenAIChatModel(ChatModel):
                     if chunk.text or chunk.usage or chunk.finish_reason:
                         yield chunk
             if not reported:  # servers such as llama.cpp's ignore stream_options: estimate
-                yield Chunk(
-                    usage=TokenUsage(
-                        prompt_tokens=sum(len(m["content"]) for m in messages) // 4, completion_tokens=pieces
-                    )
-                )
+                yield Chunk(usage=TokenUsage(prompt_tokens=estimate_messages(messages), completion_tokens=pieces))
         except openai.APIError as error:
             raise _classify(error) from error
         except ValueError as error:  # undecodable server-sent event, or one without a chunk's shape
@@ -114,9 +146,12 @@ class OpenAIChatModel(ChatModel):
 
 
 def _read_chunk(event: object) -> Chunk:
-    """The text, usage and finish reason of one ``chat.completion.chunk``; ValueError if it is not one."""
+    """The text, usage and finish reason of one ``chat.completion.chunk``; ValueError if it is not one,
+    LLMError when it is the server's report of a failure (``{"error": ...}``, llama-server's shape)."""
     if not isinstance(event, dict):
         raise ValueError("a stream event that is not a JSON object")
+    if "error" in event:
+        raise _stream_error(event["error"])
     usage = None
     if isinstance(reported := event.get("usage"), dict):
         usage = TokenUsage(
@@ -144,7 +179,28 @@ def _count(usage: dict[str, Any], key: str) -> int:
     return value
 
 
+def _overflows(body: object) -> bool:
+    """Whether an error body says the prompt is longer than the context window: llama-server's
+    ``exceed_context_size_error``, OpenAI's ``context_length_exceeded``, llama-cpp-python's
+    "maximum context length" message."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    text = " ".join(str(body.get(k, "")) for k in ("type", "code", "message")) if isinstance(body, dict) else str(body)
+    return bool(_OVERFLOW.search(text))
+
+
+_OVERFLOW = re.compile(r"exceed_context_size|context_length_exceeded|context (size|length|window)", re.IGNORECASE)
+
+
+def _stream_error(body: object) -> LLMError:
+    if _overflows(body):
+        return LLMError("llm_context_overflow", "the conversation is too long for the language model")
+    return LLMError("llm_stream_error", "the language model failed while replying", retryable=True)
+
+
 def _classify(error: openai.APIError) -> LLMError:
+    if isinstance(error, openai.APIStatusError) and error.status_code in (400, 413) and _overflows(error.body):
+        return LLMError("llm_context_overflow", "the conversation is too long for the language model")
     if isinstance(error, openai.APITimeoutError):
         return LLMError("llm_timeout", "the language model did not answer in time", retryable=True)
     if isinstance(error, openai.APIConnectionError):
@@ -157,7 +213,39 @@ def _classify(error: openai.APIError) -> LLMError:
         if error.status_code >= 500:
             return LLMError("llm_failed", f"the language model failed (HTTP {error.status_code})", retryable=True)
         return LLMError("llm_rejected", f"the language model rejected the request (HTTP {error.status_code})")
+    if error.body is not None:  # an error event inside the stream (the SDK raises the base class)
+        return _stream_error(error.body)
     return LLMError("llm_bad_stream", "the language model sent a malformed stream")
+
+
+#: Pieces that the BPE tokenizers of the embedded models (Qwen2.5, SmolLM2) turn into about one
+#: token or fewer: a word of ASCII letters per 4 letters, a digit, a punctuation mark, a run of
+#: blanks or of newlines, a run of other characters per 1.5 of its UTF-8 bytes.
+_PIECES = re.compile(r" ?[A-Za-z]+|\d|[ \t]+|\n+|[\x21-\x7e]|[^\x00-\x7f]+")
+MESSAGE_OVERHEAD = 8  # the chat template's tokens around each message (ChatML: about 5)
+REPLY_OVERHEAD = 4  # the assistant header that starts the reply
+
+
+def estimate_tokens(text: str) -> int:
+    """An upper estimate of the tokens of ``text``, with no tokenizer: measured against the real
+    tokenizers of SmolLM2 and Qwen2.5 it is 1.0-1.6 times the true count for English prose, code,
+    JSON and digits, 1.0-3.6 times for Chinese, Japanese, Arabic and emoji; the one case below it is
+    German on SmolLM2 (0.92), which the prompt budget's margin covers."""
+    count = 0
+    for piece in _PIECES.findall(text):
+        last = piece[-1]
+        if last.isascii() and last.isalpha():
+            count += -(-len(piece.lstrip()) // 4)
+        elif not last.isascii():
+            count += -(-len(piece.encode()) * 2 // 3)
+        else:
+            count += 1
+    return count
+
+
+def estimate_messages(messages: list[ChatMessage]) -> int:
+    """The estimated prompt tokens of ``messages`` once the chat template wraps them."""
+    return sum(estimate_tokens(m["content"]) + MESSAGE_OVERHEAD for m in messages) + REPLY_OVERHEAD
 
 
 _WORDS = re.compile(r"\S+\s*")

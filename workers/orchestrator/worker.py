@@ -40,6 +40,13 @@ class OrchestratorSettings(LLMSettings):
         default="openai", description="openai: any OpenAI-compatible server; echo: zero-latency load-test model"
     )
     llm_max_tokens: int = Field(default=256, ge=1, le=16_384, description="Longest reply, in tokens")
+    llm_context_window: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens of prompt and reply the model takes; every prompt is budgeted to it. 0: as the "
+        "server reports (GET /props: llama.cpp's llama-server and the local server of `just up`); no "
+        "budget when it reports none (OpenAI: set it)",
+    )
     default_agent: str = Field(default="general", description="Agent of sessions that chose none")
     memory_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the memory context request")
     retrieval_timeout_s: float = Field(default=0.5, gt=0, description="Deadline of the retrieval request")
@@ -74,6 +81,7 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
             model=settings.llm_model,
             api_key=settings.llm_api_key.get_secret_value(),
             timeout_s=settings.llm_timeout_s,
+            context_window=settings.llm_context_window or None,
         )
         hooks = ContextHooks(
             bus,
