@@ -173,18 +173,28 @@ async def test_a_token_without_a_tenant_still_works(edge: str) -> None:
 
 
 async def test_video_jobs_and_keyframes_belong_to_the_tenant(edge: str, tmp_path: Path) -> None:
-    video = make_video(tmp_path / "silent.mp4", 2.0, scenes=False).read_bytes()
+    video = make_video(tmp_path / "silent.mp4", 8.0).read_bytes()  # long enough to be cancelled while it runs
     first = await session(edge, KEYS["acme-1"])
     async with httpx.AsyncClient(base_url=edge) as http:
-        accepted = await http.post(
-            "/v1/videos",
-            params={"filename": "silent.mp4", "transcribe": False},
-            content=video,
-            headers={"Authorization": f"Bearer {first.token}"},
-        )
-        assert accepted.status_code == 202, accepted.text
-        job_id = accepted.json()["job_id"]
-        result = (await first.until(lambda e: e["kind"] == "video.result", timeout=60))[-1]
+
+        async def upload_video(cancelled_by: str | None = None) -> tuple[str, dict[str, Any]]:
+            """A job of the first session (cancelled at once by a session of ``cancelled_by``'s key); its result."""
+            canceller = (await grant(edge, KEYS[cancelled_by]))["token"] if cancelled_by else ""
+            accepted = await http.post(
+                "/v1/videos",
+                params={"filename": "silent.mp4", "transcribe": False},
+                content=video,
+                headers={"Authorization": f"Bearer {first.token}"},
+            )
+            assert accepted.status_code == 202, accepted.text
+            job_id: str = accepted.json()["job_id"]
+            if canceller:
+                cancel = await http.delete(f"/v1/videos/{job_id}", headers={"Authorization": f"Bearer {canceller}"})
+                assert cancel.status_code == 202
+            results = await first.until(lambda e: e["kind"] == "video.result" and e["job_id"] == job_id, timeout=60)
+            return job_id, results[-1]
+
+        job_id, result = await upload_video(cancelled_by="other")  # another tenant's cancel is ignored
         assert result["status"] == "done" and result["keyframes"], result
 
         async def keyframe(key: str) -> int:
@@ -194,6 +204,8 @@ async def test_video_jobs_and_keyframes_belong_to_the_tenant(edge: str, tmp_path
 
         assert await keyframe(KEYS["acme-1"]) == await keyframe(KEYS["acme-2"]) == 200
         assert await keyframe(KEYS["other"]) == await keyframe(KEYS["bare"]) == 404
+        _, result = await upload_video(cancelled_by="acme-2")  # another session of the tenant may cancel
+        assert result["status"] == "cancelled", result
     await first.close()
 
 

@@ -163,7 +163,10 @@ class Jobs:
                 raise media.MediaError("upload_missing", f"no uploaded object {job.object_name!r}") from None
             await progress("fetch", 1, 1)
             task = asyncio.create_task(processor.process(video, work, job.transcribe, progress))
-            self.running[job.job_id] = (owner_of(job.session_id, job.tenant), task)
+            owner = owner_of(job.session_id, job.tenant)
+            self.running[job.job_id] = (owner, task)
+            if self.cancelled.pop(job.job_id, None) == owner:  # cancelled while its upload was being fetched
+                task.cancel()
             try:
                 processed = await task
             finally:
