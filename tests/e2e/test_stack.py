@@ -60,6 +60,7 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "SB_NATS_MONITOR_PORT": str(free_port()),
         "SB_MONGO_URL": f"mongodb://127.0.0.1:{free_port()}",
         "SB_LLM_LOCAL_PORT": str(free_port()),
+        "SB_LLM_LOCAL_MODEL": "smollm2",  # the stack's shape, not the default model's answers (1.9 GB, slower)
         "SB_EDGE_PORT": str(free_port()),
     }
     for key in ("SB_LLM_BASE_URL", "SB_LLM_PROVIDER", "SB_SUBJECT_PREFIX"):
