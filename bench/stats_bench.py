@@ -141,7 +141,7 @@ async def run(options: argparse.Namespace, children: Children) -> None:
 async def replay_rates(nats_url: str, session_id: str, audio_frames: int) -> None:
     nc = await nats.connect(nats_url)
     try:
-        bus = Bus(producer="edge")
+        bus = Bus(producer="bench")
         bus.attach(nc)
         for seq in range(audio_frames):  # the session's microphone audio, recorded in SB_AUDIO
             await bus.publish_binary(

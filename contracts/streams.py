@@ -128,6 +128,7 @@ class ObjectStoreSpec(BaseModel):
     description: str
     max_bytes: int
     ttl_s: float = Field(description="Objects older than this are removed by the server")
+    users: tuple[str, ...] = Field(description="The services that read or write it (their NATS permissions)")
 
 
 VIDEO_OBJECTS = ObjectStoreSpec(
@@ -135,6 +136,7 @@ VIDEO_OBJECTS = ObjectStoreSpec(
     max_bytes=4 * GiB,
     ttl_s=7 * DAY,
     description="Uploaded videos (deleted once their job ends) and the keyframes of finished jobs",
+    users=("edge", "video"),
 )
 
 INGEST_FILES = ObjectStoreSpec(
@@ -142,4 +144,5 @@ INGEST_FILES = ObjectStoreSpec(
     max_bytes=GiB // 2,
     ttl_s=1 * DAY,
     description="Uploaded documents waiting for their ingestion job (IngestJob.object_name)",
+    users=("edge", "retriever"),
 )

@@ -273,6 +273,48 @@ SUBJECTS: tuple[Subject, ...] = (
 
 BY_NAME: dict[str, Subject] = {s.name: s for s in SUBJECTS}
 
+#: The processes that connect to the bus as services, each as its own NATS user (ops/access.py).
+WORKERS: tuple[str, ...] = ("orchestrator", "transcriber", "voice", "memory", "retriever", "keywords", "video", "stats")
+SERVICES: tuple[str, ...] = (*WORKERS, "edge")
+
+#: Who publishes each subject. The bus refuses a service publishing anything else, and so does
+#: the NATS server (ops/access.py derives each service's permissions from this table); operators'
+#: tools and tests are not services and may publish anything. Dead letters go to ``dlq.<worker>``:
+#: each worker publishes its own only.
+PUBLISHERS: dict[str, tuple[str, ...]] = {
+    "session.started": ("edge",),
+    "session.ended": ("edge",),
+    "session.settings": ("edge",),
+    "speech.started": ("transcriber",),
+    "speech.stopped": ("transcriber",),
+    "interrupt": ("edge", "transcriber"),
+    "error": ("orchestrator", "transcriber", "voice", "video", "retriever"),
+    "audio.done": ("voice",),
+    "memory.forget": ("edge",),
+    "video.cancel": ("edge",),
+    "turn.user": ("edge", "transcriber"),
+    "reply.delta": ("orchestrator",),
+    "reply.done": ("orchestrator",),
+    "transcript.partial": ("transcriber",),
+    "transcript.final": ("transcriber",),
+    "job.progress": ("retriever", "video"),
+    "ingest.result": ("retriever",),
+    "video.result": ("video",),
+    "turn.keywords": ("keywords",),
+    "audio.in": ("edge",),
+    "audio.in.partition": ("edge",),  # audio.in after the server's mapping: NATS checks the mapped subject
+    "audio.out": ("voice",),
+    "video.frame": ("edge",),
+    "memory.context": ("orchestrator",),
+    "memory.history": ("edge",),
+    "retrieval.query": ("orchestrator",),
+    "stats.snapshot": ("edge",),
+    "video.describe": ("orchestrator",),
+    "ingest.job": ("edge", "video"),
+    "video.job": ("edge",),
+    "deadletter": WORKERS,
+}
+
 #: Replies to request/reply subjects (they travel on inboxes, so they have no subject).
 REPLIES: dict[str, type[Event]] = {
     "memory.context": ev.ContextReply,

@@ -9,11 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from contracts.subjects import SERVICES, WORKERS
 from workers.runtime import Worker
 
-WORKERS: tuple[str, ...] = ("orchestrator", "transcriber", "voice", "memory", "retriever", "keywords", "video", "stats")
-#: Processes that announce themselves on the bus besides the workers.
-SERVICES: tuple[str, ...] = (*WORKERS, "edge")
+__all__ = ["SERVICES", "WORKERS", "load"]
 
 
 def load(name: str) -> type[Worker[Any]]:

@@ -2,7 +2,9 @@
 
 Every event goes to the subject its kind is declared on in ``contracts.subjects``, with the
 standard headers (``Nats-Msg-Id`` for dedupe, session, turn, schema, trace context), so a
-worker can neither publish on an undeclared subject nor forget a header.
+worker can neither publish on an undeclared subject nor forget a header. A service (a worker,
+the edge) publishes only what ``contracts.subjects.PUBLISHERS`` gives it: the NATS server would
+drop anything else without a word to the caller, so the bus says it first.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from prometheus_client import Counter
 
 from contracts import headers as h
 from contracts.envelope import Event, SessionEvent
-from contracts.subjects import BY_NAME, DEFAULT_PREFIX, SUBJECTS, Subject
+from contracts.subjects import BY_NAME, DEFAULT_PREFIX, PUBLISHERS, SERVICES, SUBJECTS, Subject
 
 from . import tracing
 from .metrics import PUBLISHED
@@ -30,6 +32,10 @@ for _spec in SUBJECTS:  # the first subject declared for a kind is where produce
 
 class BusNotConnectedError(RuntimeError):
     pass
+
+
+class NotAPublisherError(PermissionError):
+    """A service publishing a subject the contracts give to others."""
 
 
 class DependencyUnavailableError(RuntimeError):
@@ -66,10 +72,15 @@ def _published(producer: str, kind: str) -> Counter:
     return PUBLISHED.labels(producer, kind)
 
 
-def subject_for(event: Event, prefix: str = DEFAULT_PREFIX, **params: str) -> str:
+def declared_subject(event: Event) -> Subject:
     spec = _BY_KIND.get(event.kind)
     if spec is None:
         raise LookupError(f"no subject is declared for kind {event.kind!r}")
+    return spec
+
+
+def subject_for(event: Event, prefix: str = DEFAULT_PREFIX, **params: str) -> str:
+    spec = declared_subject(event)
     session = event.session_id if isinstance(event, SessionEvent) else None
     return spec.subject(session if spec.per_session else None, prefix, **params)
 
@@ -80,6 +91,7 @@ class Bus:
     def __init__(self, producer: str, prefix: str = DEFAULT_PREFIX) -> None:
         self.producer = producer
         self.prefix = prefix
+        self._publishes = {n for n, who in PUBLISHERS.items() if producer in who} if producer in SERVICES else None
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
 
@@ -99,8 +111,16 @@ class Bus:
             raise BusNotConnectedError("the bus is not connected yet")
         return self._js
 
+    def may_publish(self, spec: Subject) -> None:
+        if self._publishes is not None and spec.name not in self._publishes:
+            raise NotAPublisherError(
+                f"{self.producer} does not publish {spec.name!r}: contracts.subjects.PUBLISHERS gives it to "
+                f"{', '.join(PUBLISHERS[spec.name]) or 'nobody'}"
+            )
+
     async def publish(self, event: Event, *, durable: bool = False, **params: str) -> None:
         """Publish on the event's declared subject. ``durable`` waits for JetStream's ack."""
+        self.may_publish(declared_subject(event))
         subject = subject_for(event, self.prefix, **params)
         payload = event.model_dump_json().encode()
         headers = headers_for(event)
@@ -111,12 +131,14 @@ class Bus:
 
     async def publish_binary(self, meta: Event, payload: bytes) -> None:
         """Publish raw media with its meta model in the ``Sb-Meta`` header."""
+        self.may_publish(declared_subject(meta))
         headers = headers_for(meta)
         headers[h.META] = meta.model_dump_json()
         await self.nc.publish(subject_for(meta, self.prefix), payload, headers=headers)
 
     async def request(self, name: str, event: Event, reply_type: type[ReplyT], timeout: float) -> ReplyT:
         """Request/reply with a deadline; raises DependencyUnavailableError instead of hanging."""
+        self.may_publish(BY_NAME[name])
         subject = BY_NAME[name].subject(prefix=self.prefix)
         try:
             msg = await self.nc.request(
