@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import typer
@@ -10,7 +11,7 @@ import typer
 from workers.runtime.settings import RuntimeSettings, load_settings
 from workers.runtime.worker import StartupError, connect_nats
 
-from . import ingest, memory_db, registry, tools
+from . import access, ingest, memory_db, registry, tools
 from .health import ServiceInstance, degraded, discover, missing
 
 app = typer.Typer(help="Switchboard operations", no_args_is_help=True, add_completion=False)
@@ -19,6 +20,15 @@ app.add_typer(contracts_app, name="contracts")
 app.command("init-db")(memory_db.init_db)
 app.command()(ingest.ingest)
 tools.register(app)  # tail, replay, trace
+
+
+@app.callback()
+def _operator(context: typer.Context) -> None:
+    """Beside `just up`, the tools connect as its operator user unless told otherwise."""
+    if context.invoked_subcommand != "up":
+        from .stack import DEFAULT_RUN_DIR
+
+        os.environ.update(access.operator_env(dict(os.environ), DEFAULT_RUN_DIR))
 
 
 @app.command()

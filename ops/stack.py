@@ -37,7 +37,7 @@ from types import FrameType
 from typing import BinaryIO, TextIO
 from urllib.parse import urlparse
 
-from . import models, registry
+from . import access, models, registry
 from .llm_server import find_model, llm_command
 from .servers import ServerError, find_binary, mongo_command, nats_command, port_open
 
@@ -137,10 +137,15 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
     nats_url = env.setdefault("SB_NATS_URL", "nats://127.0.0.1:4222")
     host, port = _host_port(nats_url, 4222)
     if port_open(host, port):
-        notes.append(f"reusing NATS at {nats_url}")
+        notes.append(f"reusing NATS at {nats_url} (its credentials: SB_NATS_USER/SB_NATS_PASSWORD or SB_NATS_CREDS)")
     else:
-        command = [*nats_command(run_dir / "nats", port, NATS_CONF), "-m", env.get("SB_NATS_MONITOR_PORT", "8222")]
+        users = access.run_folder(run_dir)
+        config = access.server_config(NATS_CONF, users)
+        command = [*nats_command(run_dir / "nats", port, config), "-m", env.get("SB_NATS_MONITOR_PORT", "8222")]
         processes.append(Process("nats", _tracked(command), server=True))
+        env["SB_NATS_USERS_FILE"] = str(users / access.CREDENTIALS)
+        notes.append(f"NATS users: {env['SB_NATS_USERS_FILE']} (each process connects as its own)")
+
     mongo_url = env.setdefault("SB_MONGO_URL", "mongodb://127.0.0.1:27017")
     host, port = _host_port(mongo_url, 27017)
     if port_open(host, port):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 from typing import Literal, NoReturn, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError
@@ -22,6 +23,11 @@ class RuntimeSettings(BaseSettings):
     nats_user: str | None = Field(default=None, description="NATS user (with SB_NATS_PASSWORD)")
     nats_password: SecretStr | None = Field(default=None, description="NATS password (never logged)")
     nats_creds: str | None = Field(default=None, description="Path to a NATS .creds file")
+    nats_users_file: Path | None = Field(
+        default=None,
+        description="JSON file of NATS passwords by user (`just up` writes one): a service connects as the "
+        "user of its name, operators' tools as `ops`; SB_NATS_USER wins",
+    )
     subject_prefix: str = Field(
         default="sb", pattern=r"^[a-z][a-z0-9_-]*$", description="First token of every subject; replays use another"
     )

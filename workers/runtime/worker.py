@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar, get_args
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +38,7 @@ from .transports import PartitionedTransport, Transport, transport_for
 S = TypeVar("S", bound=RuntimeSettings)
 VERSION = "0.1.0"
 HEALTH_ENDPOINT = "health"
+OPERATOR = "ops"  # the NATS user of operators' tools
 log = get_logger("runtime")
 
 
@@ -64,6 +66,7 @@ class Worker(Generic[S]):
         self.settings = settings
         self.bus = bus
         self.transports: dict[str, Transport] = {}
+        self.refused = ""  # the last operation the NATS server refused this worker (its permissions)
 
     async def start(self) -> None:
         """Open resources (models, clients, tasks) before the first message is delivered."""
@@ -95,7 +98,8 @@ class Worker(Generic[S]):
         return tuple(c.durable for c in cls.consumptions() if c.durable is not None)
 
     def health(self) -> list[str]:
-        return [*self.problems(), *(p for t in self.transports.values() for p in t.problems())]
+        refused = [f"the bus refused: {self.refused}"] if self.refused else []
+        return [*self.problems(), *(p for t in self.transports.values() for p in t.problems()), *refused]
 
 
 class StartupError(RuntimeError):
@@ -103,6 +107,11 @@ class StartupError(RuntimeError):
 
 
 W = TypeVar("W", bound=Worker[Any])
+
+
+def inbox_prefix(user: str) -> str:
+    """Replies and JetStream deliveries to a user come here: its permissions let it read only these."""
+    return f"_INBOX_{user}"
 
 
 def connect_options(settings: RuntimeSettings, name: str) -> dict[str, Any]:
@@ -114,12 +123,30 @@ def connect_options(settings: RuntimeSettings, name: str) -> dict[str, Any]:
         "reconnect_time_wait": 1.0,
         "connect_timeout": 2,
     }
-    if settings.nats_user:
-        options["user"] = settings.nats_user
-        options["password"] = settings.nats_password.get_secret_value() if settings.nats_password else None
+    user = settings.nats_user
+    password = settings.nats_password.get_secret_value() if settings.nats_password else None
+    in_url = any("@" in url for url in settings.nats_servers())  # credentials in the URL come first
+    if not user and not in_url and settings.nats_users_file is not None:
+        user, password = _user_of(settings.nats_users_file, name)
+    if user:
+        options["user"] = user
+        options["password"] = password
+        options["inbox_prefix"] = inbox_prefix(user)
     if settings.nats_creds:
         options["user_credentials"] = settings.nats_creds
     return options
+
+
+def _user_of(users_file: Path, name: str) -> tuple[str, str]:
+    """The user named after this process in the file, else the operators' user (tools, tests)."""
+    try:
+        passwords: dict[str, str] = json.loads(users_file.read_text())
+    except (OSError, ValueError) as error:
+        raise StartupError(f"cannot read SB_NATS_USERS_FILE {users_file}: {type(error).__name__}") from None
+    user = name if name in passwords else OPERATOR
+    if user not in passwords:
+        raise StartupError(f"SB_NATS_USERS_FILE {users_file} has no user {name!r} nor {OPERATOR!r}")
+    return user, passwords[user]
 
 
 async def connect_nats(settings: RuntimeSettings, name: str, **callbacks: Any) -> Client:
@@ -160,11 +187,18 @@ _last_error_log = 0.0
 
 
 async def _log_nats_error(error: Exception) -> None:
+    if is_refusal(error):  # a missing permission: every time, it loses messages
+        log.error("NATS refused an operation (permissions)", error=str(error)[:300])
+        return
     # While NATS is down nats-py reports every retry; one line per 10 s says the same.
     global _last_error_log  # noqa: PLW0603 - process-wide throttle of one log line
     if time.monotonic() - _last_error_log >= 10.0:
         _last_error_log = time.monotonic()
         log.warning("NATS connection problem (retrying)", error=repr(error)[:200])
+
+
+def is_refusal(error: Exception) -> bool:
+    return "permissions violation" in str(error).lower()
 
 
 async def _on_disconnect() -> None:
@@ -190,7 +224,14 @@ async def running_worker(
         for transport in worker.transports.values() if worker else ():
             transport.on_reconnect()
 
-    bus.attach(await connect_nats(settings, name, disconnected_cb=_on_disconnect, reconnected_cb=reconnected))
+    async def errored(error: Exception) -> None:
+        await _log_nats_error(error)
+        if is_refusal(error) and worker is not None:
+            worker.refused = str(error)[:300]
+
+    bus.attach(
+        await connect_nats(settings, name, disconnected_cb=_on_disconnect, reconnected_cb=reconnected, error_cb=errored)
+    )
     try:
         await provision(bus.js, STREAMS, worker_type.consumers(), settings.subject_prefix)
         serve_metrics(settings.metrics_port, settings.metrics_host)
