@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client
 
+from ops import access
 from ops.servers import RunningServer, start_nats
 from ops.stack import NATS_CONF
 from tests.contract_tap import ContractTap
@@ -18,9 +20,23 @@ configure_logging("warning", "json")
 
 
 @pytest.fixture(scope="session")
-def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    """A real nats-server -js on a free loopback port with a temporary store."""
-    server = start_nats(tmp_path_factory.mktemp("nats") / "store", config=NATS_CONF)
+def bus_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The NATS users of the session's server (ops/access.py). Every worker and edge a test runs in
+    this process connects as its own service user, with its real permissions; other clients
+    (tests, tools, test-only workers) as ``ops``."""
+    folder = tmp_path_factory.mktemp("nats-auth")
+    access.credentials(folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SB_NATS_USERS_FILE", str(folder / access.CREDENTIALS))
+        yield folder
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory, bus_users: Path) -> Iterator[RunningServer]:
+    """A real nats-server -js on a free loopback port with a temporary store, requiring credentials."""
+    config = access.server_config(NATS_CONF, bus_users)
+    server = start_nats(tmp_path_factory.mktemp("nats") / "store", config=config)
+    server.url = access.url_with_user(server.url, bus_users)  # as the operator
     yield server
     server.stop()
 

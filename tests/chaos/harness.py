@@ -26,6 +26,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from contracts.envelope import Event
+from ops import access
 from ops.health import discover
 from ops.servers import RunningServer, free_port, port_open, start_mongo, start_nats, wait_for_port
 from ops.stack import NATS_CONF
@@ -89,6 +90,11 @@ class Stack:
         return f"nats://127.0.0.1:{self.nats_port}"
 
     @property
+    def bus_users(self) -> Path:
+        """The stack's NATS users: each process connects as its own, the test as the operator."""
+        return self.base / "nats-auth"
+
+    @property
     def mongo_url(self) -> str:
         return f"mongodb://127.0.0.1:{self.mongo_port}/chaos"
 
@@ -115,7 +121,7 @@ class Stack:
         self.mongo = await asyncio.to_thread(start_mongo, self.base / "mongo", self.mongo_port)
         self.llm = await asyncio.to_thread(self._start_llm)
         self._nc = await nats.connect(
-            self.nats_url,
+            access.url_with_user(self.nats_url, self.bus_users),
             name="chaos-test",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,
@@ -138,7 +144,8 @@ class Stack:
         return llm
 
     def _start_nats(self) -> RunningServer:
-        return start_nats(self.base / "nats", self.nats_port, NATS_CONF, log_file=self.logs / "nats.log")
+        config = access.server_config(NATS_CONF, self.bus_users)
+        return start_nats(self.base / "nats", self.nats_port, config, log_file=self.logs / "nats.log")
 
     async def restart_nats(self, down_s: float) -> None:
         """nats-server stopped (SIGTERM), ``down_s`` of nothing, then started on the same port and store."""
@@ -164,6 +171,7 @@ class Stack:
     def env_for(self, name: str) -> dict[str, str]:
         env = self._base_env() | {
             "SB_NATS_URL": self.nats_url,
+            "SB_NATS_USERS_FILE": str(self.bus_users / access.CREDENTIALS),
             "SB_LOG_FORMAT": "json",
             "SB_LOG_LEVEL": "info",
             "SB_LLM_BASE_URL": f"http://127.0.0.1:{self.llm_port}/v1",

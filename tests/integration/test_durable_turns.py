@@ -94,7 +94,7 @@ async def client_bus(nats_url: str, prefix: str) -> AsyncIterator[Bus]:
     import nats
 
     nc = await nats.connect(nats_url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
-    bus = Bus(producer="edge", prefix=prefix)
+    bus = Bus(producer="test", prefix=prefix)  # plays the edge (and, once, a dying orchestrator replica)
     bus.attach(nc)
     await provision(bus.js, STREAMS, (USER_TURNS,), prefix)  # as the edge does
     try:

@@ -15,6 +15,7 @@ from contracts import events as ev
 from contracts.envelope import SessionEvent
 from contracts.subjects import BY_NAME, dead_letter_subject
 from tests.contract_tap import DELIBERATELY_INVALID
+from tests.support.bus import serving
 from tests.support.edge_client import connect, running_edge
 from tests.support.mongo import database_url, mongo_url
 from tests.support.scripted_llm import ScriptedLLM
@@ -55,7 +56,7 @@ async def memory(nats_url: str, db_url: str, llm: ScriptedLLM, store: MemoryStor
         summary_after_turns=6,
         summary_keep_recent=2,
     )
-    async with running_worker(WORKER, settings) as bus:
+    async with serving(WORKER, settings) as bus:
         yield bus
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.client import Client
@@ -20,6 +20,7 @@ from contracts import headers as h
 from contracts.streams import EVENTS, STREAMS, ConsumerSpec
 from contracts.subjects import BY_NAME, dead_letter_subject
 from tests.contract_tap import DELIBERATELY_INVALID
+from tests.support.waiting import eventually
 from workers.runtime import Bus, RuntimeSettings, Worker, consumes, running_worker
 from workers.runtime.bus import flush_ordered
 from workers.runtime.provision import provision, stream_name
@@ -105,14 +106,6 @@ async def without_backlog(nc: Client) -> None:
     """The durable echo starts afresh: turns other tests sent while it did not run are not its business."""
     with contextlib.suppress(NotFoundError):
         await nc.jetstream().delete_consumer(EVENTS.name, ECHO_TURNS.durable)
-
-
-async def eventually(condition: Callable[[], bool], within: float) -> None:
-    for _ in range(int(within / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not true within {within} s")
 
 
 def user_turn(text: str, turn_id: str = "t1") -> ev.UserTurn:

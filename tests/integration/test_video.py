@@ -26,6 +26,7 @@ from contracts import events as ev
 from contracts.binary import ClientFrame, FrameType
 from contracts.envelope import new_id, now
 from contracts.streams import VIDEO_OBJECTS
+from tests.support.bus import serving
 from tests.support.edge_client import connect, new_session, running_edge
 from tests.support.speech import word_error_rate
 from tests.support.video import decode_jpeg, huge_video, make_video, solid_jpeg, unsupported_codec_video
@@ -49,7 +50,7 @@ def settings(nats_url: str, prefix: str = PREFIX, **overrides: Any) -> VideoSett
 
 @pytest.fixture(scope="module")
 async def worker(nats_url: str) -> AsyncIterator[Bus]:
-    async with running_worker(WORKER, settings(nats_url)) as bus:
+    async with serving(WORKER, settings(nats_url)) as bus:
         yield bus
 
 
@@ -235,7 +236,7 @@ async def test_a_crashing_job_is_retried_then_dead_lettered_with_the_reason(
 ) -> None:
     prefix = "vidcrash"
     started: list[VideoWorker] = []
-    async with running_worker(WORKER, settings(nats_url, prefix), started=started.append) as bus:
+    async with serving(WORKER, settings(nats_url, prefix), started=started.append) as bus:
         jobs = started[0].jobs
         crash_store = await object_store(bus.js, VIDEO_OBJECTS, prefix)
         session = new_id()
@@ -296,7 +297,7 @@ async def test_camera_frames_are_described_with_plain_facts(worker: Bus, nc: Nat
 async def test_a_vision_model_describes_the_frame_when_configured(nats_url: str, llm: Any, nc: Nats) -> None:
     prefix = "vidvision"
     overrides = {"video_vision_model": "vision-test", "video_vision_base_url": llm.base_url}
-    async with running_worker(WORKER, settings(nats_url, prefix, **overrides)) as bus:
+    async with serving(WORKER, settings(nats_url, prefix, **overrides)) as bus:
         session = new_id()
         await bus.publish_binary(ev.VideoFrameMeta(session_id=session, producer="test"), solid_jpeg("gray"))
         await asyncio.sleep(0.5)

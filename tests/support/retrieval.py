@@ -11,9 +11,10 @@ from typing import Any
 
 from contracts import events as ev
 from contracts.envelope import new_id
+from tests.support.bus import serving
 from workers.retriever.settings import RetrieverSettings
 from workers.retriever.worker import WORKER
-from workers.runtime import Bus, running_worker
+from workers.runtime import Bus
 from workers.runtime.ingest import Owner, content_type_for, submit_delete, submit_ingest, watch_jobs
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -50,7 +51,7 @@ async def running_retriever(nats_url: str, folder: Path, prefix: str, **override
     settings = RetrieverSettings(
         nats_url=nats_url, subject_prefix=prefix, retriever_path=folder / "chroma", **overrides
     )
-    async with running_worker(WORKER, settings) as bus:
+    async with serving(WORKER, settings) as bus:
         yield bus
 
 
