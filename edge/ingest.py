@@ -21,18 +21,21 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from contracts import events as ev
+from contracts.streams import INGEST_FILES
 from workers.runtime.bus import Bus
 from workers.runtime.ingest import (
     INLINE_MAX_BYTES,
     JobWatch,
     content_type_for,
+    stored_owner,
     submit_delete,
     submit_ingest,
     watch_jobs,
 )
+from workers.runtime.provision import object_store
 
 from .auth import AuthError, Bearer, TokenIssuer
-from .limits import UploadQuota
+from .limits import StorageQuota, UploadQuota
 from .settings import EdgeSettings
 
 Base = Annotated[str, Query(min_length=3, max_length=63, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -63,6 +66,7 @@ class SessionAuth:
 def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads: UploadQuota) -> APIRouter:
     router = APIRouter(prefix="/v1/ingest", tags=["retrieval"])
     limit = settings.edge_max_upload_bytes
+    stored = StorageQuota(settings.edge_stored_bytes_per_owner)
 
     authenticated = Depends(SessionAuth(issuer))  # the session (and tenant) of the request's token
 
@@ -90,6 +94,9 @@ def ingest_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads
                 raise HTTPException(status_code=400, detail="the upload is empty")
             spool.seek(0)
             data: bytes | io.BufferedIOBase = spool.read() if size <= INLINE_MAX_BYTES else spool
+            if size > INLINE_MAX_BYTES:  # it will wait in the object store for its job
+                bucket = await object_store(bus.js, INGEST_FILES, bus.prefix)
+                await stored.check(bucket, stored_owner(session_id, "session", bearer.tenant), size)
             async with watch_jobs(bus.nc, session_id, bus.prefix) as watch:
                 try:
                     job = await submit_ingest(

@@ -1,4 +1,4 @@
-"""Rate limits that answer at once (never wait): per socket (frames) and per session (uploads)."""
+"""Limits that answer at once (never wait): frames per socket, uploads per session, bytes per owner."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 import time
 
 from fastapi import HTTPException
+from nats.js.errors import NotFoundError
+from nats.js.object_store import ObjectStore
 
 from workers.runtime.turns import SessionTable
 
@@ -43,3 +45,32 @@ class UploadQuota:
                 detail=f"too many uploads from this session: at most {self.per_minute:g} a minute",
                 headers={"Retry-After": str(math.ceil(60 / self.per_minute))},
             )
+
+
+class StorageQuota:
+    """Bytes an owner (a session, or its tenant) may hold in an object store at once: uploads waiting
+    for their job, a finished video's keyframes. Object names start with ``<owner>/``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
+    async def check(self, store: ObjectStore, owner: str, adding: int) -> None:
+        """Refuse with 413 when ``adding`` more bytes would pass the owner's quota."""
+        held = await held_by(store, owner)
+        if held + adding > self.max_bytes:
+            raise HTTPException(
+                status_code=413,
+                detail=(
+                    f"this session (or its tenant) holds {held / 1e6:.1f} MB of stored uploads and keyframes; "
+                    f"{adding / 1e6:.1f} MB more would pass its quota of {self.max_bytes / 1e6:.1f} MB "
+                    "(SB_EDGE_STORED_BYTES_PER_OWNER); uploads are freed when their jobs end"
+                ),
+            )
+
+
+async def held_by(store: ObjectStore, owner: str) -> int:
+    try:
+        objects = await store.list(ignore_deletes=True)
+    except NotFoundError:  # an empty bucket
+        return 0
+    return sum(info.size or 0 for info in objects if info.name.startswith(f"{owner}/"))

@@ -54,6 +54,12 @@ class EdgeSettings(RuntimeSettings):
     max_violations: int = Field(default=10, ge=1, description="Refused frames before the socket is closed")
     max_sockets_per_session: int = Field(default=2, ge=1)
     edge_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest document upload (bytes)")
+    edge_stored_bytes_per_owner: int = Field(
+        default=1024**3,
+        ge=1,
+        description="Bytes a session (or its tenant) may hold in the object stores at once (uploads waiting "
+        "for their job, keyframes); past it an upload gets 413",
+    )
     edge_uploads_per_min: float = Field(
         default=12.0, gt=0, description="Uploads (documents and videos) a session may start per minute; then 429"
     )

@@ -28,7 +28,7 @@ from workers.runtime.bus import Bus
 from workers.runtime.provision import object_store
 
 from .auth import AuthError, Bearer, TokenIssuer
-from .limits import UploadQuota
+from .limits import StorageQuota, UploadQuota
 from .settings import EdgeSettings
 
 PRODUCER = "edge"
@@ -44,6 +44,7 @@ class VideoAccepted(BaseModel):
 def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads: UploadQuota) -> APIRouter:
     router = APIRouter(prefix="/v1/videos", tags=["video"])
     limit = settings.edge_video_max_upload_bytes
+    stored = StorageQuota(settings.edge_stored_bytes_per_owner)
     buckets: list[ObjectStore] = []
 
     def session(authorization: str | None = Header(default=None)) -> Bearer:
@@ -85,6 +86,7 @@ def video_router(settings: EdgeSettings, bus: Bus, issuer: TokenIssuer, uploads:
                 raise HTTPException(status_code=400, detail="the upload is empty")
             spool.seek(0)
             bucket = await store()
+            await stored.check(bucket, owner_of(session_id, bearer.tenant), size)
             await bucket.put(name, spool)  # type: ignore[arg-type]  # a binary file object
         try:
             await bus.publish(

@@ -257,3 +257,33 @@ async def test_uploads_per_session_are_limited_and_other_sessions_are_unaffected
             assert (await upload(other)).status_code == 202
         await greedy.close()
         await other.close()
+
+
+async def test_stored_bytes_per_owner_are_limited_and_other_owners_are_unaffected(nats_url: str) -> None:
+    """No retriever runs here: uploads wait in the object store, counted against their owner's quota."""
+    document = b"A long note. " * 25_000  # 325 kB: over the inline size, so it is stored
+    quota = int(len(document) * 1.5)
+    async with running_edge(
+        nats_url, subject_prefix="stored", edge_stored_bytes_per_owner=quota, edge_uploads_per_min=60.0
+    ) as url:
+        filler, other = await connect(url), await connect(url)
+        async with httpx.AsyncClient(base_url=url) as http:
+
+            async def upload(client: Client, name: str) -> httpx.Response:
+                return await http.post(
+                    "/v1/ingest",
+                    params={"filename": name},
+                    content=document,
+                    headers={"Authorization": f"Bearer {client.token}"},
+                )
+
+            assert (await upload(filler, "first.txt")).status_code == 202
+            refused = await upload(filler, "second.txt")
+            assert refused.status_code == 413
+            assert (
+                "holds 0.3 MB" in refused.json()["detail"]
+                and "SB_EDGE_STORED_BYTES_PER_OWNER" in refused.json()["detail"]
+            )
+            assert (await upload(other, "first.txt")).status_code == 202
+        await filler.close()
+        await other.close()

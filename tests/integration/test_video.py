@@ -386,3 +386,20 @@ async def test_the_general_agent_sees_what_the_camera_shows(worker: Bus, nats_ur
         after = (await client.until(lambda e: e["kind"] == "reply.done"))[-1]["text"]
         assert "The user's camera, just now: Plain image facts" in after and "320x240" in after
         await client.close()
+
+
+async def test_stored_videos_count_against_their_owners_quota(nats_url: str) -> None:
+    """No video worker runs: uploads wait in the bucket, counted against their session's quota."""
+    upload = b"\0" * 200_000
+    async with running_edge(nats_url, subject_prefix="vquota", edge_stored_bytes_per_owner=300_000) as url:
+        (_, filler), (_, other) = await new_session(url), await new_session(url)
+        async with httpx.AsyncClient(base_url=url) as http:
+
+            async def send(token: str) -> httpx.Response:
+                headers = {"Authorization": f"Bearer {token}"}
+                return await http.post("/v1/videos", params={"filename": "clip.mp4"}, content=upload, headers=headers)
+
+            assert (await send(filler)).status_code == 202
+            refused = await send(filler)
+            assert refused.status_code == 413 and "quota of 0.3 MB" in refused.json()["detail"]
+            assert (await send(other)).status_code == 202

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 
 from contracts import events as ev
 from contracts.envelope import new_id
+from contracts.owners import PUBLIC, owner_of
 from contracts.streams import INGEST_FILES
 from contracts.subjects import BY_NAME
 
@@ -76,7 +77,7 @@ async def submit_ingest(
         source=source,
         content_type=content_type,
         text=text,
-        object_name=job_id if text is None else None,
+        object_name=f"{stored_owner(session_id, owner, tenant)}/{job_id}" if text is None else None,
         owner=owner,
         tenant=tenant,
     )
@@ -92,6 +93,11 @@ async def submit_ingest(
             await store.delete(job.object_name)
         raise
     return job
+
+
+def stored_owner(session_id: str, owner: Owner, tenant: str | None) -> str:
+    """Whose quota an upload counts against: the first part of its object's name."""
+    return PUBLIC if owner == "public" else owner_of(session_id, tenant)
 
 
 async def submit_delete(
