@@ -12,7 +12,7 @@ from workers.orchestrator.agents import TONES, AgentRegistry, Router
 from workers.orchestrator.context import ContextHooks
 from workers.orchestrator.core import Orchestrator
 from workers.orchestrator.llm import ChatModel, EchoChatModel
-from workers.orchestrator.prompt import build_messages
+from workers.orchestrator.prompt import build_prompt
 from workers.runtime.bus import DependencyUnavailableError
 
 SID = "session-unit-01"
@@ -79,7 +79,7 @@ def test_prompt_has_tone_memory_and_numbered_passages() -> None:
         score=0.8,
         citation=ev.Citation(document_id="d1", source="handbook.md", section="Leave"),
     )
-    messages = build_messages(agent, "formal", "how much leave?", [("user", "ignored local")], memory, [passage])
+    messages = build_prompt(agent, "formal", "how much leave?", [("user", "ignored local")], memory, [passage]).messages
     system = messages[0]["content"]
     assert TONES["formal"] in system and "They planned a trip." in system and "lives in Oslo" in system
     assert "[1] (handbook.md, Leave) Leave is 25 days." in system

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from contracts.events import DependencyStatus
 from tests.support.pdf import crowded_pdf, image_only_pdf, text_pdf
 from tests.support.retrieval import CORPUS
-from workers.orchestrator.agents import DEFAULT_AGENTS
-from workers.orchestrator.prompt import NO_PASSAGES, SEARCH_DOWN, build_messages
+from workers.orchestrator.agents import DEFAULT_AGENTS, Agent
+from workers.orchestrator.prompt import NO_PASSAGES, SEARCH_DOWN, build_prompt
 from workers.retriever.chunker import Chunker
 from workers.retriever.embedder import Embedder, load_tokenizer, model_dir
 from workers.retriever.extract import Document, DocumentError, Section, extract
@@ -189,8 +190,8 @@ def test_a_searching_agent_is_told_when_nothing_matched_or_the_search_is_down() 
     knowledge = next(a for a in DEFAULT_AGENTS if a.name == "knowledge")
     general = next(a for a in DEFAULT_AGENTS if a.name == "general")
 
-    def system(agent: object, status: str) -> str:
-        return build_messages(agent, None, "q", [], None, [], status)[0]["content"]
+    def system(agent: Agent, status: DependencyStatus) -> str:
+        return build_prompt(agent, None, "q", [], None, [], status).messages[0]["content"]
 
     assert NO_PASSAGES in system(knowledge, "ok") and SEARCH_DOWN not in system(knowledge, "ok")
     assert SEARCH_DOWN in system(knowledge, "unavailable") and SEARCH_DOWN in system(knowledge, "timeout")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from contracts import events as ev
 from contracts.events import DependencyStatus, Tone
@@ -113,8 +112,3 @@ def build_prompt(
         len(passages) - len(kept),
         memory is not None and bool(memory.summary or memory.facts) and not (summary or facts),
     )
-
-
-def build_messages(*args: Any, **kwargs: Any) -> list[ChatMessage]:
-    """The messages of :func:`build_prompt`, with no budget unless one is given."""
-    return build_prompt(*args, **kwargs).messages

@@ -7,7 +7,7 @@ older than SB_TURN_DEADLINE_S gets an error instead); interrupt and session.sett
 replica: whoever owns the in-flight turn acts); session.started (every replica: the session's
 tenant, whose knowledge bases its retrieval requests name).
 Produces: reply.delta, reply.done, error. Asks: memory.context, retrieval.query, video.describe.
-Logic: core.Orchestrator (turns), agents.Router (who answers), prompt.build_messages, llm.
+Logic: core.Orchestrator (turns), agents.Router (who answers), prompt.build_prompt, llm.
 """
 
 from __future__ import annotations
