@@ -46,8 +46,8 @@ def status(
 ) -> None:
     """List the running services (NATS service discovery) and which expected ones are missing."""
     settings = load_settings(RuntimeSettings)
-    if not watch:  # an interactive command should not hang for the workers' 30 s start-up grace
-        settings = settings.model_copy(update={"connect_timeout_s": min(settings.connect_timeout_s, 5.0)})
+    if not watch:  # an interactive command should not hang for the workers' 30 s start-up grace (unless asked to wait)
+        settings = settings.model_copy(update={"connect_timeout_s": max(min(settings.connect_timeout_s, 5.0), wait)})
     try:
         raise typer.Exit(asyncio.run(_status(settings, watch, wait)))
     except StartupError as error:

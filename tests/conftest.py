@@ -31,10 +31,18 @@ def bus_users(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield folder
 
 
+def many_prefixes_config(folder: Path) -> Path:
+    """infra/nats.conf with room for the suite's many subject prefixes: each prefix's streams reserve
+    their max_bytes (~2.5 GB) against max_file_store, which is accounting, not disk used."""
+    path = folder / "nats-tests.conf"
+    path.write_text(NATS_CONF.read_text().replace("max_file_store: 64GB", "max_file_store: 4TB"))
+    return path
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory, bus_users: Path) -> Iterator[RunningServer]:
     """A real nats-server -js on a free loopback port with a temporary store, requiring credentials."""
-    config = access.server_config(NATS_CONF, bus_users)
+    config = access.server_config(many_prefixes_config(bus_users), bus_users)
     server = start_nats(tmp_path_factory.mktemp("nats") / "store", config=config)
     server.url = access.url_with_user(server.url, bus_users)  # as the operator
     yield server

@@ -63,7 +63,8 @@ def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "SB_LLM_LOCAL_MODEL": "smollm2",  # the stack's shape, not the default model's answers (1.9 GB, slower)
         "SB_EDGE_PORT": str(free_port()),
     }
-    for key in ("SB_LLM_BASE_URL", "SB_LLM_PROVIDER", "SB_SUBJECT_PREFIX"):
+    # The suite's own NATS users (tests/conftest.py) are not the stack's: its tools find the stack's.
+    for key in ("SB_LLM_BASE_URL", "SB_LLM_PROVIDER", "SB_SUBJECT_PREFIX", "SB_NATS_USERS_FILE"):
         env.pop(key, None)
     yield env
 
