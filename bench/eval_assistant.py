@@ -1,0 +1,148 @@
+"""How useful the assistant is: the evaluation set (tests/data/eval/conversations.json) through a running edge.
+
+Each conversation is a new session: its documents are uploaded to the session's own knowledge base
+first, then its turns are typed one after the other, as a user would. A turn with ``expect`` passes
+when its final reply matches one of the patterns (case-insensitive; ``{year}``, ``{month}`` and
+``{weekday}`` are today's, UTC), names the expected source among its citations (``cites``) and was
+answered by the expected agent (``agent``). Prints each failure, the score per category, and
+first-delta percentiles of the typed turns (client clock).
+
+    just up                                  # the embedded default, in another terminal
+    .venv/bin/python -m bench.eval_assistant [--edge http://127.0.0.1:8080] [--only kb-]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import re
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.edge_client import Client, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+CONVERSATIONS = ROOT / "tests" / "data" / "eval" / "conversations.json"
+CORPUS = ROOT / "tests" / "data" / "corpus"
+TURN_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Outcome:
+    conversation: str
+    category: str
+    passed: bool
+    why: str = ""
+    first_delta_ms: list[float] = field(default_factory=list)
+
+
+def today_patterns(pattern: str, now: dt.datetime) -> str:
+    return (
+        pattern.replace("{year}", str(now.year))
+        .replace("{month}", now.strftime("%B").lower())
+        .replace("{weekday}", now.strftime("%A").lower())
+    )
+
+
+def judge(turn: dict[str, Any], done: dict[str, Any], now: dt.datetime) -> str:
+    """Why the reply fails the turn's expectations ('' when it passes)."""
+    text = done.get("text", "").lower()
+    if done.get("finish_reason") == "error":
+        return f"the turn failed: {text[:120]!r}"
+    patterns = [today_patterns(p, now) for p in turn.get("expect", [])]
+    if patterns and not any(re.search(p, text) for p in patterns):
+        return f"{text[:160]!r} matches none of {patterns}"
+    if (source := turn.get("cites")) and source not in {c.get("source") for c in done.get("citations", [])}:
+        return f"no citation of {source} (cited: {[c.get('source') for c in done.get('citations', [])]})"
+    if (agent := turn.get("agent")) and done.get("agent") != agent:
+        return f"answered by {done.get('agent')!r}, not {agent!r}"
+    return ""
+
+
+async def upload(edge: str, client: Client, name: str) -> None:
+    async with httpx.AsyncClient(base_url=edge, timeout=TURN_TIMEOUT_S) as http:
+        reply = await http.post(
+            "/v1/ingest",
+            params={"filename": name, "wait": 90},
+            content=(CORPUS / name).read_bytes(),
+            headers={"Authorization": f"Bearer {client.token}"},
+        )
+        reply.raise_for_status()
+        result = reply.json().get("result") or {}
+        if result.get("status") not in ("ingested", "unchanged"):
+            raise RuntimeError(f"upload of {name} did not finish: {reply.json()}")
+
+
+async def run_conversation(edge: str, conversation: dict[str, Any]) -> Outcome:
+    outcome = Outcome(conversation["id"], conversation["category"], passed=True)
+    client = await connect(edge)
+    try:
+        for name in conversation.get("upload", []):
+            await upload(edge, client, name)
+        for turn in conversation["turns"]:
+            sent = time.perf_counter()
+            await client.chat(turn["say"])
+            first: float | None = None
+            while True:
+                event = await client.next_event(timeout=TURN_TIMEOUT_S)
+                if event["kind"] == "reply.delta" and first is None:
+                    first = time.perf_counter()
+                if event["kind"] == "reply.done":
+                    break
+            if first is not None:
+                outcome.first_delta_ms.append((first - sent) * 1000)
+            if why := judge(turn, event, dt.datetime.now(dt.UTC)):
+                outcome.passed, outcome.why = False, f"{turn['say']!r}: {why}"
+                break
+    except Exception as error:  # a hung or refused turn fails its conversation, not the run
+        outcome.passed, outcome.why = False, f"{type(error).__name__}: {error}"[:300]
+    finally:
+        await client.close()
+    return outcome
+
+
+def report(outcomes: list[Outcome]) -> int:
+    for o in outcomes:
+        if not o.passed:
+            print(f"FAIL {o.conversation}: {o.why}")
+    by_category: Counter[str] = Counter(o.category for o in outcomes)
+    passed: Counter[str] = Counter(o.category for o in outcomes if o.passed)
+    print("\n| category | right | of |\n|---|---:|---:|")
+    for category in by_category:
+        print(f"| {category} | {passed[category]} | {by_category[category]} |")
+    total = sum(passed.values())
+    print(f"| **all** | **{total}** | **{len(outcomes)}** ({100 * total / len(outcomes):.0f}%) |")
+    deltas = sorted(ms for o in outcomes for ms in o.first_delta_ms)
+    if len(deltas) >= 2:
+        q = statistics.quantiles(deltas, n=20)
+        print(
+            f"\nfirst delta (client clock, {len(deltas)} turns): p50 {statistics.median(deltas):.0f} ms, p95 {q[18]:.0f} ms"
+        )
+    return 0 if total == len(outcomes) else 1
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edge", default="http://127.0.0.1:8080", help="the edge's base URL")
+    parser.add_argument("--only", default="", help="run the conversations whose id starts with this")
+    args = parser.parse_args()
+    conversations = [c for c in json.loads(CONVERSATIONS.read_text()) if c["id"].startswith(args.only)]
+    outcomes = []
+    for i, conversation in enumerate(conversations, start=1):
+        outcome = await run_conversation(args.edge, conversation)
+        print(f"[{i}/{len(conversations)}] {'ok  ' if outcome.passed else 'FAIL'} {conversation['id']}", flush=True)
+        outcomes.append(outcome)
+    return report(outcomes)
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
