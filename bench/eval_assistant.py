@@ -123,10 +123,8 @@ def report(outcomes: list[Outcome]) -> int:
     print(f"| **all** | **{total}** | **{len(outcomes)}** ({100 * total / len(outcomes):.0f}%) |")
     deltas = sorted(ms for o in outcomes for ms in o.first_delta_ms)
     if len(deltas) >= 2:
-        q = statistics.quantiles(deltas, n=20)
-        print(
-            f"\nfirst delta (client clock, {len(deltas)} turns): p50 {statistics.median(deltas):.0f} ms, p95 {q[18]:.0f} ms"
-        )
+        p50, p95 = statistics.median(deltas), statistics.quantiles(deltas, n=20)[18]
+        print(f"\nfirst delta (client clock, {len(deltas)} turns): p50 {p50:.0f} ms, p95 {p95:.0f} ms")
     return 0 if total == len(outcomes) else 1
 
 
