@@ -70,6 +70,7 @@ class Settings(_Command):
     tts_provider: str | None = Field(default=None, max_length=32)
     language: str | None = Field(default=None, max_length=16)
     knowledge_bases: list[str] | None = None
+    time_zone: str | None = Field(default=None, max_length=64)
 
 
 class Interrupt(_Command):

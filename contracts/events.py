@@ -60,6 +60,9 @@ class SessionSettings(SessionEvent):
     tts_provider: str | None = Field(default=None, max_length=32)
     language: str | None = Field(default=None, max_length=16, description="BCP-47 tag, e.g. en-US")
     knowledge_bases: list[str] | None = Field(default=None, description="Retrieval bases this session searches")
+    time_zone: str | None = Field(
+        default=None, max_length=64, description="The user's IANA time zone, e.g. Europe/Paris (tools use it)"
+    )
 
     def updated(self, newer: SessionSettings) -> SessionSettings:
         """These settings with every field ``newer`` sets (None means unchanged)."""
@@ -496,6 +499,53 @@ class TurnKeywords(TurnEvent):
     score: float = Field(ge=-1.0, le=1.0, description="(positive - negative) / max(1, positive + negative) words")
 
 
+# ---------------------------------------------------------------- tools (contracts/tools.py)
+
+ToolStatus = Literal["ok", "error", "timeout", "unavailable"]
+_CALL_ID = "The model's id of this call; the tool.call, the request and the tool.result share it"
+
+
+class ToolRequest(TurnEvent):
+    """A call of one tool, on the tool's own subject (``svc.tools.<name>``); replies with ToolReply."""
+
+    kind: Literal["tool.request"] = "tool.request"
+    call_id: str = Field(min_length=1, max_length=128, description=_CALL_ID)
+    tool: str = Field(min_length=1, max_length=64)
+    arguments: dict[str, Any] = Field(default_factory=dict, description="As the tool's parameters schema says")
+    time_zone: str | None = Field(default=None, max_length=64, description="The session's IANA time zone, if known")
+
+
+class ToolReply(SessionEvent):
+    """A tool's answer: a ``result`` that follows the tool's result schema, or an ``error`` for the model."""
+
+    kind: Literal["tool.reply"] = "tool.reply"
+    result: dict[str, Any] | None = None
+    error: str = Field(default="", max_length=1_000, description="Why the tool could not answer, in plain words")
+
+
+class ToolCall(TurnEvent):
+    """The model called a tool; its result follows as tool.result with the same ``call_id``."""
+
+    kind: Literal["tool.call"] = "tool.call"
+    call_id: str = Field(min_length=1, max_length=128, description=_CALL_ID)
+    name: str = Field(max_length=64)
+    arguments: str = Field(max_length=TURN_TEXT_CHARS, description="The arguments as the model wrote them (JSON)")
+    agent: str = Field(max_length=64)
+    round: int = Field(ge=1, description="Tool round of the turn: 1 for the model's first calls")
+
+
+class ToolResult(TurnEvent):
+    """What a tool call gave the model: the result, or an error (slow, failing, missing tool)."""
+
+    kind: Literal["tool.result"] = "tool.result"
+    call_id: str = Field(min_length=1, max_length=128, description=_CALL_ID)
+    name: str = Field(max_length=64)
+    status: ToolStatus = Field(description="ok, error (the tool refused or failed), timeout, unavailable (no server)")
+    result: dict[str, Any] | None = None
+    error: str = Field(default="", max_length=1_000)
+    duration_ms: float = Field(ge=0.0, description="From the request to its reply (or to giving up)")
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     SessionStarted,
     SessionEnded,
@@ -532,6 +582,10 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     StatsSnapshot,
     DeadLetter,
     TurnKeywords,
+    ToolRequest,
+    ToolReply,
+    ToolCall,
+    ToolResult,
 )
 
 EVENTS_BY_KIND: dict[str, type[Event]] = {cls.kind_name(): cls for cls in ALL_EVENTS}

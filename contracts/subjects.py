@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from . import events as ev
 from .envelope import Event
+from .tools import TOOLS
 
 DEFAULT_PREFIX = "sb"
 SESSION_TOKEN = 2  # index of the session id in a per-session subject
@@ -194,6 +195,16 @@ SUBJECTS: tuple[Subject, ...] = (
         "Outcome of a video job",
         to_client=True,
     ),
+    # tool calls of a turn (contracts/tools.py)
+    Subject("tool.call", f"ev.{_S}.turn.tool_call", ev.ToolCall, Lane.DATA, "The model called a tool", to_client=True),
+    Subject(
+        "tool.result",
+        f"ev.{_S}.turn.tool_result",
+        ev.ToolResult,
+        Lane.DATA,
+        "What a tool call gave the model",
+        to_client=True,
+    ),
     # annotations by optional workers
     Subject(
         "turn.keywords",
@@ -262,6 +273,11 @@ SUBJECTS: tuple[Subject, ...] = (
         Lane.RPC,
         "What the session's camera shows now; replies with FrameDescription",
     ),
+    # one request/reply service per tool, each on its own subject (whoever serves it subscribes)
+    *(
+        Subject(t.subject_name, f"svc.{t.subject_name}", ev.ToolRequest, Lane.RPC, f"Tool: {t.description}")
+        for t in TOOLS
+    ),
     # durable jobs
     Subject("ingest.job", "job.ingest", ev.IngestJob, Lane.JOB, "Add, replace or delete a document"),
     Subject("video.job", "job.video", ev.VideoJob, Lane.JOB, "Process an uploaded video"),
@@ -274,7 +290,17 @@ SUBJECTS: tuple[Subject, ...] = (
 BY_NAME: dict[str, Subject] = {s.name: s for s in SUBJECTS}
 
 #: The processes that connect to the bus as services, each as its own NATS user (ops/access.py).
-WORKERS: tuple[str, ...] = ("orchestrator", "transcriber", "voice", "memory", "retriever", "keywords", "video", "stats")
+WORKERS: tuple[str, ...] = (
+    "orchestrator",
+    "transcriber",
+    "voice",
+    "memory",
+    "retriever",
+    "keywords",
+    "video",
+    "stats",
+    "tools",
+)
 SERVICES: tuple[str, ...] = (*WORKERS, "edge")
 
 #: Who publishes each subject. The bus refuses a service publishing anything else, and so does
@@ -301,6 +327,8 @@ PUBLISHERS: dict[str, tuple[str, ...]] = {
     "ingest.result": ("retriever",),
     "video.result": ("video",),
     "turn.keywords": ("keywords",),
+    "tool.call": ("orchestrator",),
+    "tool.result": ("orchestrator",),
     "audio.in": ("edge",),
     "audio.in.partition": ("edge",),  # audio.in after the server's mapping: NATS checks the mapped subject
     "audio.out": ("voice",),
@@ -310,6 +338,7 @@ PUBLISHERS: dict[str, tuple[str, ...]] = {
     "retrieval.query": ("orchestrator",),
     "stats.snapshot": ("edge",),
     "video.describe": ("orchestrator",),
+    **{t.subject_name: ("orchestrator",) for t in TOOLS},
     "ingest.job": ("edge", "video"),
     "video.job": ("edge",),
     "deadletter": WORKERS,
@@ -322,6 +351,7 @@ REPLIES: dict[str, type[Event]] = {
     "retrieval.query": ev.RetrievalReply,
     "stats.snapshot": ev.StatsSnapshot,
     "video.describe": ev.FrameDescription,
+    **{t.subject_name: ev.ToolReply for t in TOOLS},
 }
 
 

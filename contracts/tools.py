@@ -1,0 +1,91 @@
+"""Tools the assistant's model may call, declared as data.
+
+A tool is a request/reply service on the bus: the orchestrator sends a ``ToolRequest`` (its
+``arguments`` follow ``parameters``, a JSON Schema) on ``svc.tools.<name>`` and waits at most
+``deadline_s`` for a ``ToolReply`` (its ``result`` follows ``result``). Whoever subscribes to the
+subject serves the tool, in any language (docs/tools.md). Each tool becomes a subject
+``tools.<name>`` in contracts.subjects and an OpenAI function-calling tool for the agents
+allowed it (workers/orchestrator/agents.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+JsonSchema = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str  # what the model calls: [a-z_]+
+    description: str  # what the model reads to decide when to call it
+    parameters: JsonSchema  # JSON Schema of the arguments (an object)
+    result: JsonSchema  # JSON Schema of the reply's result
+    deadline_s: float  # the orchestrator gives up after this long (and tells the model)
+
+    @property
+    def subject_name(self) -> str:
+        """Its name in contracts.subjects (the subject is ``svc.tools.<name>``)."""
+        return f"tools.{self.name}"
+
+    def function(self) -> dict[str, Any]:
+        """The tool as OpenAI's chat completions API takes it."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+def _object(properties: dict[str, JsonSchema], required: list[str]) -> JsonSchema:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+_TEXT: JsonSchema = {"type": "string"}
+_NUMBER: JsonSchema = {"type": "number"}
+
+TOOLS: tuple[ToolSpec, ...] = (
+    ToolSpec(
+        "get_time",
+        "The current date and time, in the user's time zone unless another IANA zone is asked for.",
+        _object({"time_zone": {"type": "string", "maxLength": 64, "description": "IANA zone, e.g. Europe/Paris"}}, []),
+        _object(
+            {
+                "iso": {**_TEXT, "description": "ISO 8601 local date and time with its offset"},
+                "time_zone": _TEXT,
+                "weekday": _TEXT,
+                "text": {**_TEXT, "description": "The date and time in words"},
+            },
+            ["iso", "time_zone", "weekday", "text"],
+        ),
+        deadline_s=1.0,
+    ),
+    ToolSpec(
+        "calculate",
+        "Evaluate an arithmetic expression exactly: + - * / // % ** (or ^), parentheses, and sqrt, abs, "
+        "round, floor, ceil, log, ln, exp, sin, cos, tan, pi, e.",
+        _object({"expression": {"type": "string", "minLength": 1, "maxLength": 500}}, ["expression"]),
+        _object({"expression": _TEXT, "value": _NUMBER, "text": _TEXT}, ["expression", "value", "text"]),
+        deadline_s=1.0,
+    ),
+    ToolSpec(
+        "convert_units",
+        "Convert a quantity between units of length, mass, volume, time, speed, data or temperature, "
+        "e.g. 5 mi to km, 70 F to C.",
+        _object(
+            {
+                "value": _NUMBER,
+                "from_unit": {"type": "string", "minLength": 1, "maxLength": 32},
+                "to_unit": {"type": "string", "minLength": 1, "maxLength": 32},
+            },
+            ["value", "from_unit", "to_unit"],
+        ),
+        _object(
+            {"value": _NUMBER, "unit": _TEXT, "text": _TEXT},
+            ["value", "unit", "text"],
+        ),
+        deadline_s=1.0,
+    ),
+)
+
+BY_TOOL: dict[str, ToolSpec] = {t.name: t for t in TOOLS}

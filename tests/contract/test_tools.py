@@ -1,0 +1,38 @@
+"""Tools declared as data: valid schemas, a subject each, served by the tools worker, called by the orchestrator."""
+
+from __future__ import annotations
+
+import jsonschema  # type: ignore[import-untyped]
+
+from contracts import events as ev
+from contracts.subjects import BY_NAME, PUBLISHERS, REPLIES, Lane
+from contracts.tools import TOOLS
+from ops import access
+from workers.runtime.consumes import consumptions
+from workers.tools.worker import WORKER
+
+
+def test_every_tool_has_valid_schemas_and_its_own_rpc_subject() -> None:
+    for tool in TOOLS:
+        jsonschema.Draft202012Validator.check_schema(tool.parameters)
+        jsonschema.Draft202012Validator.check_schema(tool.result)
+        assert tool.parameters["type"] == "object" and 0 < tool.deadline_s <= 10
+        subject = BY_NAME[tool.subject_name]
+        assert subject.lane is Lane.RPC and subject.message is ev.ToolRequest
+        assert subject.subject(prefix="sb") == f"sb.svc.tools.{tool.name}"
+        assert REPLIES[tool.subject_name] is ev.ToolReply and PUBLISHERS[tool.subject_name] == ("orchestrator",)
+
+
+def test_the_tools_worker_serves_every_shipped_tool_and_may_subscribe_to_them() -> None:
+    served = {c.subject for c in consumptions(WORKER) if c.replies}
+    assert served == {t.subject_name for t in TOOLS}
+    granted = access.permissions("tools")
+    assert {f"*.svc.tools.{t.name}" for t in TOOLS} <= set(granted.subscribe)
+    assert not [s for s in granted.publish if ".svc." in s]  # it answers on inboxes only
+    assert {f"*.svc.tools.{t.name}" for t in TOOLS} <= set(access.permissions("orchestrator").publish)
+
+
+def test_tool_events_reach_the_client_and_are_recorded() -> None:
+    for name in ("tool.call", "tool.result"):
+        assert BY_NAME[name].to_client and BY_NAME[name].pattern.startswith("ev.")
+        assert PUBLISHERS[name] == ("orchestrator",)

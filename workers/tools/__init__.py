@@ -1,0 +1,1 @@
+"""Tools: the model's calls served on the bus (date and time, calculator, unit converter)."""

@@ -1,0 +1,5 @@
+from workers.runtime import main
+
+from .worker import WORKER
+
+main(WORKER)
