@@ -38,8 +38,12 @@ Markers in the LAST user message script the response (they combine):
 reports ``default_generation_settings.n_ctx``, and a chat request whose prompt has more than N
 tokens (its own count: :func:`prompt_tokens`) gets HTTP 400 ``exceed_context_size_error``.
 
-``llm.script(reply=..., status=..., delay_ms=...)`` scripts the next request programmatically
-(each call queues one request); a marker wins over the scripted value it competes with.
+``llm.script(reply=..., status=..., delay_ms=..., tool_calls=[(name, arguments), ...])`` scripts the
+next request programmatically (each call queues one request); a marker wins over the scripted value
+it competes with. Tool calls stream in OpenAI's shape after any reply text: per call, a first
+``delta.tool_calls[i]`` with its ``index``, ``id`` (``call_<request>_<i>``), ``type`` and
+``function.name``, then ``function.arguments`` in pieces (a dict is sent as its JSON, a string as
+is, so a test can send broken JSON), and the stream ends with ``finish_reason: "tool_calls"``.
 ``llm.requests`` holds the parsed JSON bodies received, ``llm.in_flight`` the chat requests
 being answered right now (it drops when a client abandons a stream or times out).
 
@@ -112,11 +116,15 @@ _ERRORS: dict[int, tuple[str, str, str | None]] = {
 }
 
 
+ToolCallScript = tuple[str, dict[str, Any] | str]  # the function's name, its arguments
+
+
 @dataclass(frozen=True)
 class _Script:
     reply: str | None
     status: int | None
     delay_ms: float
+    tool_calls: tuple[ToolCallScript, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,7 @@ class _Plan:
     empty: bool = False
     silent: bool = False
     stream_error: bool = False
+    tool_calls: tuple[ToolCallScript, ...] = ()
 
 
 def _text(content: Any) -> str:
@@ -189,9 +198,16 @@ class ScriptedLLM:
         self._scripts.clear()
         self._speech_scripts.clear()
 
-    def script(self, reply: str | None = None, status: int | None = None, delay_ms: float = 0) -> None:
-        """Script one upcoming chat request: its reply text, an error status, a delay before each chunk."""
-        self._scripts.append(_Script(reply, status, delay_ms))
+    def script(
+        self,
+        reply: str | None = None,
+        status: int | None = None,
+        delay_ms: float = 0,
+        tool_calls: list[ToolCallScript] | None = None,
+    ) -> None:
+        """Script one upcoming chat request: its reply text, an error status, a delay before each chunk,
+        tool calls (then the reply defaults to none)."""
+        self._scripts.append(_Script(reply, status, delay_ms, tuple(tool_calls or ())))
 
     def script_speech(self, status: int | None = None, disconnect: bool = False, delay_ms: float = 0) -> None:
         """Script one upcoming speech request: an error status, a cut-off body, a delay before each chunk."""
@@ -371,6 +387,9 @@ class ScriptedLLM:
         reply: str | None = None
         if script is not None:
             reply, plan.status, plan.delay = script.reply, script.status, script.delay_ms / 1000
+            plan.tool_calls = script.tool_calls
+            if plan.tool_calls and reply is None:
+                reply = ""  # a call alone, as models usually send it
         tokens: int | None = None
         echo_system = False
         for match in _MARKER.finditer(last_user):
@@ -464,31 +483,53 @@ class ScriptedLLM:
             return
 
         role = event(content("", role=True))
-        tail = event(b"{}", plan.finish_reason)
+        deltas = [content(piece) for piece in pieces] + self._tool_deltas(plan)
+        tail = event(b"{}", "tool_calls" if plan.tool_calls else plan.finish_reason)
         if include_usage:
             tail += b"data: " + json.dumps({**head, "choices": [], "usage": self._usage(body, plan)}).encode() + b"\n\n"
         if not plan.delay and not plan.first_delay:
             # Undelayed chunks would leave back to back anyway; one write instead of one per
             # chunk saves a syscall each, the bulk of the server's per-request cost.
-            chunks = b"".join(event(content(piece)) for piece in pieces)
+            chunks = b"".join(event(delta) for delta in deltas)
             await send({"type": "http.response.body", "body": role + chunks + tail + _DONE, "more_body": False})
             return
-        if not pieces:
+        if not deltas:
             if not await _pause(plan.first_delay + plan.delay, gone):
                 return
             await send({"type": "http.response.body", "body": role, "more_body": True})
-        for index, piece in enumerate(pieces):
+        for index, delta in enumerate(deltas):
             if not await _pause(plan.first_delay * (index == 0) + plan.delay, gone):
                 return
             # The role chunk rides with the first content chunk, as OpenAI's arrive together.
-            chunk = role + event(content(piece)) if index == 0 else event(content(piece))
+            chunk = role + event(delta) if index == 0 else event(delta)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": tail + _DONE, "more_body": False})
+
+    def _tool_deltas(self, plan: _Plan) -> list[bytes]:
+        """Each scripted call as OpenAI streams it: its name first, then its arguments in three pieces."""
+        deltas: list[bytes] = []
+        for index, (name, arguments) in enumerate(plan.tool_calls):
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            head = {"index": index, "id": f"call_{self._count}_{index}", "type": "function"}
+            deltas.append(_json_delta({**head, "function": {"name": name, "arguments": ""}}))
+            step = max(1, -(-len(text) // 3))
+            for start in range(0, len(text), step):
+                deltas.append(_json_delta({"index": index, "function": {"arguments": text[start : start + step]}}))
+        return deltas
 
     async def _complete(self, scope: Scope, send: Send, body: dict[str, Any], plan: _Plan, gone: asyncio.Event) -> None:
         if not await _pause(plan.first_delay + plan.delay * len(plan.pieces), gone):
             return
-        message = {"role": "assistant", "content": "".join(plan.pieces), "refusal": None}
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(plan.pieces), "refusal": None}
+        if plan.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{self._count}_{index}",
+                    "type": "function",
+                    "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)},
+                }
+                for index, (name, args) in enumerate(plan.tool_calls)
+            ]
         payload = json.dumps(
             {
                 "id": f"chatcmpl-scripted-{self._count}",
@@ -496,7 +537,14 @@ class ScriptedLLM:
                 "created": int(time.time()),
                 "model": body.get("model") or MODEL_ID,
                 "system_fingerprint": "fp_scripted",
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": "tool_calls" if plan.tool_calls else plan.finish_reason,
+                    }
+                ],
                 "usage": self._usage(body, plan),
             }
         ).encode()
@@ -571,6 +619,10 @@ def _tone(seconds: float) -> bytes:
     if sys.byteorder == "big":
         pcm.byteswap()
     return pcm.tobytes()
+
+
+def _json_delta(call: dict[str, Any]) -> bytes:
+    return json.dumps({"tool_calls": [call]}).encode()
 
 
 def _json(value: str | None) -> bytes:

@@ -343,6 +343,33 @@ async def test_script_delay_and_markers_win_over_script(llm: ScriptedLLM, client
     assert time.perf_counter() - started >= 0.055
 
 
+@pytest.mark.parametrize("delay_ms", [0, 5])
+async def test_scripted_tool_calls_stream_in_openais_shape(
+    llm: ScriptedLLM, client: openai.AsyncOpenAI, delay_ms: float
+) -> None:
+    llm.script(tool_calls=[("calculate", {"expression": "12 * 7"}), ("get_time", "{}")], delay_ms=delay_ms)
+    chunks = await stream(client, "what is 12 times 7, and what time is it?")
+
+    calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
+    assert len(calls) > 4 and not contents(chunks)  # arguments come in pieces
+    names = {c.index: c.function.name for c in calls if c.function and c.function.name}
+    ids = {c.index: c.id for c in calls if c.id}
+    arguments = {i: "".join(c.function.arguments or "" for c in calls if c.index == i and c.function) for i in names}
+    assert names == {0: "calculate", 1: "get_time"} and len(set(ids.values())) == 2
+    assert json.loads(arguments[0]) == {"expression": "12 * 7"} and arguments[1] == "{}"
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+async def test_scripted_tool_calls_without_streaming(llm: ScriptedLLM, client: openai.AsyncOpenAI) -> None:
+    llm.script(reply="Let me check.", tool_calls=[("get_time", {"time_zone": "Europe/Paris"})])
+    completion = await client.chat.completions.create(model="scripted", messages=user("time?"))
+
+    message = completion.choices[0].message
+    assert message.content == "Let me check." and completion.choices[0].finish_reason == "tool_calls"
+    assert message.tool_calls and message.tool_calls[0].type == "function"
+    assert message.tool_calls[0].function.name == "get_time"
+
+
 async def test_stop_is_fast_with_requests_in_flight() -> None:
     llm = ScriptedLLM()
     started = time.perf_counter()
