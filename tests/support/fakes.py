@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 
 from contracts.events import TokenUsage
-from workers.orchestrator.llm import ChatMessage, Chunk, EchoChatModel, LLMError
+from workers.orchestrator.llm import ChatMessage, Chunk, EchoChatModel, LLMError, ToolDefinition
 from workers.speech.engines.base import (
     SAMPLE_RATE,
     SAMPLE_WIDTH,
@@ -141,7 +141,13 @@ class FakeChatModel(EchoChatModel):
         self.error = error
         self.requests: list[list[ChatMessage]] = []  # the messages of every stream() call
 
-    async def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        model: str | None,
+        max_tokens: int,
+        tools: list[ToolDefinition] | None = None,
+    ) -> AsyncIterator[Chunk]:
         self.requests.append(messages)
         chunks = super().stream(messages, model, max_tokens) if self.chunks is None else self._scripted(self.chunks)
         async for chunk in chunks:

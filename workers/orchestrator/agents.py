@@ -20,7 +20,8 @@ class Agent:
     name: str
     description: str
     system_prompt: str
-    tools: frozenset[str] = field(default_factory=frozenset)  # "memory", "retrieval", "camera"
+    # Context it gathers ("memory", "retrieval", "camera") and tools the model may call (contracts/tools.py).
+    tools: frozenset[str] = field(default_factory=frozenset)
     model: str | None = None  # None: the deployment's default model
 
     @property
@@ -42,7 +43,7 @@ DEFAULT_AGENTS: tuple[Agent, ...] = (
         "Everyday questions and conversation",
         "You are Switchboard, a helpful voice and chat assistant. Replies are spoken aloud, so keep them "
         "short and natural, without markdown.",
-        frozenset({"memory", "camera"}),
+        frozenset({"memory", "camera", "get_time", "calculate", "convert_units"}),
     ),
     Agent(
         "knowledge",
@@ -55,7 +56,7 @@ DEFAULT_AGENTS: tuple[Agent, ...] = (
         "coach",
         "Practice and encouragement",
         "You are a patient coach. Ask one question at a time and encourage the user.",
-        frozenset({"memory"}),
+        frozenset({"memory", "calculate", "convert_units"}),
     ),
 )
 

@@ -3,13 +3,18 @@
 Policy: a new user turn while a reply is in flight supersedes it (the old reply ends with
 ``finish_reason="superseded"``). An interrupt cancels the in-flight reply (``"cancelled"``).
 Either way the cancelled task is awaited before its done event is published, so no delta
-of a cancelled turn can follow.
+of a cancelled turn can follow (a tool round in flight is cancelled with it).
+
+Tools: when the model asks for tool calls, they run as bus requests (tools.ToolRunner), each
+announced as tool.call and answered as tool.result, and the model is asked again with the
+outcomes; at most ``max_tool_rounds`` rounds, then the model answers without tools.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -18,15 +23,18 @@ from typing import Literal, Protocol
 
 from contracts import events as ev
 from contracts.envelope import Event
+from contracts.limits import TURN_TEXT_CHARS
 from workers.runtime.logging import get_logger
 from workers.runtime.turns import SessionTable
 
 from .agents import Router
 from .context import Context, ContextHooks
-from .llm import ChatModel, LLMError
+from .llm import ChatMessage, ChatModel, LLMError, ToolCallRequest, ToolDefinition, estimate_tokens
 from .prompt import build_prompt
+from .tools import ToolRunner, call_message
 
 log = get_logger("orchestrator")
+TOOLS_SHARE = 0.25  # most of the context window that tool definitions may take
 
 
 class Publisher(Protocol):
@@ -66,6 +74,8 @@ class Orchestrator:
         max_tokens: int = 256,
         max_sessions: int = 100_000,
         context_margin: float = 0.05,
+        tools: ToolRunner | None = None,
+        max_tool_rounds: int = 3,
     ) -> None:
         self._pub = publisher
         self._model = model
@@ -74,6 +84,8 @@ class Orchestrator:
         self._load_settings = load_settings
         self._max_tokens = max_tokens
         self._context_margin = context_margin
+        self._tools = tools if model.capabilities.tool_calls else None  # a model without tool calling gets none
+        self._max_tool_rounds = max_tool_rounds
         # A session with a reply in flight stays; the least recently used idle one goes first.
         self._sessions: SessionTable[SessionState] = SessionTable(max_sessions, busy=lambda s: s.in_flight is not None)
 
@@ -151,8 +163,11 @@ class Orchestrator:
         try:  # whatever fails, from gathering context to the last chunk, the turn ends with reply.done
             context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
             window = await self._model.context_window()
-            # Room for the reply's max tokens, and a margin for the estimate's error.
-            budget = int(window * (1 - self._context_margin)) - self._max_tokens if window else None
+            tools = self._tools.definitions(agent.tools) if self._tools else []
+            if window and _tokens_of(tools) > window * TOOLS_SHARE:
+                tools = []  # a window this small is for the conversation: no tools rather than no history
+            # Room for the reply's max tokens, the tools offered, and a margin for the estimate's error.
+            budget = int(window * (1 - self._context_margin)) - self._max_tokens - _tokens_of(tools) if window else None
             prompt = build_prompt(
                 agent,
                 settings.tone if settings else None,
@@ -179,30 +194,25 @@ class Orchestrator:
                     dropped_memory=prompt.dropped_memory,
                 )
             messages = prompt.messages
-            async for chunk in self._model.stream(messages, agent.model, self._max_tokens):
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                if chunk.finish_reason == "length":
-                    finish = "length"
-                if not chunk.text:
-                    continue
-                first = flight.first_token_at is None
-                if first:
-                    flight.first_token_at = time.time()
-                await self._pub.publish(
-                    ev.ReplyDelta(
-                        session_id=turn.session_id,
-                        turn_id=turn.turn_id,
-                        producer=self._pub.producer,
-                        seq=len(flight.text),
-                        text=chunk.text,
-                        agent=agent.name,
-                        captured_at=turn.captured_at,
-                    )
-                )
-                flight.text.append(chunk.text)
-                if first:
-                    await asyncio.sleep(0)  # let the client flush the first delta before parsing the rest
+            for tool_round in range(1, self._max_tool_rounds + 2):
+                offered = tools if tool_round <= self._max_tool_rounds else None  # the last round must answer
+                said = len(flight.text)
+                calls: tuple[ToolCallRequest, ...] = ()
+                async for chunk in self._model.stream(messages, agent.model, self._max_tokens, offered):
+                    if chunk.usage is not None:
+                        usage = _added(usage, chunk.usage)
+                    if chunk.finish_reason == "length":
+                        finish = "length"
+                    calls = chunk.tool_calls or calls
+                    if chunk.text:
+                        await self._delta(flight, agent.name, chunk.text)
+                if not calls or not offered:
+                    break
+                messages = [
+                    *messages,
+                    call_message("".join(flight.text[said:]), calls),
+                    *await self._call_tools(state, flight, agent.tools, calls, tool_round),
+                ]
             if not "".join(flight.text).strip():  # a finished stream with no words is a failure, never an answer
                 raise LLMError("llm_empty_reply", "the language model ended its reply without any text", True)
         except Exception as error:
@@ -238,6 +248,68 @@ class Orchestrator:
             context.retrieval_status,
             [p.citation for p in cited],
         )
+
+    async def _delta(self, flight: InFlight, agent: str, text: str) -> None:
+        turn = flight.turn
+        first = flight.first_token_at is None
+        if first:
+            flight.first_token_at = time.time()
+        await self._pub.publish(
+            ev.ReplyDelta(
+                session_id=turn.session_id,
+                turn_id=turn.turn_id,
+                producer=self._pub.producer,
+                seq=len(flight.text),
+                text=text,
+                agent=agent,
+                captured_at=turn.captured_at,
+            )
+        )
+        flight.text.append(text)
+        if first:
+            await asyncio.sleep(0)  # let the client flush the first delta before parsing the rest
+
+    async def _call_tools(
+        self,
+        state: SessionState,
+        flight: InFlight,
+        allowed: frozenset[str],
+        calls: tuple[ToolCallRequest, ...],
+        tool_round: int,
+    ) -> list[ChatMessage]:
+        """Run one round of calls (announced, run at once, answered) and return the model's tool messages."""
+        assert self._tools is not None
+        turn = flight.turn
+        envelope = {"session_id": turn.session_id, "turn_id": turn.turn_id, "producer": self._pub.producer}
+        for call in calls:
+            await self._pub.publish(
+                ev.ToolCall(
+                    **envelope,
+                    call_id=call.id[:128],
+                    name=call.name[:64],
+                    arguments=call.arguments[:TURN_TEXT_CHARS],
+                    agent=flight.agent,
+                    round=tool_round,
+                )
+            )
+        zone = state.settings.time_zone if state.settings else None
+        outcomes = await self._tools.run(turn, calls, allowed, zone)
+        for outcome in outcomes:
+            await self._pub.publish(
+                ev.ToolResult(
+                    **envelope,
+                    call_id=outcome.call.id[:128],
+                    name=outcome.call.name[:64],
+                    status=outcome.status,
+                    result=outcome.result,
+                    error=outcome.error,
+                    duration_ms=outcome.duration_ms,
+                )
+            )
+            log.info(
+                "tool called", tool=outcome.call.name[:64], status=outcome.status, ms=round(outcome.duration_ms, 2)
+            )
+        return [outcome.message() for outcome in outcomes]
 
     async def _stop(self, state: SessionState, reason: Literal["cancelled", "superseded"]) -> None:
         flight = state.in_flight
@@ -290,3 +362,15 @@ class Orchestrator:
         if fresh.settings and fresh.settings.agent and self._router.registry.get(fresh.settings.agent):
             fresh.agent = fresh.settings.agent
         return self._sessions.setdefault(session_id, lambda: fresh)
+
+
+def _added(total: ev.TokenUsage, more: ev.TokenUsage) -> ev.TokenUsage:
+    """Usage of a turn over its rounds (each round is a request of its own)."""
+    return ev.TokenUsage(
+        prompt_tokens=total.prompt_tokens + more.prompt_tokens,
+        completion_tokens=total.completion_tokens + more.completion_tokens,
+    )
+
+
+def _tokens_of(tools: list[ToolDefinition]) -> int:
+    return estimate_tokens(json.dumps(tools)) if tools else 0

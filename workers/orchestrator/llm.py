@@ -6,6 +6,7 @@ measures everything but the LLM. Test double: ``tests/support/fakes.py``.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from abc import ABC, abstractmethod
@@ -17,7 +18,8 @@ import openai
 
 from contracts.events import TokenUsage
 
-ChatMessage = dict[str, str]
+ChatMessage = dict[str, Any]  # OpenAI's wire form: role, content, and tool_calls / tool_call_id
+ToolDefinition = dict[str, Any]  # an OpenAI function-calling tool (contracts.tools.ToolSpec.function())
 
 PROPS_TIMEOUT_S = 2.0
 WINDOW_TTL_S = 300.0
@@ -25,10 +27,20 @@ NO_WINDOW_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
+class ToolCallRequest:
+    """One call the model asked for, assembled from its streamed pieces."""
+
+    id: str
+    name: str
+    arguments: str  # JSON as the model wrote it (maybe broken)
+
+
+@dataclass(frozen=True)
 class Chunk:
     text: str = ""
     usage: TokenUsage | None = None
     finish_reason: str | None = None
+    tool_calls: tuple[ToolCallRequest, ...] = ()  # only on the stream's last chunk, all calls complete
 
 
 class LLMError(Exception):
@@ -56,8 +68,15 @@ class ChatModel(ABC):
         self.capabilities = capabilities
 
     @abstractmethod
-    def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
-        """The reply in chunks (the last ones may carry only usage or a finish reason); raises LLMError."""
+    def stream(
+        self,
+        messages: list[ChatMessage],
+        model: str | None,
+        max_tokens: int,
+        tools: list[ToolDefinition] | None = None,
+    ) -> AsyncIterator[Chunk]:
+        """The reply in chunks (the last ones may carry only usage, a finish reason or the tool calls
+        asked for, when ``tools`` were offered and the model declares ``tool_calls``); raises LLMError."""
 
     async def context_window(self) -> int | None:
         """Tokens of prompt and reply together that the serving model takes; None when unknown."""
@@ -73,9 +92,8 @@ class OpenAIChatModel(ChatModel):
     def __init__(
         self, base_url: str, api_key: str, model: str, timeout_s: float, context_window: int | None = None
     ) -> None:
-        # No tools are sent and only content is read. The window is the configured one, else the
-        # server's report (context_window()).
-        super().__init__(LLMCapabilities(streaming=True, tool_calls=False, context_window=context_window))
+        # The window is the configured one, else the server's report (context_window()).
+        super().__init__(LLMCapabilities(streaming=True, tool_calls=True, context_window=context_window))
         self.name = model
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
         self._props_url = base_url.rstrip("/").removesuffix("/v1") + "/props"
@@ -103,20 +121,28 @@ class OpenAIChatModel(ChatModel):
         self._window_until = time.monotonic() + (WINDOW_TTL_S if window else NO_WINDOW_TTL_S)
         return window
 
-    async def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        model: str | None,
+        max_tokens: int,
+        tools: list[ToolDefinition] | None = None,
+    ) -> AsyncIterator[Chunk]:
         # Two costs of the SDK's typed path are skipped, both measured on this machine: the generic
         # parameter transform of `chat.completions.create()` (1.3 ms of CPU for one message, ~6 ms
         # with history; our messages are already in wire form, so the body goes through the
         # client's documented custom-request path), and building a pydantic ChatCompletionChunk per
         # server-sent event (`AsyncStream[object]` yields the decoded JSON; `_read_chunk` takes the
-        # three fields we use). Same HTTP stack, auth, SSE parser and error types.
-        body = {
+        # fields we use). Same HTTP stack, auth, SSE parser and error types.
+        body: dict[str, Any] = {
             "model": model or self.name,
             "messages": messages,
             "stream": True,
             "max_tokens": max_tokens,
             "stream_options": {"include_usage": True},
         }
+        if tools:
+            body["tools"] = tools
         try:
             response = await self._client.post(
                 "/chat/completions",
@@ -127,15 +153,18 @@ class OpenAIChatModel(ChatModel):
                 stream_cls=openai.AsyncStream[object],
             )
             pieces, reported = 0, False
+            calls: dict[int, list[str]] = {}  # index -> [id, name, arguments...] as the pieces come
             async with response:  # closes the connection also when a chunk is refused or we are cancelled
                 async for event in response:
-                    chunk = _read_chunk(event)
+                    chunk = _read_chunk(event, calls)
                     reported = reported or chunk.usage is not None
                     pieces += bool(chunk.text)
                     if chunk.text or chunk.usage or chunk.finish_reason:
                         yield chunk
             if not reported:  # servers such as llama.cpp's ignore stream_options: estimate
                 yield Chunk(usage=TokenUsage(prompt_tokens=estimate_messages(messages), completion_tokens=pieces))
+            if calls:
+                yield Chunk(tool_calls=tuple(_assembled(calls)))
         except openai.APIError as error:
             raise _classify(error) from error
         except ValueError as error:  # undecodable server-sent event, or one without a chunk's shape
@@ -145,9 +174,10 @@ class OpenAIChatModel(ChatModel):
         await self._client.close()
 
 
-def _read_chunk(event: object) -> Chunk:
-    """The text, usage and finish reason of one ``chat.completion.chunk``; ValueError if it is not one,
-    LLMError when it is the server's report of a failure (``{"error": ...}``, llama-server's shape)."""
+def _read_chunk(event: object, calls: dict[int, list[str]]) -> Chunk:
+    """The text, usage and finish reason of one ``chat.completion.chunk`` (its pieces of tool calls go
+    into ``calls``); ValueError if it is not one, LLMError when it is the server's report of a failure
+    (``{"error": ...}``, llama-server's shape)."""
     if not isinstance(event, dict):
         raise ValueError("a stream event that is not a JSON object")
     if "error" in event:
@@ -169,7 +199,30 @@ def _read_chunk(event: object) -> Chunk:
     text, finish = delta.get("content") or "", choice.get("finish_reason")
     if not isinstance(text, str) or not (finish is None or isinstance(finish, str)):
         raise ValueError("content or finish_reason is not a string")
+    for piece in delta.get("tool_calls") or []:
+        _add_call_piece(piece, calls)
     return Chunk(text, usage, finish)
+
+
+def _add_call_piece(piece: object, calls: dict[int, list[str]]) -> None:
+    """One streamed piece of a tool call: the first of an index names it, the others add arguments."""
+    function = piece.get("function") if isinstance(piece, dict) else None
+    if not isinstance(piece, dict) or not isinstance(function, dict | None):
+        raise ValueError("a tool call piece that is not an object")
+    index = piece.get("index", len(calls))
+    if not isinstance(index, int):
+        raise ValueError("a tool call without an integer index")
+    call = calls.setdefault(index, ["", ""])
+    call[0] = str(piece.get("id") or call[0])
+    call[1] = str((function or {}).get("name") or call[1])
+    call.append(str((function or {}).get("arguments") or ""))
+
+
+def _assembled(calls: dict[int, list[str]]) -> list[ToolCallRequest]:
+    return [
+        ToolCallRequest(call_id or f"call_{index}", name, "".join(arguments))
+        for index, (call_id, name, *arguments) in sorted(calls.items())
+    ]
 
 
 def _count(usage: dict[str, Any], key: str) -> int:
@@ -244,8 +297,16 @@ def estimate_tokens(text: str) -> int:
 
 
 def estimate_messages(messages: list[ChatMessage]) -> int:
-    """The estimated prompt tokens of ``messages`` once the chat template wraps them."""
-    return sum(estimate_tokens(m["content"]) + MESSAGE_OVERHEAD for m in messages) + REPLY_OVERHEAD
+    """The estimated prompt tokens of ``messages`` once the chat template wraps them (tool calls included)."""
+    return (
+        sum(
+            estimate_tokens(m.get("content") or "")
+            + (estimate_tokens(json.dumps(m["tool_calls"])) if m.get("tool_calls") else 0)
+            + MESSAGE_OVERHEAD
+            for m in messages
+        )
+        + REPLY_OVERHEAD
+    )
 
 
 _WORDS = re.compile(r"\S+\s*")
@@ -259,7 +320,13 @@ class EchoChatModel(ChatModel):
     def __init__(self) -> None:
         super().__init__(LLMCapabilities(streaming=True, tool_calls=False))
 
-    async def stream(self, messages: list[ChatMessage], model: str | None, max_tokens: int) -> AsyncIterator[Chunk]:
+    async def stream(
+        self,
+        messages: list[ChatMessage],
+        model: str | None,
+        max_tokens: int,
+        tools: list[ToolDefinition] | None = None,
+    ) -> AsyncIterator[Chunk]:
         words = _WORDS.findall("You said: " + messages[-1]["content"])[:max_tokens]
         for word in words:
             yield Chunk(word)

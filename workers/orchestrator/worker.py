@@ -6,8 +6,9 @@ answered by the next; a redelivered turn that was answered already is not answer
 older than SB_TURN_DEADLINE_S gets an error instead); interrupt and session.settings (every
 replica: whoever owns the in-flight turn acts); session.started (every replica: the session's
 tenant, whose knowledge bases its retrieval requests name).
-Produces: reply.delta, reply.done, error. Asks: memory.context, retrieval.query, video.describe.
-Logic: core.Orchestrator (turns), agents.Router (who answers), prompt.build_prompt, llm.
+Produces: reply.delta, reply.done, error, tool.call, tool.result. Asks: memory.context,
+retrieval.query, video.describe, and the tools the model calls (tools.<name>, contracts/tools.py).
+Logic: core.Orchestrator (turns), agents.Router (who answers), prompt.build_prompt, llm, tools.ToolRunner.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .agents import AgentRegistry, Router
 from .context import ContextHooks, Tenants
 from .core import Orchestrator
 from .llm import build_model
+from .tools import ToolRunner
 
 log = get_logger("orchestrator")
 
@@ -52,6 +54,12 @@ class OrchestratorSettings(LLMSettings):
     retrieval_timeout_s: float = Field(default=0.5, gt=0, description="Deadline of the retrieval request")
     camera_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the camera description request")
     memory_tokens: int = Field(default=1_500, ge=1, description="Token budget of recalled context")
+    tool_timeout_s: float = Field(
+        default=5.0, gt=0, description="Longest wait for any tool call (a tool's own deadline, when shorter, wins)"
+    )
+    max_tool_rounds: int = Field(
+        default=3, ge=0, le=10, description="Rounds of tool calls per turn; then the model answers without tools"
+    )
     turn_deadline_s: float = Field(
         default=120.0,
         gt=0,
@@ -98,6 +106,8 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
             hooks,
             last_settings,
             settings.llm_max_tokens,
+            tools=ToolRunner(bus, settings.tool_timeout_s),
+            max_tool_rounds=settings.max_tool_rounds,
         )
 
     # Turns of many sessions are answered at once (a session's own turns supersede each other in core).

@@ -1,0 +1,210 @@
+"""Tool calls end to end: the scripted model calls tools, the orchestrator asks them on the bus, the
+client's socket sees tool.call and tool.result, the model gets the results and answers.
+
+Two stacks: the real tools worker (prefix ``tools``), and a test responder that serves
+``calculate`` slowly on purpose and nothing else (prefix ``slowtools``: slow, missing, interrupted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from nats.aio.msg import Msg
+
+from contracts import events as ev
+from tests.support.bus import client_bus
+from tests.support.edge_client import Client, connect, running_edge
+from tests.support.scripted_llm import ScriptedLLM
+from workers.orchestrator.worker import WORKER, OrchestratorSettings
+from workers.runtime import running_worker
+from workers.runtime.settings import RuntimeSettings
+from workers.tools.worker import WORKER as TOOLS
+
+TOOL_TIMEOUT_S = 0.5
+
+
+def settings(nats_url: str, llm: ScriptedLLM, prefix: str) -> OrchestratorSettings:
+    return OrchestratorSettings(
+        nats_url=nats_url,
+        llm_base_url=llm.base_url,
+        llm_timeout_s=2.0,
+        memory_timeout_s=0.1,
+        tool_timeout_s=TOOL_TIMEOUT_S,
+        subject_prefix=prefix,
+    )
+
+
+@pytest.fixture(scope="module")
+async def edge(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[str]:
+    async with (
+        running_worker(TOOLS, RuntimeSettings(nats_url=nats_url, subject_prefix="tools")),
+        running_worker(WORKER, settings(nats_url, llm, "tools")),
+        running_edge(nats_url, subject_prefix="tools") as url,
+    ):
+        yield url
+
+
+@pytest.fixture(scope="module")
+async def slow_edge(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[str]:
+    """``calculate`` answers after ``float(expression)`` seconds; no other tool is served."""
+
+    answering: set[asyncio.Task[None]] = set()
+
+    async def answer(msg: Msg) -> None:
+        call = ev.ToolRequest.model_validate_json(msg.data)
+        await asyncio.sleep(float(call.arguments["expression"]))
+        result = {"expression": call.arguments["expression"], "value": 0, "text": "slept"}
+        reply = ev.ToolReply(session_id=call.session_id, turn_id=call.turn_id, producer="test", result=result)
+        await msg.respond(reply.model_dump_json().encode())
+
+    async def slow(msg: Msg) -> None:  # a subscription's callbacks run one at a time: answer in tasks
+        task = asyncio.create_task(answer(msg))
+        answering.add(task)
+        task.add_done_callback(answering.discard)
+
+    async with client_bus(nats_url, "slowtools") as bus:
+        await bus.nc.subscribe("slowtools.svc.tools.calculate", cb=slow)
+        async with (
+            running_worker(WORKER, settings(nats_url, llm, "slowtools")),
+            running_edge(nats_url, subject_prefix="slowtools") as url,
+        ):
+            yield url
+
+
+def is_done(event: dict[str, Any]) -> bool:
+    return bool(event["kind"] == "reply.done")
+
+
+def of(kind: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["kind"] == kind]
+
+
+def tool_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
+    return [json.loads(m["content"]) for m in request["messages"] if m["role"] == "tool"]
+
+
+async def turn(client: Client, text: str) -> list[dict[str, Any]]:
+    await client.chat(text)
+    return await client.until(is_done)
+
+
+async def test_a_calculation_goes_through_the_bus_to_the_model_and_its_answer(edge: str, llm: ScriptedLLM) -> None:
+    llm.clear()
+    llm.script(tool_calls=[("calculate", {"expression": "12 * 7"})])
+    llm.script(reply="12 times 7 is 84.")
+    client = await connect(edge)
+    events = await turn(client, "what is 12 times 7?")
+
+    (call,), (result,) = of("tool.call", events), of("tool.result", events)
+    assert call["name"] == "calculate" and json.loads(call["arguments"]) == {"expression": "12 * 7"}
+    assert call["round"] == 1 and call["agent"] == "general" and result["call_id"] == call["call_id"]
+    assert result["status"] == "ok" and result["result"]["value"] == 84 and result["duration_ms"] < 500
+    done = events[-1]
+    assert done["finish_reason"] == "stop" and done["text"] == "12 times 7 is 84."
+    first, second = llm.requests
+    offered = {t["function"]["name"] for t in first["tools"]}
+    assert offered == {"calculate", "convert_units", "get_time"}
+    assistant = next(m for m in second["messages"] if m.get("tool_calls"))
+    assert assistant["tool_calls"][0]["id"] == call["call_id"]
+    assert tool_messages(second) == [result["result"]]
+    await client.close()
+
+
+async def test_time_in_the_sessions_zone(edge: str, llm: ScriptedLLM) -> None:
+    llm.clear()
+    client = await connect(edge)
+    await client.send(type="settings", time_zone="Asia/Tokyo")
+    await client.until(lambda e: e["kind"] == "session.settings")
+    llm.script(tool_calls=[("get_time", {})])
+    llm.script(reply="It is late in Tokyo.")
+    (result,) = of("tool.result", await turn(client, "what time is it?"))
+    assert result["status"] == "ok" and result["result"]["time_zone"] == "Asia/Tokyo"
+    assert result["result"]["iso"].endswith("+09:00")
+    await client.close()
+
+
+async def test_parallel_calls_and_hostile_input_each_get_their_outcome(edge: str, llm: ScriptedLLM) -> None:
+    llm.clear()
+    llm.script(
+        tool_calls=[
+            ("convert_units", {"value": 5, "from_unit": "mi", "to_unit": "km"}),
+            ("calculate", {"expression": "9 ** 9 ** 9"}),
+            ("calculate", "{not json"),
+            ("launch_rockets", {}),
+        ]
+    )
+    llm.script(reply="Done.")
+    client = await connect(edge)
+    events = await turn(client, "convert and compute")
+
+    results = of("tool.result", events)
+    assert [r["call_id"] for r in results] == [c["call_id"] for c in of("tool.call", events)]
+    assert [r["status"] for r in results] == ["ok", "error", "error", "error"]
+    assert results[0]["result"]["value"] == pytest.approx(8.04672)
+    assert "too large" in results[1]["error"] and results[1]["duration_ms"] < 100
+    assert "not a JSON object" in results[2]["error"] and "no tool named" in results[3]["error"]
+    assert [m.get("error") for m in tool_messages(llm.requests[-1])][1:] == [r["error"] for r in results[1:]]
+    assert events[-1]["finish_reason"] == "stop"
+    await client.close()
+
+
+async def test_calls_run_at_once(slow_edge: str, llm: ScriptedLLM) -> None:
+    llm.clear()
+    llm.script(tool_calls=[("calculate", {"expression": "0.3"}), ("calculate", {"expression": "0.3"})])
+    llm.script(reply="Both done.")
+    client = await connect(slow_edge)
+    started = time.monotonic()
+    events = await turn(client, "two slow ones")
+    assert [r["status"] for r in of("tool.result", events)] == ["ok", "ok"]
+    assert time.monotonic() - started < 0.55  # not 0.6 one after the other
+    await client.close()
+
+
+async def test_a_slow_tool_times_out_and_a_missing_one_is_unavailable(slow_edge: str, llm: ScriptedLLM) -> None:
+    llm.clear()
+    llm.script(tool_calls=[("calculate", {"expression": "2"}), ("get_time", {})])
+    llm.script(reply="Sorry, my tools failed.")
+    client = await connect(slow_edge)
+    started = time.monotonic()
+    events = await turn(client, "slow and missing")
+
+    timeout, missing = of("tool.result", events)
+    assert timeout["status"] == "timeout" and TOOL_TIMEOUT_S * 1000 <= timeout["duration_ms"] < 900
+    assert missing["status"] == "unavailable" and missing["duration_ms"] < 100
+    assert {m["error"] for m in tool_messages(llm.requests[-1])} == {timeout["error"], missing["error"]}
+    assert events[-1]["finish_reason"] == "stop" and events[-1]["text"] == "Sorry, my tools failed."
+    assert time.monotonic() - started < 1.5
+    await client.close()
+
+
+async def test_rounds_are_bounded(edge: str, llm: ScriptedLLM) -> None:
+    llm.clear()
+    for _ in range(3):  # max_tool_rounds: the model keeps calling
+        llm.script(tool_calls=[("calculate", {"expression": "1 + 1"})])
+    llm.script(reply="Two.")
+    client = await connect(edge)
+    events = await turn(client, "again and again")
+    assert [c["round"] for c in of("tool.call", events)] == [1, 2, 3]
+    assert "tools" not in llm.requests[-1] and events[-1]["text"] == "Two."
+    await client.close()
+
+
+async def test_an_interrupt_cancels_the_tool_round(slow_edge: str, llm: ScriptedLLM) -> None:
+    llm.clear()
+    llm.script(tool_calls=[("calculate", {"expression": "0.4"})])
+    client = await connect(slow_edge)
+    await client.chat("something slow")
+    await client.until(lambda e: e["kind"] == "tool.call")
+    await client.send(type="interrupt")
+    events = await client.until(is_done)
+    assert events[-1]["finish_reason"] == "cancelled" and not of("tool.result", events)
+    await asyncio.sleep(0.5)  # the tool's late answer changes nothing
+    assert len(llm.requests) == 1
+    await client.send(type="ping", id="after")
+    assert [e["kind"] for e in await client.until(lambda e: e["kind"] == "pong")] == ["pong"]
+    await client.close()

@@ -1,0 +1,106 @@
+"""The model's tool calls, run as bus requests: each within its deadline, a round's calls at once.
+
+Whatever happens to a call (a tool that is slow, failing, missing, not allowed, or called with broken
+arguments) the model gets an outcome it can read, never a hung turn: ``{"error": "..."}`` instead of
+the result. Tools are declared in contracts/tools.py; who serves them does not matter here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from contracts import events as ev
+from contracts.tools import BY_TOOL, ToolSpec
+from workers.runtime.bus import DependencyUnavailableError
+
+from .context import Requester
+from .llm import ChatMessage, ToolCallRequest, ToolDefinition
+
+MAX_RESULT_CHARS = 4_000  # of one result as the model reads it: a tool cannot flood the context window
+ERROR_CHARS = 1_000  # ToolResult.error's limit
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    call: ToolCallRequest
+    status: ev.ToolStatus
+    result: dict[str, Any] | None = None
+    error: str = ""
+    duration_ms: float = 0.0
+
+    def message(self) -> ChatMessage:
+        """The ``tool`` message that gives the model this outcome."""
+        content = json.dumps(self.result if self.status == "ok" else {"error": self.error}, ensure_ascii=False)
+        return {"role": "tool", "tool_call_id": self.call.id, "content": content[:MAX_RESULT_CHARS]}
+
+
+class ToolRunner:
+    def __init__(self, requester: Requester, max_deadline_s: float, tools: dict[str, ToolSpec] = BY_TOOL) -> None:
+        self._requester = requester
+        self._max_deadline_s = max_deadline_s
+        self._tools = tools
+
+    def definitions(self, allowed: Iterable[str]) -> list[ToolDefinition]:
+        """The tools of ``allowed`` (an agent's list) as the model is offered them."""
+        return [self._tools[name].function() for name in sorted(allowed) if name in self._tools]
+
+    async def run(
+        self, turn: ev.UserTurn, calls: Iterable[ToolCallRequest], allowed: frozenset[str], time_zone: str | None
+    ) -> list[ToolOutcome]:
+        """Every call at once; the outcomes in the calls' order."""
+        return list(await asyncio.gather(*(self._one(turn, call, allowed, time_zone) for call in calls)))
+
+    async def _one(
+        self, turn: ev.UserTurn, call: ToolCallRequest, allowed: frozenset[str], time_zone: str | None
+    ) -> ToolOutcome:
+        spec = self._tools.get(call.name) if call.name in allowed else None
+        if spec is None:
+            return ToolOutcome(call, "error", error=f"there is no tool named {call.name[:64]!r}")
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            return ToolOutcome(call, "error", error="the arguments are not a JSON object")
+        request = ev.ToolRequest(
+            session_id=turn.session_id,
+            turn_id=turn.turn_id,
+            producer=self._requester.producer,
+            call_id=call.id[:128],
+            tool=spec.name,
+            arguments=arguments,
+            time_zone=time_zone,
+        )
+        deadline = min(spec.deadline_s, self._max_deadline_s)
+        started = time.perf_counter()
+
+        def outcome(status: ev.ToolStatus, result: dict[str, Any] | None = None, error: str = "") -> ToolOutcome:
+            return ToolOutcome(call, status, result, error[:ERROR_CHARS], (time.perf_counter() - started) * 1000)
+
+        try:
+            reply = await self._requester.request(spec.subject_name, request, ev.ToolReply, deadline)
+        except DependencyUnavailableError as error:
+            if error.status == "timeout":
+                return outcome("timeout", error=f"the tool {spec.name} did not answer within {deadline:g} s")
+            return outcome("unavailable", error=f"the tool {spec.name} is unavailable right now")
+        except ValueError:  # an empty or misshapen reply: the tool failed
+            return outcome("error", error=f"the tool {spec.name} failed")
+        if reply.error or reply.result is None:
+            return outcome("error", error=reply.error or f"the tool {spec.name} gave no result")
+        return outcome("ok", reply.result)
+
+
+def call_message(text: str, calls: Iterable[ToolCallRequest]) -> ChatMessage:
+    """The assistant message that asked for ``calls`` (with what it said before them)."""
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+        ],
+    }
