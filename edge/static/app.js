@@ -13,7 +13,7 @@ const sb = (window.sb = {
   status: "connecting", sessionId: null, welcomed: false, reconnects: 0, closes: [],
   micOn: false, muted: false, level: 0, sentFrames: 0,
   audioFrames: 0, scheduledBuffers: 0, playedBuffers: 0, flushes: 0, stoppedByFlush: 0,
-  turns: {}, notice: null, protocolErrors: [], skewS: null,
+  turns: {}, notice: null, protocolErrors: [], skewS: null, zoneSentTo: null,
 });
 
 let token = null;
@@ -171,6 +171,31 @@ function bubble(turn, role) {
   return turn[key];
 }
 
+function toolItem(turn, callId) {
+  // The turn's tool calls, listed above its reply text as they happen.
+  const li = bubble(turn, "assistant");
+  let list = li.querySelector(".tools");
+  if (!list) {
+    list = document.createElement("ul");
+    list.className = "tools";
+    list.setAttribute("aria-label", "Tools used");
+    li.prepend(list);
+  }
+  let item = [...list.children].find((child) => child.dataset.call === callId);
+  if (!item) {
+    item = document.createElement("li");
+    item.dataset.call = callId;
+    list.append(item);
+  }
+  return item;
+}
+
+function shortArguments(raw) {
+  let text = raw;
+  try { text = Object.values(JSON.parse(raw)).join(", "); } catch { /* shown as the model wrote it */ }
+  return text.length > 80 ? `${text.slice(0, 79)}…` : text;
+}
+
 function scrollDown() {
   const main = document.querySelector("main");
   main.scrollTop = main.scrollHeight;
@@ -188,6 +213,12 @@ const handlers = {
   welcome(event) {
     sb.welcomed = true;
     sb.sessionId = event.session_id;
+    // The date and time tool answers in the user's own time zone.
+    const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    if (zone && sb.zoneSentTo !== event.session_id) {
+      send({ type: "settings", time_zone: zone });
+      sb.zoneSentTo = event.session_id;
+    }
     setStatus("connected", "Connected");
     if (sb.reconnects) clearNotice();
   },
@@ -227,6 +258,21 @@ const handlers = {
     li.classList.add("streaming");
     li.querySelector(".text").textContent = turn.reply;
     scrollDown();
+  },
+  "tool.call"(event) {
+    const item = toolItem(turnOf(event.turn_id), event.call_id);
+    item.dataset.label = `${event.name}(${shortArguments(event.arguments)})`;
+    item.className = "tool pending";
+    item.textContent = `${item.dataset.label} …`;
+    scrollDown();
+  },
+  "tool.result"(event) {
+    const item = toolItem(turnOf(event.turn_id), event.call_id);
+    const label = item.dataset.label ?? event.name;
+    const ok = event.status === "ok";
+    const outcome = ok ? (event.result?.text ?? JSON.stringify(event.result)) : `${event.status}: ${event.error}`;
+    item.className = ok ? "tool ok" : "tool failed";
+    item.textContent = `${label} → ${outcome}`;
   },
   "reply.done"(event) {
     const turn = turnOf(event.turn_id);
