@@ -513,6 +513,8 @@ class ToolRequest(TurnEvent):
     tool: str = Field(min_length=1, max_length=64)
     arguments: dict[str, Any] = Field(default_factory=dict, description="As the tool's parameters schema says")
     time_zone: str | None = Field(default=None, max_length=64, description="The session's IANA time zone, if known")
+    tenant: Tenant | None = Field(default=None, description=_TENANT + " (tools that read the owner's data use it)")
+    knowledge_bases: list[str] | None = Field(default=None, description="The session's chosen knowledge bases")
 
 
 class ToolReply(SessionEvent):

@@ -3,7 +3,8 @@
 A tool is a request/reply service on the bus: the orchestrator sends a ``ToolRequest`` (its
 ``arguments`` follow ``parameters``, a JSON Schema) on ``svc.tools.<name>`` and waits at most
 ``deadline_s`` for a ``ToolReply`` (its ``result`` follows ``result``). Whoever subscribes to the
-subject serves the tool, in any language (docs/tools.md). Each tool becomes a subject
+subject serves the tool, in any language (docs/tools.md). A result may carry ``citations``
+(objects shaped like ``events.Citation``): the reply cites them. Each tool becomes a subject
 ``tools.<name>`` in contracts.subjects and an OpenAI function-calling tool for the agents
 allowed it (workers/orchestrator/agents.py).
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from .limits import QUERY_CHARS
 
 JsonSchema = dict[str, Any]
 
@@ -43,6 +46,11 @@ def _object(properties: dict[str, JsonSchema], required: list[str]) -> JsonSchem
 
 _TEXT: JsonSchema = {"type": "string"}
 _NUMBER: JsonSchema = {"type": "number"}
+_CITATION: JsonSchema = {
+    "type": "object",
+    "properties": {"document_id": _TEXT, "source": _TEXT, "title": _TEXT, "section": _TEXT, "score": _NUMBER},
+    "required": ["document_id", "source"],
+}
 
 TOOLS: tuple[ToolSpec, ...] = (
     ToolSpec(
@@ -85,6 +93,25 @@ TOOLS: tuple[ToolSpec, ...] = (
             ["value", "unit", "text"],
         ),
         deadline_s=1.0,
+    ),
+    ToolSpec(  # served by the retriever; the others by the tools worker
+        "search_knowledge",
+        "Search the user's documents and knowledge bases; cite the passages you use as [n].",
+        _object({"query": {"type": "string", "minLength": 1, "maxLength": QUERY_CHARS}}, ["query"]),
+        _object(
+            {
+                "passages": {
+                    "type": "array",
+                    "items": _object(
+                        {"n": {"type": "integer"}, "text": _TEXT, "source": _TEXT, "section": _TEXT, "score": _NUMBER},
+                        ["n", "text", "source", "section", "score"],
+                    ),
+                },
+                "citations": {"type": "array", "items": _CITATION},
+            },
+            ["passages", "citations"],
+        ),
+        deadline_s=2.0,
     ),
 )
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import jsonschema  # type: ignore[import-untyped]
 
 from contracts import events as ev
-from contracts.subjects import BY_NAME, PUBLISHERS, REPLIES, Lane
+from contracts.subjects import BY_NAME, PUBLISHERS, REPLIES, WORKERS, Lane
 from contracts.tools import TOOLS
-from ops import access
+from ops import access, registry
 from workers.runtime.consumes import consumptions
-from workers.tools.worker import WORKER
 
 
 def test_every_tool_has_valid_schemas_and_its_own_rpc_subject() -> None:
@@ -23,12 +22,15 @@ def test_every_tool_has_valid_schemas_and_its_own_rpc_subject() -> None:
         assert REPLIES[tool.subject_name] is ev.ToolReply and PUBLISHERS[tool.subject_name] == ("orchestrator",)
 
 
-def test_the_tools_worker_serves_every_shipped_tool_and_may_subscribe_to_them() -> None:
-    served = {c.subject for c in consumptions(WORKER) if c.replies}
-    assert served == {t.subject_name for t in TOOLS}
-    granted = access.permissions("tools")
-    assert {f"*.svc.tools.{t.name}" for t in TOOLS} <= set(granted.subscribe)
-    assert not [s for s in granted.publish if ".svc." in s]  # it answers on inboxes only
+def test_every_tool_is_served_by_one_shipped_worker_that_may_subscribe_to_it() -> None:
+    servers: dict[str, list[str]] = {}
+    for worker in WORKERS:
+        for consumption in consumptions(registry.load(worker)):
+            if consumption.subject.startswith("tools."):
+                servers.setdefault(consumption.subject, []).append(worker)
+                assert consumption.replies and f"*.svc.{consumption.subject}" in access.permissions(worker).subscribe
+    assert servers == {t.subject_name: ["retriever" if t.name == "search_knowledge" else "tools"] for t in TOOLS}
+    assert not [s for s in access.permissions("tools").publish if ".svc." in s]  # it answers on inboxes only
     assert {f"*.svc.tools.{t.name}" for t in TOOLS} <= set(access.permissions("orchestrator").publish)
 
 

@@ -71,6 +71,22 @@ async def test_a_typed_question_is_answered_with_citations_of_the_right_document
     await client.close()
 
 
+async def test_the_model_searches_as_a_tool_and_the_reply_cites_what_it_found(edge: str, llm: ScriptedLLM) -> None:
+    llm.script(tool_calls=[("search_knowledge", {"query": "Who won the race between the hare and the tortoise?"})])
+    llm.script(reply="The tortoise won [1].")
+    client = await connect(edge)
+    await client.chat("who won that race?")
+    events = await client.until(is_done, timeout=20)
+    (result,) = [e for e in events if e["kind"] == "tool.result"]
+    assert result["status"] == "ok", result
+    first = result["result"]["passages"][0]
+    assert (first["n"], first["source"], first["section"]) == (1, "aesop-fables.md", "The Hare and the Tortoise")
+    done = events[-1]
+    assert done["agent"] == "general" and done["retrieval"] == "skipped" and done["text"] == "The tortoise won [1]."
+    assert ("aesop-fables.md", "The Hare and the Tortoise") in {(c["source"], c["section"]) for c in done["citations"]}
+    await client.close()
+
+
 async def test_the_router_sends_document_questions_to_the_knowledge_agent(edge: str) -> None:
     client = await connect(edge)
     done = await ask(client, "According to the documents, what needs probable cause?")

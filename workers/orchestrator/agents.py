@@ -43,7 +43,7 @@ DEFAULT_AGENTS: tuple[Agent, ...] = (
         "Everyday questions and conversation",
         "You are Switchboard, a helpful voice and chat assistant. Replies are spoken aloud, so keep them "
         "short and natural, without markdown.",
-        frozenset({"memory", "camera", "get_time", "calculate", "convert_units"}),
+        frozenset({"memory", "camera", "get_time", "calculate", "convert_units", "search_knowledge"}),
     ),
     Agent(
         "knowledge",

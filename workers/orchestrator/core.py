@@ -31,7 +31,7 @@ from .agents import Router
 from .context import Context, ContextHooks
 from .llm import ChatMessage, ChatModel, LLMError, ToolCallRequest, ToolDefinition, estimate_tokens
 from .prompt import build_prompt
-from .tools import ToolRunner, call_message
+from .tools import SessionContext, ToolRunner, call_message
 
 log = get_logger("orchestrator")
 TOOLS_SHARE = 0.25  # most of the context window that tool definitions may take
@@ -160,6 +160,7 @@ class Orchestrator:
         finish: Literal["stop", "length", "error"] = "stop"
         context = Context()
         cited: list[ev.Passage] = []
+        tool_cited: list[ev.Citation] = []  # what the tools' results cite
         try:  # whatever fails, from gathering context to the last chunk, the turn ends with reply.done
             context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
             window = await self._model.context_window()
@@ -211,7 +212,7 @@ class Orchestrator:
                 messages = [
                     *messages,
                     call_message("".join(flight.text[said:]), calls),
-                    *await self._call_tools(state, flight, agent.tools, calls, tool_round),
+                    *await self._call_tools(state, flight, agent.tools, calls, tool_round, tool_cited),
                 ]
             if not "".join(flight.text).strip():  # a finished stream with no words is a failure, never an answer
                 raise LLMError("llm_empty_reply", "the language model ended its reply without any text", True)
@@ -246,7 +247,7 @@ class Orchestrator:
             usage,
             context.memory_status,
             context.retrieval_status,
-            [p.citation for p in cited],
+            [*(p.citation for p in cited), *tool_cited],
         )
 
     async def _delta(self, flight: InFlight, agent: str, text: str) -> None:
@@ -276,8 +277,10 @@ class Orchestrator:
         allowed: frozenset[str],
         calls: tuple[ToolCallRequest, ...],
         tool_round: int,
+        cited: list[ev.Citation],
     ) -> list[ChatMessage]:
-        """Run one round of calls (announced, run at once, answered) and return the model's tool messages."""
+        """Run one round of calls (announced, run at once, answered) and return the model's tool messages;
+        what the results cite is added to ``cited``."""
         assert self._tools is not None
         turn = flight.turn
         envelope = {"session_id": turn.session_id, "turn_id": turn.turn_id, "producer": self._pub.producer}
@@ -292,8 +295,9 @@ class Orchestrator:
                     round=tool_round,
                 )
             )
-        zone = state.settings.time_zone if state.settings else None
-        outcomes = await self._tools.run(turn, calls, allowed, zone)
+        settings = state.settings
+        session = SessionContext(settings.time_zone, settings.knowledge_bases) if settings else SessionContext()
+        outcomes = await self._tools.run(turn, calls, allowed, session)
         for outcome in outcomes:
             await self._pub.publish(
                 ev.ToolResult(
@@ -309,6 +313,7 @@ class Orchestrator:
             log.info(
                 "tool called", tool=outcome.call.name[:64], status=outcome.status, ms=round(outcome.duration_ms, 2)
             )
+            cited.extend(outcome.citations())
         return [outcome.message() for outcome in outcomes]
 
     async def _stop(self, state: SessionState, reason: Literal["cancelled", "superseded"]) -> None:

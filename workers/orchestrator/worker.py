@@ -106,7 +106,7 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
             hooks,
             last_settings,
             settings.llm_max_tokens,
-            tools=ToolRunner(bus, settings.tool_timeout_s),
+            tools=ToolRunner(bus, settings.tool_timeout_s, self.tenants),
             max_tool_rounds=settings.max_tool_rounds,
         )
 

@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -52,6 +52,23 @@ def searched(session_id: str, tenant: str | None, bases: Sequence[str]) -> list[
     """What a session's query searches: its own (or its tenant's) bases of those names, then the public ones."""
     mine = owner_of(session_id, tenant)
     return [owned(owner, base) for base in dict.fromkeys(bases) for owner in (mine, PUBLIC)]
+
+
+def search_result(passages: Sequence[ev.Passage]) -> dict[str, Any]:
+    """Passages as the search_knowledge tool returns them (contracts/tools.py): numbered [n] for citing."""
+    return {
+        "passages": [
+            {
+                "n": n,
+                "text": p.text,
+                "source": p.citation.source,
+                "section": p.citation.section,
+                "score": round(p.score, 4),
+            }
+            for n, p in enumerate(passages, start=1)
+        ],
+        "citations": [p.citation.model_dump() for p in passages],
+    }
 
 
 def document_id(source: str) -> str:

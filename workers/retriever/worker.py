@@ -2,8 +2,8 @@
 
 Consumes: ingest.job (durable JetStream pull consumer INGEST on SB_JOBS: one job at a time per
 replica; bad documents fail their job, other errors are redelivered then dead-lettered) and
-retrieval.query (request/reply, queue group "retriever").
-Produces: job.progress and ingest.result on the requesting session; RetrievalReply replies.
+retrieval.query and tools.search_knowledge (request/reply, queue group "retriever").
+Produces: job.progress and ingest.result on the requesting session; RetrievalReply and ToolReply replies.
 Logic: core.Retriever (reader -> chunker -> embedder -> store), plain classes without the bus; the
 reader is a child process, killed when a document takes longer than SB_RETRIEVER_EXTRACT_TIMEOUT_S.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from nats.js.errors import NotFoundError
 
 from contracts import events as ev
+from contracts.limits import QUERY_CHARS
 from contracts.owners import PUBLIC, owner_of
 from contracts.streams import INGEST, INGEST_FILES
 from workers.runtime import Bus, Delivery, Worker, consumes, serves
@@ -24,7 +25,7 @@ from workers.runtime.logging import get_logger
 from workers.runtime.provision import object_store
 
 from .chunker import Chunker
-from .core import Outcome, QueryError, Retriever, owned, searched
+from .core import Outcome, QueryError, Retriever, owned, search_result, searched
 from .embedder import Embedder, load_tokenizer
 from .extract import DocumentError
 from .reader import Reader
@@ -173,6 +174,21 @@ class RetrieverWorker(Worker[RetrieverSettings]):
             )
         except QueryError as error:
             return ev.RetrievalReply(**reply, error=str(error))
+
+    # The same search as a tool the model calls (contracts/tools.py): passages numbered for citing.
+    @serves("tools.search_knowledge", queue="retriever")
+    async def on_search_tool(self, call: ev.ToolRequest) -> ev.ToolReply:
+        reply = {"session_id": call.session_id, "turn_id": call.turn_id, "producer": self.bus.producer}
+        query = str(call.arguments.get("query") or "").strip()[:QUERY_CHARS]
+        if not query:
+            return ev.ToolReply(**reply, error="the query is empty")
+        bases = call.knowledge_bases or ["default"]
+        request = ev.RetrievalRequest(**reply, query=query, bases=bases, tenant=call.tenant)
+        try:
+            passages = await self.slot.ready.query(request, searched(call.session_id, call.tenant, request.bases))
+        except QueryError as error:
+            return ev.ToolReply(**reply, error=str(error))
+        return ev.ToolReply(**reply, result=search_result(passages))
 
 
 WORKER = RetrieverWorker
