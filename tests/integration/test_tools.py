@@ -108,7 +108,7 @@ async def test_a_calculation_goes_through_the_bus_to_the_model_and_its_answer(ed
     assert done["finish_reason"] == "stop" and done["text"] == "12 times 7 is 84."
     first, second = llm.requests
     offered = {t["function"]["name"] for t in first["tools"]}
-    assert offered == {"calculate", "convert_units", "get_time", "search_knowledge"}
+    assert offered == {"calculate", "convert_units", "get_time", "search_knowledge", "handoff"}
     assistant = next(m for m in second["messages"] if m.get("tool_calls"))
     assert assistant["tool_calls"][0]["id"] == call["call_id"]
     assert tool_messages(second) == [result["result"]]
@@ -150,6 +150,41 @@ async def test_parallel_calls_and_hostile_input_each_get_their_outcome(edge: str
     assert "not a JSON object" in results[2]["error"] and "no tool named" in results[3]["error"]
     assert [m.get("error") for m in tool_messages(llm.requests[-1])][1:] == [r["error"] for r in results[1:]]
     assert events[-1]["finish_reason"] == "stop"
+    await client.close()
+
+
+async def test_the_model_hands_the_conversation_to_another_agent(edge: str, llm: ScriptedLLM) -> None:
+    llm.clear()
+    llm.script(tool_calls=[("handoff", {"agent": "coach"}), ("get_time", {})])
+    llm.script(reply="Coach here: what would you like to practise?")
+    client = await connect(edge)
+    events = await turn(client, "I want to practise for an interview")
+
+    (call,), (result,) = of("tool.call", events), of("tool.result", events)  # the round's other call is not made
+    assert (call["name"], call["agent"], result["status"], result["result"]) == (
+        "handoff",
+        "general",
+        "ok",
+        {"agent": "coach"},
+    )
+    done = events[-1]
+    assert done["agent"] == "coach" and done["text"] == "Coach here: what would you like to practise?"
+    handed = llm.requests[-1]  # the coach answers the turn afresh, and may not hand it on again
+    assert "patient coach" in handed["messages"][0]["content"]
+    assert {t["function"]["name"] for t in handed["tools"]} == {"calculate", "convert_units"}
+    assert (await turn(client, "next question"))[-1]["agent"] == "coach"  # it sticks
+    await client.close()
+
+
+async def test_a_handoff_to_no_agent_is_an_error_for_the_model(edge: str, llm: ScriptedLLM) -> None:
+    llm.clear()
+    llm.script(tool_calls=[("handoff", {"agent": "pirate"}), ("calculate", {"expression": "1 + 1"})])
+    llm.script(reply="I stay.")
+    client = await connect(edge)
+    events = await turn(client, "talk like a pirate")
+    handoff, calculation = of("tool.result", events)
+    assert handoff["status"] == "error" and "no other agent named 'pirate'" in handoff["error"]
+    assert calculation["status"] == "ok" and events[-1]["agent"] == "general"
     await client.close()
 
 

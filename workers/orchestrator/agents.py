@@ -1,9 +1,12 @@
-"""Agents, tone presets, and the rule-based router that picks an agent per turn (with handoff)."""
+"""Agents, tone presets, the rule-based router that picks an agent per turn (with handoff), and the
+handoff tool through which the model itself hands the conversation to another agent."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from contracts.events import Tone
 
@@ -20,7 +23,8 @@ class Agent:
     name: str
     description: str
     system_prompt: str
-    # Context it gathers ("memory", "retrieval", "camera") and tools the model may call (contracts/tools.py).
+    # Context it gathers ("memory", "retrieval", "camera"), tools the model may call (contracts/tools.py)
+    # and "handoff" (the model may hand the conversation to another agent).
     tools: frozenset[str] = field(default_factory=frozenset)
     model: str | None = None  # None: the deployment's default model
 
@@ -43,20 +47,20 @@ DEFAULT_AGENTS: tuple[Agent, ...] = (
         "Everyday questions and conversation",
         "You are Switchboard, a helpful voice and chat assistant. Replies are spoken aloud, so keep them "
         "short and natural, without markdown.",
-        frozenset({"memory", "camera", "get_time", "calculate", "convert_units", "search_knowledge"}),
+        frozenset({"memory", "camera", "get_time", "calculate", "convert_units", "search_knowledge", "handoff"}),
     ),
     Agent(
         "knowledge",
         "Answers from the user's documents, with citations",
         "You answer from the provided passages only and cite them as [1], [2]. If the passages do not "
         "contain the answer, say so.",
-        frozenset({"memory", "retrieval"}),
+        frozenset({"memory", "retrieval", "handoff"}),
     ),
     Agent(
         "coach",
         "Practice and encouragement",
         "You are a patient coach. Ask one question at a time and encourage the user.",
-        frozenset({"memory", "calculate", "convert_units"}),
+        frozenset({"memory", "calculate", "convert_units", "handoff"}),
     ),
 )
 
@@ -104,6 +108,42 @@ class Router:
         if _KNOWLEDGE_HINTS.search(text):
             return Route(self.registry.get("knowledge") or self.registry.default, handoff=False)
         return Route(self.registry.default, handoff=False)
+
+
+HANDOFF = "handoff"
+
+
+def handoff_tool(registry: AgentRegistry, current: Agent) -> dict[str, Any] | None:
+    """The handoff tool as the model is offered it: the other agents by name, with what each is for."""
+    others = [a for name in registry.names() if (a := registry.get(name)) and a.name != current.name]
+    if HANDOFF not in current.tools or not others:
+        return None
+    described = "; ".join(f"{a.name}: {a.description}" for a in others)
+    return {
+        "type": "function",
+        "function": {
+            "name": HANDOFF,
+            "description": f"Hand the conversation to the agent better suited to the user's request ({described}).",
+            "parameters": {
+                "type": "object",
+                "properties": {"agent": {"type": "string", "enum": [a.name for a in others]}},
+                "required": ["agent"],
+                "additionalProperties": False,
+            },
+        },
+    }
+
+
+def handoff_target(registry: AgentRegistry, current: Agent, arguments: str) -> Agent | str:
+    """The agent a handoff call names, or why it names none (for the model)."""
+    try:
+        named = json.loads(arguments or "{}").get("agent")
+    except (ValueError, AttributeError):
+        named = None
+    target = registry.get(named) if isinstance(named, str) else None
+    if target is None or target.name == current.name:
+        return f"no other agent named {str(named)[:64]!r}; agents: {', '.join(registry.names())}"
+    return target
 
 
 def tone_instruction(tone: Tone | None) -> str:

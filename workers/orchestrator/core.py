@@ -27,11 +27,11 @@ from contracts.limits import TURN_TEXT_CHARS
 from workers.runtime.logging import get_logger
 from workers.runtime.turns import SessionTable
 
-from .agents import Router
+from .agents import HANDOFF, Agent, Router, handoff_target, handoff_tool
 from .context import Context, ContextHooks
 from .llm import ChatMessage, ChatModel, LLMError, ToolCallRequest, ToolDefinition, estimate_tokens
 from .prompt import build_prompt
-from .tools import SessionContext, ToolRunner, call_message
+from .tools import SessionContext, ToolOutcome, ToolRunner, call_message
 
 log = get_logger("orchestrator")
 TOOLS_SHARE = 0.25  # most of the context window that tool definitions may take
@@ -58,6 +58,16 @@ class SessionState:
     agent: str | None = None  # sticky after settings or handoff
     history: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=12))
     in_flight: InFlight | None = None
+
+
+@dataclass
+class Answer:
+    """What a turn's answer gathered so far, for its reply.done (a handoff answers twice into one)."""
+
+    usage: ev.TokenUsage = field(default_factory=ev.TokenUsage)
+    finish: Literal["stop", "length", "error"] = "stop"
+    context: Context = field(default_factory=Context)
+    citations: list[ev.Citation] = field(default_factory=list)
 
 
 SettingsLoader = Callable[[str], Awaitable[ev.SessionSettings | None]]
@@ -155,69 +165,17 @@ class Orchestrator:
     async def _reply(self, state: SessionState, flight: InFlight) -> None:
         turn = flight.turn
         agent = self._router.registry.get(flight.agent) or self._router.registry.default
-        settings = state.settings
-        usage = ev.TokenUsage()
-        finish: Literal["stop", "length", "error"] = "stop"
-        context = Context()
-        cited: list[ev.Passage] = []
-        tool_cited: list[ev.Citation] = []  # what the tools' results cite
+        answer = Answer()
         try:  # whatever fails, from gathering context to the last chunk, the turn ends with reply.done
-            context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
-            window = await self._model.context_window()
-            tools = self._tools.definitions(agent.tools) if self._tools else []
-            if window and _tokens_of(tools) > window * TOOLS_SHARE:
-                tools = []  # a window this small is for the conversation: no tools rather than no history
-            # Room for the reply's max tokens, the tools offered, and a margin for the estimate's error.
-            budget = int(window * (1 - self._context_margin)) - self._max_tokens - _tokens_of(tools) if window else None
-            prompt = build_prompt(
-                agent,
-                settings.tone if settings else None,
-                turn.text,
-                state.history,
-                context.memory,
-                context.passages,
-                context.retrieval_status,
-                context.camera,
-                budget,
-            )
-            cited = prompt.passages
-            if prompt.tokens != prompt.tokens_before:
-                log.info(
-                    "prompt budgeted",
-                    session_id=turn.session_id,
-                    turn_id=turn.turn_id,
-                    window=window,
-                    budget=budget,
-                    tokens_before=prompt.tokens_before,
-                    tokens=prompt.tokens,
-                    dropped_turns=prompt.dropped_turns,
-                    dropped_passages=prompt.dropped_passages,
-                    dropped_memory=prompt.dropped_memory,
-                )
-            messages = prompt.messages
-            for tool_round in range(1, self._max_tool_rounds + 2):
-                offered = tools if tool_round <= self._max_tool_rounds else None  # the last round must answer
-                said = len(flight.text)
-                calls: tuple[ToolCallRequest, ...] = ()
-                async for chunk in self._model.stream(messages, agent.model, self._max_tokens, offered):
-                    if chunk.usage is not None:
-                        usage = _added(usage, chunk.usage)
-                    if chunk.finish_reason == "length":
-                        finish = "length"
-                    calls = chunk.tool_calls or calls
-                    if chunk.text:
-                        await self._delta(flight, agent.name, chunk.text)
-                if not calls or not offered:
-                    break
-                messages = [
-                    *messages,
-                    call_message("".join(flight.text[said:]), calls),
-                    *await self._call_tools(state, flight, agent.tools, calls, tool_round, tool_cited),
-                ]
+            target = await self._answer(state, flight, agent, answer, may_hand_off=True)
+            if target is not None:  # the model handed the conversation over: the new agent answers the turn
+                state.agent = flight.agent = target.name
+                log.info("handoff", session_id=turn.session_id, turn_id=turn.turn_id, agent=target.name, by="model")
+                await self._answer(state, flight, target, answer, may_hand_off=False)
             if not "".join(flight.text).strip():  # a finished stream with no words is a failure, never an answer
                 raise LLMError("llm_empty_reply", "the language model ended its reply without any text", True)
         except Exception as error:
-            finish = "error"
+            answer.finish = "error"
             failure = error if isinstance(error, LLMError) else LLMError("internal", "the assistant failed")
             log.warning(
                 "reply failed",
@@ -243,12 +201,76 @@ class Orchestrator:
             state.history.extend((("user", turn.text), ("assistant", text)))
         await self._publish_done(
             flight,
-            finish,
-            usage,
-            context.memory_status,
-            context.retrieval_status,
-            [*(p.citation for p in cited), *tool_cited],
+            answer.finish,
+            answer.usage,
+            answer.context.memory_status,
+            answer.context.retrieval_status,
+            answer.citations,
         )
+
+    async def _answer(
+        self, state: SessionState, flight: InFlight, agent: Agent, answer: Answer, may_hand_off: bool
+    ) -> Agent | None:
+        """``agent`` answers the turn (context, prompt, the model and its tool rounds) into ``answer``;
+        returns the agent the model handed the conversation to instead, if it did."""
+        turn, settings = flight.turn, state.settings
+        answer.context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
+        window = await self._model.context_window()
+        tools = self._tools.definitions(agent.tools) if self._tools else []
+        handoff = handoff_tool(self._router.registry, agent) if self._tools and may_hand_off else None
+        tools += [handoff] if handoff else []
+        if window and _tokens_of(tools) > window * TOOLS_SHARE:
+            tools = []  # a window this small is for the conversation: no tools rather than no history
+        offered_names = frozenset(t["function"]["name"] for t in tools)
+        # Room for the reply's max tokens, the tools offered, and a margin for the estimate's error.
+        budget = int(window * (1 - self._context_margin)) - self._max_tokens - _tokens_of(tools) if window else None
+        prompt = build_prompt(
+            agent,
+            settings.tone if settings else None,
+            turn.text,
+            state.history,
+            answer.context.memory,
+            answer.context.passages,
+            answer.context.retrieval_status,
+            answer.context.camera,
+            budget,
+        )
+        answer.citations = [p.citation for p in prompt.passages]
+        if prompt.tokens != prompt.tokens_before:
+            log.info(
+                "prompt budgeted",
+                session_id=turn.session_id,
+                turn_id=turn.turn_id,
+                window=window,
+                budget=budget,
+                tokens_before=prompt.tokens_before,
+                tokens=prompt.tokens,
+                dropped_turns=prompt.dropped_turns,
+                dropped_passages=prompt.dropped_passages,
+                dropped_memory=prompt.dropped_memory,
+            )
+        messages = prompt.messages
+        for tool_round in range(1, self._max_tool_rounds + 2):
+            offered = tools if tool_round <= self._max_tool_rounds else None  # the last round must answer
+            said = len(flight.text)
+            calls: tuple[ToolCallRequest, ...] = ()
+            async for chunk in self._model.stream(messages, agent.model, self._max_tokens, offered):
+                if chunk.usage is not None:
+                    answer.usage = _added(answer.usage, chunk.usage)
+                if chunk.finish_reason == "length":
+                    answer.finish = "length"
+                calls = chunk.tool_calls or calls
+                if chunk.text:
+                    await self._delta(flight, agent.name, chunk.text)
+            if not calls or not offered:
+                return None
+            results, target = await self._call_tools(
+                state, flight, agent, offered_names, calls, tool_round, answer.citations
+            )
+            if target is not None:
+                return target
+            messages = [*messages, call_message("".join(flight.text[said:]), calls), *results]
+        return None
 
     async def _delta(self, flight: InFlight, agent: str, text: str) -> None:
         turn = flight.turn
@@ -274,16 +296,22 @@ class Orchestrator:
         self,
         state: SessionState,
         flight: InFlight,
-        allowed: frozenset[str],
+        agent: Agent,
+        offered: frozenset[str],
         calls: tuple[ToolCallRequest, ...],
         tool_round: int,
         cited: list[ev.Citation],
-    ) -> list[ChatMessage]:
-        """Run one round of calls (announced, run at once, answered) and return the model's tool messages;
-        what the results cite is added to ``cited``."""
+    ) -> tuple[list[ChatMessage], Agent | None]:
+        """Run one round of calls (announced, run at once, answered): the model's tool messages, and the
+        agent a valid handoff call names (then the round's other calls are not made). Only the tools
+        ``offered`` may be called. What the results cite is added to ``cited``."""
         assert self._tools is not None
         turn = flight.turn
         envelope = {"session_id": turn.session_id, "turn_id": turn.turn_id, "producer": self._pub.producer}
+        handoffs = [c for c in calls if c.name == HANDOFF] if HANDOFF in offered else []
+        target = handoff_target(self._router.registry, agent, handoffs[0].arguments) if handoffs else None
+        if isinstance(target, Agent):
+            calls = (handoffs[0],)
         for call in calls:
             await self._pub.publish(
                 ev.ToolCall(
@@ -295,9 +323,13 @@ class Orchestrator:
                     round=tool_round,
                 )
             )
-        settings = state.settings
-        session = SessionContext(settings.time_zone, settings.knowledge_bases) if settings else SessionContext()
-        outcomes = await self._tools.run(turn, calls, allowed, session)
+        if isinstance(target, Agent):
+            outcomes = [ToolOutcome(calls[0], "ok", {"agent": target.name})]
+        else:
+            settings = state.settings
+            session = SessionContext(settings.time_zone, settings.knowledge_bases) if settings else SessionContext()
+            ran = iter(await self._tools.run(turn, [c for c in calls if c not in handoffs], offered, session))
+            outcomes = [ToolOutcome(c, "error", error=str(target)) if c in handoffs else next(ran) for c in calls]
         for outcome in outcomes:
             await self._pub.publish(
                 ev.ToolResult(
@@ -314,7 +346,7 @@ class Orchestrator:
                 "tool called", tool=outcome.call.name[:64], status=outcome.status, ms=round(outcome.duration_ms, 2)
             )
             cited.extend(outcome.citations())
-        return [outcome.message() for outcome in outcomes]
+        return [outcome.message() for outcome in outcomes], target if isinstance(target, Agent) else None
 
     async def _stop(self, state: SessionState, reason: Literal["cancelled", "superseded"]) -> None:
         flight = state.in_flight
