@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 
 from contracts import events as ev
+from ops import tools as ops_tools
 from tests.support.bus import client_bus
 from tests.support.edge_client import Client, connect, running_edge
 from tests.support.scripted_llm import ScriptedLLM
@@ -93,7 +95,9 @@ async def turn(client: Client, text: str) -> list[dict[str, Any]]:
     return await client.until(is_done)
 
 
-async def test_a_calculation_goes_through_the_bus_to_the_model_and_its_answer(edge: str, llm: ScriptedLLM) -> None:
+async def test_a_calculation_goes_through_the_bus_to_the_model_and_its_answer(
+    edge: str, llm: ScriptedLLM, nc: Nats
+) -> None:
     llm.clear()
     llm.script(tool_calls=[("calculate", {"expression": "12 * 7"})])
     llm.script(reply="12 times 7 is 84.")
@@ -112,6 +116,11 @@ async def test_a_calculation_goes_through_the_bus_to_the_model_and_its_answer(ed
     assistant = next(m for m in second["messages"] if m.get("tool_calls"))
     assert assistant["tool_calls"][0]["id"] == call["call_id"]
     assert tool_messages(second) == [result["result"]]
+    # Recorded like any session event: `sb trace` shows the calls under the turn that made them.
+    records = await ops_tools.turn_messages(nc.jetstream(), done["turn_id"], client.session_id, "tools", 0)
+    tree = ops_tools.trace_tree(records)
+    assert any("orchestrator: tool.call" in line for line in tree), tree
+    assert any("orchestrator: tool.result" in line for line in tree), tree
     await client.close()
 
 
