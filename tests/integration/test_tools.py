@@ -223,6 +223,10 @@ async def test_a_slow_tool_times_out_and_a_missing_one_is_unavailable(slow_edge:
     assert {m["error"] for m in tool_messages(llm.requests[-1])} == {timeout["error"], missing["error"]}
     assert events[-1]["finish_reason"] == "stop" and events[-1]["text"] == "Sorry, my tools failed."
     assert time.monotonic() - started < 1.5
+    # A tool nobody serves is not offered again for a while; the slow one still is.
+    await turn(client, "and now?")
+    assert {t["function"]["name"] for t in llm.requests[-1]["tools"]} >= {"calculate"}
+    assert "get_time" not in {t["function"]["name"] for t in llm.requests[-1]["tools"]}
     await client.close()
 
 

@@ -89,6 +89,16 @@ async def test_every_failure_is_an_error_the_model_reads(answer: Any, status: st
     assert json.loads(outcome.message()["content"]) == {"error": outcome.error}
 
 
+async def test_a_tool_nobody_serves_is_not_offered_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = ToolRunner(FakeTools(unavailable("unavailable")), 1.0)
+    offered = {t["function"]["name"] for t in runner.definitions(ALL)}
+    await runner.run(TURN, [call("get_time")], ALL, SessionContext())
+    assert {t["function"]["name"] for t in runner.definitions(ALL)} == offered - {"get_time"}
+    monkeypatch.setattr(ToolRunner, "ABSENT_FOR_S", 0.0)
+    await runner.run(TURN, [call("get_time")], ALL, SessionContext())
+    assert {t["function"]["name"] for t in runner.definitions(ALL)} == offered
+
+
 async def test_calls_that_cannot_be_made_are_not_sent() -> None:
     tools = FakeTools(lambda r: reply({}))
     outcomes = await run(tools, call("launch", {}), call("calculate", "{broken"), call("calculate", "[1, 2]"))

@@ -60,6 +60,10 @@ class ToolOutcome:
 
 
 class ToolRunner:
+    #: After "no responders", a tool is not offered for this long: a deployment without its server
+    #: should not cost the model a round per turn to learn it again.
+    ABSENT_FOR_S = 5.0
+
     def __init__(
         self,
         requester: Requester,
@@ -71,10 +75,16 @@ class ToolRunner:
         self._tenants = tenants
         self._max_deadline_s = max_deadline_s
         self._tools = tools
+        self._absent_until: dict[str, float] = {}
 
     def definitions(self, allowed: Iterable[str]) -> list[ToolDefinition]:
-        """The tools of ``allowed`` (an agent's list) as the model is offered them."""
-        return [self._tools[name].function() for name in sorted(allowed) if name in self._tools]
+        """The tools of ``allowed`` (an agent's list) as the model is offered them, but those found absent."""
+        now = time.monotonic()
+        return [
+            self._tools[name].function()
+            for name in sorted(allowed)
+            if name in self._tools and self._absent_until.get(name, 0.0) <= now
+        ]
 
     async def run(
         self, turn: ev.UserTurn, calls: Iterable[ToolCallRequest], allowed: frozenset[str], session: SessionContext
@@ -123,6 +133,7 @@ class ToolRunner:
         except DependencyUnavailableError as error:
             if error.status == "timeout":
                 return outcome("timeout", error=f"the tool {spec.name} did not answer within {deadline:g} s")
+            self._absent_until[spec.name] = time.monotonic() + self.ABSENT_FOR_S
             return outcome("unavailable", error=f"the tool {spec.name} is unavailable right now")
         except ValueError:  # an empty or misshapen reply: the tool failed
             return outcome("error", error=f"the tool {spec.name} failed")
