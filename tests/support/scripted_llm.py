@@ -27,7 +27,7 @@ Markers in the LAST user message script the response (they combine):
     [malformed]       one valid chunk, then a ``data:`` line that is not JSON, then end the body
     [misshapen]       streamed: one valid chunk, then JSON that is no chunk (its delta is a string), then [DONE]
     [disconnect]      two valid chunks, then close the connection without finishing the body
-    [echo_system]     reply with the first system (or developer) message verbatim
+    [echo_system]     reply with the system (and developer) messages verbatim, joined by blank lines
     [empty]           streamed: the role chunk, finish_reason "stop" and [DONE], no content at all
     [silent]          streamed: status 200 and SSE headers, then the body ends with no event (what
                       llama-cpp-python's server sends when the prompt exceeds its context window)
@@ -411,8 +411,8 @@ class ScriptedLLM:
         elif tokens is not None:
             plan.pieces = [f"tok{k} " for k in range(tokens)]
         elif echo_system:
-            system = next((m for m in messages if m.get("role") in ("system", "developer")), None)
-            plan.pieces = _split(_text(system.get("content")) if system else "")
+            system = [_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
+            plan.pieces = _split("\n\n".join(system))
         else:
             if reply is None:
                 said = _MARKER.sub("", last_user)

@@ -82,8 +82,12 @@ def test_prompt_has_tone_memory_and_numbered_passages() -> None:
     messages = build_prompt(agent, "formal", "how much leave?", [("user", "ignored local")], memory, [passage]).messages
     system = messages[0]["content"]
     assert TONES["formal"] in system and "They planned a trip." in system and "lives in Oslo" in system
-    assert "[1] (handbook.md, Leave) Leave is 25 days." in system
-    assert messages[1:] == [{"role": "user", "content": "hi"}, {"role": "user", "content": "how much leave?"}]
+    # What changes every turn comes after the history, so that the server reuses the history's prefix
+    assert messages[1:] == [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": "Passages:\n[1] (handbook.md, Leave) Leave is 25 days."},
+        {"role": "user", "content": "how much leave?"},
+    ]
 
 
 async def test_reply_streams_deltas_then_done_with_dependency_status() -> None:

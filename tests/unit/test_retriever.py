@@ -191,7 +191,8 @@ def test_a_searching_agent_is_told_when_nothing_matched_or_the_search_is_down() 
     general = next(a for a in DEFAULT_AGENTS if a.name == "general")
 
     def system(agent: Agent, status: DependencyStatus) -> str:
-        return str(build_prompt(agent, None, "q", [], None, [], status).messages[0]["content"])
+        messages = build_prompt(agent, None, "q", [], None, [], status).messages
+        return " ".join(str(m["content"]) for m in messages if m["role"] == "system")
 
     assert NO_PASSAGES in system(knowledge, "ok") and SEARCH_DOWN not in system(knowledge, "ok")
     assert SEARCH_DOWN in system(knowledge, "unavailable") and SEARCH_DOWN in system(knowledge, "timeout")

@@ -1,5 +1,11 @@
 """Builds the LLM messages of one turn: agent and tone, memory, passages, recent turns, the user's text,
-budgeted to the model's context window."""
+budgeted to the model's context window.
+
+Laid out for the server's prefix cache (a follow-up turn processes only its new tokens): what stays the
+same from turn to turn comes first (the agent's prompt, the tone, the memory's summary and facts, which
+change every ``summary_after_turns`` turns at most), then the history in order, then what changes every
+turn (the passages found for this question or the note that there are none, the camera) in a system
+message just before the user's words. Measured: docs/benchmarks.md, "Local LLM serving"."""
 
 from __future__ import annotations
 
@@ -64,20 +70,23 @@ def build_prompt(
             system.append(f"Earlier in this conversation: {summary}")
         if facts:
             system.append("What the user told you about themselves: " + "; ".join(facts))
+        volatile = []  # after the history: a new one every turn would make the whole history new to the server
         if kept:
             numbered = "\n".join(
                 f"[{i}] ({p.citation.source}{', ' + p.citation.section if p.citation.section else ''}) {p.text}"
                 for i, p in enumerate(kept, start=1)
             )
-            system.append(f"Passages:\n{numbered}")
+            volatile.append(f"Passages:\n{numbered}")
         elif passages:
-            system.append(PASSAGES_TOO_LONG)
+            volatile.append(PASSAGES_TOO_LONG)
         elif agent.uses_retrieval:
-            system.append(NO_PASSAGES if retrieval == "ok" else SEARCH_DOWN)
+            volatile.append(NO_PASSAGES if retrieval == "ok" else SEARCH_DOWN)
         if camera is not None:
-            system.append(f"The user's camera, just now: {camera.text}")
+            volatile.append(f"The user's camera, just now: {camera.text}")
         messages: list[ChatMessage] = [{"role": "system", "content": "\n\n".join(system)}]
         messages.extend({"role": role, "content": text} for role, text in turns)
+        if volatile:
+            messages.append({"role": "system", "content": "\n\n".join(volatile)})
         messages.append({"role": "user", "content": user_text})
         return messages
 
