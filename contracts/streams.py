@@ -28,6 +28,9 @@ class StreamSpec(BaseModel):
     max_msg_size: int = 1024 * 1024
     duplicate_window_s: float = 120.0
     storage: Literal["file", "memory"] = "file"
+    replicas: int = Field(
+        default=3, ge=1, le=5, description="Copies kept in a cluster (capped by the deployment's SB_STREAM_REPLICAS)"
+    )
 
     def absolute_subjects(self, prefix: str = DEFAULT_PREFIX) -> list[str]:
         return [f"{prefix}.{s}" for s in self.subjects]
@@ -60,6 +63,7 @@ AUDIO = StreamSpec(
     subjects=("audio.>",),
     max_age_s=600.0,
     max_bytes=1 * GiB,
+    replicas=1,  # losing a node loses at most 10 minutes of replayable audio; live audio never waits for it
     description="Raw audio in and out, short retention so a session can be replayed",
 )
 JOBS = StreamSpec(

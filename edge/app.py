@@ -63,7 +63,9 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         bus.attach(nc)
         # The edge records sessions' events from their first frame, even before any worker ran, and the
         # consumer of the user turns it accepts exists before the first orchestrator starts: none is lost.
-        await provision(bus.js, STREAMS, (USER_TURNS,), prefix=settings.subject_prefix)
+        await provision(
+            bus.js, STREAMS, (USER_TURNS,), prefix=settings.subject_prefix, replicas=settings.stream_replicas
+        )
         service = await nats.micro.add_service(
             nc,
             name="edge",

@@ -37,7 +37,10 @@ def stream_name(spec: StreamSpec, prefix: str = DEFAULT_PREFIX) -> str:
     return spec.name if prefix == DEFAULT_PREFIX else f"{spec.name}_{prefix.upper()}"
 
 
-def stream_config(spec: StreamSpec, prefix: str = DEFAULT_PREFIX, max_age_s: float | None = None) -> StreamConfig:
+def stream_config(
+    spec: StreamSpec, prefix: str = DEFAULT_PREFIX, max_age_s: float | None = None, replicas: int = 1
+) -> StreamConfig:
+    """``replicas``: the most copies the deployment keeps (its servers); each stream declares how many it wants."""
     max_age = max_age_s if max_age_s is not None else spec.max_age_s
     return StreamConfig(
         name=stream_name(spec, prefix),
@@ -50,6 +53,7 @@ def stream_config(spec: StreamSpec, prefix: str = DEFAULT_PREFIX, max_age_s: flo
         max_msg_size=spec.max_msg_size,
         duplicate_window=min(spec.duplicate_window_s, max_age),
         discard=DiscardPolicy.OLD,
+        num_replicas=min(spec.replicas, replicas),
     )
 
 
@@ -118,10 +122,11 @@ async def provision(
     consumers: tuple[ConsumerSpec, ...] = (),
     prefix: str = DEFAULT_PREFIX,
     max_age_overrides: dict[str, float] | None = None,
+    replicas: int = 1,
 ) -> None:
     overrides = max_age_overrides or {}
     for spec in streams:
-        outcome = await ensure_stream(js, stream_config(spec, prefix, overrides.get(spec.name)))
+        outcome = await ensure_stream(js, stream_config(spec, prefix, overrides.get(spec.name), replicas))
         if outcome != "unchanged":
             log.info("stream provisioned", stream=spec.name, outcome=outcome)
     by_name = {s.name: stream_name(s, prefix) for s in streams}

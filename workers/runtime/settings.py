@@ -31,6 +31,13 @@ class RuntimeSettings(BaseSettings):
     subject_prefix: str = Field(
         default="sb", pattern=r"^[a-z][a-z0-9_-]*$", description="First token of every subject; replays use another"
     )
+    stream_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Most copies of a JetStream stream: 1 on one server, 3 in a 3-node cluster (what must "
+        "survive a node then does; raw audio keeps one)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log threshold")
     log_format: Literal["auto", "json", "pretty"] = Field(
         default="auto", description="auto: pretty in a terminal, JSON otherwise"

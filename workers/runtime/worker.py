@@ -233,7 +233,9 @@ async def running_worker(
         await connect_nats(settings, name, disconnected_cb=_on_disconnect, reconnected_cb=reconnected, error_cb=errored)
     )
     try:
-        await provision(bus.js, STREAMS, worker_type.consumers(), settings.subject_prefix)
+        await provision(
+            bus.js, STREAMS, worker_type.consumers(), settings.subject_prefix, replicas=settings.stream_replicas
+        )
         serve_metrics(settings.metrics_port, settings.metrics_host)
         worker = worker_type(settings, bus)
         for declared in worker_type.consumptions():
