@@ -277,16 +277,28 @@ class Connection:
         bus, sid = self.edge.bus, self.session_id
         match command:
             case Chat(text=text):
-                await bus.publish(
-                    ev.UserTurn(
-                        session_id=sid,
-                        turn_id=new_id(),
-                        producer=PRODUCER,
-                        text=text,
-                        source="typed",
-                        captured_at=time.time(),
-                    )
+                turn = ev.UserTurn(
+                    session_id=sid,
+                    turn_id=new_id(),
+                    producer=PRODUCER,
+                    text=text,
+                    source="typed",
+                    captured_at=time.time(),
                 )
+                try:  # accepted once stored: the orchestrator and memory read turns from the stream
+                    await bus.publish_stored(turn, within_s=self.edge.settings.edge_turn_accept_s)
+                except Exception as error:
+                    log.warning("turn not accepted", error=repr(error)[:200])
+                    refusal = ev.ErrorEvent(
+                        session_id=sid,
+                        turn_id=turn.turn_id,
+                        producer=PRODUCER,
+                        code="turn_not_accepted",
+                        message=NOT_ACCEPTED,
+                        source=PRODUCER,
+                        retryable=True,
+                    )
+                    self.out.send(refusal.model_dump_json())  # to this socket: the bus is what failed
             case Settings():
                 fields = command.model_dump(exclude={"type"}, exclude_none=True)
                 await bus.publish(ev.SessionSettings(session_id=sid, producer=PRODUCER, **fields))
@@ -399,6 +411,7 @@ def _first_error(error: ValidationError) -> str:
 
 MAX_JSON_DEPTH = 16  # the deepest command is 3 levels deep
 TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+NOT_ACCEPTED = "the turn could not be stored now (the bus is unavailable); nothing was sent: send it again"
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
 

@@ -13,6 +13,7 @@ declared ``audio_out``, the turn whose audio has not ended with ``audio.done`` y
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 
 from nats.aio.msg import Msg
@@ -41,6 +42,8 @@ class Outbound:
         self.dropped = 0
         self._unreported = 0
         self.turns = TurnLedger()  # set audio_out when the client declares it: replies are spoken then
+        # A publish retried until stored (Bus.publish_stored) reaches subscribers once per attempt.
+        self._seen: collections.deque[str] = collections.deque(maxlen=256)
         self.closed = asyncio.Event()  # set when the client must be disconnected (slow consumer)
 
     def send(self, frame: Frame, droppable: bool = False) -> None:
@@ -62,6 +65,10 @@ class Outbound:
         kind = headers.get(h.KIND, "")
         if kind not in TO_CLIENT:
             return
+        if (event_id := headers.get(h.MSG_ID)) is not None:
+            if event_id in self._seen:
+                return
+            self._seen.append(event_id)
         turn = headers.get(h.TURN)
         if turn and self.turns.interrupted(turn) and kind not in AFTER_FLUSH:
             return  # late output of an interrupted turn

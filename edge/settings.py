@@ -54,6 +54,12 @@ class EdgeSettings(RuntimeSettings):
     max_violations: int = Field(default=10, ge=1, description="Refused frames before the socket is closed")
     max_sockets_per_session: int = Field(default=2, ge=1)
     edge_max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest document upload (bytes)")
+    edge_turn_accept_s: float = Field(
+        default=15.0,  # a 3-node cluster that lost a stream's leader took ~7 s to store again here
+        gt=0,
+        description="How long a typed turn is retried until the bus has stored it; then the client is told "
+        "`unavailable` and may send it again",
+    )
     edge_stored_bytes_per_owner: int = Field(
         default=1024**3,
         ge=1,

@@ -16,9 +16,11 @@ from websockets.exceptions import ConnectionClosed
 from contracts import events as ev
 from contracts.binary import ClientFrame, FrameType
 from contracts.client import CloseCode
+from contracts.streams import EVENTS
 from contracts.subjects import BY_NAME
 from tests.support.edge_client import SECRET, connect, new_session, running_edge
 from workers.runtime.bus import Bus, flush_ordered
+from workers.runtime.provision import stream_name
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +265,23 @@ async def test_slow_client_is_bounded_then_disconnected(nats_url: str, bus: Bus)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.SLOW_CONSUMER
         assert "dropped" in kinds
         assert kinds.count("reply.delta") < 3_000
+
+
+async def test_a_turn_the_bus_cannot_store_is_refused_to_its_socket_and_a_stored_one_is_echoed_once(
+    nats_url: str, nc: Nats
+) -> None:
+    """The stream that keeps turns is gone (a cluster electing its leader looks the same for a while):
+    the edge retries for SB_EDGE_TURN_ACCEPT_S, then tells the sender the turn was not accepted."""
+    async with running_edge(nats_url, subject_prefix="unstored", edge_turn_accept_s=1.0) as url:
+        client = await connect(url)
+        await client.chat("stored")
+        [echo] = [e for e in await client.until(lambda e: e["kind"] == "turn.user") if e["kind"] == "turn.user"]
+        await nc.jetstream().delete_stream(stream_name(EVENTS, "unstored"))
+        await client.chat("not stored")
+        events = await client.until(lambda e: e["kind"] == "error", timeout=10)
+        error = events[-1]
+        assert (error["code"], error["source"], error["retryable"]) == ("turn_not_accepted", "edge", True)
+        echoes = [e for e in events if e["kind"] == "turn.user"]
+        assert all(e["event_id"] != echo["event_id"] for e in echoes)  # the stored turn was not echoed again
+        assert len([e for e in echoes if e["text"] == "not stored"]) <= 1  # one echo however many attempts
+        await client.close()

@@ -15,7 +15,9 @@ from typing import TypeVar
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from prometheus_client import Counter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from contracts import headers as h
 from contracts.envelope import Event, SessionEvent
@@ -25,6 +27,8 @@ from . import tracing
 from .metrics import PUBLISHED
 
 ReplyT = TypeVar("ReplyT", bound=Event)
+#: What a JetStream publish raises while no stream leader can store it (it may be stored on a retry).
+_NOT_STORED = (TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 _BY_KIND: dict[str, Subject] = {}
 for _spec in SUBJECTS:  # the first subject declared for a kind is where producers publish it
     _BY_KIND.setdefault(_spec.message.kind_name(), _spec)
@@ -128,6 +132,19 @@ class Bus:
             await self.js.publish(subject, payload, headers=headers)
         else:
             await self.nc.publish(subject, payload, headers=headers)
+
+    async def publish_stored(self, event: Event, within_s: float) -> None:
+        """Publish until JetStream has stored it (its ack), retrying for ``within_s``: a clustered
+        stream electing a new leader stores nothing for a few seconds, and a plain publish then is
+        lost although subscribers saw it. Retries carry the same ``Nats-Msg-Id``: stored once."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(_NOT_STORED),
+            wait=wait_exponential(multiplier=0.1, max=1.0),
+            stop=stop_after_delay(within_s),
+            reraise=True,
+        ):
+            with attempt:
+                await self.publish(event, durable=True)
 
     async def publish_binary(self, meta: Event, payload: bytes) -> None:
         """Publish raw media with its meta model in the ``Sb-Meta`` header."""
