@@ -122,10 +122,13 @@ def server_config(base: Path, folder: Path) -> Path:
     return path
 
 
-def url_with_user(url: str, folder: Path, user: str = OPS) -> str:
-    """``nats://user:password@host:port`` for one server URL."""
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://{user}:{credentials(folder)[user]}@{rest}"
+def url_with_user(urls: str, folder: Path, user: str = OPS) -> str:
+    """``nats://user:password@host:port`` for each of the comma-separated server URLs."""
+    password = credentials(folder)[user]
+    return ",".join(
+        f"{scheme}://{user}:{password}@{rest}"
+        for scheme, rest in (url.strip().split("://", 1) for url in urls.split(","))
+    )
 
 
 def run_folder(run_dir: Path) -> Path:

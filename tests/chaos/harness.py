@@ -121,7 +121,7 @@ class Stack:
         self.mongo = await asyncio.to_thread(start_mongo, self.base / "mongo", self.mongo_port)
         self.llm = await asyncio.to_thread(self._start_llm)
         self._nc = await nats.connect(
-            access.url_with_user(self.nats_url, self.bus_users),
+            servers=access.url_with_user(self.nats_url, self.bus_users).split(","),
             name="chaos-test",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.2,

@@ -1,0 +1,21 @@
+"""The cluster suite's stack: three NATS nodes, the servers and workers of the chaos suite on them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.chaos.conftest import pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401 - its reports
+
+from .harness import ClusterStack
+
+
+@pytest.fixture(scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ClusterStack]:
+    running = ClusterStack(tmp_path_factory.mktemp("cluster"))
+    try:
+        await running.start()
+        yield running
+    finally:
+        await running.close()

@@ -1,0 +1,41 @@
+"""One NATS node of three SIGKILLed mid-conversation, then brought back.
+
+The edge, the orchestrator and memory each talk to a different node first; the node that goes is
+the leader of the conversations' stream. Every turn must be
+answered and stored exactly once, the durable consumers keep their place (the replicated streams
+survive the node), and every session goes on; the time to recover is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from contracts.streams import EVENTS
+from tests.chaos.conversation import conversation, healthy
+
+from .harness import ClusterStack
+
+SESSIONS = 4
+DOWN_S = 3.0
+
+
+async def test_losing_a_node_mid_conversation_loses_and_duplicates_no_turn(stack: ClusterStack) -> None:
+    await healthy(stack, "orchestrator", "memory", "edge")
+    victim = await stack.leader_of(EVENTS)  # the worst node to lose: the one leading the conversations' stream
+    async with conversation(stack, "node loss") as talk:
+        for i in range(SESSIONS):
+            await talk.add(f"c{i}")
+        talk.start()
+        await asyncio.sleep(3.0)  # a steady conversation before the fault
+        fault = talk.fault(f"NATS node {victim} SIGKILLed for {DOWN_S:g}s")
+        await stack.kill_node(victim)
+        await asyncio.sleep(DOWN_S)
+        await stack.start_node(victim)
+        fault.back_s = time.monotonic() - fault.began
+        await talk.until_recovered(fault)
+        await asyncio.sleep(3.0)  # and after it
+        await talk.stop_talking()
+        await talk.settle()
+        problems = await talk.verify()
+    assert not problems, "; ".join(problems)
