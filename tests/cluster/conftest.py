@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.chaos.conftest import pytest_runtest_makereport, pytest_terminal_summary  # noqa: F401 - its reports
+from tests.chaos.conftest import _stacks, pytest_runtest_makereport  # noqa: F401 - failures get the processes' logs
 
 from .harness import ClusterStack
 
@@ -14,8 +14,10 @@ from .harness import ClusterStack
 @pytest.fixture(scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ClusterStack]:
     running = ClusterStack(tmp_path_factory.mktemp("cluster"))
+    _stacks.append(running)
     try:
         await running.start()
         yield running
     finally:
         await running.close()
+        _stacks.remove(running)
