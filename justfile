@@ -15,6 +15,14 @@ setup *models:
 up model="":
     SB_LLM_LOCAL_MODEL="{{ if model == "" { "${SB_LLM_LOCAL_MODEL:-}" } else { model } }}" {{bin}}/python -m ops.cli up
 
+# Build llama.cpp's own llama-server from the llama.cpp tree llama-cpp-python vendors (optional, ~5 min on 2 cores, cached in ~/.cache/switchboard); then `SB_LLM_LOCAL_SERVER=llama-server just up`
+llama-server:
+    {{bin}}/python -m ops.llama_server ensure
+
+# Local LLM serving figures: turns beside background summaries (`priority`), llama-cpp-python vs llama-server (`compare`), prompt layout (`layout`)
+bench-llm *args:
+    {{bin}}/python bench/llm_serving_bench.py {{args}}
+
 # Create the memory database's collections and indexes and apply retention (SB_MONGO_URL; idempotent)
 init-db:
     {{bin}}/python -m ops.cli init-db

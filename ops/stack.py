@@ -37,7 +37,7 @@ from types import FrameType
 from typing import BinaryIO, TextIO
 from urllib.parse import urlparse
 
-from . import access, models, registry
+from . import access, llama_server, models, registry
 from .llm_server import find_model, llm_command
 from .servers import ServerError, find_binary, mongo_command, nats_command, port_open
 
@@ -129,7 +129,9 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
     """What to start, and notes about what is reused. Launcher-only variables: SB_RUN_DIR (state of
     the local servers), SB_NATS_MONITOR_PORT (8222), SB_LLM_LOCAL_PORT (8089), SB_LLM_LOCAL_MODEL (the
     local model: 1.5b, the default, 0.5b or smollm2; see ops/models.py), SB_LLM_LOCAL_CTX (its context
-    window; default: the model's); SB_METRICS_PORT is the first of one metrics port per process."""
+    window; default: the model's), SB_LLM_LOCAL_SERVER (``llama-cpp-python``, the default, or
+    ``llama-server``: llama.cpp's own, built by ``just llama-server``; no priority for background work,
+    see docs/benchmarks.md); SB_METRICS_PORT is the first of one metrics port per process."""
     run_dir = Path(env.setdefault("SB_RUN_DIR", str(DEFAULT_RUN_DIR)))
     env["SB_STACK_PIDS"] = str(run_dir / "stack.pids")
     processes: list[Process] = []
@@ -167,7 +169,10 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
             notes.append(f"reusing the local LLM server on port {llm_port}")
         else:
             context = int(env["SB_LLM_LOCAL_CTX"]) if env.get("SB_LLM_LOCAL_CTX") else None
-            command = llm_command(llm_port, find_model(local.alias), name=local.alias, context=context)
+            if env.get("SB_LLM_LOCAL_SERVER", "llama-cpp-python") == "llama-server":
+                command = llama_server.server_command(llm_port, local.alias, context=context)
+            else:
+                command = llm_command(llm_port, find_model(local.alias), name=local.alias, context=context)
             processes.append(Process("llm", _tracked(command), server=True))
     python = sys.executable
     # SB_METRICS_PORT=N gives each process its own Prometheus endpoint: N, N+1, ... in this order.
