@@ -16,6 +16,8 @@ import pytest
 
 from ops.llm_server import MODEL_ALIAS, start_llm
 from ops.servers import RunningServer
+from workers.orchestrator.llm import OpenAIChatModel, ToolCallRequest
+from workers.orchestrator.tools import ToolOutcome, call_message
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,22 @@ async def test_non_streaming_completion_reports_usage(llm_server: RunningServer)
     assert response.usage is not None
     assert 0 < response.usage.completion_tokens <= 16
     assert response.usage.prompt_tokens > 0
+
+
+async def test_the_real_server_takes_a_tool_round_as_the_orchestrator_writes_it(llm_server: RunningServer) -> None:
+    """The second request of a tool round (the assistant's calls, then the results) is accepted by
+    llama-cpp-python's server: it refused a null assistant content with HTTP 500 under `just up`."""
+    call = ToolCallRequest("text_call_0", "calculate", json.dumps({"expression": "12 * 7"}))
+    outcome = ToolOutcome(call, "ok", {"expression": "12 * 7", "value": 84, "text": "84"})
+    messages = [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "What is 12 times 7?"},
+        call_message("", [call]),
+        outcome.message(),
+    ]
+    model = OpenAIChatModel(llm_server.url, "local", MODEL_ALIAS, timeout_s=30)
+    try:
+        text = "".join([chunk.text async for chunk in model.stream(messages, None, max_tokens=16)])
+    finally:
+        await model.close()
+    assert text.strip()

@@ -256,3 +256,27 @@ async def test_an_interrupt_cancels_the_tool_round(slow_edge: str, llm: Scripted
     await client.send(type="ping", id="after")
     assert [e["kind"] for e in await client.until(lambda e: e["kind"] == "pong")] == ["pong"]
     await client.close()
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        '{"name": "calculate", "arguments": {"expression": "12 * 7"}}',
+        '```json\n{\n  "name": "calculate",\n  "arguments": {\n    "expression": "12 * 7"\n  }\n}\n```',
+        '<tool_call>\n{"name": "calculate", "arguments": {"expression": "12 * 7"}}\n</tool_call>',
+    ],
+)
+async def test_a_call_the_model_wrote_as_text_is_made_and_never_shown(
+    edge: str, llm: ScriptedLLM, written: str
+) -> None:
+    """What the embedded Qwen2.5-Coder does (a server without its tool parser passes the call on as text)."""
+    llm.clear()
+    llm.script(reply=written)
+    llm.script(reply="12 times 7 is 84.")
+    client = await connect(edge)
+    events = await turn(client, "what is 12 times 7?")
+    (result,) = of("tool.result", events)
+    assert result["status"] == "ok" and result["result"]["value"] == 84
+    assert not any("calculate" in e["text"] for e in of("reply.delta", events))  # the call was never shown
+    assert events[-1]["text"] == "12 times 7 is 84."
+    await client.close()

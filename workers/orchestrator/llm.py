@@ -11,12 +11,14 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import openai
 
 from contracts.events import TokenUsage
+
+from .text_tools import TextToolCalls
 
 ChatMessage = dict[str, Any]  # OpenAI's wire form: role, content, and tool_calls / tool_call_id
 ToolDefinition = dict[str, Any]  # an OpenAI function-calling tool (contracts.tools.ToolSpec.function())
@@ -154,17 +156,24 @@ class OpenAIChatModel(ChatModel):
             )
             pieces, reported = 0, False
             calls: dict[int, list[str]] = {}  # index -> [id, name, arguments...] as the pieces come
+            written = TextToolCalls({t["function"]["name"] for t in tools or []})
             async with response:  # closes the connection also when a chunk is refused or we are cancelled
                 async for event in response:
                     chunk = _read_chunk(event, calls)
                     reported = reported or chunk.usage is not None
                     pieces += bool(chunk.text)
+                    chunk = replace(chunk, text=written.feed(chunk.text)) if chunk.text else chunk
                     if chunk.text or chunk.usage or chunk.finish_reason:
                         yield chunk
             if not reported:  # servers such as llama.cpp's ignore stream_options: estimate
                 yield Chunk(usage=TokenUsage(prompt_tokens=estimate_messages(messages), completion_tokens=pieces))
+            in_text, held = written.finish()
+            if held:
+                yield Chunk(text=held)
             if calls:
                 yield Chunk(tool_calls=tuple(_assembled(calls)))
+            elif in_text:
+                yield Chunk(tool_calls=tuple(ToolCallRequest(f"text_call_{i}", *c) for i, c in enumerate(in_text)))
         except openai.APIError as error:
             raise _classify(error) from error
         except ValueError as error:  # undecodable server-sent event, or one without a chunk's shape

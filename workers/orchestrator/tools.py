@@ -146,7 +146,7 @@ def call_message(text: str, calls: Iterable[ToolCallRequest]) -> ChatMessage:
     """The assistant message that asked for ``calls`` (with what it said before them)."""
     return {
         "role": "assistant",
-        "content": text or None,
+        "content": text,  # "" rather than null: llama-cpp-python's server refuses a null content (HTTP 422/500)
         "tool_calls": [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
         ],
