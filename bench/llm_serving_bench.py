@@ -174,7 +174,9 @@ async def priority(options: argparse.Namespace) -> None:
                     loop.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await loop
-                    await asyncio.sleep(1.0)  # the last summary, if one runs, ends (or is aborted by the next phase)
+                    # An unmarked summary the server is still making (it does not stop for a client that
+                    # went away) would delay the next phase's first turn: wait until it is done.
+                    await stream_turn(client, local.alias, [{"role": "user", "content": "Hi"}], 1)
                 note = (
                     f"{state.done} done (median {statistics.median(state.durations):.1f} s), "
                     f"{state.preempted} pre-empted, {state.failed} failed"
