@@ -10,7 +10,8 @@ test's totals are printed at the end of the run.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Generator
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
 
 import pytest
 
@@ -19,9 +20,12 @@ from .harness import REPORT, Stack
 _stacks: list[Stack] = []
 
 
-@pytest.fixture(scope="session")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("chaos"))
+S = TypeVar("S", bound=Stack)
+
+
+@asynccontextmanager
+async def started(running: S) -> AsyncIterator[S]:
+    """The stack's servers up until the block ends; a failing test meanwhile gets its processes' logs."""
     _stacks.append(running)
     try:
         await running.start()
@@ -29,6 +33,12 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     finally:
         await running.close()
         _stacks.remove(running)
+
+
+@pytest.fixture(scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with started(Stack(tmp_path_factory.mktemp("chaos"))) as running:
+        yield running
 
 
 @pytest.hookimpl(hookwrapper=True)

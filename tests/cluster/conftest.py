@@ -6,18 +6,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.chaos.conftest import _stacks, pytest_runtest_makereport  # noqa: F401 - failures get the processes' logs
+from tests.chaos.conftest import pytest_runtest_makereport, started  # noqa: F401 - failures get the processes' logs
 
 from .harness import ClusterStack
 
 
 @pytest.fixture(scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ClusterStack]:
-    running = ClusterStack(tmp_path_factory.mktemp("cluster"))
-    _stacks.append(running)
-    try:
-        await running.start()
+    async with started(ClusterStack(tmp_path_factory.mktemp("cluster"))) as running:
         yield running
-    finally:
-        await running.close()
-        _stacks.remove(running)
