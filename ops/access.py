@@ -142,5 +142,5 @@ def operator_env(env: dict[str, str], default_run_dir: Path) -> dict[str, str]:
         "SB_NATS_URL", ""
     ):
         return {}
-    path = run_folder(Path(env.get("SB_RUN_DIR") or default_run_dir)) / CREDENTIALS
-    return {"SB_NATS_USERS_FILE": str(path)} if path.exists() else {}
+    # Named even before it exists: a stack still starting writes it, and the password is read at connect.
+    return {"SB_NATS_USERS_FILE": str(run_folder(Path(env.get("SB_RUN_DIR") or default_run_dir)) / CREDENTIALS)}

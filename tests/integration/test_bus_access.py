@@ -6,6 +6,7 @@ contracts; every worker and edge of the test suite connects as its own service u
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import urllib.request
@@ -28,7 +29,7 @@ from workers.keywords.worker import WORKER as KEYWORDS
 from workers.keywords.worker import KeywordsWorker
 from workers.runtime import Bus, running_worker
 from workers.runtime.settings import RuntimeSettings
-from workers.runtime.worker import connect_options, inbox_prefix
+from workers.runtime.worker import connect_nats, connect_options, inbox_prefix
 
 PREFIX = "access"
 
@@ -141,3 +142,19 @@ def test_the_monitoring_port_listens_on_loopback_only(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(5)
+
+
+async def test_a_users_file_written_after_the_start_is_read_when_it_appears(
+    nats_server: RunningServer, bus_users: Path, tmp_path: Path
+) -> None:
+    """`sb status --wait` run beside a `just up` that has not written its credentials yet (an e2e flake):
+    the password is read at each connection attempt, so the tool gets in once the file is there."""
+    later = tmp_path / access.CREDENTIALS
+    settings = RuntimeSettings(nats_url=plain_url(nats_server), nats_users_file=later, connect_timeout_s=20)
+    connecting = asyncio.create_task(connect_nats(settings, "cli"))
+    await asyncio.sleep(1.5)
+    assert not connecting.done()  # refused so far: no password to give
+    later.write_text((bus_users / access.CREDENTIALS).read_text())
+    client = await asyncio.wait_for(connecting, 15)
+    assert client.is_connected
+    await client.close()

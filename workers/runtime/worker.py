@@ -26,6 +26,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
 from contracts.streams import STREAMS, ConsumerSpec
+from contracts.subjects import SERVICES
 
 from .bus import Bus, flush_ordered
 from .consumes import Consumption, consumptions
@@ -124,10 +125,13 @@ def connect_options(settings: RuntimeSettings, name: str) -> dict[str, Any]:
         "connect_timeout": 2,
     }
     user = settings.nats_user
-    password = settings.nats_password.get_secret_value() if settings.nats_password else None
+    password: str | Callable[[], str] | None = (
+        settings.nats_password.get_secret_value() if settings.nats_password else None
+    )
     in_url = any("@" in url for url in settings.nats_servers())  # credentials in the URL come first
     if not user and not in_url and settings.nats_users_file is not None:
-        user, password = _user_of(settings.nats_users_file, name)
+        user = name if name in SERVICES else OPERATOR  # a service has a user of its name; anything else is ops
+        password = _password_in(settings.nats_users_file, user)
     if user:
         options["user"] = user
         options["password"] = password
@@ -137,16 +141,18 @@ def connect_options(settings: RuntimeSettings, name: str) -> dict[str, Any]:
     return options
 
 
-def _user_of(users_file: Path, name: str) -> tuple[str, str]:
-    """The user named after this process in the file, else the operators' user (tools, tests)."""
-    try:
-        passwords: dict[str, str] = json.loads(users_file.read_text())
-    except (OSError, ValueError) as error:
-        raise StartupError(f"cannot read SB_NATS_USERS_FILE {users_file}: {type(error).__name__}") from None
-    user = name if name in passwords else OPERATOR
-    if user not in passwords:
-        raise StartupError(f"SB_NATS_USERS_FILE {users_file} has no user {name!r} nor {OPERATOR!r}")
-    return user, passwords[user]
+def _password_in(users_file: Path, user: str) -> Callable[[], str]:
+    """Read at each (re)connect: the file may be written after we start (a stack still starting) or
+    rotated; until it names the user, the server refuses us and nats-py tries again."""
+
+    def password() -> str:
+        try:
+            passwords = json.loads(users_file.read_text())
+        except (OSError, ValueError):
+            return ""
+        return str(passwords.get(user, "")) if isinstance(passwords, dict) else ""
+
+    return password
 
 
 async def connect_nats(settings: RuntimeSettings, name: str, **callbacks: Any) -> Client:
