@@ -32,6 +32,9 @@ AFTER_FLUSH = frozenset({"reply.done", "audio.done", "ctl.interrupt", "error"})
 Frame = str | bytes
 
 
+SEEN_WINDOW = 256  # recent event ids a socket remembers
+
+
 class SlowConsumerError(Exception):
     pass
 
@@ -43,7 +46,8 @@ class Outbound:
         self._unreported = 0
         self.turns = TurnLedger()  # set audio_out when the client declares it: replies are spoken then
         # A publish retried until stored (Bus.publish_stored) reaches subscribers once per attempt.
-        self._seen: collections.deque[str] = collections.deque(maxlen=256)
+        self._seen: set[str] = set()
+        self._seen_order: collections.deque[str] = collections.deque()
         self.closed = asyncio.Event()  # set when the client must be disconnected (slow consumer)
 
     def send(self, frame: Frame, droppable: bool = False) -> None:
@@ -66,9 +70,12 @@ class Outbound:
         if kind not in TO_CLIENT:
             return
         if (event_id := headers.get(h.MSG_ID)) is not None:
-            if event_id in self._seen:
+            if event_id in self._seen:  # per forwarded event: a set, not a scan of the window
                 return
-            self._seen.append(event_id)
+            self._seen.add(event_id)
+            self._seen_order.append(event_id)
+            if len(self._seen_order) > SEEN_WINDOW:
+                self._seen.discard(self._seen_order.popleft())
         turn = headers.get(h.TURN)
         if turn and self.turns.interrupted(turn) and kind not in AFTER_FLUSH:
             return  # late output of an interrupted turn
