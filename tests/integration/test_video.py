@@ -131,6 +131,8 @@ async def test_video_with_speech_gives_metadata_keyframes_transcript_progress_an
             worker, store, videos["speech"].read_bytes(), session, filename="fox.mp4", ingest_base="videos"
         )
         result = await watch.until("video.result", timeout=120)
+        # Published after the result: wait for it while still subscribed.
+        ingest = await watch.until("ingest.job")
     assert result["status"] == "done", result
     meta = result["metadata"]
     assert meta["width"] == 320 and meta["height"] == 240 and meta["fps"] == 25.0
@@ -158,7 +160,6 @@ async def test_video_with_speech_gives_metadata_keyframes_transcript_progress_an
     assert stages[-1][0] == "transcript" and stages[-1][1] == stages[-1][2] >= 1
     assert await names(store, session) == sorted(result["keyframes"])
     # The transcript, with its timestamps, goes to the retriever as a document.
-    ingest = await watch.until("ingest.job")
     assert ingest["base"] == "videos" and ingest["source"] == "video:fox.mp4" and ingest["session_id"] == session
     assert ingest["content_type"] == "text/plain"
     assert f"[0:{first['start_s']:04.1f} - 0:{first['end_s']:04.1f}] {first['text']}" in ingest["text"]
