@@ -64,7 +64,7 @@ def build_prompt(
 
     def assemble() -> list[ChatMessage]:
         system = [agent.system_prompt]
-        if instruction := tone_instruction(tone):
+        if instruction := tone_instruction(tone if tone is not None else agent.tone):  # the agent's: none chosen
             system.append(instruction)
         if summary:
             system.append(f"Earlier in this conversation: {summary}")

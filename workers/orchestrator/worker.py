@@ -8,16 +8,19 @@ replica: whoever owns the in-flight turn acts); session.started (every replica: 
 tenant, whose knowledge bases its retrieval requests name).
 Produces: reply.delta, reply.done, error, tool.call, tool.result. Asks: memory.context,
 retrieval.query, video.describe, and the tools the model calls (tools.<name>, contracts/tools.py).
-Logic: core.Orchestrator (turns), agents.Router (who answers), prompt.build_prompt, llm, tools.ToolRunner.
+Logic: core.Orchestrator (turns), agents.Router (who answers; the agents are read from the TOML file
+SB_AGENTS_FILE, or the shipped agents.toml, at start: docs/agents.md), prompt.build_prompt, llm,
+tools.ToolRunner.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Literal
 
 from nats.js.errors import NotFoundError
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from contracts import events as ev
 from contracts.streams import EVENTS, USER_TURNS
@@ -28,7 +31,7 @@ from workers.runtime.provision import stream_name
 from workers.runtime.recorded import last_recorded
 from workers.runtime.settings import LLMSettings
 
-from .agents import AgentRegistry, Router
+from .agents import AgentRegistry, AgentsFileError, Router, load_agents, shipped_agents
 from .context import ContextHooks, Tenants
 from .core import Orchestrator
 from .llm import build_model
@@ -49,7 +52,15 @@ class OrchestratorSettings(LLMSettings):
         "server reports (GET /props: llama.cpp's llama-server and the local server of `just up`); no "
         "budget when it reports none (OpenAI: set it)",
     )
-    default_agent: str = Field(default="general", description="Agent of sessions that chose none")
+    default_agent: str | None = Field(
+        default=None, description="Agent of sessions that chose none; unset: the agents file's `default`"
+    )
+    agents_file: Path | None = Field(
+        default=None,
+        validate_default=True,
+        description="TOML file of the agents (docs/agents.md), validated at start-up; unset: the shipped "
+        "workers/orchestrator/agents.toml",
+    )
     memory_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the memory context request")
     retrieval_timeout_s: float = Field(default=0.5, gt=0, description="Deadline of the retrieval request")
     camera_timeout_s: float = Field(default=0.25, gt=0, description="Deadline of the camera description request")
@@ -66,6 +77,24 @@ class OrchestratorSettings(LLMSettings):
         description="A turn still unanswered this long after it was sent (no orchestrator "
         "ran) gets an error (turn_not_answered) instead of a late reply",
     )
+
+    @field_validator("agents_file")
+    @classmethod
+    def _valid_agents(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        """A bad agents file (or a default agent it lacks) stops the orchestrator at start, in one line."""
+        try:
+            config = load_agents(path) if path is not None else shipped_agents()
+        except AgentsFileError as error:
+            raise ValueError(str(error)) from None
+        default = info.data.get("default_agent")
+        names = [a.name for a in config.agents]
+        if default is not None and default not in names:
+            raise ValueError(f"SB_DEFAULT_AGENT={default!r} is not an agent of the file (agents: {', '.join(names)})")
+        return path
+
+    def agent_registry(self) -> AgentRegistry:
+        """The agents of ``agents_file`` (validated with these settings) and the default agent."""
+        return AgentRegistry.from_file(self.agents_file, self.default_agent)
 
 
 class OrchestratorWorker(Worker[OrchestratorSettings]):
@@ -102,7 +131,7 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
         self.core = Orchestrator(
             bus,
             self.model,
-            Router(AgentRegistry(default=settings.default_agent)),
+            Router(settings.agent_registry()),
             hooks,
             last_settings,
             settings.llm_max_tokens,
