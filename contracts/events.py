@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from .envelope import Event, SessionEvent, TurnEvent, TurnId
-from .limits import CAMERA_PROMPT_CHARS, QUERY_CHARS, REPLY_TEXT_CHARS, TURN_TEXT_CHARS
+from .limits import CAMERA_PROMPT_CHARS, QUERY_CHARS, REMINDER_TEXT_CHARS, REPLY_TEXT_CHARS, TURN_TEXT_CHARS
 from .owners import Tenant
 
 Tone = Literal["neutral", "concise", "friendly", "formal"]
@@ -548,6 +548,34 @@ class ToolResult(TurnEvent):
     duration_ms: float = Field(ge=0.0, description="From the request to its reply (or to giving up)")
 
 
+# ---------------------------------------------------------------- reminders (the set_reminder tool)
+
+_REMINDER_ID = "Id of the reminder: set_reminder's result names it, and its due event carries it"
+
+
+class ReminderJob(SessionEvent):
+    """A reminder kept by JetStream until it is due (``sched.<session>.reminder.<id>``, a message schedule);
+    when due, the NATS server stores the same message on ``sched.<session>.fired.<id>`` and the tools worker
+    tells the session (``reminder.due``)."""
+
+    kind: Literal["reminder.job"] = "reminder.job"
+    reminder_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description=_REMINDER_ID)
+    text: str = Field(min_length=1, max_length=REMINDER_TEXT_CHARS, description="What to remind the user of")
+    due_at: float = Field(description="When it is due (epoch s)")
+    set_in_turn: TurnId | None = Field(default=None, description="The turn whose tool call set it")
+
+
+class ReminderDue(SessionEvent):
+    """A reminder the session set is due: the client shows (or says) ``text``. It belongs to no turn."""
+
+    kind: Literal["reminder.due"] = "reminder.due"
+    reminder_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description=_REMINDER_ID)
+    text: str = Field(min_length=1, max_length=REMINDER_TEXT_CHARS, description="What to remind the user of")
+    due_at: float = Field(description="When it was due (epoch s); published_at says when it was sent")
+    set_at: float = Field(description="When it was set (epoch s)")
+    set_in_turn: TurnId | None = Field(default=None, description="The turn whose tool call set it")
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     SessionStarted,
     SessionEnded,
@@ -588,6 +616,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ToolReply,
     ToolCall,
     ToolResult,
+    ReminderJob,
+    ReminderDue,
 )
 
 EVENTS_BY_KIND: dict[str, type[Event]] = {cls.kind_name(): cls for cls in ALL_EVENTS}

@@ -12,3 +12,4 @@ TURN_TEXT_CHARS = 16_000  # a user turn or transcript on the bus (typed or spoke
 REPLY_TEXT_CHARS = 64_000  # a finished reply
 QUERY_CHARS = 4_000  # a retrieval query (context: truncated by the asker)
 CAMERA_PROMPT_CHARS = 2_000  # a question about the camera frame (context: truncated by the asker)
+REMINDER_TEXT_CHARS = 500  # what a reminder says (the model's words: refused past it)

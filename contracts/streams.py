@@ -31,6 +31,11 @@ class StreamSpec(BaseModel):
     replicas: int = Field(
         default=3, ge=1, le=5, description="Copies kept in a cluster (capped by the deployment's SB_STREAM_REPLICAS)"
     )
+    allow_msg_schedules: bool = Field(
+        default=False,
+        description="Messages with a Nats-Schedule header are held and published again by the server when due "
+        "(NATS 2.12+); it cannot be turned off again",
+    )
 
     def absolute_subjects(self, prefix: str = DEFAULT_PREFIX) -> list[str]:
         return [f"{prefix}.{s}" for s in self.subjects]
@@ -82,7 +87,16 @@ DEAD_LETTERS = StreamSpec(
     max_msg_size=8 * 1024 * 1024,
     description="Messages workers could not handle, with the reason",
 )
-STREAMS: tuple[StreamSpec, ...] = (EVENTS, AUDIO, JOBS, DEAD_LETTERS)
+SCHEDULES = StreamSpec(
+    name="SB_SCHEDULES",
+    subjects=("sched.>",),
+    max_age_s=8 * DAY,  # longer than the longest reminder (7 days): a schedule never expires before it fires
+    max_bytes=64 * 1024**2,
+    max_msg_size=16 * 1024,
+    allow_msg_schedules=True,
+    description="Reminders held until they are due (message schedules) and the copies the server stores when they fire",
+)
+STREAMS: tuple[StreamSpec, ...] = (EVENTS, AUDIO, JOBS, DEAD_LETTERS, SCHEDULES)
 
 MEMORY_WRITER = ConsumerSpec(
     durable="memory-writer",
@@ -120,7 +134,15 @@ VIDEO = ConsumerSpec(
     max_ack_pending=2,
     description="Video processing jobs",
 )
-CONSUMERS: tuple[ConsumerSpec, ...] = (MEMORY_WRITER, USER_TURNS, INGEST, VIDEO)
+REMINDERS = ConsumerSpec(
+    durable="tools-reminders",
+    stream=SCHEDULES.name,
+    filter_subjects=(BY_NAME["reminder.fired"].wildcard(),),
+    ack_wait_s=10.0,
+    description="Reminders that fell due: told to their session (reminder.due), then acked; a worker down at the "
+    "time tells them when it is back",
+)
+CONSUMERS: tuple[ConsumerSpec, ...] = (MEMORY_WRITER, USER_TURNS, INGEST, VIDEO, REMINDERS)
 
 
 class ObjectStoreSpec(BaseModel):

@@ -205,6 +205,15 @@ SUBJECTS: tuple[Subject, ...] = (
         "What a tool call gave the model",
         to_client=True,
     ),
+    # reminders the model set (the set_reminder tool): told to the session when due
+    Subject(
+        "reminder.due",
+        f"ev.{_S}.turn.reminder_due",
+        ev.ReminderDue,
+        Lane.DATA,
+        "A reminder the session set is due",
+        to_client=True,
+    ),
     # annotations by optional workers
     Subject(
         "turn.keywords",
@@ -281,6 +290,21 @@ SUBJECTS: tuple[Subject, ...] = (
     # durable jobs
     Subject("ingest.job", "job.ingest", ev.IngestJob, Lane.JOB, "Add, replace or delete a document"),
     Subject("video.job", "job.video", ev.VideoJob, Lane.JOB, "Process an uploaded video"),
+    # reminders waiting in JetStream (SB_SCHEDULES: message schedules; one subject per reminder)
+    Subject(
+        "reminder.job",
+        f"sched.{_S}.reminder.{{reminder_id}}",
+        ev.ReminderJob,
+        Lane.JOB,
+        "A reminder waiting until it is due: a JetStream message schedule, fired by the NATS server",
+    ),
+    Subject(
+        "reminder.fired",
+        f"sched.{_S}.fired.{{reminder_id}}",
+        ev.ReminderJob,
+        Lane.JOB,
+        "A reminder that fell due: the NATS server's copy of its schedule, stored in the stream",
+    ),
     # ops
     Subject(
         "deadletter", "dlq.{worker}", ev.DeadLetter, Lane.OPS, "A message a worker could not handle, with the reason"
@@ -329,6 +353,7 @@ PUBLISHERS: dict[str, tuple[str, ...]] = {
     "turn.keywords": ("keywords",),
     "tool.call": ("orchestrator",),
     "tool.result": ("orchestrator",),
+    "reminder.due": ("tools",),
     "audio.in": ("edge",),
     "audio.in.partition": ("edge",),  # audio.in after the server's mapping: NATS checks the mapped subject
     "audio.out": ("voice",),
@@ -341,6 +366,8 @@ PUBLISHERS: dict[str, tuple[str, ...]] = {
     **{t.subject_name: ("orchestrator",) for t in TOOLS},
     "ingest.job": ("edge", "video"),
     "video.job": ("edge",),
+    "reminder.job": ("tools",),
+    "reminder.fired": (),  # the NATS server stores it when the schedule fires; no service publishes it
     "deadletter": WORKERS,
 }
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .limits import QUERY_CHARS
+from .limits import QUERY_CHARS, REMINDER_TEXT_CHARS
 
 JsonSchema = dict[str, Any]
 
@@ -46,6 +46,10 @@ def _object(properties: dict[str, JsonSchema], required: list[str]) -> JsonSchem
 
 _TEXT: JsonSchema = {"type": "string"}
 _NUMBER: JsonSchema = {"type": "number"}
+#: Bounds of a reminder's delay: from a second to a week.
+REMINDER_MIN_S = 1.0
+REMINDER_MAX_S = 7 * 86_400.0
+RECALL_MAX_RESULTS = 10
 _CITATION: JsonSchema = {
     "type": "object",
     "properties": {"document_id": _TEXT, "source": _TEXT, "title": _TEXT, "section": _TEXT, "score": _NUMBER},
@@ -94,7 +98,7 @@ TOOLS: tuple[ToolSpec, ...] = (
         ),
         deadline_s=1.0,
     ),
-    ToolSpec(  # served by the retriever; the others by the tools worker
+    ToolSpec(  # served by the retriever; the ones above by the tools worker
         "search_knowledge",
         "Search the user's documents and knowledge bases; cite the passages you use as [n].",
         _object({"query": {"type": "string", "minLength": 1, "maxLength": QUERY_CHARS}}, ["query"]),
@@ -110,6 +114,66 @@ TOOLS: tuple[ToolSpec, ...] = (
                 "citations": {"type": "array", "items": _CITATION},
             },
             ["passages", "citations"],
+        ),
+        deadline_s=2.0,
+    ),
+    ToolSpec(  # served by the memory worker: only the calling session's own memory
+        "recall_memory",
+        "Look through this conversation's earlier turns and what the user said about themselves, for "
+        "something said before that is no longer in view (a name, a number, a plan).",
+        _object(
+            {
+                "query": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": QUERY_CHARS,
+                    "description": "What to look for",
+                },
+                "limit": {"type": "integer", "minimum": 1, "maximum": RECALL_MAX_RESULTS, "description": "At most (5)"},
+            },
+            ["query"],
+        ),
+        _object(
+            {
+                "matches": {
+                    "type": "array",
+                    "items": _object(
+                        {
+                            "role": {"type": "string", "enum": ["user", "assistant"]},
+                            "text": _TEXT,
+                            "at": {**_TEXT, "description": "When it was said: ISO 8601 in the user's time zone"},
+                            "score": _NUMBER,
+                        },
+                        ["role", "text", "at", "score"],
+                    ),
+                },
+                "facts": {"type": "array", "items": _TEXT},
+                "text": _TEXT,
+            },
+            ["matches", "facts", "text"],
+        ),
+        deadline_s=2.0,
+    ),
+    ToolSpec(  # served by the tools worker; the reminder comes back to the session as reminder.due
+        "set_reminder",
+        "Set a reminder or timer: when it is due the user is told the text. Give delay_s (seconds from now) or "
+        "at (an ISO 8601 date and time, in the user's time zone unless it has an offset).",
+        _object(
+            {
+                "text": {"type": "string", "minLength": 1, "maxLength": REMINDER_TEXT_CHARS},
+                "delay_s": {"type": "number", "minimum": REMINDER_MIN_S, "maximum": REMINDER_MAX_S},
+                "at": {"type": "string", "maxLength": 64, "description": "e.g. 2030-01-31T09:00"},
+            },
+            ["text"],
+        ),
+        _object(
+            {
+                "reminder_id": _TEXT,
+                "due": {**_TEXT, "description": "When it is due: ISO 8601 in the user's time zone"},
+                "in_s": _NUMBER,
+                "text": _TEXT,
+            },
+            ["reminder_id", "due", "in_s", "text"],
         ),
         deadline_s=2.0,
     ),

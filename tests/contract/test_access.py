@@ -19,6 +19,8 @@ def concrete(name: str, prefix: str = "sb") -> str:
     params = {"partition": "3"} if "{partition}" in spec.pattern else {}
     if "{worker}" in spec.pattern:
         params["worker"] = "memory"
+    if "{reminder_id}" in spec.pattern:
+        params["reminder_id"] = "r1"
     return spec.subject(SESSION if spec.per_session else None, prefix, **params)
 
 

@@ -29,7 +29,8 @@ def test_every_tool_is_served_by_one_shipped_worker_that_may_subscribe_to_it() -
             if consumption.subject.startswith("tools."):
                 servers.setdefault(consumption.subject, []).append(worker)
                 assert consumption.replies and f"*.svc.{consumption.subject}" in access.permissions(worker).subscribe
-    assert servers == {t.subject_name: ["retriever" if t.name == "search_knowledge" else "tools"] for t in TOOLS}
+    served_by = {"search_knowledge": "retriever", "recall_memory": "memory"}
+    assert servers == {t.subject_name: [served_by.get(t.name, "tools")] for t in TOOLS}
     assert not [s for s in access.permissions("tools").publish if ".svc." in s]  # it answers on inboxes only
     assert {f"*.svc.tools.{t.name}" for t in TOOLS} <= set(access.permissions("orchestrator").publish)
 
@@ -38,3 +39,13 @@ def test_tool_events_reach_the_client_and_are_recorded() -> None:
     for name in ("tool.call", "tool.result"):
         assert BY_NAME[name].to_client and BY_NAME[name].pattern.startswith("ev.")
         assert PUBLISHERS[name] == ("orchestrator",)
+
+
+def test_a_due_reminder_reaches_the_client_and_only_the_tools_worker_schedules_one() -> None:
+    due = BY_NAME["reminder.due"]
+    assert due.to_client and due.pattern.startswith("ev.") and PUBLISHERS["reminder.due"] == ("tools",)
+    assert PUBLISHERS["reminder.job"] == ("tools",) and PUBLISHERS["reminder.fired"] == ()  # the server fires it
+    granted = access.permissions("tools").publish
+    assert {"*.sched.*.reminder.*", "*.ev.*.turn.reminder_due"} <= set(granted)
+    assert "*.sched.*.fired.*" not in granted
+    assert not any("sched" in s for s in access.permissions("orchestrator").publish)

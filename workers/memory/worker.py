@@ -3,10 +3,11 @@
 Consumes: turn.user, reply.done, transcript.final and memory.forget through the durable JetStream
 consumer ``memory-writer`` (contracts/streams.py MEMORY_WRITER) in batches of up to WRITE_BATCH, in bus
 order (group commit: one bulk write per batch, the batch acked after it); memory.context and
-memory.history (request/reply, queue group "memory").
-Produces: ContextReply and HistoryReply (replies); dead letters on sb.dlq.memory.
-Logic: core.Memory (record_batch, context, history), store.MemoryStore (MongoDB through PyMongo's async
-client), facts.extract_facts, summarizer.Summarizer (LLM summaries in the background).
+memory.history and tools.recall_memory (request/reply, queue group "memory").
+Produces: ContextReply, HistoryReply and ToolReply (replies); dead letters on sb.dlq.memory.
+Logic: core.Memory (record_batch, context, history), recall.Recall (the recall_memory tool: the calling
+session's own turns and facts), store.MemoryStore (MongoDB through PyMongo's async client),
+facts.extract_facts, summarizer.Summarizer (LLM summaries in the background).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from workers.runtime.logging import get_logger
 from workers.runtime.settings import LLMSettings
 
 from .core import ContextCache, Memory, Recordable
+from .recall import Recall, RecallError
 from .store import MemoryStore, while_unreachable
 from .summarizer import Summarizer, openai_completion
 
@@ -79,6 +81,7 @@ class MemoryWorker(Worker[MemorySettings]):
             on_summary=cache.invalidate,
         )
         self.memory = Memory(self.store, cache, self.summarizer, settings.context_turns, bus.producer)
+        self.recall = Recall(self.store)
         self._background = contextlib.AsyncExitStack()
 
     async def start(self) -> None:
@@ -121,6 +124,19 @@ class MemoryWorker(Worker[MemorySettings]):
         except PyMongoError as error:
             log.warning("history unavailable", error=repr(error)[:200])
             return None
+
+    @serves("tools.recall_memory", queue="memory")
+    async def on_recall_memory(self, call: ev.ToolRequest) -> ev.ToolReply:
+        """Always a reply: a result, or an error the model reads (bad arguments, the database down)."""
+        reply = {"session_id": call.session_id, "turn_id": call.turn_id, "producer": self.bus.producer}
+        try:
+            return ev.ToolReply(**reply, result=await self.recall.recall(call))
+        except RecallError as error:
+            log.info("recall refused", error=str(error)[:200])
+            return ev.ToolReply(**reply, error=str(error)[:1_000])
+        except PyMongoError as error:
+            log.warning("recall unavailable", error=repr(error)[:200])
+            return ev.ToolReply(**reply, error="the conversation's memory cannot be read right now; try again later")
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

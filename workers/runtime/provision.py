@@ -54,6 +54,10 @@ def stream_config(
         duplicate_window=min(spec.duplicate_window_s, max_age),
         discard=DiscardPolicy.OLD,
         num_replicas=min(spec.replicas, replicas),
+        allow_msg_schedules=spec.allow_msg_schedules or None,  # unset, not false: as the server reports it
+        # The server turns rollups on with schedules (a schedule replaces its subject's last one): say so, or
+        # every start would see a difference and update the stream.
+        allow_rollup_hdrs=spec.allow_msg_schedules,
     )
 
 
