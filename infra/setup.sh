@@ -46,6 +46,12 @@ for model in 1.5b ${SB_SETUP_MODELS:-}; do
   .venv/bin/python -m ops.models ensure "$model"
 done
 
+# The transcriber's end-of-turn model, Smart Turn v3.2 (8.7 MB ONNX, BSD-2-Clause): only that file is
+# extracted from the pipecat-ai==1.14.0 wheel (pip download --no-deps; the framework is never installed)
+# into the same model cache, its SHA-256 checked; later runs only check it (docs/speech.md).
+step "models: smart-turn v3.2 (extracted from the pipecat-ai wheel into ${SB_MODELS_DIR:-~/.cache/switchboard/models}; checked when there)"
+.venv/bin/python -m ops.models ensure smart-turn
+
 # The retriever's embedding model, exported to ONNX from the installed weights (cached, ~10 s once).
 step "retriever: ONNX export of all-MiniLM-L6-v2 (once)"
 .venv/bin/python -m workers.retriever.embedder

