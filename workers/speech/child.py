@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from . import smart_turn
 from .engines import load_engine
 from .engines.base import Engine
+from .smart_turn import SmartTurn
 from .vad import SileroModel, load_model
 
 
@@ -29,6 +31,7 @@ class ModelChoice(Protocol):
 class Models:
     vad: SileroModel
     engine: Engine
+    smart_turn: SmartTurn | None = None  # the end-of-turn model, when the choice names one
 
 
 C = TypeVar("C")
@@ -40,7 +43,13 @@ _models: Models | None = None
 def load(choice: ModelChoice) -> None:
     """The pool's initializer: load this process's models, and keep ``choice`` for :func:`settings`."""
     global _choice, _models  # noqa: PLW0603 - this process's own models, loaded once
-    _models = Models(load_model(choice.vad_onnx), load_engine(choice.engine, choice.model_path, choice.language))
+    # Optional attributes of the choice (the transcriber's ShardConfig has them, the video worker's not):
+    # ``smart_turn_model`` (a path; None: no end-of-turn model) and ``smart_turn_threads``.
+    turn_model_path: str | None = getattr(choice, "smart_turn_model", None)
+    turn_model = smart_turn.load(turn_model_path, getattr(choice, "smart_turn_threads", 1)) if turn_model_path else None
+    _models = Models(
+        load_model(choice.vad_onnx), load_engine(choice.engine, choice.model_path, choice.language), turn_model
+    )
     _choice = choice
 
 

@@ -9,8 +9,23 @@ Beyond a fixed timer: when the partial transcript clearly continues (it ends wit
 dash, a conjunction, a preposition, an article, a possessive or a filler: "... and", "... to
 the", "... because", "... um"), the window is extended by ``pause_guard_ms``.
 
+Semantic end of turn (``policy="smart_turn"``): when the VAD says speech stopped, the pipeline
+runs an audio end-of-turn model (Smart Turn v3.2, :mod:`workers.speech.smart_turn`) on the
+turn's audio so far and feeds its verdict here with :meth:`TurnEndpoint.on_turn_verdict`:
+
+* complete -> the turn ends once the silence reaches ``smart_turn_min_silence_ms`` (instead of
+  ``silence_ms``), unless the partial transcript clearly continues ("... and"), in which case
+  the text wins and the silence window with its guard applies;
+* incomplete -> the wait grows to ``smart_turn_max_wait_ms`` (the cap): the turn still ends then
+  if no speech came back (the silence fallback), never later;
+* no verdict (policy ``silence``, or the model not run for this pause) -> the silence window.
+
+One verdict per pause: new speech drops it, and the next "speech stopped" asks again
+(:attr:`TurnEndpoint.wants_verdict`).
+
 Everything is measured on the session's audio clock (seconds of audio pushed), never on wall
-time, so it is deterministic and testable with synthetic event sequences. No model inside.
+time, so it is deterministic and testable with synthetic event sequences. No model inside: the
+verdict is an input.
 """
 
 from __future__ import annotations
@@ -20,6 +35,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from workers.speech.vad import VadEvent
+
+# Smart Turn policy defaults (docs/speech.md, "Semantic end of turn").
+SMART_TURN_MIN_SILENCE_MS = 150
+SMART_TURN_MAX_WAIT_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -59,17 +78,28 @@ class EndpointConfig:
       such a word pay the extra 0.6 s; a complete sentence never does. It needs the partial
       within ~0.5 s of the VAD's end mark.
     * ``max_utterance_s=30``: forces a final on a monologue or endless noise.
+    * ``policy``: ``silence`` here (no verdicts asked); the transcriber picks ``smart_turn`` when
+      the model is installed. ``smart_turn_min_silence_ms=150``: the VAD's "speech stopped" comes
+      ~130 ms (at most 160) after the end it reports, so a complete verdict ends the turn on that
+      frame or the next (300 ms only added 150 ms per turn, bench/smart_turn_bench.py).
+      ``smart_turn_max_wait_ms=2000``: bridges the 550-700 ms hesitations above with room to
+      spare and bounds what a wrong "incomplete" costs (Pipecat's fallback: 3 s).
     """
 
     silence_ms: int = 500
     max_utterance_s: float = 30.0
     pause_guard_ms: int = 600
+    policy: Literal["smart_turn", "silence"] = "silence"
+    smart_turn_min_silence_ms: int = SMART_TURN_MIN_SILENCE_MS
+    smart_turn_max_wait_ms: int = SMART_TURN_MAX_WAIT_MS
 
     def __post_init__(self) -> None:
-        if self.silence_ms < 0 or self.pause_guard_ms < 0:
-            raise ValueError("silence_ms and pause_guard_ms must be >= 0")
+        if min(self.silence_ms, self.pause_guard_ms, self.smart_turn_min_silence_ms, self.smart_turn_max_wait_ms) < 0:
+            raise ValueError("silence_ms, pause_guard_ms and the smart_turn_*_ms must be >= 0")
         if self.max_utterance_s <= 0:
             raise ValueError("max_utterance_s must be > 0")
+        if self.policy not in ("smart_turn", "silence"):
+            raise ValueError(f"policy must be smart_turn or silence, not {self.policy!r}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +111,7 @@ class Decision:
     forced: bool  # True when max_utterance_s cut the turn
     start_s: float = 0.0  # start of the turn's speech
     decided_at_s: float = 0.0  # the position_s of the poll that decided
+    verdict: bool | None = None  # the end-of-turn model's verdict on the last pause (None: not asked)
 
 
 def _words(block: str) -> frozenset[str]:
@@ -128,6 +159,7 @@ class TurnEndpoint:
         self._speaking = False
         self._last_end: float | None = None  # end of the latest speech run of this turn
         self._partial = ""
+        self._verdict: bool | None = None  # the model's verdict on the pause since _last_end
 
     @property
     def in_turn(self) -> bool:
@@ -146,18 +178,42 @@ class TurnEndpoint:
                 self._partial = ""  # a stale partial of the previous turn must not guard this one
             self._speaking = True
             self._last_end = None
+            self._verdict = None
         else:
             if self._turn_start is None:
                 return  # stray end with no turn (e.g. after reset)
             self._speaking = False
             self._last_end = event.at_s
+            self._verdict = None
 
     def on_partial(self, text: str) -> None:
         self._partial = text
 
+    @property
+    def wants_verdict(self) -> bool:
+        """True when the end-of-turn model should judge the turn's audio now: policy smart_turn,
+        speech stopped, and no verdict yet for this pause."""
+        return (
+            self.config.policy == "smart_turn"
+            and self._turn_start is not None
+            and not self._speaking
+            and self._last_end is not None
+            and self._verdict is None
+        )
+
+    def on_turn_verdict(self, complete: bool, position_s: float) -> None:
+        """The model's verdict on the turn's audio up to ``position_s`` (ignored unless wanted)."""
+        if self.wants_verdict and self._last_end is not None and position_s >= self._last_end:
+            self._verdict = complete
+
     def window_s(self) -> float:
-        """The silence that ends the turn now, guard included."""
-        ms = self.config.silence_ms + (self.config.pause_guard_ms if continues(self._partial) else 0)
+        """The silence that ends the turn now: the model's verdict, else the window with its guard."""
+        guarded = continues(self._partial)
+        ms = self.config.silence_ms + (self.config.pause_guard_ms if guarded else 0)
+        if self._verdict is True and not guarded:
+            ms = self.config.smart_turn_min_silence_ms
+        elif self._verdict is False:
+            ms = max(ms, self.config.smart_turn_max_wait_ms)
         return ms / 1000.0
 
     def poll(self, position_s: float) -> Decision | None:
@@ -173,7 +229,7 @@ class TurnEndpoint:
         if self._speaking or self._last_end is None:
             return None
         if _us(position_s - self._last_end) >= _us(self.window_s()):
-            decision = Decision("final", self._last_end, False, start, position_s)
+            decision = Decision("final", self._last_end, False, start, position_s, self._verdict)
             self._finish(position_s)
             return decision
         return None
@@ -181,6 +237,7 @@ class TurnEndpoint:
     def _finish(self, position_s: float) -> None:
         self._partial = ""
         self._last_end = None
+        self._verdict = None
         # Still speaking after a forced final: the rest of the speech is the next turn.
         self._turn_start = position_s if self._speaking else None
 
@@ -190,3 +247,4 @@ class TurnEndpoint:
         self._speaking = False
         self._last_end = None
         self._partial = ""
+        self._verdict = None

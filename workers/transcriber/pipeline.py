@@ -4,22 +4,34 @@ A plain synchronous class (no bus, no event loop): the worker runs it in a threa
 session at a time per thread, and publishes what it returns. Positions are seconds on the
 session's audio clock; ``captured_at`` stamps map them to wall-clock time, so the true end of
 speech can be reported as a time the stats can compare with the other timestamps.
+
+With an end-of-turn model (``turn_model``, Smart Turn v3.2 under ``turn_policy=smart_turn``),
+the pipeline keeps the turn's audio (the pre-roll, then every frame; the last 8 s only, what the
+model sees) and, on the frame where the VAD says speech stopped, runs the model on it and hands
+the verdict to the endpoint. The call is synchronous: the pipeline already runs in a recognition
+child process, off the worker's event loop.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from contracts.binary import PCM_BYTES_PER_SAMPLE, PCM_SAMPLE_RATE
 from contracts.envelope import new_id
 from workers.speech.engines.base import Recognizer
+from workers.speech.smart_turn import WINDOW_S, Float32Array, pcm16_to_float
 from workers.speech.vad import VadEvent, VoiceActivity
 
 from .endpoint import TurnEndpoint
 
 PRE_ROLL_S = 0.3  # audio kept before a speech start so the recognizer hears the first syllable
+TURN_AUDIO_BYTES = WINDOW_S * PCM_SAMPLE_RATE * PCM_BYTES_PER_SAMPLE  # what the end-of-turn model sees
+
+#: (complete, probability) for a turn's audio so far (16 kHz float32): SmartTurn.predict.
+TurnModel = Callable[[Float32Array], tuple[bool, float]]
 
 
 @dataclass(frozen=True)
@@ -32,16 +44,27 @@ class Output:
     confidence: float | None = None
     audio_start: float = 0.0
     forced: bool = False
+    decided_at: float = 0.0  # final: the audio position at which the turn was declared over
+    turn_probability: float | None = None  # final: the end-of-turn model's last probability, if it ran
 
 
 class SessionPipeline:
     def __init__(
-        self, vad: VoiceActivity, recognizer: Recognizer, endpoint: TurnEndpoint, partial_interval_s: float = 0.25
+        self,
+        vad: VoiceActivity,
+        recognizer: Recognizer,
+        endpoint: TurnEndpoint,
+        partial_interval_s: float = 0.25,
+        turn_model: TurnModel | None = None,
     ) -> None:
         self.vad = vad
         self.recognizer = recognizer
         self.endpoint = endpoint
         self.partial_interval_s = partial_interval_s
+        self.turn_model = turn_model
+        self._turn_audio: deque[bytes] = deque()  # the turn's audio, last TURN_AUDIO_BYTES (with turn_model)
+        self._turn_audio_bytes = 0
+        self._probability: float | None = None
         self.turn_id: str | None = None
         self._pre_roll: deque[bytes] = deque()
         self._pre_roll_bytes = 0
@@ -63,12 +86,16 @@ class SessionPipeline:
         for event in self.vad.push(pcm):
             outputs.extend(self._on_vad(event))
         if self.turn_id is not None:
+            self._keep(pcm)
             outputs.extend(self._recognize(pcm))
         else:
             self._remember(pcm)
+        if self.turn_model is not None and self.endpoint.wants_verdict and self._turn_audio:
+            complete, self._probability = self.turn_model(pcm16_to_float(b"".join(self._turn_audio)))
+            self.endpoint.on_turn_verdict(complete, self.vad.position_s)
         decision = self.endpoint.poll(self.vad.position_s)
         if decision is not None and self.turn_id is not None:
-            outputs.append(self._final(decision.start_s, decision.speech_end_s, decision.forced))
+            outputs.append(self._final(decision.start_s, decision.speech_end_s, decision.forced, decision.decided_at_s))
             if self.endpoint.in_turn:  # forced mid-speech: the speech goes on as a new turn
                 self._open_turn()
         return outputs
@@ -77,7 +104,7 @@ class SessionPipeline:
         """The session ended: finish the turn in progress, if any."""
         if self.turn_id is None:
             return []
-        output = self._final(0.0, self.vad.position_s, True)
+        output = self._final(0.0, self.vad.position_s, True, self.vad.position_s)
         self.endpoint.reset()
         return [output]
 
@@ -99,6 +126,9 @@ class SessionPipeline:
         self.turn_id = new_id()
         self._last_partial_at = -1.0
         self._pending_partial = None
+        self._turn_audio.clear()
+        self._turn_audio_bytes = 0
+        self._probability = None
 
     def _recognize(self, pcm: bytes) -> list[Output]:
         partial = self.recognizer.accept(pcm)
@@ -112,7 +142,7 @@ class SessionPipeline:
             return [Output("partial", self.turn_id, now, self.wall_time(now), text=text)]
         return []
 
-    def _final(self, start_s: float, end_s: float, forced: bool) -> Output:
+    def _final(self, start_s: float, end_s: float, forced: bool, decided_at: float) -> Output:
         assert self.turn_id is not None
         transcript = self.recognizer.final()
         output = Output(
@@ -124,9 +154,22 @@ class SessionPipeline:
             confidence=transcript.confidence,
             audio_start=start_s,
             forced=forced,
+            decided_at=decided_at,
+            turn_probability=self._probability,
         )
         self.turn_id = None
+        self._turn_audio.clear()
+        self._turn_audio_bytes = 0
         return output
+
+    def _keep(self, pcm: bytes) -> None:
+        """The turn's audio for the end-of-turn model: the last TURN_AUDIO_BYTES."""
+        if self.turn_model is None:
+            return
+        self._turn_audio.append(pcm)
+        self._turn_audio_bytes += len(pcm)
+        while self._turn_audio_bytes - len(self._turn_audio[0]) >= TURN_AUDIO_BYTES:
+            self._turn_audio_bytes -= len(self._turn_audio.popleft())
 
     def _remember(self, pcm: bytes) -> None:
         self._pre_roll.append(pcm)
@@ -138,5 +181,6 @@ class SessionPipeline:
     def _replay_pre_roll(self) -> None:
         for chunk in self._pre_roll:
             self.recognizer.accept(chunk)
+            self._keep(chunk)
         self._pre_roll.clear()
         self._pre_roll_bytes = 0

@@ -26,6 +26,8 @@ class ShardConfig:
     vad_min_silence_ms: int
     endpoint: EndpointConfig
     partial_interval_s: float
+    smart_turn_model: str | None = None  # loaded once per process when set (endpoint.policy smart_turn)
+    smart_turn_threads: int = 1
 
 
 # ------------------------------------------------------------------ inside a shard process
@@ -38,8 +40,13 @@ def _pipeline(session_id: str) -> SessionPipeline:
     if pipeline is None:
         config, models = child.settings(ShardConfig), child.models()
         vad = VoiceActivity(models.vad, config.vad_threshold, config.vad_min_silence_ms)
+        turn_model = None
+        if config.endpoint.policy == "smart_turn":
+            if models.smart_turn is None:
+                raise RuntimeError("turn_policy smart_turn, but this process has no end-of-turn model loaded")
+            turn_model = models.smart_turn.predict
         pipeline = SessionPipeline(
-            vad, models.engine.recognizer(), TurnEndpoint(config.endpoint), config.partial_interval_s
+            vad, models.engine.recognizer(), TurnEndpoint(config.endpoint), config.partial_interval_s, turn_model
         )
         _pipelines[session_id] = pipeline
     return pipeline

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from nats.js.api import KeyValueConfig
@@ -27,6 +28,7 @@ from workers.runtime import Bus, Delivery, RuntimeSettings, Worker, consumes
 from workers.runtime.bus import flush_ordered
 from workers.runtime.logging import get_logger
 from workers.runtime.turns import SessionTable, TurnLedger
+from workers.speech import smart_turn
 from workers.speech.pool import PoolBroken
 
 from .endpoint import EndpointConfig
@@ -54,6 +56,23 @@ class TranscriberSettings(RuntimeSettings):
         default=EndpointConfig().pause_guard_ms, ge=0, description="Extra wait when the words clearly go on"
     )
     turn_max_utterance_s: float = Field(default=30.0, gt=0, description="Longest utterance before a forced final")
+    turn_policy: Literal["smart_turn", "silence"] | None = Field(
+        default=None,
+        description="End of turn: smart_turn (audio model at each pause, silence window as fallback) or silence; "
+        "unset: smart_turn when its model file is installed, else silence (docs/speech.md)",
+    )
+    smart_turn_model_path: str | None = Field(
+        default=None, description="Smart Turn v3.2 ONNX file; unset: smart-turn-v3.2-cpu.onnx in the model cache"
+    )
+    smart_turn_min_silence_ms: int = Field(
+        default=EndpointConfig().smart_turn_min_silence_ms, ge=0, description="Silence that ends a turn judged complete"
+    )
+    smart_turn_max_wait_ms: int = Field(
+        default=EndpointConfig().smart_turn_max_wait_ms,
+        ge=0,
+        description="Cap on the wait after a pause judged incomplete (then the turn ends anyway)",
+    )
+    smart_turn_threads: int = Field(default=1, ge=1, le=8, description="onnxruntime threads of the end-of-turn model")
     partial_interval_s: float = Field(default=0.25, ge=0, description="Least time between two partials")
     recognition_processes: int = Field(
         default=2, ge=1, le=32, description="Processes running VAD and recognition (each loads the models)"
@@ -79,6 +98,10 @@ class Transcriber(Worker[TranscriberSettings]):
 
     def __init__(self, settings: TranscriberSettings, bus: Bus) -> None:
         super().__init__(settings, bus)
+        self.turn_model_path = Path(settings.smart_turn_model_path or smart_turn.default_path())
+        self.turn_policy: Literal["smart_turn", "silence"] = settings.turn_policy or (
+            "smart_turn" if self.turn_model_path.is_file() else "silence"
+        )
         self.shards = Shards(
             settings.recognition_processes,
             ShardConfig(
@@ -88,8 +111,17 @@ class Transcriber(Worker[TranscriberSettings]):
                 settings.vad_onnx,
                 settings.vad_threshold,
                 settings.vad_min_silence_ms,
-                EndpointConfig(settings.turn_silence_ms, settings.turn_max_utterance_s, settings.turn_pause_guard_ms),
+                EndpointConfig(
+                    settings.turn_silence_ms,
+                    settings.turn_max_utterance_s,
+                    settings.turn_pause_guard_ms,
+                    policy=self.turn_policy,
+                    smart_turn_min_silence_ms=settings.smart_turn_min_silence_ms,
+                    smart_turn_max_wait_ms=settings.smart_turn_max_wait_ms,
+                ),
                 settings.partial_interval_s,
+                smart_turn_model=str(self.turn_model_path) if self.turn_policy == "smart_turn" else None,
+                smart_turn_threads=settings.smart_turn_threads,
             ),
         )
         self.sessions: dict[str, Session] = {}
@@ -109,6 +141,9 @@ class Transcriber(Worker[TranscriberSettings]):
             engine=self.settings.stt_engine,
             vad="onnx" if self.settings.vad_onnx else "torch",
             processes=self.settings.recognition_processes,
+            turn_policy=self.turn_policy,
+            turn_policy_set=self.settings.turn_policy is not None,
+            turn_model=str(self.turn_model_path) if self.turn_policy == "smart_turn" else None,
         )
         self._leases = asyncio.create_task(self.keep_leases(await self.open_leases(), self._leases_stop))
 
