@@ -104,14 +104,15 @@ async def test_a_reminder_comes_back_to_the_sessions_client_when_due(edge: str, 
 
 async def test_bad_reminders_get_an_error_reply_never_silence(edge: str, bus: Bus) -> None:
     session = new_id()
-    for arguments, reason in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"delay_s": 60}, "text must say"),
         ({"text": "x"}, "either delay_s"),
         ({"text": "x", "delay_s": 0.2}, "at least 1 second"),
         ({"text": "x", "delay_s": 8 * 86_400}, "at most 7 days"),
         ({"text": "x", "at": "yesterday at noon"}, "not an ISO 8601"),
         ({"text": "x" * 501, "delay_s": 60}, "longer than 500"),
-    ]:
+    ]
+    for arguments, reason in cases:
         reply = await call(bus, "set_reminder", session, **arguments)
         assert reply.result is None and reason in reply.error, (arguments, reply.error)
     reply = await call(bus, "set_reminder", session, zone="Nowhere/Atlantis", text="x", at="2030-01-01T10:00")
@@ -223,11 +224,12 @@ async def test_recall_returns_only_the_calling_sessions_turns(memory: Bus) -> No
 
 async def test_recall_refuses_bad_arguments_with_an_error_reply(memory: Bus) -> None:
     session = new_id()
-    for arguments, reason in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({}, "query must be"),
         ({"query": "x" * 4_001}, "longer than 4000"),
         ({"query": "sister", "limit": 50}, "limit must be"),
         ({"query": "what did I say?"}, "no words to look for"),
-    ]:
+    ]
+    for arguments, reason in cases:
         reply = await call(memory, "recall_memory", session, **arguments)
         assert reply.result is None and reason in reply.error, (arguments, reply.error)

@@ -112,7 +112,9 @@ async def test_a_calculation_goes_through_the_bus_to_the_model_and_its_answer(
     assert done["finish_reason"] == "stop" and done["text"] == "12 times 7 is 84."
     first, second = llm.requests
     offered = {t["function"]["name"] for t in first["tools"]}
-    assert offered == {"calculate", "convert_units", "get_time", "search_knowledge", "handoff"}
+    assert offered == {
+        *("calculate", "convert_units", "get_time", "search_knowledge", "recall_memory", "set_reminder", "handoff")
+    }
     assistant = next(m for m in second["messages"] if m.get("tool_calls"))
     assert assistant["tool_calls"][0]["id"] == call["call_id"]
     assert tool_messages(second) == [result["result"]]

@@ -77,7 +77,10 @@ def test_the_shipped_file_gives_todays_three_agents_and_their_tools() -> None:
     assert registry.names() == ["coach", "general", "knowledge"]
     tools = {name: agent.tools for name in registry.names() if (agent := registry.get(name))}
     assert tools == {
-        "general": {"memory", "camera", "get_time", "calculate", "convert_units", "search_knowledge", "handoff"},
+        "general": {
+            *("memory", "camera", "get_time", "calculate", "convert_units", "search_knowledge"),
+            *("recall_memory", "set_reminder", "handoff"),
+        },
         "knowledge": {"memory", "retrieval", "handoff"},
         "coach": {"memory", "calculate", "convert_units", "handoff"},
     }

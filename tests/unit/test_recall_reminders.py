@@ -23,7 +23,8 @@ class FakeStore:
     """Turns and facts by session; records which sessions were read."""
 
     def __init__(self, turns: dict[str, list[Turn]], facts: dict[str, list[Fact]]) -> None:
-        self.turns, self.facts, self.read = turns, facts, []
+        self.turns, self.facts = turns, facts
+        self.read: list[str] = []
 
     async def recent_turns(self, session_id: str, limit: int, before: int | None = None) -> list[Turn]:
         self.read.append(session_id)
