@@ -33,11 +33,25 @@ class ToolSpec:
         return f"tools.{self.name}"
 
     def function(self) -> dict[str, Any]:
-        """The tool as OpenAI's chat completions API takes it."""
+        """The tool as OpenAI's chat completions API takes it, without the bounds the tool checks itself."""
         return {
             "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+            "function": {"name": self.name, "description": self.description, "parameters": unbounded(self.parameters)},
         }
+
+
+# Checked by the tool on every call; shown to the model they only cost prompt tokens, and as a
+# grammar (ops/tool_calling.py) a maxLength of 4,000 becomes a rule nested 4,000 deep.
+_BOUNDS = frozenset({"minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems", "additionalProperties"})
+
+
+def unbounded(schema: Any) -> Any:
+    """``schema`` without size and range bounds, at every depth."""
+    if isinstance(schema, dict):
+        return {key: unbounded(value) for key, value in schema.items() if key not in _BOUNDS}
+    if isinstance(schema, list):
+        return [unbounded(item) for item in schema]
+    return schema
 
 
 def _object(properties: dict[str, JsonSchema], required: list[str]) -> JsonSchema:

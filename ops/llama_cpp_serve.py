@@ -32,6 +32,7 @@ from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
 from llama_cpp.server.settings import ModelSettings, ServerSettings, Settings
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ops import tool_calling
 from workers.runtime.llm_priority import BACKGROUND, PRIORITY_HEADER
 
 FOREGROUND = "foreground"
@@ -177,7 +178,9 @@ def main() -> None:
 
     proxy = server_app._llama_proxy
     assert proxy is not None, "create_app loads the model"
-    gate = PriorityGate(abort_hook(proxy()), BACKGROUND_GRACE_S)
+    llama = proxy()
+    tool_calling.install(llama)
+    gate = PriorityGate(abort_hook(llama), BACKGROUND_GRACE_S)
     uvicorn.run(
         PriorityMiddleware(app, gate),
         host=os.getenv("HOST", server_settings.host),

@@ -48,6 +48,7 @@ from ops.servers import RunningServer, ServerError, free_port
 MODEL_ALIAS = models.SMOLLM2.alias
 HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
+PROMPT_CACHE_BYTES = 1 << 30
 
 
 def find_model(name: str = MODEL_ALIAS) -> Path:
@@ -87,6 +88,15 @@ def llm_command(
         # The default (True) mlocks the model, which exceeds the usual container RLIMIT_MEMLOCK.
         "--use_mlock",
         "False",
+        # Keep the evaluated prompts of recent requests (RAM, longest shared prefix restored): an
+        # agent's system prompt and tools (~1,000 tokens for the general agent) are not evaluated
+        # again after another agent's turn or a background summary took the server's one context.
+        "--cache",
+        "True",
+        "--cache_type",
+        "ram",
+        "--cache_size",
+        str(PROMPT_CACHE_BYTES),
         "--verbose",
         "False",
     ]

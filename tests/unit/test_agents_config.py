@@ -90,9 +90,9 @@ def test_the_shipped_file_gives_todays_three_agents_and_their_tools() -> None:
         assert (agent.model, agent.handoff_targets, agent.tone) == (None, None, None)
     general, knowledge = registry.get("general"), registry.get("knowledge")
     assert general is not None and knowledge is not None
-    assert general.system_prompt == (
+    assert general.system_prompt.startswith(
         "You are Switchboard, a helpful voice and chat assistant. Replies are spoken aloud, so keep them "
-        "short and natural, without markdown."
+        "short and natural, without markdown. Use a tool only when the question needs one"
     )
     assert knowledge.system_prompt == (
         "You answer from the provided passages only and cite them as [1], [2]. If the passages do not "

@@ -1,0 +1,256 @@
+"""Tool calls for the embedded Qwen models, served as OpenAI ``tool_calls`` by our llama-cpp-python launcher.
+
+Measured with bench/tool_calls.py: offered tools, Qwen2.5-Coder-1.5B *means* the right call but
+writes it as text in varying shapes (a bare JSON object, a fenced json block, ``<tool_call>`` tags,
+once with ``//`` comments inside), often followed by an invented answer, and llama-cpp-python
+returns all of it as content. Its chat template (the one in the GGUF) also teaches it a broken
+example (``{{"name": ...}}``) and shows earlier calls' arguments as a JSON *string*.
+
+This handler fixes the template, shows arguments as objects, and emulates llama.cpp's lazy
+grammar: the reply streams as text until its first characters show a call (``<tool_call>``, ``{``
+or a fenced json block); then generation stops and restarts from ``<tool_call>`` with a grammar
+that admits exactly one call of an offered tool whose arguments follow that tool's JSON Schema.
+The prompt up to there is already evaluated, so the restart costs only the call's tokens. The
+call goes out as a streamed ``tool_calls`` delta with finish reason ``tool_calls``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import llama_cpp
+from llama_cpp import llama_grammar
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter, chat_formatter_to_chat_completion_handler
+
+from contracts.tools import unbounded
+
+# The GGUF template's example call, with the doubled braces that the model then copies.
+_BROKEN_EXAMPLE = '{{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}}'
+_FIXED_EXAMPLE = '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}'
+CALL_START = "<tool_call>\n"
+# The template shows tool results as a user turn: without this the model thanks "the user" for them.
+ANSWER_FROM_RESULTS = {
+    "role": "system",
+    "content": "The tool results above are not from the user. Answer the user's question with them now, "
+    "in one or two short sentences.",
+}
+MAX_CALL_TOKENS = 256
+_STOPS = ["<|im_end|>", "<|endoftext|>"]
+
+
+def call_intended(text: str, names: frozenset[str] = frozenset()) -> bool | None:
+    """True when a reply beginning with ``text`` is a call, False when it is an answer, None: too early
+    to say. A reply that is only a tool's name (seen: ``get_time``) is a call once it ends (``ended``)."""
+    start = text.lstrip()
+    if not start:
+        return None
+    if any(start.startswith(name + "(") for name in names):  # written as a function call (seen)
+        return True
+    for opening in ("<tool_call>", "<tools>", "{", *names):
+        if start.startswith(opening) and opening not in names:
+            return True
+        if opening.startswith(start) or start.rstrip() in names:
+            return None
+    if start.startswith("```"):
+        rest = start[3:].lstrip(" ")
+        if rest.startswith(("json", "{", "\n{")):
+            return True
+        return None if rest in ("", "\n", "j", "js", "jso") else False
+    return False
+
+
+def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """JSON Schema of one call of any of ``tools``: ``{"name": <its name>, "arguments": <its parameters>}``."""
+    return {
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": tool["function"]["name"]},
+                    "arguments": unbounded(tool["function"].get("parameters") or {"type": "object"}),
+                },
+                "required": ["name", "arguments"],
+            }
+            for tool in tools
+        ]
+    }
+
+
+def _with_argument_objects(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` with its calls' arguments (JSON strings on the wire) as objects, as the template shows them."""
+    if not message.get("tool_calls"):
+        return message
+    calls = []
+    for call in message["tool_calls"]:
+        function = dict(call.get("function") or {})
+        with contextlib.suppress(TypeError, ValueError):  # else shown as it came
+            function["arguments"] = json.loads(function.get("arguments") or "{}")
+        calls.append({**call, "function": function})
+    return {**message, "tool_calls": calls}
+
+
+class ToolCallingHandler:
+    """A llama-cpp-python chat handler (``llama.chat_handler``) for ChatML models with Qwen's tool format."""
+
+    def __init__(self, llama: llama_cpp.Llama) -> None:
+        template = str(llama.metadata["tokenizer.chat_template"]).replace(_BROKEN_EXAMPLE, _FIXED_EXAMPLE)
+        self.formatter: Any = Jinja2ChatFormatter(
+            template,
+            eos_token=llama._model.token_get_text(llama.token_eos()),
+            bos_token=llama._model.token_get_text(llama.token_bos()),
+            stop_token_ids=[llama.token_eos()],
+        )
+        self._plain: Any = chat_formatter_to_chat_completion_handler(self.formatter)
+
+    def __call__(
+        self,
+        *,
+        llama: llama_cpp.Llama,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        **options: Any,
+    ) -> Any:
+        messages = [_with_argument_objects(dict(m)) for m in messages]
+        if messages and messages[-1].get("role") == "tool":
+            messages.append(ANSWER_FROM_RESULTS)
+        if (
+            not tools or tool_choice == "none" or isinstance(tool_choice, dict)
+        ):  # a named tool: llama-cpp-python's grammar
+            return self._plain(
+                llama=llama,
+                messages=messages,
+                tools=tools,
+                tool_choice=tool_choice,
+                stream=stream,
+                max_tokens=max_tokens,
+                **options,
+            )
+        chunks = self._auto(llama, messages, tools, max_tokens, options)
+        return chunks if stream else _collected(chunks)
+
+    def _auto(
+        self,
+        llama: llama_cpp.Llama,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        max_tokens: int | None,
+        options: dict[str, Any],
+    ) -> Iterator[dict[str, Any]]:
+        prompt = self.formatter(messages=messages, tools=tools).prompt
+        sampling = {
+            k: options[k] for k in ("temperature", "top_p", "top_k", "min_p", "seed") if options.get(k) is not None
+        }
+        reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        model = str(options.get("model") or llama.model_path)
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": reply_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            }
+
+        yield chunk({"role": "assistant"})
+        names = frozenset(tool["function"]["name"] for tool in tools)
+        held, deciding, finish = "", True, "stop"
+        completion: Any = llama.create_completion(
+            prompt=_tokens(llama, prompt), max_tokens=max_tokens, stop=_STOPS, stream=True, **sampling
+        )
+        for piece in completion:
+            choice = piece["choices"][0]
+            text = choice["text"]
+            finish = choice.get("finish_reason") or finish
+            if not deciding:
+                if text:
+                    yield chunk({"content": text})
+                continue
+            held += text
+            intended = call_intended(held, names)
+            if intended is False:
+                deciding = False
+                yield chunk({"content": held})
+            elif intended:
+                completion.close()  # stops the text; the state so far is kept
+                yield from self._call(llama, prompt, tools, sampling, chunk)
+                return
+        if deciding and held.strip() in names:  # the reply was a tool's name alone
+            yield from self._call(llama, prompt, tools, sampling, chunk)
+            return
+        if deciding and held:
+            yield chunk({"content": held})
+        yield chunk({}, finish)
+
+    def _call(
+        self, llama: llama_cpp.Llama, prompt: str, tools: list[dict[str, Any]], sampling: dict[str, Any], chunk: Any
+    ) -> Iterator[dict[str, Any]]:
+        grammar = llama_grammar.LlamaGrammar.from_json_schema(json.dumps(call_schema(tools)), verbose=False)
+        result: Any = llama.create_completion(
+            prompt=_tokens(llama, prompt + CALL_START),
+            max_tokens=MAX_CALL_TOKENS,
+            grammar=grammar,
+            stop=_STOPS,
+            stream=False,
+            **sampling,
+        )
+        text = result["choices"][0]["text"]
+        try:
+            call = json.loads(text)
+        except ValueError:  # cut at MAX_CALL_TOKENS: say it as it is; the orchestrator's text parser refuses it
+            yield chunk({"content": CALL_START + text})
+            yield chunk({}, "length")
+            return
+        function = {"name": call["name"], "arguments": json.dumps(call["arguments"])}
+        delta = {
+            "tool_calls": [
+                {"index": 0, "id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": function}
+            ]
+        }
+        yield chunk(delta)
+        yield chunk({}, "tool_calls")
+
+
+def _tokens(llama: llama_cpp.Llama, prompt: str) -> list[int]:
+    return llama.tokenize(prompt.encode(), add_bos=False, special=True)
+
+
+def _collected(chunks: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    """The whole reply of a non-streamed request, from the chunks."""
+    content, finish, first = "", "stop", None
+    calls: list[dict[str, Any]] = []
+    for piece in chunks:
+        first = first or piece
+        choice = piece["choices"][0]
+        content += choice["delta"].get("content") or ""
+        calls.extend(choice["delta"].get("tool_calls") or [])
+        finish = choice["finish_reason"] or finish
+    message: dict[str, Any] = {"role": "assistant", "content": content or None}
+    if calls:
+        message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
+    assert first is not None
+    return {
+        "id": first["id"],
+        "object": "chat.completion",
+        "created": first["created"],
+        "model": first["model"],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+def install(llama: llama_cpp.Llama) -> bool:
+    """Serve ``llama``'s chats through ToolCallingHandler when its template speaks Qwen's tool format."""
+    template = str(llama.metadata.get("tokenizer.chat_template", ""))
+    if "<tool_call>" not in template or "<|im_start|>" not in template:
+        return False
+    llama.chat_handler = ToolCallingHandler(llama)  # type: ignore[assignment]
+    return True

@@ -1,0 +1,93 @@
+"""Tool calls of the embedded default model (Qwen2.5-Coder-1.5B) through our launcher (ops/tool_calling.py).
+
+The pure parts (when a reply is a call, the call's grammar schema) are checked without a model;
+then the real 1.5B server is started once (its file is joined by setup; loading ~1 s, the first
+prompt ~10-20 s on 2 cores) and the orchestrator's own client asks it as a turn would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contracts.tools import BY_TOOL, unbounded
+from ops import models
+from ops.llm_server import start_llm
+from ops.servers import RunningServer
+from ops.tool_calling import call_intended, call_schema
+from workers.orchestrator.llm import Chunk, OpenAIChatModel
+from workers.orchestrator.tools import call_message
+
+NAMES = frozenset({"get_time", "calculate"})
+
+
+@pytest.mark.parametrize(
+    ("start", "verdict"),
+    [
+        ("", None),
+        ("<tool", None),
+        ("<tool_call>", True),
+        ("<tools>\n", True),
+        ("{", True),
+        ("```", None),
+        ("```json", True),
+        ("```python", False),
+        ("get", None),  # may become a tool's name
+        ("get_time", None),  # a name alone: a call only once the reply ends there
+        ('get_time({"time_zone": "Asia/Tokyo"})', True),
+        ("Get ready", False),
+        ("The answer is 84.", False),
+    ],
+)
+def test_a_reply_is_a_call_by_its_first_characters(start: str, verdict: bool | None) -> None:
+    assert call_intended(start, NAMES) is verdict
+
+
+def test_the_call_grammar_admits_each_offered_tool_without_bounds() -> None:
+    tools = [BY_TOOL["calculate"].function(), BY_TOOL["set_reminder"].function()]
+    schema = call_schema(tools)
+    assert [a["properties"]["name"]["const"] for a in schema["oneOf"]] == ["calculate", "set_reminder"]
+    assert "maxLength" not in json.dumps(schema)  # a 500-long bound became a grammar that crashed llama.cpp
+    assert unbounded({"a": [{"maxLength": 3, "type": "string"}], "minimum": 1}) == {"a": [{"type": "string"}]}
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    server = start_llm(log_file=tmp_path_factory.mktemp("qwen") / "llm.log", name=models.DEFAULT)
+    yield server
+    server.stop()
+
+
+async def _ask(
+    model: OpenAIChatModel, messages: list[dict[str, object]], tools: list[dict[str, object]]
+) -> list[Chunk]:
+    return [chunk async for chunk in model.stream(messages, None, 120, tools)]
+
+
+async def test_the_embedded_model_calls_a_tool_and_answers_from_its_result(qwen: RunningServer, tmp_path: Path) -> None:
+    model = OpenAIChatModel(qwen.url, "none", models.DEFAULT, timeout_s=300.0)
+    tools = [BY_TOOL["calculate"].function()]
+    messages: list[dict[str, object]] = [
+        {"role": "system", "content": "You are a voice assistant. Use calculate for any arithmetic."},
+        {"role": "user", "content": "What is 12 times 7?"},
+    ]
+    try:
+        chunks = await _ask(model, messages, tools)
+        (call,) = [c for chunk in chunks for c in chunk.tool_calls]
+        assert call.name == "calculate" and not call.id.startswith("text_call")  # the server's tool_calls, not text
+        expression = json.loads(call.arguments)["expression"]
+        assert expression.replace(" ", "") in ("12*7", "7*12"), expression
+        assert not "".join(chunk.text for chunk in chunks).strip()  # nothing of the call reached the user as text
+        result: dict[str, object] = {
+            "role": "tool",
+            "tool_call_id": call.id,
+            "content": json.dumps({"value": 84, "text": f"{expression} = 84"}),
+        }
+        answer = await _ask(model, [*messages, call_message("", [call]), result], tools)
+        text = "".join(chunk.text for chunk in answer)
+        assert "84" in text and not any(chunk.tool_calls for chunk in answer), text
+    finally:
+        await model.close()
