@@ -165,6 +165,7 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
         env["SB_LLM_BASE_URL"] = f"http://127.0.0.1:{llm_port}/v1"
         local = models.resolve(env.get("SB_LLM_LOCAL_MODEL") or models.DEFAULT)
         env.setdefault("SB_LLM_MODEL", local.alias)
+        env.setdefault("SB_WARM_UP", "true")  # the local server keeps the agents' prompts in its cache
         if port_open("127.0.0.1", llm_port):
             notes.append(f"reusing the local LLM server on port {llm_port}")
         else:

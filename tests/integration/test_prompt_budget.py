@@ -19,7 +19,7 @@ from tests.support.scripted_llm import ScriptedLLM, prompt_tokens
 from workers.orchestrator.worker import WORKER, OrchestratorSettings
 from workers.runtime import running_worker
 
-WINDOW = 400
+WINDOW = 480  # the general agent's prompt, the two last exchanges and the reply; not all six
 MAX_TOKENS = 32
 
 

@@ -22,6 +22,7 @@ from ops import tools as ops_tools
 from tests.support.bus import client_bus
 from tests.support.edge_client import Client, connect, running_edge
 from tests.support.scripted_llm import ScriptedLLM
+from tests.support.waiting import eventually
 from workers.orchestrator.worker import WORKER, OrchestratorSettings
 from workers.runtime import running_worker
 from workers.runtime.settings import RuntimeSettings
@@ -282,3 +283,23 @@ async def test_a_call_the_model_wrote_as_text_is_made_and_never_shown(
     assert not any("calculate" in e["text"] for e in of("reply.delta", events))  # the call was never shown
     assert events[-1]["text"] == "12 times 7 is 84."
     await client.close()
+
+
+async def test_warm_up_has_the_model_evaluate_each_agents_prompt_and_tools_the_default_last(nats_url: str) -> None:
+    async with ScriptedLLM() as llm:
+        warmed = settings(nats_url, llm, "warmtools").model_copy(update={"warm_up": True})
+        async with running_worker(WORKER, warmed):
+            await eventually(lambda: len(llm.requests) >= 3, within=10)
+        agents = [r["messages"][0]["content"].split(".")[0] for r in llm.requests]
+        assert len(llm.requests) == 3 and all(r["max_tokens"] == 1 for r in llm.requests)
+        assert agents[-1] == "You are Switchboard, a helpful voice and chat assistant"  # the default, kept live
+        general = llm.requests[-1]
+        assert {"calculate", "get_time", "handoff"} <= {t["function"]["name"] for t in general["tools"]}
+        # Each turn of that agent starts with the same messages (its first user message aside).
+        assert general["messages"][0]["role"] == "system" and general["messages"][-1]["role"] == "user"
+
+
+async def test_no_warm_up_unless_asked(nats_url: str) -> None:
+    async with ScriptedLLM() as llm, running_worker(WORKER, settings(nats_url, llm, "coldtools")):
+        await asyncio.sleep(0.5)
+        assert llm.requests == []

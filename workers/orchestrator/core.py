@@ -208,6 +208,24 @@ class Orchestrator:
             answer.citations,
         )
 
+    def _offered_tools(self, agent: Agent, may_hand_off: bool, window: int | None) -> list[ToolDefinition]:
+        tools = self._tools.definitions(agent.tools) if self._tools else []
+        handoff = handoff_tool(self._router.registry, agent) if self._tools and may_hand_off else None
+        tools += [handoff] if handoff else []
+        if window and _tokens_of(tools) > window * TOOLS_SHARE:
+            tools = []  # a window this small is for the conversation: no tools rather than no history
+        return tools
+
+    async def warm_up(self) -> None:
+        """The model evaluates each agent's prompt and tools once, as background work, before any
+        session's first turn has to (on 2 cores the general agent's ~1,000 tokens take 15-50 s)."""
+        window = await self._model.context_window()
+        registry = self._router.registry
+        for name in sorted(registry.names(), key=lambda n: n == registry.default.name):  # the default last
+            if agent := registry.get(name):
+                messages = build_prompt(agent, None, "Hello", [], None, []).messages
+                await self._model.warm(messages, agent.model, self._offered_tools(agent, True, window))
+
     async def _answer(
         self, state: SessionState, flight: InFlight, agent: Agent, answer: Answer, may_hand_off: bool
     ) -> Agent | None:
@@ -216,11 +234,7 @@ class Orchestrator:
         turn, settings = flight.turn, state.settings
         answer.context = await self._hooks.gather(turn, agent, settings.knowledge_bases if settings else None)
         window = await self._model.context_window()
-        tools = self._tools.definitions(agent.tools) if self._tools else []
-        handoff = handoff_tool(self._router.registry, agent) if self._tools and may_hand_off else None
-        tools += [handoff] if handoff else []
-        if window and _tokens_of(tools) > window * TOOLS_SHARE:
-            tools = []  # a window this small is for the conversation: no tools rather than no history
+        tools = self._offered_tools(agent, may_hand_off, window)
         offered_names = frozenset(t["function"]["name"] for t in tools)
         # Room for the reply's max tokens, the tools offered, and a margin for the estimate's error.
         budget = int(window * (1 - self._context_margin)) - self._max_tokens - _tokens_of(tools) if window else None

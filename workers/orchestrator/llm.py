@@ -17,8 +17,12 @@ from typing import Any
 import openai
 
 from contracts.events import TokenUsage
+from workers.runtime.llm_priority import BACKGROUND_HEADERS
+from workers.runtime.logging import get_logger
 
 from .text_tools import TextToolCalls
+
+log = get_logger("orchestrator")
 
 ChatMessage = dict[str, Any]  # OpenAI's wire form: role, content, and tool_calls / tool_call_id
 ToolDefinition = dict[str, Any]  # an OpenAI function-calling tool (contracts.tools.ToolSpec.function())
@@ -83,6 +87,10 @@ class ChatModel(ABC):
     async def context_window(self) -> int | None:
         """Tokens of prompt and reply together that the serving model takes; None when unknown."""
         return self.capabilities.context_window
+
+    async def warm(self, messages: list[ChatMessage], model: str | None, tools: list[ToolDefinition]) -> None:  # noqa: B027
+        """Have the server evaluate a prompt it will see again (an agent's prompt and tools) as
+        background work, so that the first turn that starts with it does not; a hint, never an error."""
 
     async def close(self) -> None:  # noqa: B027 - an optional hook: most models hold no connection
         """Release connections (on stop)."""
@@ -178,6 +186,17 @@ class OpenAIChatModel(ChatModel):
             raise _classify(error) from error
         except ValueError as error:  # undecodable server-sent event, or one without a chunk's shape
             raise LLMError("llm_bad_stream", "the language model sent a malformed stream") from error
+
+    async def warm(self, messages: list[ChatMessage], model: str | None, tools: list[ToolDefinition]) -> None:
+        body: dict[str, Any] = {"model": model or self.name, "messages": messages, "max_tokens": 1}
+        if tools:
+            body["tools"] = tools
+        try:  # marked background: a turn that comes meanwhile goes first (ops/llama_cpp_serve.py)
+            await self._client.post(
+                "/chat/completions", cast_to=object, body=body, options={"headers": BACKGROUND_HEADERS}
+            )
+        except openai.APIError as error:
+            log.info("model not warmed", model=model or self.name, error=str(error)[:200])
 
     async def close(self) -> None:
         await self._client.close()

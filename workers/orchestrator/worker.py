@@ -15,6 +15,7 @@ tools.ToolRunner.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Literal
@@ -51,6 +52,12 @@ class OrchestratorSettings(LLMSettings):
         description="Tokens of prompt and reply the model takes; every prompt is budgeted to it. 0: as the "
         "server reports (GET /props: llama.cpp's llama-server and the local server of `just up`); no "
         "budget when it reports none (OpenAI: set it)",
+    )
+    warm_up: bool = Field(
+        default=False,
+        description="At start, have the model evaluate each agent's prompt and tools as background work, so "
+        "that a session's first turn does not: for a server with a prompt cache (`just up` sets it for its "
+        "local one)",
     )
     default_agent: str | None = Field(
         default=None, description="Agent of sessions that chose none; unset: the agents file's `default`"
@@ -111,6 +118,7 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
             return await last_recorded(bus, "session.started", session_id, ev.SessionStarted)
 
         self.tenants = Tenants(last_started)
+        self._warming: asyncio.Task[None] | None = None
 
         self.model = build_model(
             settings.llm_provider,
@@ -166,7 +174,13 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
     async def on_session_started(self, started: ev.SessionStarted) -> None:
         self.tenants.learn(started)  # whose knowledge bases the session's turns search
 
+    async def start(self) -> None:
+        if self.settings.warm_up:
+            self._warming = asyncio.create_task(self.core.warm_up(), name="warm up the model")
+
     async def stop(self) -> None:
+        if self._warming:
+            self._warming.cancel()
         await self.core.drain(self.settings.shutdown_timeout_s)
         await self.model.close()
 
