@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import openai
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from contracts.events import TokenUsage
 from workers.runtime.llm_priority import BACKGROUND_HEADERS
@@ -23,6 +24,7 @@ from workers.runtime.logging import get_logger
 from .text_tools import TextToolCalls
 
 log = get_logger("orchestrator")
+WARM_WAIT_S = 180.0  # how long a warm-up waits for a server that is still starting
 
 ChatMessage = dict[str, Any]  # OpenAI's wire form: role, content, and tool_calls / tool_call_id
 ToolDefinition = dict[str, Any]  # an OpenAI function-calling tool (contracts.tools.ToolSpec.function())
@@ -192,9 +194,17 @@ class OpenAIChatModel(ChatModel):
         if tools:
             body["tools"] = tools
         try:  # marked background: a turn that comes meanwhile goes first (ops/llama_cpp_serve.py)
-            await self._client.post(
-                "/chat/completions", cast_to=object, body=body, options={"headers": BACKGROUND_HEADERS}
-            )
+            # A server started beside us (just up) may still be loading its model.
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(openai.APIConnectionError),
+                stop=stop_after_delay(WARM_WAIT_S),
+                wait=wait_fixed(1.0),
+                reraise=True,
+            ):
+                with attempt:
+                    await self._client.post(
+                        "/chat/completions", cast_to=object, body=body, options={"headers": BACKGROUND_HEADERS}
+                    )
         except openai.APIError as error:
             log.info("model not warmed", model=model or self.name, error=str(error)[:200])
 
