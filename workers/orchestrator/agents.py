@@ -225,7 +225,9 @@ def __getattr__(name: str) -> tuple[Agent, ...]:
 # ---------------------------------------------------------------- registry and routing
 
 _HANDOFF = re.compile(r"\b(?:talk to|switch to|hand (?:me )?(?:off|over) to)\s+(?:the\s+)?([a-z][a-z0-9_]*)", re.I)
-_KNOWLEDGE_HINTS = re.compile(r"\b(?:document|docs?|according to|cite|source|manual|handbook|file|pdf)\b", re.I)
+_KNOWLEDGE_HINTS = re.compile(
+    r"\b(?:documents?|docs?|according to|cite|sources?|manuals?|handbooks?|files?|pdfs?)\b", re.I
+)
 
 
 @dataclass(frozen=True)
