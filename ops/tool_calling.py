@@ -37,7 +37,7 @@ CALL_START = "<tool_call>\n"
 ANSWER_FROM_RESULTS = {
     "role": "system",
     "content": "The tool results above are not from the user. Answer the user's question with them now, "
-    "in one or two short sentences.",
+    "in one or two short sentences. If a result is an error, tell the user what went wrong; do not guess.",
 }
 MAX_CALL_TOKENS = 256
 _STOPS = ["<|im_end|>", "<|endoftext|>"]

@@ -10,7 +10,7 @@ from contracts.envelope import Event
 from tests.support.fakes import FakeChatModel
 from workers.orchestrator.agents import TONES, AgentRegistry, Router
 from workers.orchestrator.context import ContextHooks
-from workers.orchestrator.core import Orchestrator
+from workers.orchestrator.core import Orchestrator, session_now
 from workers.orchestrator.llm import ChatModel, EchoChatModel
 from workers.orchestrator.prompt import build_prompt
 from workers.runtime.bus import DependencyUnavailableError
@@ -142,3 +142,17 @@ async def test_an_absent_service_is_not_asked_again_on_every_turn() -> None:
         await orch.drain(1.0)
     assert recorder.requests == 2  # memory and the camera: no responders once each, then remembered for a while
     assert [d.memory for d in recorder.of(ev.ReplyDone)] == ["unavailable"] * 3
+
+
+def test_the_date_and_time_go_after_the_history_in_the_sessions_zone() -> None:
+    agent = AgentRegistry.from_file(None).default
+    history = [("user", "hi"), ("assistant", "hello")]
+    paris = session_now("Europe/Paris")
+    messages = build_prompt(agent, None, "what year is it?", history, None, [], now=paris).messages
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "system", "user"]
+    assert messages[3]["content"] == f"It is now {paris:%A %d %B %Y, %H:%M} (Europe/Paris)."
+    assert str(paris.year) in messages[3]["content"]
+    assert session_now("Mars/Olympus_Mons").utcoffset() == session_now(None).utcoffset()  # unknown: UTC
+    # The stable part, which the server's prompt cache keeps, does not change with the time.
+    later = build_prompt(agent, None, "and now?", history, None, [], now=session_now("Asia/Tokyo")).messages
+    assert later[:3] == messages[:3]

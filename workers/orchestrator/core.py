@@ -19,7 +19,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from contracts import events as ev
 from contracts.envelope import Event
@@ -248,6 +250,7 @@ class Orchestrator:
             answer.context.retrieval_status,
             answer.context.camera,
             budget,
+            now=session_now(settings.time_zone if settings else None),
         )
         answer.citations = [p.citation for p in prompt.passages]
         if prompt.tokens != prompt.tokens_before:
@@ -425,3 +428,11 @@ def _added(total: ev.TokenUsage, more: ev.TokenUsage) -> ev.TokenUsage:
 
 def _tokens_of(tools: list[ToolDefinition]) -> int:
     return estimate_tokens(json.dumps(tools)) if tools else 0
+
+
+def session_now(time_zone: str | None) -> datetime:
+    """Now, in the session's zone (UTC when it has none or an unknown one)."""
+    try:
+        return datetime.now(ZoneInfo(time_zone or "UTC"))
+    except (ZoneInfoNotFoundError, ValueError):
+        return datetime.now(UTC)

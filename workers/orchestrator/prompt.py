@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from contracts import events as ev
 from contracts.events import DependencyStatus, Tone
@@ -53,6 +54,7 @@ def build_prompt(
     retrieval: DependencyStatus = "ok",
     camera: ev.FrameDescription | None = None,
     budget: int | None = None,
+    now: datetime | None = None,
 ) -> Prompt:
     """The turn's messages within ``budget`` estimated tokens (None: no limit). What goes first when
     they do not fit: the oldest turns of the history, then the memory's summary and facts, then the
@@ -71,6 +73,9 @@ def build_prompt(
         if facts:
             system.append("What the user told you about themselves: " + "; ".join(facts))
         volatile = []  # after the history: a new one every turn would make the whole history new to the server
+        if now is not None:  # small models answer "what year is it?" from their training otherwise
+            zone = getattr(now.tzinfo, "key", None) or now.tzname() or "UTC"
+            volatile.append(f"It is now {now:%A %d %B %Y, %H:%M} ({zone}).")
         if kept:
             numbered = "\n".join(
                 f"[{i}] ({p.citation.source}{', ' + p.citation.section if p.citation.section else ''}) {p.text}"
