@@ -14,6 +14,7 @@ const sb = (window.sb = {
   micOn: false, muted: false, level: 0, sentFrames: 0,
   audioFrames: 0, scheduledBuffers: 0, playedBuffers: 0, flushes: 0, stoppedByFlush: 0,
   turns: {}, notice: null, protocolErrors: [], skewS: null, zoneSentTo: null,
+  reminders: [],
 });
 
 let token = null;
@@ -196,6 +197,16 @@ function shortArguments(raw) {
   return text.length > 80 ? `${text.slice(0, 79)}…` : text;
 }
 
+function note(kind, text) {
+  // A line in the conversation that belongs to no turn (a reminder): text only.
+  const li = document.createElement("li");
+  li.className = `msg note ${kind}`;
+  li.textContent = text;
+  $("log").append(li);
+  scrollDown();
+  return li;
+}
+
 function scrollDown() {
   const main = document.querySelector("main");
   main.scrollTop = main.scrollHeight;
@@ -295,6 +306,13 @@ const handlers = {
       li.append(list);
     }
     finishReadout(turn);
+  },
+  "reminder.due"(event) {
+    // No turn owns it: a line of its own, so a reply streaming meanwhile keeps its bubble.
+    if (sb.reminders.some((r) => r.id === event.reminder_id)) return;
+    sb.reminders.push({ id: event.reminder_id, text: event.text, dueAt: event.due_at });
+    const li = note("reminder", `⏰ Reminder: ${event.text}`);
+    li.dataset.reminder = event.reminder_id;
   },
   error(event) {
     const li = document.createElement("li");
