@@ -14,7 +14,7 @@ const sb = (window.sb = {
   micOn: false, muted: false, level: 0, sentFrames: 0,
   audioFrames: 0, scheduledBuffers: 0, playedBuffers: 0, flushes: 0, stoppedByFlush: 0,
   turns: {}, notice: null, protocolErrors: [], skewS: null, zoneSentTo: null,
-  reminders: [],
+  reminders: [], uploads: [], settings: {},
 });
 
 let token = null;
@@ -28,6 +28,8 @@ let nextPlayAt = 0;
 let frameSeq = 0;
 const playing = new Set();
 const flushedTurns = new Set();
+const jobs = {}; // job_id -> the upload it came from (documents the user added on this page)
+const earlyResults = {}; // ingest.result events that arrived before their upload's HTTP answer
 
 // ------------------------------------------------------------------ notices and status
 
@@ -198,13 +200,44 @@ function shortArguments(raw) {
 }
 
 function note(kind, text) {
-  // A line in the conversation that belongs to no turn (a reminder): text only.
+  // A line in the conversation that belongs to no turn (a reminder, a document added): text only.
   const li = document.createElement("li");
   li.className = `msg note ${kind}`;
   li.textContent = text;
   $("log").append(li);
   scrollDown();
   return li;
+}
+
+function citationItem(cite) {
+  // "Title — Section" and the document's own name (what the user uploaded), both as text.
+  const item = document.createElement("li");
+  const stem = (cite.source || "").replace(/\.[^./]+$/, "");
+  const title = cite.title && cite.title !== cite.source && cite.title !== stem ? cite.title : "";
+  const section = cite.section && cite.section !== cite.title ? cite.section : "";
+  const label = [title, section].filter(Boolean).join(" — ");
+  if (label) {
+    const what = document.createElement("span");
+    what.className = "cite-title";
+    what.textContent = label;
+    item.append(what, " ");
+  }
+  const source = document.createElement("span");
+  source.className = "cite-source";
+  source.textContent = cite.source || cite.title || "document";
+  item.append(source);
+  return item;
+}
+
+function toolOutcome(result) {
+  // What came back, in words: the tool's own text, or what a document search found.
+  if (typeof result?.text === "string") return result.text;
+  if (Array.isArray(result?.passages)) {
+    const count = result.passages.length;
+    const sources = [...new Set(result.passages.map((p) => p.source))].join(", ");
+    return count ? `${count} passage${count === 1 ? "" : "s"} from ${sources}` : "nothing found";
+  }
+  return JSON.stringify(result);
 }
 
 function scrollDown() {
@@ -281,7 +314,7 @@ const handlers = {
     const item = toolItem(turnOf(event.turn_id), event.call_id);
     const label = item.dataset.label ?? event.name;
     const ok = event.status === "ok";
-    const outcome = ok ? (event.result?.text ?? JSON.stringify(event.result)) : `${event.status}: ${event.error}`;
+    const outcome = ok ? toolOutcome(event.result) : `${event.status}: ${event.error}`;
     item.className = ok ? "tool ok" : "tool failed";
     item.textContent = `${label} → ${outcome}`;
   },
@@ -298,10 +331,12 @@ const handlers = {
       const list = document.createElement("ol");
       list.className = "cites";
       list.setAttribute("aria-label", "Sources");
+      const seen = new Set();
       for (const cite of event.citations) {
-        const item = document.createElement("li");
-        item.textContent = [cite.title || cite.source, cite.section].filter(Boolean).join(" — ");
-        list.append(item);
+        const key = `${cite.document_id || cite.source}|${cite.section}`;
+        if (seen.has(key)) continue; // several passages of one section are one source
+        seen.add(key);
+        list.append(citationItem(cite));
       }
       li.append(list);
     }
@@ -313,6 +348,16 @@ const handlers = {
     sb.reminders.push({ id: event.reminder_id, text: event.text, dueAt: event.due_at });
     const li = note("reminder", `⏰ Reminder: ${event.text}`);
     li.dataset.reminder = event.reminder_id;
+  },
+  "job.progress"(event) {
+    const job = jobs[event.job_id];
+    if (job && job.upload.status === "adding" && event.total) {
+      job.item.textContent = `📄 Adding ${job.upload.name} to your documents… (${event.stage} ${event.done}/${event.total})`;
+    }
+  },
+  "ingest.result"(event) {
+    if (jobs[event.job_id]) showIngestResult(event);
+    else earlyResults[event.job_id] = event;
   },
   error(event) {
     const li = document.createElement("li");
@@ -336,6 +381,10 @@ const handlers = {
     turnOf(event.turn_id).audioDone = event;
   },
   "session.settings"(event) {
+    // The session's settings as the server echoed them (null: unchanged).
+    for (const field of ["agent", "tone", "voice", "tts_provider", "language", "knowledge_bases", "time_zone"]) {
+      if (event[field] !== null && event[field] !== undefined) sb.settings[field] = event[field];
+    }
     for (const field of ["agent", "tone", "tts_provider", "voice"]) {
       if (event[field]) $(field).value = event[field];
     }
@@ -384,6 +433,49 @@ function renderReadout(turn) {
   const cut = turn.flushed || ["cancelled", "superseded"].includes(turn.done?.finish_reason);
   const stopped = cut ? "interrupted · " : "";
   meta.textContent = stopped + (parts.length ? `${origin} → ${parts.join(" · ")}` : "");
+}
+
+// ------------------------------------------------------------------ documents (POST /v1/ingest)
+
+async function addDocument(file) {
+  const upload = { name: file.name, status: "adding", jobId: null, chunks: 0, error: "" };
+  sb.uploads.push(upload);
+  const item = note("doc adding", `📄 Adding ${file.name} to your documents…`);
+  try {
+    if (!token) throw new Error("not connected yet; try again in a moment");
+    const query = new URLSearchParams({ filename: file.name, wait: "30" });
+    // The body is the file itself; the browser sends its type (the edge guesses from the name otherwise).
+    const response = await fetch(`/v1/ingest?${query}`, {
+      method: "POST", headers: { Authorization: `Bearer ${token}` }, body: file,
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`);
+    upload.jobId = body.job_id;
+    jobs[body.job_id] = { upload, item };
+    const result = body.result ?? earlyResults[body.job_id];
+    if (result) showIngestResult(result); // else it comes on the socket (ingest.result)
+  } catch (error) {
+    upload.status = "failed";
+    upload.error = error.message;
+    item.className = "msg note doc failed";
+    item.textContent = `📄 ${file.name} could not be added: ${error.message}`;
+  }
+}
+
+function showIngestResult(result) {
+  const { upload, item } = jobs[result.job_id];
+  delete earlyResults[result.job_id];
+  if (upload.status !== "adding") return; // the HTTP answer and the socket both bring it
+  upload.status = result.status;
+  upload.chunks = result.chunks;
+  upload.error = result.error;
+  const passages = `${result.chunks} passage${result.chunks === 1 ? "" : "s"}`;
+  item.className = `msg note doc ${result.status === "failed" ? "failed" : "added"}`;
+  item.textContent = {
+    ingested: `📄 ${upload.name} was added to your documents (${passages}). Ask about it.`,
+    unchanged: `📄 ${upload.name} is already in your documents, unchanged.`,
+    failed: `📄 ${upload.name} could not be added: ${result.error || "it could not be read"}`,
+  }[result.status] ?? `📄 ${upload.name}: ${result.status}`;
 }
 
 // ------------------------------------------------------------------ assistant audio
@@ -528,6 +620,14 @@ $("mute").addEventListener("click", () => {
 $("stop").addEventListener("click", () => {
   stopPlayback();
   send({ type: "interrupt" });
+});
+
+$("attach").addEventListener("click", () => $("document").click());
+
+$("document").addEventListener("change", () => {
+  const input = $("document");
+  for (const file of input.files) addDocument(file);
+  input.value = ""; // choosing the same file again is a new upload
 });
 
 $("notice-close").addEventListener("click", clearNotice);

@@ -72,7 +72,7 @@ async def test_phone_sized_screen_keeps_every_control_reachable(edge: str, brows
         await ui.until("sb.status === 'connected'")
         await type_turn(ui, "hi from a phone")
         await expect(ui.page.locator(".msg.assistant .text")).to_have_text("You said: hi from a phone")
-        for name in ("Start microphone", "Mute", "Stop the assistant", "Send"):
+        for name in ("Start microphone", "Mute", "Stop the assistant", "Add a document", "Send"):
             button = ui.page.get_by_role("button", name=name)
             box = await button.bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, name
