@@ -32,6 +32,7 @@ from contracts.tools import BY_TOOL
 from ops import models
 from ops.llm_server import start_llm
 from workers.orchestrator.agents import AgentRegistry, handoff_tool
+from workers.orchestrator.core import session_now
 from workers.orchestrator.llm import ChatMessage, LLMError, OpenAIChatModel, ToolCallRequest
 from workers.orchestrator.prompt import build_prompt
 from workers.orchestrator.tools import call_message
@@ -126,7 +127,7 @@ async def one(model: OpenAIChatModel, registry: AgentRegistry, case: Case) -> Ou
     tools = [BY_TOOL[name].function() for name in sorted(agent.tools) if name in BY_TOOL]
     if handoff := handoff_tool(registry, agent):
         tools.append(handoff)
-    messages = build_prompt(agent, None, case.say, [], None, []).messages
+    messages = build_prompt(agent, None, case.say, [], None, [], now=session_now(None)).messages
     start = time.perf_counter()
     try:
         text, calls, first = await complete(model, messages, tools)

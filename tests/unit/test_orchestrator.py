@@ -150,7 +150,10 @@ def test_the_date_and_time_go_after_the_history_in_the_sessions_zone() -> None:
     paris = session_now("Europe/Paris")
     messages = build_prompt(agent, None, "what year is it?", history, None, [], now=paris).messages
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "system", "user"]
-    assert messages[3]["content"] == f"It is now {paris:%A %d %B %Y, %H:%M} (Europe/Paris)."
+    assert (
+        messages[3]["content"]
+        == f"(If the user asks about the date or time: it is {paris:%A %d %B %Y, %H:%M}, Europe/Paris.)"
+    )
     assert str(paris.year) in messages[3]["content"]
     assert session_now("Mars/Olympus_Mons").utcoffset() == session_now(None).utcoffset()  # unknown: UTC
     # The stable part, which the server's prompt cache keeps, does not change with the time.

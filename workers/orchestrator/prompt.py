@@ -75,7 +75,7 @@ def build_prompt(
         volatile = []  # after the history: a new one every turn would make the whole history new to the server
         if now is not None:  # small models answer "what year is it?" from their training otherwise
             zone = getattr(now.tzinfo, "key", None) or now.tzname() or "UTC"
-            volatile.append(f"It is now {now:%A %d %B %Y, %H:%M} ({zone}).")
+            volatile.append(f"(If the user asks about the date or time: it is {now:%A %d %B %Y, %H:%M}, {zone}.)")
         if kept:
             numbered = "\n".join(
                 f"[{i}] ({p.citation.source}{', ' + p.citation.section if p.citation.section else ''}) {p.text}"
