@@ -9,7 +9,7 @@ from contracts import events as ev
 from contracts.envelope import Event
 from tests.support.fakes import FakeChatModel
 from workers.orchestrator.agents import TONES, AgentRegistry, Router
-from workers.orchestrator.context import ContextHooks
+from workers.orchestrator.context import ContextHooks, retrieval_query
 from workers.orchestrator.core import Orchestrator, session_now
 from workers.orchestrator.llm import ChatModel, EchoChatModel
 from workers.orchestrator.prompt import build_prompt
@@ -159,3 +159,15 @@ def test_the_date_and_time_go_after_the_history_in_the_sessions_zone() -> None:
     # The stable part, which the server's prompt cache keeps, does not change with the time.
     later = build_prompt(agent, None, "and now?", history, None, [], now=session_now("Asia/Tokyo")).messages
     assert later[:3] == messages[:3]
+
+
+def test_the_retrieval_query_is_the_question_without_where_to_look() -> None:
+    assert (
+        retrieval_query("Search my documents: how did the mouse repay the lion?") == "how did the mouse repay the lion?"
+    )
+    assert retrieval_query("According to my documents, who won?") == "who won?"
+    assert retrieval_query("What rights does the Declaration in my documents name?") == (
+        "What rights does the Declaration name?"
+    )
+    assert retrieval_query("my documents") == "my documents"  # nothing else to look for: as it was
+    assert retrieval_query("What does the handbook say about leave?") == "What does the handbook say about leave?"

@@ -6,6 +6,7 @@ A slow or absent dependency degrades the turn (its status says so); it never han
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -146,7 +147,7 @@ class ContextHooks:
             session_id=turn.session_id,
             turn_id=turn.turn_id,
             producer=self._requester.producer,
-            query=turn.text[:QUERY_CHARS],  # context only: a long turn is cut, not refused
+            query=retrieval_query(turn.text)[:QUERY_CHARS],  # context only: a long turn is cut, not refused
             bases=bases or ["default"],
             tenant=tenant,
         )
@@ -175,3 +176,17 @@ async def _settle(calls: list[Coroutine[Any, Any, T]]) -> list[T]:
     if len(calls) <= 1:
         return [await call for call in calls]
     return list(await asyncio.gather(*calls))
+
+
+# Where to look is not what to look for: "Search my documents: how did the mouse repay the lion?"
+# scored 0.61 against the passage, the question alone 0.73 (all-MiniLM-L6-v2; the floor is 0.3).
+_WHERE_TO_LOOK = re.compile(
+    r"\b(?:(?:please\s+)?(?:look|search|check)(?:\s+(?:in|through))?|according\s+to|in|from)\s+"
+    r"(?:my|our|the)\s+(?:documents?|docs?|files?|notes?)\b\s*[:,]?\s*",
+    re.IGNORECASE,
+)
+
+
+def retrieval_query(text: str) -> str:
+    """What the user asks about, without where they say to look (the whole text when that is all)."""
+    return " ".join(_WHERE_TO_LOOK.sub(" ", text).split()) or text
