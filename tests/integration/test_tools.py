@@ -188,6 +188,17 @@ async def test_the_model_hands_the_conversation_to_another_agent(edge: str, llm:
     await client.close()
 
 
+async def test_a_question_routed_to_the_documents_is_not_handed_away(edge: str, llm: ScriptedLLM) -> None:
+    llm.clear()
+    llm.script(reply="Your documents do not say.")
+    client = await connect(edge)
+    events = await turn(client, "In my documents, who won the race?")
+    assert events[-1]["agent"] == "knowledge" and not of("tool.call", events)
+    (asked,) = llm.requests
+    assert "handoff" not in {t["function"]["name"] for t in asked.get("tools") or []}
+    await client.close()
+
+
 async def test_a_handoff_to_no_agent_is_an_error_for_the_model(edge: str, llm: ScriptedLLM) -> None:
     llm.clear()
     llm.script(tool_calls=[("handoff", {"agent": "pirate"}), ("calculate", {"expression": "1 + 1"})])

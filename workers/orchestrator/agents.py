@@ -234,6 +234,7 @@ _KNOWLEDGE_HINTS = re.compile(
 class Route:
     agent: Agent
     handoff: bool  # True when this turn moved the session to another agent
+    hinted: bool = False  # chosen for this turn by its words ("in my documents"): not to be handed away
 
 
 class AgentRegistry:
@@ -293,7 +294,7 @@ class Router:
         if chosen:
             return Route(chosen, handoff=False)
         if _KNOWLEDGE_HINTS.search(text):
-            return Route(self.registry.get("knowledge") or self.registry.default, handoff=False)
+            return Route(self.registry.get("knowledge") or self.registry.default, handoff=False, hinted=True)
         return Route(self.registry.default, handoff=False)
 
 

@@ -49,6 +49,9 @@ class Publisher(Protocol):
 class InFlight:
     turn: ev.UserTurn
     agent: str
+    # Measured: picked by the router for "In my documents, ...", the embedded model handed the
+    # question straight back to the general agent, which answered without the passages.
+    may_hand_off: bool = True
     task: asyncio.Task[None] | None = None
     text: list[str] = field(default_factory=list)
     first_token_at: float | None = None
@@ -111,7 +114,7 @@ class Orchestrator:
         if route.handoff:
             state.agent = route.agent.name
             log.info("handoff", session_id=turn.session_id, turn_id=turn.turn_id, agent=route.agent.name)
-        flight = InFlight(turn, route.agent.name)
+        flight = InFlight(turn, route.agent.name, may_hand_off=not route.hinted)
         state.in_flight = flight
         flight.task = asyncio.create_task(self._reply(state, flight), name=f"turn-{turn.turn_id}")
         # Yield once so the reply sends its first request (context or LLM) now, before the
@@ -169,7 +172,7 @@ class Orchestrator:
         agent = self._router.registry.get(flight.agent) or self._router.registry.default
         answer = Answer()
         try:  # whatever fails, from gathering context to the last chunk, the turn ends with reply.done
-            target = await self._answer(state, flight, agent, answer, may_hand_off=True)
+            target = await self._answer(state, flight, agent, answer, may_hand_off=flight.may_hand_off)
             if target is not None:  # the model handed the conversation over: the new agent answers the turn
                 state.agent = flight.agent = target.name
                 log.info("handoff", session_id=turn.session_id, turn_id=turn.turn_id, agent=target.name, by="model")
