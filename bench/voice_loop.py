@@ -326,12 +326,11 @@ async def drive(session: Session, plan: list[Utterance], timeout: float, seed: i
                 raise RuntimeError(f"session {session.index}: the socket closed ({reader.exception() or 'closed'})")
     finally:
         session.stop()
-        with contextlib.suppress(BaseException):
-            await mic
+        await asyncio.wait([mic], timeout=1.0)  # never swallows a cancellation of this task (Ctrl-C)
+        mic.cancel()
         await session.ws.close()
         reader.cancel()
-        with contextlib.suppress(BaseException):
-            await reader
+        await asyncio.wait([mic, reader])
     return records
 
 
