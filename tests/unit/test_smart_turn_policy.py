@@ -222,3 +222,19 @@ def test_pipeline_keeps_only_the_last_8_s_for_the_model_and_waits_when_incomplet
     speech_end, decided = finals[0]
     # The last pause was judged incomplete: the turn waited for the 2 s cap, not the 500 ms window.
     assert decided - speech_end == pytest.approx(2.0, abs=0.03)
+
+
+@pytest.mark.slow
+def test_speech_stopped_goes_out_before_the_model_runs_which_it_does_on_the_next_frame() -> None:
+    pcm = synthesize("What is the weather like today?") + silence(1.0)
+    model = ScriptedModel(True)
+    pipeline = SessionPipeline(
+        VoiceActivity(load_model(onnx=True)), FakeEngine("one", "two").recognizer(), TurnEndpoint(SMART), 0.25, model
+    )
+    pushes: list[tuple[set[str], int]] = []  # per push: the kinds it gave, the model's calls so far
+    for offset in range(0, len(pcm), 640):
+        kinds: set[str] = {out.kind for out in pipeline.push(pcm[offset : offset + 640], 1_700_000_000.0)}
+        pushes.append((kinds, len(model.seen)))
+    stopped = next(i for i, (kinds, _) in enumerate(pushes) if "speech_stopped" in kinds)
+    assert pushes[stopped][1] == 0 and pushes[stopped + 1][1] == 1
+    assert any("final" in kinds for kinds, _ in pushes[stopped + 1 :]) and len(model.seen) == 1
