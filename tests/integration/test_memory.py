@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +19,7 @@ from tests.support.bus import serving
 from tests.support.edge_client import connect, running_edge
 from tests.support.mongo import database_url, mongo_url
 from tests.support.scripted_llm import ScriptedLLM
+from tests.support.waiting import probed
 from workers.memory.store import MemoryStore
 from workers.memory.summarizer import INSTRUCTION
 from workers.memory.worker import WORKER, MemorySettings
@@ -29,7 +30,6 @@ from workers.runtime.bus import flush_ordered
 
 __all__ = ["mongo_url"]
 PREFIX = "mem"
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +58,6 @@ async def memory(nats_url: str, db_url: str, llm: ScriptedLLM, store: MemoryStor
     )
     async with serving(WORKER, settings) as bus:
         yield bus
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 10.0) -> T:
-    async with asyncio.timeout(timeout):
-        while True:
-            value = await probe()
-            if done(value):
-                return value
-            await asyncio.sleep(0.05)
 
 
 def user(session: str, turn: str, text: str) -> ev.UserTurn:
@@ -106,7 +97,7 @@ async def test_turns_replies_and_transcripts_are_stored_in_bus_order(memory: Bus
         user(session, "t2", "spoken words"),
         reply(session, "t2", ""),
     )
-    texts = await eventually(lambda: stored_texts(store, session), lambda t: len(t) == 3)
+    texts = await probed(lambda: stored_texts(store, session), lambda t: len(t) == 3)
     assert texts == ["first", "answer one", "spoken words"]  # the empty reply has nothing to recall
     turns = list(reversed(await store.recent_turns(session, 10)))
     assert [t.role for t in turns] == ["user", "assistant", "user"]
@@ -124,7 +115,7 @@ async def test_a_duplicate_is_stored_once(memory: Bus, store: MemoryStore, nc: C
     for copy in range(3):
         await js.publish(subject, turn.model_dump_json().encode(), headers={"Nats-Msg-Id": f"copy-{copy}"})
     await publish(memory, user(session, "t2", "marker"))
-    await eventually(lambda: stored_texts(store, session), lambda t: "marker" in t)
+    await probed(lambda: stored_texts(store, session), lambda t: "marker" in t)
     assert await store.db.turns.count_documents({"session_id": session}) == 2
     assert await store.db.turns.count_documents({"_id": turn.event_id}) == 1
 
@@ -143,7 +134,7 @@ async def test_malformed_and_oversized_turns_are_dead_lettered(memory: Bus, stor
     assert first.deliveries == 1 and first.original_subject == subject
     assert second.error_type == "ValidationError" and "text" in second.reason and "16000" in second.reason
     await publish(memory, user(session, "t2", "after the bad ones"))
-    assert await eventually(lambda: stored_texts(store, session), bool) == ["after the bad ones"]
+    assert await probed(lambda: stored_texts(store, session), bool) == ["after the bad ones"]
 
 
 async def test_a_burst_is_drained_and_a_new_sessions_turn_follows_it(memory: Bus, store: MemoryStore) -> None:
@@ -160,7 +151,7 @@ async def test_a_burst_is_drained_and_a_new_sessions_turn_follows_it(memory: Bus
         return [t.text for t in (await memory.request("memory.history", request, ev.HistoryReply, timeout=5)).turns]
 
     # Generous: at ~100 events/s this would take 40 s; written in batches, a few.
-    assert await eventually(history, bool, timeout=20.0) == ["am I remembered?"]
+    assert await probed(history, bool, timeout=20.0) == ["am I remembered?"]
     drained = await store.db.turns.find({"session_id": {"$in": sessions}}, {"_id": 1}).to_list()
     assert len(drained) == len(burst)  # everything published before it was written before it
 
@@ -175,7 +166,7 @@ async def test_context_has_recent_turns_within_budget_and_facts(memory: Bus, sto
         reply(session, "t2", "Long day?"),
         user(session, "t3", "What should I cook tonight?"),
     )
-    await eventually(lambda: stored_texts(store, session), lambda t: len(t) == 5)
+    await probed(lambda: stored_texts(store, session), lambda t: len(t) == 5)
     request = ev.ContextRequest(session_id=session, turn_id="t3", producer="test", max_tokens=100)
     context = await memory.request("memory.context", request, ev.ContextReply, timeout=5)
     assert context.facts == ["Their name is Alice", "They live in Lyon", "They work as a nurse"]
@@ -191,22 +182,22 @@ async def test_context_has_recent_turns_within_budget_and_facts(memory: Bus, sto
 async def test_a_later_statement_of_a_fact_replaces_the_earlier_one(memory: Bus, store: MemoryStore) -> None:
     session = "session-facts-1"
     await publish(memory, user(session, "t1", "My name is Al and I live in Rome."))
-    await eventually(lambda: stored_texts(store, session), bool)
+    await probed(lambda: stored_texts(store, session), bool)
     await publish(memory, user(session, "t2", "My name is Bo."))
-    await eventually(lambda: stored_texts(store, session), lambda t: len(t) == 2)
+    await probed(lambda: stored_texts(store, session), lambda t: len(t) == 2)
     assert [f.text for f in (await store.session(session, 10)).facts] == ["They live in Rome", "Their name is Bo"]
 
 
 async def test_a_new_turn_invalidates_the_cached_context(memory: Bus, store: MemoryStore) -> None:
     session = "session-cache-1"
     await publish(memory, user(session, "t1", "one"))
-    await eventually(lambda: stored_texts(store, session), bool)
+    await probed(lambda: stored_texts(store, session), bool)
     request = ev.ContextRequest(session_id=session, turn_id="t9", producer="test")
     first = await memory.request("memory.context", request, ev.ContextReply, timeout=5)
     again = await memory.request("memory.context", request, ev.ContextReply, timeout=5)
     assert [t.text for t in first.turns] == [t.text for t in again.turns] == ["one"]
     await publish(memory, reply(session, "t1", "two"))
-    await eventually(lambda: stored_texts(store, session), lambda t: len(t) == 2)
+    await probed(lambda: stored_texts(store, session), lambda t: len(t) == 2)
     fresh = await memory.request("memory.context", request, ev.ContextReply, timeout=5)
     assert [t.text for t in fresh.turns] == ["one", "two"]
 
@@ -220,7 +211,7 @@ async def test_a_summary_of_older_turns_is_made_in_the_background(
         for i in range(6)
     ]
     await publish(memory, *events)
-    summary = await eventually(lambda: store.summary(session), lambda s: s is not None)
+    summary = await probed(lambda: store.summary(session), lambda s: s is not None)
     assert summary is not None
     # The scripted LLM echoes the prompt: the four older turns went in, the two most recent did not.
     assert "question 0" in summary.text and "answer 3" in summary.text and "question 4" not in summary.text
@@ -233,7 +224,7 @@ async def test_a_summary_of_older_turns_is_made_in_the_background(
 async def test_history_is_paged_newest_page_first(memory: Bus, store: MemoryStore) -> None:
     session = "session-hist-1"
     await publish(memory, *(user(session, f"t{i}", f"line {i}") for i in range(5)))
-    await eventually(lambda: stored_texts(store, session), lambda t: len(t) == 5)
+    await probed(lambda: stored_texts(store, session), lambda t: len(t) == 5)
     request = ev.HistoryRequest(session_id=session, producer="test", limit=2)
     pages: list[list[str]] = []
     while True:
@@ -248,11 +239,11 @@ async def test_history_is_paged_newest_page_first(memory: Bus, store: MemoryStor
 async def test_a_malformed_stored_document_is_skipped(memory: Bus, store: MemoryStore) -> None:
     session = "session-malformed-1"
     await publish(memory, user(session, "t1", "good"))
-    await eventually(lambda: stored_texts(store, session), bool)
+    await probed(lambda: stored_texts(store, session), bool)
     await store.db.sessions.update_one({"_id": session}, {"$set": {"window.999999999": {"role": "robot"}}})
     request = ev.ContextRequest(session_id=session, turn_id="t9", producer="test")
     await publish(memory, reply(session, "t1", "still good"))  # also invalidates the cache
-    await eventually(lambda: stored_texts(store, session), lambda t: len(t) == 2)
+    await probed(lambda: stored_texts(store, session), lambda t: len(t) == 2)
     context = await memory.request("memory.context", request, ev.ContextReply, timeout=5)
     assert [t.text for t in context.turns] == ["good", "still good"]
 
@@ -266,7 +257,7 @@ async def test_forget_deletes_the_sessions_memory(memory: Bus, store: MemoryStor
         ev.ForgetSession(session_id=session, producer="test"),
         user(session, "t2", "after forgetting"),
     )
-    await eventually(lambda: stored_texts(store, session), lambda t: t == ["after forgetting"])
+    await probed(lambda: stored_texts(store, session), lambda t: t == ["after forgetting"])
     assert (await store.session(session, 10)).facts == []
     assert await stored_texts(store, other) == ["keep me"]
 
@@ -277,7 +268,7 @@ async def test_history_and_forget_through_the_edge(memory: Bus, store: MemorySto
         other = await connect(url)
         await client.chat("remember this")
         await client.until(lambda e: e["kind"] == "turn.user")
-        await eventually(lambda: stored_texts(store, client.session_id), bool)
+        await probed(lambda: stored_texts(store, client.session_id), bool)
         auth = {"Authorization": f"Bearer {client.token}"}
         async with httpx.AsyncClient(base_url=url) as http:
             path = f"/v1/sessions/{client.session_id}"
@@ -294,7 +285,7 @@ async def test_history_and_forget_through_the_edge(memory: Bus, store: MemorySto
                 body: dict[str, Any] = (await http.get(f"{path}/history", headers=auth)).json()
                 return list(body["turns"])
 
-            assert await eventually(turns, lambda t: t == []) == []
+            assert await probed(turns, lambda t: t == []) == []
         await client.close()
         await other.close()
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as Nats
@@ -24,6 +24,7 @@ from tests.support.edge_client import connect, running_edge
 from tests.support.mongo import database_url, mongo_url
 from tests.support.scripted_llm import ScriptedLLM
 from tests.support.waiting import eventually as until
+from tests.support.waiting import probed
 from workers.memory.worker import WORKER as MEMORY
 from workers.memory.worker import MemorySettings
 from workers.runtime import Bus, running_worker
@@ -34,7 +35,6 @@ from workers.tools.worker import ToolsSettings
 __all__ = ["mongo_url"]
 PREFIX = "remind"
 MAX_REMINDERS = 3
-T = TypeVar("T")
 
 
 def tools_settings(nats_url: str, prefix: str = PREFIX) -> ToolsSettings:
@@ -71,15 +71,6 @@ def request(
 
 async def call(bus: Bus, tool: str, session: str, **kwargs: Any) -> ev.ToolReply:
     return await bus.request(f"tools.{tool}", request(tool, session, **kwargs), ev.ToolReply, timeout=3.0)
-
-
-async def eventually(probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 10.0) -> T:
-    async with asyncio.timeout(timeout):
-        while True:
-            value = await probe()
-            if done(value):
-                return value
-            await asyncio.sleep(0.05)
 
 
 # ---------------------------------------------------------------- set_reminder
@@ -210,7 +201,7 @@ async def test_recall_returns_only_the_calling_sessions_turns(memory: Bus) -> No
     async def recalled() -> ev.ToolReply:
         return await call(memory, "recall_memory", mine, turn="t3", query="sister Lyon", tenant="acme")
 
-    result = (await eventually(recalled, lambda r: r.result is not None and len(r.result["matches"]) == 2)).result
+    result = (await probed(recalled, lambda r: r.result is not None and len(r.result["matches"]) == 2)).result
     assert result is not None
     assert [(m["role"], m["text"]) for m in result["matches"]] == [
         ("user", "My sister Marguerite moved to Lyon last spring."),
