@@ -92,16 +92,22 @@ async def run_conversation(edge: str, conversation: dict[str, Any]) -> Outcome:
             sent = time.perf_counter()
             await client.chat(turn["say"])
             first: float | None = None
+            tools: list[str] = []  # what the model called and what came back, for a failure's report
             while True:
                 event = await client.next_event(timeout=TURN_TIMEOUT_S)
                 if event["kind"] == "reply.delta" and first is None:
                     first = time.perf_counter()
+                if event["kind"] == "tool.call":
+                    tools.append(f"{event.get('name')}({event.get('arguments')})")
+                if event["kind"] == "tool.result":
+                    tools.append(f"-> {str(event.get('result') or event.get('error'))[:80]}")
                 if event["kind"] == "reply.done":
                     break
             if first is not None:
                 outcome.first_delta_ms.append((first - sent) * 1000)
             if why := judge(turn, event, dt.datetime.now(dt.UTC)):
-                outcome.passed, outcome.why = False, f"{turn['say']!r}: {why}"
+                called = f" [tools: {' '.join(tools)}]" if tools else " [no tool]"
+                outcome.passed, outcome.why = False, f"{turn['say']!r}: {why}{called}"
                 break
     except Exception as error:  # a hung or refused turn fails its conversation, not the run
         outcome.passed, outcome.why = False, f"{type(error).__name__}: {error}"[:300]

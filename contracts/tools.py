@@ -89,7 +89,7 @@ TOOLS: tuple[ToolSpec, ...] = (
     ToolSpec(
         "calculate",
         "Evaluate an arithmetic expression exactly: + - * / // % ** (or ^), parentheses, and sqrt, abs, "
-        "round, floor, ceil, log, ln, exp, sin, cos, tan, pi, e.",
+        "round, floor, ceil, log, ln, exp, sin, cos, tan, pi, e. A percentage of a number: 15% of 240 is 0.15 * 240.",
         _object({"expression": {"type": "string", "minLength": 1, "maxLength": 500}}, ["expression"]),
         _object({"expression": _TEXT, "value": _NUMBER, "text": _TEXT}, ["expression", "value", "text"]),
         deadline_s=1.0,

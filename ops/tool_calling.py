@@ -11,7 +11,8 @@ grammar: the reply streams as text until its first characters show a call (``<to
 or a fenced json block); then generation stops and restarts from ``<tool_call>`` with a grammar
 that admits exactly one call of an offered tool whose arguments follow that tool's JSON Schema.
 The prompt up to there is already evaluated, so the restart costs only the call's tokens. The
-call goes out as a streamed ``tool_calls`` delta with finish reason ``tool_calls``.
+call goes out as a streamed ``tool_calls`` delta with finish reason ``tool_calls``. A request whose
+``tool_choice`` is ``"required"`` or names a tool starts under that grammar at once.
 """
 
 from __future__ import annotations
@@ -121,19 +122,12 @@ class ToolCallingHandler:
         messages = [_with_argument_objects(dict(m)) for m in messages]
         if messages and messages[-1].get("role") == "tool":
             messages.append(ANSWER_FROM_RESULTS)
-        if (
-            not tools or tool_choice == "none" or isinstance(tool_choice, dict)
-        ):  # a named tool: llama-cpp-python's grammar
+        if not tools or tool_choice == "none":
             return self._plain(
-                llama=llama,
-                messages=messages,
-                tools=tools,
-                tool_choice=tool_choice,
-                stream=stream,
-                max_tokens=max_tokens,
-                **options,
+                llama=llama, messages=messages, tools=tools, stream=stream, max_tokens=max_tokens, **options
             )
-        chunks = self._auto(llama, messages, tools, max_tokens, options)
+        required = _required(tools, tool_choice)
+        chunks = self._auto(llama, messages, tools, max_tokens, options, required)
         return chunks if stream else _collected(chunks)
 
     def _auto(
@@ -143,7 +137,9 @@ class ToolCallingHandler:
         tools: list[dict[str, Any]],
         max_tokens: int | None,
         options: dict[str, Any],
+        required: list[dict[str, Any]] | None = None,
     ) -> Iterator[dict[str, Any]]:
+        """The reply as chunks; ``required``: it must be a call of one of these tools (no text first)."""
         prompt = self.formatter(messages=messages, tools=tools).prompt
         sampling = {
             k: options[k] for k in ("temperature", "top_p", "top_k", "min_p", "seed") if options.get(k) is not None
@@ -161,6 +157,9 @@ class ToolCallingHandler:
             }
 
         yield chunk({"role": "assistant"})
+        if required:
+            yield from self._call(llama, prompt, required, sampling, chunk)
+            return
         names = frozenset(tool["function"]["name"] for tool in tools)
         held, deciding, finish = "", True, "stop"
         completion: Any = llama.create_completion(
@@ -217,6 +216,22 @@ class ToolCallingHandler:
         }
         yield chunk(delta)
         yield chunk({}, "tool_calls")
+
+
+def _required(tools: list[dict[str, Any]], tool_choice: Any) -> list[dict[str, Any]] | None:
+    """The tools one of which the reply must call (OpenAI's ``tool_choice``), None when it may answer in text.
+
+    ``"required"``: any offered tool; ``{"type": "function", "function": {"name": ...}}``: that one
+    (a name that is not offered is refused, as OpenAI does)."""
+    if tool_choice == "required":
+        return tools
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        named = [tool for tool in tools if tool["function"]["name"] == name]
+        if not named:
+            raise ValueError(f"tool_choice names {name!r}, which is not among the tools offered")
+        return named
+    return None
 
 
 def _tokens(llama: llama_cpp.Llama, prompt: str) -> list[int]:

@@ -91,3 +91,18 @@ async def test_the_embedded_model_calls_a_tool_and_answers_from_its_result(qwen:
         assert "84" in text and not any(chunk.tool_calls for chunk in answer), text
     finally:
         await model.close()
+
+
+async def test_a_required_tool_is_called_where_the_model_would_answer_from_memory(qwen: RunningServer) -> None:
+    model = OpenAIChatModel(qwen.url, "none", models.DEFAULT, timeout_s=300.0)
+    tools = [BY_TOOL["convert_units"].function()]
+    messages: list[dict[str, object]] = [{"role": "user", "content": "How many miles is 10 kilometres?"}]
+    try:
+        chunks = [chunk async for chunk in model.stream(messages, None, 120, tools, required_tool="convert_units")]
+        (call,) = [c for chunk in chunks for c in chunk.tool_calls]
+        assert call.name == "convert_units" and not call.id.startswith("text_call")
+        arguments = json.loads(call.arguments)
+        assert arguments["value"] == 10, arguments
+        assert not "".join(chunk.text for chunk in chunks).strip()
+    finally:
+        await model.close()

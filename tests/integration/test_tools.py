@@ -116,6 +116,10 @@ async def test_a_calculation_goes_through_the_bus_to_the_model_and_its_answer(
     assert offered == {
         *("calculate", "convert_units", "get_time", "search_knowledge", "recall_memory", "set_reminder", "handoff")
     }
+    # "12 times 7" plainly asks for arithmetic: the first round requires the call, the answer round does not.
+    assert first["tool_choice"] == {"type": "function", "function": {"name": "calculate"}}
+    assert "tool_choice" not in second
+    assert first["temperature"] == second["temperature"] == 0.2  # SB_LLM_TEMPERATURE's default
     assistant = next(m for m in second["messages"] if m.get("tool_calls"))
     assert assistant["tool_calls"][0]["id"] == call["call_id"]
     assert tool_messages(second) == [result["result"]]
@@ -135,6 +139,7 @@ async def test_time_in_the_sessions_zone(edge: str, llm: ScriptedLLM) -> None:
     llm.script(tool_calls=[("get_time", {})])
     llm.script(reply="It is late in Tokyo.")
     (result,) = of("tool.result", await turn(client, "what time is it?"))
+    assert "tool_choice" not in llm.requests[0]  # the session's time is in the prompt: the model may just answer
     assert result["status"] == "ok" and result["result"]["time_zone"] == "Asia/Tokyo"
     assert result["result"]["iso"].endswith("+09:00")
     await client.close()

@@ -147,6 +147,7 @@ class FakeChatModel(EchoChatModel):
         model: str | None,
         max_tokens: int,
         tools: list[ToolDefinition] | None = None,
+        required_tool: str | None = None,
     ) -> AsyncIterator[Chunk]:
         self.requests.append(messages)
         chunks = super().stream(messages, model, max_tokens) if self.chunks is None else self._scripted(self.chunks)

@@ -7,10 +7,12 @@ from typing import TypeVar
 
 from contracts import events as ev
 from contracts.envelope import Event
+from contracts.tools import BY_TOOL
+from ops import models
 from tests.support.fakes import FakeChatModel
-from workers.orchestrator.agents import TONES, AgentRegistry, Router
+from workers.orchestrator.agents import TONES, AgentRegistry, Router, handoff_tool
 from workers.orchestrator.context import ContextHooks, retrieval_query
-from workers.orchestrator.core import Orchestrator, session_now
+from workers.orchestrator.core import TOOLS_SHARE, Orchestrator, session_now, tools_tokens
 from workers.orchestrator.llm import ChatModel, EchoChatModel
 from workers.orchestrator.prompt import build_prompt
 from workers.runtime.bus import DependencyUnavailableError
@@ -171,3 +173,15 @@ def test_the_retrieval_query_is_the_question_without_where_to_look() -> None:
     )
     assert retrieval_query("my documents") == "my documents"  # nothing else to look for: as it was
     assert retrieval_query("What does the handbook say about leave?") == "What does the handbook say about leave?"
+
+
+def test_every_shipped_agents_tools_fit_the_embedded_models_window() -> None:
+    # Found by the evaluation set: with two more tools the general agent's definitions outgrew their
+    # share of the 4,096-token window and were silently not offered, so no tool was ever called.
+    registry = AgentRegistry()
+    window = models.MODELS[models.DEFAULT].context
+    for agent in map(registry.get, registry.names()):
+        assert agent is not None
+        tools = [BY_TOOL[name].function() for name in agent.tools if name in BY_TOOL]
+        tools += [tool] if (tool := handoff_tool(registry, agent)) else []
+        assert tools_tokens(tools) <= window * TOOLS_SHARE, agent.name

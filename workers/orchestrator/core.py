@@ -7,7 +7,8 @@ of a cancelled turn can follow (a tool round in flight is cancelled with it).
 
 Tools: when the model asks for tool calls, they run as bus requests (tools.ToolRunner), each
 announced as tool.call and answered as tool.result, and the model is asked again with the
-outcomes; at most ``max_tool_rounds`` rounds, then the model answers without tools.
+outcomes; at most ``max_tool_rounds`` rounds, then the model answers without tools. A turn that
+plainly asks for one tool (tool_hints.required_tool) requires that call on its first round.
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ from .agents import HANDOFF, Agent, Router, handoff_target, handoff_tool
 from .context import Context, ContextHooks
 from .llm import ChatMessage, ChatModel, LLMError, ToolCallRequest, ToolDefinition, estimate_tokens
 from .prompt import build_prompt
+from .tool_hints import required_tool
 from .tools import SessionContext, ToolOutcome, ToolRunner, call_message
 
 log = get_logger("orchestrator")
-TOOLS_SHARE = 0.25  # most of the context window that tool definitions may take
+# Most of the context window that tool definitions may take. The general agent's eight tools are
+# ~1,100 tokens by the (upper) estimate: at 0.25 of the embedded default's 4,096 they were silently
+# dropped and the model answered arithmetic from memory (the evaluation set's arithmetic 3/6).
+TOOLS_SHARE = 0.5
 
 
 class Publisher(Protocol):
@@ -91,6 +96,7 @@ class Orchestrator:
         context_margin: float = 0.05,
         tools: ToolRunner | None = None,
         max_tool_rounds: int = 3,
+        tool_hints: bool = True,
     ) -> None:
         self._pub = publisher
         self._model = model
@@ -101,6 +107,8 @@ class Orchestrator:
         self._context_margin = context_margin
         self._tools = tools if model.capabilities.tool_calls else None  # a model without tool calling gets none
         self._max_tool_rounds = max_tool_rounds
+        self._tool_hints = tool_hints
+        self._tools_dropped: set[str] = set()  # agents whose tools did not fit the window (warned once)
         # A session with a reply in flight stays; the least recently used idle one goes first.
         self._sessions: SessionTable[SessionState] = SessionTable(max_sessions, busy=lambda s: s.in_flight is not None)
 
@@ -217,8 +225,18 @@ class Orchestrator:
         tools = self._tools.definitions(agent.tools) if self._tools else []
         handoff = handoff_tool(self._router.registry, agent) if self._tools and may_hand_off else None
         tools += [handoff] if handoff else []
-        if window and _tokens_of(tools) > window * TOOLS_SHARE:
-            tools = []  # a window this small is for the conversation: no tools rather than no history
+        if window and tools and tools_tokens(tools) > window * TOOLS_SHARE:
+            # A window this small is for the conversation: no tools rather than no history; said once per agent.
+            if agent.name not in self._tools_dropped:
+                self._tools_dropped.add(agent.name)
+                log.warning(
+                    "tools not offered: they do not fit the model's context window",
+                    agent=agent.name,
+                    tools_tokens=tools_tokens(tools),
+                    window=window,
+                    share=TOOLS_SHARE,
+                )
+            tools = []
         return tools
 
     async def warm_up(self) -> None:
@@ -242,7 +260,7 @@ class Orchestrator:
         tools = self._offered_tools(agent, may_hand_off, window)
         offered_names = frozenset(t["function"]["name"] for t in tools)
         # Room for the reply's max tokens, the tools offered, and a margin for the estimate's error.
-        budget = int(window * (1 - self._context_margin)) - self._max_tokens - _tokens_of(tools) if window else None
+        budget = int(window * (1 - self._context_margin)) - self._max_tokens - tools_tokens(tools) if window else None
         prompt = build_prompt(
             agent,
             settings.tone if settings else None,
@@ -274,7 +292,8 @@ class Orchestrator:
             offered = tools if tool_round <= self._max_tool_rounds else None  # the last round must answer
             said = len(flight.text)
             calls: tuple[ToolCallRequest, ...] = ()
-            async for chunk in self._model.stream(messages, agent.model, self._max_tokens, offered):
+            required = required_tool(turn.text, offered_names) if self._tool_hints and tool_round == 1 else None
+            async for chunk in self._model.stream(messages, agent.model, self._max_tokens, offered, required):
                 if chunk.usage is not None:
                     answer.usage = _added(answer.usage, chunk.usage)
                 if chunk.finish_reason == "length":
@@ -429,7 +448,7 @@ def _added(total: ev.TokenUsage, more: ev.TokenUsage) -> ev.TokenUsage:
     )
 
 
-def _tokens_of(tools: list[ToolDefinition]) -> int:
+def tools_tokens(tools: list[ToolDefinition]) -> int:
     return estimate_tokens(json.dumps(tools)) if tools else 0
 
 

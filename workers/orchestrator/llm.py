@@ -82,9 +82,11 @@ class ChatModel(ABC):
         model: str | None,
         max_tokens: int,
         tools: list[ToolDefinition] | None = None,
+        required_tool: str | None = None,
     ) -> AsyncIterator[Chunk]:
         """The reply in chunks (the last ones may carry only usage, a finish reason or the tool calls
-        asked for, when ``tools`` were offered and the model declares ``tool_calls``); raises LLMError."""
+        asked for, when ``tools`` were offered and the model declares ``tool_calls``); raises LLMError.
+        ``required_tool``: one of ``tools`` that the reply must call (OpenAI's named ``tool_choice``)."""
 
     async def context_window(self) -> int | None:
         """Tokens of prompt and reply together that the serving model takes; None when unknown."""
@@ -102,11 +104,18 @@ class OpenAIChatModel(ChatModel):
     """Any OpenAI-compatible server through the official client, streamed."""
 
     def __init__(
-        self, base_url: str, api_key: str, model: str, timeout_s: float, context_window: int | None = None
+        self,
+        base_url: str,
+        api_key: str,
+        model: str,
+        timeout_s: float,
+        context_window: int | None = None,
+        temperature: float | None = None,
     ) -> None:
         # The window is the configured one, else the server's report (context_window()).
         super().__init__(LLMCapabilities(streaming=True, tool_calls=True, context_window=context_window))
         self.name = model
+        self.temperature = temperature  # None: the server's default
         self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0)
         self._props_url = base_url.rstrip("/").removesuffix("/v1") + "/props"
         self._window: int | None = None
@@ -139,6 +148,7 @@ class OpenAIChatModel(ChatModel):
         model: str | None,
         max_tokens: int,
         tools: list[ToolDefinition] | None = None,
+        required_tool: str | None = None,
     ) -> AsyncIterator[Chunk]:
         # Two costs of the SDK's typed path are skipped, both measured on this machine: the generic
         # parameter transform of `chat.completions.create()` (1.3 ms of CPU for one message, ~6 ms
@@ -153,8 +163,12 @@ class OpenAIChatModel(ChatModel):
             "max_tokens": max_tokens,
             "stream_options": {"include_usage": True},
         }
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         if tools:
             body["tools"] = tools
+            if required_tool:
+                body["tool_choice"] = {"type": "function", "function": {"name": required_tool}}
         try:
             response = await self._client.post(
                 "/chat/completions",
@@ -364,6 +378,7 @@ class EchoChatModel(ChatModel):
         model: str | None,
         max_tokens: int,
         tools: list[ToolDefinition] | None = None,
+        required_tool: str | None = None,
     ) -> AsyncIterator[Chunk]:
         words = _WORDS.findall("You said: " + messages[-1]["content"])[:max_tokens]
         for word in words:

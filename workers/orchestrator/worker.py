@@ -46,6 +46,13 @@ class OrchestratorSettings(LLMSettings):
         default="openai", description="openai: any OpenAI-compatible server; echo: zero-latency load-test model"
     )
     llm_max_tokens: int = Field(default=256, ge=1, le=16_384, description="Longest reply, in tokens")
+    llm_temperature: float = Field(
+        default=0.2,
+        ge=0,
+        le=2,
+        description="Sampling temperature: low, so that a question answered right is answered right again "
+        "(the evaluation set's answers after a tool result varied run to run at the server's default 0.8)",
+    )
     llm_context_window: int = Field(
         default=0,
         ge=0,
@@ -77,6 +84,11 @@ class OrchestratorSettings(LLMSettings):
     )
     max_tool_rounds: int = Field(
         default=3, ge=0, le=10, description="Rounds of tool calls per turn; then the model answers without tools"
+    )
+    tool_hints: bool = Field(
+        default=True,
+        description="Require the tool a turn plainly asks for (arithmetic, a unit conversion, the time in a "
+        "named zone, a reminder) on its first tool round: small models otherwise answer those from memory",
     )
     turn_deadline_s: float = Field(
         default=120.0,
@@ -127,6 +139,7 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
             api_key=settings.llm_api_key.get_secret_value(),
             timeout_s=settings.llm_timeout_s,
             context_window=settings.llm_context_window or None,
+            temperature=settings.llm_temperature,
         )
         hooks = ContextHooks(
             bus,
@@ -145,6 +158,7 @@ class OrchestratorWorker(Worker[OrchestratorSettings]):
             settings.llm_max_tokens,
             tools=ToolRunner(bus, settings.tool_timeout_s, self.tenants),
             max_tool_rounds=settings.max_tool_rounds,
+            tool_hints=settings.tool_hints,
         )
 
     # Turns of many sessions are answered at once (a session's own turns supersede each other in core).

@@ -1,0 +1,61 @@
+"""Which tool a turn plainly needs, from its words: the orchestrator then requires that call.
+
+Measured with the evaluation set (bench/eval_assistant.py) on the embedded 1.5B model: offered
+``calculate`` and ``convert_units``, it answered every arithmetic and unit question of the set
+from its own weights instead (1764 / 42 = "40", 23 squared = "489", 10 km = "16.0 miles"), and
+invented the time in a made-up zone instead of asking ``get_time``. Requiring the call for a turn
+whose words leave no doubt (OpenAI's ``tool_choice`` naming the tool, on the first tool round
+only) turns those into the tool's answer; every other turn keeps ``auto``. A rule that is too eager
+costs one tool round, and the tool's error result lets the model answer anyway.
+
+Only shapes that are unambiguous are matched: an operator or arithmetic word between numbers, a
+conversion ("convert 212 F to C", "how many miles is 10 km"), a clock question naming a place or
+zone, a request to be reminded.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUMBER = r"\d+(?:[.,]\d+)?"
+_ARITHMETIC_WORDS = (
+    r"plus|minus|times|multiplied|divided|percent|per ?cent|squared|cubed|square root|cube root|"
+    r"to the power|power of|sum of|product of|modulo|remainder|average of|mean of|factorial"
+)
+_ARITHMETIC = re.compile(
+    rf"{_NUMBER}\s*(?:[-+*/x\u00d7\u00f7^%]|\*\*)\s*{_NUMBER}"  # 12*7, 1764 / 42, 2^10
+    rf"|{_NUMBER}\s*%|\b(?:{_ARITHMETIC_WORDS})\b",
+    re.IGNORECASE,
+)
+# A story with several numbers and a question about the total: "3 boxes with 14 apples each ... how many are left?"
+_WORD_PROBLEM = re.compile(r"\b(?:how (?:many|much)|in total|altogether|left|remain)\b", re.IGNORECASE)
+_CONVERSION = re.compile(
+    rf"\bconvert\b.*{_NUMBER}|{_NUMBER}.*\bconvert\b"
+    rf"|\bhow many \w+(?: \w+)? (?:is|are|in|make|equals?)\b(?: there in\b)?.*{_NUMBER}"
+    rf"|{_NUMBER}\s*(?:°\s*|degrees? )?[a-z]+ (?:in|to|into) (?:°\s*|degrees? )?[a-z]+\s*\??$",
+    re.IGNORECASE,
+)
+_CLOCK_ELSEWHERE = re.compile(
+    r"\b(?:time|date|day)\b.*\b(?:time ?zone|in [A-Z][\w/]+|at [A-Z][\w/]+)", re.IGNORECASE | re.DOTALL
+)
+_REMINDER = re.compile(r"\bremind me\b|\bset (?:a |an )?(?:reminder|timer|alarm)\b", re.IGNORECASE)
+
+
+def required_tool(text: str, offered: frozenset[str]) -> str | None:
+    """The tool that ``text`` plainly asks for, if it is among ``offered``; else None (the model decides)."""
+    for name, matches in (
+        ("set_reminder", _REMINDER.search(text) is not None),
+        ("convert_units", _CONVERSION.search(text) is not None),
+        ("get_time", _CLOCK_ELSEWHERE.search(text) is not None),
+        ("calculate", _asks_arithmetic(text)),
+    ):
+        if matches and name in offered:
+            return name
+    return None
+
+
+def _asks_arithmetic(text: str) -> bool:
+    numbers = len(re.findall(_NUMBER, text))
+    if numbers == 0:
+        return False
+    return _ARITHMETIC.search(text) is not None or (numbers >= 2 and _WORD_PROBLEM.search(text) is not None)
