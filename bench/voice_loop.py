@@ -32,6 +32,7 @@ the default). Each with ``--sessions 1 4`` (one stack per LLM, every session cou
     .venv/bin/python -m bench.voice_loop                        # scripted x1, x4; embedded x1
     .venv/bin/python -m bench.voice_loop --llm scripted --sessions 1 --turns 6   # quick look
     .venv/bin/python -m bench.voice_loop --write-docs           # also append to docs/benchmarks.md
+    .venv/bin/python -m bench.voice_loop --llm scripted --compare SB_SPECULATIVE_FINAL=false  # a setting's effect
 """
 
 from __future__ import annotations
@@ -362,9 +363,9 @@ async def fetch_stats(edge: str, sessions: Sequence[Session], records: list[Turn
 class Stack:
     """``python -m ops.cli up`` in a subprocess, on its own run directory and free ports."""
 
-    def __init__(self, llm: str, base_dir: Path, llm_url: str | None) -> None:
+    def __init__(self, llm: str, base_dir: Path, llm_url: str | None, settings: dict[str, str] | None = None) -> None:
         self.llm = llm
-        self.run_dir = base_dir / f"run-{llm}"
+        self.run_dir = base_dir / f"run-{llm}-{len(list(base_dir.glob('run-*')))}"
         self.run_dir.mkdir(parents=True)
         self.edge_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SB_")}
@@ -384,6 +385,7 @@ class Stack:
             env["SB_LLM_LOCAL_MODEL"] = os.environ["SB_LLM_LOCAL_MODEL"]
         if llm_url:
             env.update(SB_LLM_BASE_URL=llm_url, SB_LLM_MODEL="scripted", SB_LLM_API_KEY="x")
+        env.update(settings or {})
         self.env = env
         self.log = self.run_dir / "launcher.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -454,6 +456,7 @@ class Row:
     stats_answered: bool
     wall_s: float
     load: tuple[float, float]
+    variant: str = ""  # the settings this row's stack ran with beside the defaults ("": the defaults)
 
     @property
     def measured(self) -> list[TurnRecord]:
@@ -476,7 +479,8 @@ class Row:
     def markdown(self) -> str:
         n = len(self.measured)
         head = (
-            f"**{self.llm} LLM, {self.sessions} session{'s' if self.sessions > 1 else ''}**: "
+            f"**{self.llm} LLM, {self.sessions} session{'s' if self.sessions > 1 else ''}"
+            f"{', ' + self.variant if self.variant else ''}**: "
             f"{n} turns measured of {len(self.records)} spoken "
             f"({sum(r.timed_out for r in self.records)} timed out, "
             f"{sum(r.turn_id is None for r in self.records)} without a turn, "
@@ -530,7 +534,9 @@ class Row:
         return "\n".join(lines)
 
 
-async def run_row(stack: Stack, llm: str, sessions: int, plan: list[Utterance], turns: int, timeout: float) -> Row:
+async def run_row(
+    stack: Stack, llm: str, sessions: int, plan: list[Utterance], turns: int, timeout: float, variant: str
+) -> Row:
     load_start = os.getloadavg()[0]
     started = time.monotonic()
     opened = [await open_session(stack.edge, i) for i in range(sessions)]
@@ -540,7 +546,7 @@ async def run_row(stack: Stack, llm: str, sessions: int, plan: list[Utterance], 
     )
     records = [r for rs in results for r in rs]
     answered = await fetch_stats(stack.edge, opened, records)
-    return Row(llm, sessions, records, answered, time.monotonic() - started, (load_start, os.getloadavg()[0]))
+    return Row(llm, sessions, records, answered, time.monotonic() - started, (load_start, os.getloadavg()[0]), variant)
 
 
 @contextlib.asynccontextmanager
@@ -558,10 +564,13 @@ async def run(options: argparse.Namespace, base_dir: Path) -> list[Row]:
     progress("synthesising the utterances (cached after the first run)")
     plan = utterances()
     rows: list[Row] = []
-    for llm in options.llm:
+    variants: list[tuple[str, dict[str, str]]] = [("", {})]
+    if options.compare:
+        variants.append((" ".join(options.compare), dict(setting.split("=", 1) for setting in options.compare)))
+    for llm, (variant, settings) in ((llm, v) for llm in options.llm for v in variants):
         async with llm_server(llm) as llm_url:
-            stack = Stack(llm, base_dir, llm_url)
-            progress(f"{llm}: starting the stack (python -m ops.cli up, run dir {stack.run_dir})")
+            stack = Stack(llm, base_dir, llm_url, settings)
+            progress(f"{llm} {variant}: starting the stack (python -m ops.cli up, run dir {stack.run_dir})")
             stack.start()
             try:
                 ready = await wait_ready(stack, plan[0], options.start_timeout)
@@ -570,7 +579,7 @@ async def run(options: argparse.Namespace, base_dir: Path) -> list[Row]:
                     turns = options.embedded_turns if llm == "embedded" and options.embedded_turns else options.turns
                     progress(f"{llm}: {sessions} session(s) x {turns} turns")
                     timeout = options.turn_timeout * (3 if llm == "embedded" else 1)
-                    row = await run_row(stack, llm, sessions, plan, turns, timeout)
+                    row = await run_row(stack, llm, sessions, plan, turns, timeout, variant)
                     rows.append(row)
                     print("\n" + row.markdown() + "\n", flush=True)
             except BaseException:
@@ -627,7 +636,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--turn-timeout", type=float, default=20.0, help="s from speech to audio.done (x3 embedded)")
     parser.add_argument("--start-timeout", type=float, default=600.0, help="s for the stack to answer a first turn")
     parser.add_argument("--write-docs", action="store_true", help="append the figures to docs/benchmarks.md")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="SB_KEY=VALUE",
+        help="also run every row on a stack with these settings (the defaults' rows are the baseline)",
+    )
     args = parser.parse_args(argv)
+    if any("=" not in s or not s.startswith("SB_") for s in args.compare):
+        parser.error("--compare takes SB_KEY=VALUE settings")
     args.sessions_given = args.sessions is not None
     if args.sessions is None:
         args.sessions = [1, 4]

@@ -14,6 +14,7 @@ from typing import Any
 
 import nats
 import pytest
+from prometheus_client import REGISTRY
 
 from contracts.binary import PCM_FRAME_BYTES, ClientFrame, FrameType
 from ops.health import discover
@@ -59,8 +60,13 @@ def kinds(events: list[dict[str, Any]]) -> list[str]:
     return [e["kind"] for e in events]
 
 
+def speculative(outcome: str) -> float:
+    return REGISTRY.get_sample_value("sb_speculative_finals_total", {"outcome": outcome}) or 0.0
+
+
 async def test_spoken_question_becomes_a_user_turn_and_gets_a_reply(stack: str) -> None:
     client = await connect(stack, capabilities=["text", "audio_in"])
+    used = speculative("used")
     await speak(client, synthesize(QUESTION))
     events = await client.until(lambda e: e["kind"] == "reply.done", timeout=30)
     final = next(e for e in events if e["kind"] == "transcript.final")
@@ -72,6 +78,8 @@ async def test_spoken_question_becomes_a_user_turn_and_gets_a_reply(stack: str) 
     assert kinds(events).index("vad.speech_started") < kinds(events).index("transcript.final")
     assert events[-1]["text"] == f"You said: {final['text']}"
     assert 0.3 < final["audio_end"] - final["audio_start"] < 4.0
+    # The default engine's final (whisper) was recognised when the speech stopped, not after the turn ended.
+    assert speculative("used") == used + 1
     await client.close()
 
 

@@ -10,18 +10,27 @@ the pipeline keeps the turn's audio (the pre-roll, then every frame; the last 8 
 model sees) and, on the frame where the VAD says speech stopped, runs the model on it and hands
 the verdict to the endpoint. The call is synchronous: the pipeline already runs in a recognition
 child process, off the worker's event loop.
+
+Speculative final (``speculator``, an executor): with an engine that decodes the whole utterance
+for its final (Whisper, :class:`~workers.speech.engines.base.Speculative`), the final recognition
+starts on the audio so far as soon as the VAD says speech stopped, in the executor's thread, while
+the end-of-turn model (in this thread) and the turn's silence run. When the turn ends with no
+speech since, the final is that result, ready or nearly; when the user goes on, it is dropped
+(counted as wasted on the turn's final) and the final is decoded from all the turn's audio as
+before.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Literal
 
 from contracts.binary import PCM_BYTES_PER_SAMPLE, PCM_SAMPLE_RATE
 from contracts.envelope import new_id
-from workers.speech.engines.base import Recognizer
+from workers.speech.engines.base import Recognizer, Speculative, Transcript
 from workers.speech.smart_turn import WINDOW_S, Float32Array, pcm16_to_float
 from workers.speech.vad import VadEvent, VoiceActivity
 
@@ -46,6 +55,8 @@ class Output:
     forced: bool = False
     decided_at: float = 0.0  # final: the audio position at which the turn was declared over
     turn_probability: float | None = None  # final: the end-of-turn model's last probability, if it ran
+    speculative: bool = False  # final: its text was recognised ahead, when the speech stopped
+    wasted_speculations: int = 0  # final: recognitions ahead that the turn's later speech made useless
 
 
 class SessionPipeline:
@@ -56,12 +67,16 @@ class SessionPipeline:
         endpoint: TurnEndpoint,
         partial_interval_s: float = 0.25,
         turn_model: TurnModel | None = None,
+        speculator: Executor | None = None,
     ) -> None:
         self.vad = vad
         self.recognizer = recognizer
         self.endpoint = endpoint
         self.partial_interval_s = partial_interval_s
         self.turn_model = turn_model
+        self.speculator = speculator if isinstance(recognizer, Speculative) else None
+        self._speculation: Future[Transcript] | None = None  # the final of the audio up to speech stopped
+        self._wasted = 0
         self._turn_audio: deque[bytes] = deque()  # the turn's audio, last TURN_AUDIO_BYTES (with turn_model)
         self._turn_audio_bytes = 0
         self._probability: float | None = None
@@ -91,6 +106,8 @@ class SessionPipeline:
         else:
             self._remember(pcm)
         stopped_now = any(output.kind == "speech_stopped" for output in outputs)
+        if stopped_now and self.speculator is not None and self.turn_id is not None:
+            self._speculate(self.speculator)
         # The model (~0.3 s of CPU) runs on the next push: "speech stopped" goes out without waiting for it.
         if self.turn_model is not None and self.endpoint.wants_verdict and self._turn_audio and not stopped_now:
             complete, self._probability = self.turn_model(pcm16_to_float(b"".join(self._turn_audio)))
@@ -113,6 +130,8 @@ class SessionPipeline:
     def _on_vad(self, event: VadEvent) -> list[Output]:
         self.endpoint.on_vad(event)
         if event.kind == "start":
+            if self._speculation is not None:  # the user goes on: the audio so far is not the turn
+                self._speculation, self._wasted = None, self._wasted + 1
             outputs = []
             if self.turn_id is None:
                 self._open_turn()
@@ -144,9 +163,26 @@ class SessionPipeline:
             return [Output("partial", self.turn_id, now, self.wall_time(now), text=text)]
         return []
 
+    def _speculate(self, executor: Executor) -> None:
+        job = self.recognizer.speculate() if isinstance(self.recognizer, Speculative) else None
+        if job is not None:
+            self._speculation = executor.submit(job)
+
+    def _transcript(self) -> tuple[Transcript, bool]:
+        """The turn's final text, and whether it was recognised ahead (no speech since it started)."""
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None:
+            try:
+                transcript = speculation.result()
+            except Exception:  # the recognizer still holds the audio: decode it here instead
+                return self.recognizer.final(), False
+            self.recognizer.reset()
+            return transcript, True
+        return self.recognizer.final(), False
+
     def _final(self, start_s: float, end_s: float, forced: bool, decided_at: float) -> Output:
         assert self.turn_id is not None
-        transcript = self.recognizer.final()
+        transcript, speculative = self._transcript()
         output = Output(
             "final",
             self.turn_id,
@@ -158,7 +194,10 @@ class SessionPipeline:
             forced=forced,
             decided_at=decided_at,
             turn_probability=self._probability,
+            speculative=speculative,
+            wasted_speculations=self._wasted,
         )
+        self._wasted = 0
         self.turn_id = None
         self._turn_audio.clear()
         self._turn_audio_bytes = 0

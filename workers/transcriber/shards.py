@@ -6,6 +6,7 @@ that dies is respawned (workers/speech/pool.py); the sessions it held start afre
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from workers.speech import child
@@ -28,11 +29,20 @@ class ShardConfig:
     partial_interval_s: float
     smart_turn_model: str | None = None  # loaded once per process when set (endpoint.policy smart_turn)
     smart_turn_threads: int = 1
+    speculative_final: bool = False  # recognise ahead at speech stopped (pipeline.SessionPipeline)
 
 
 # ------------------------------------------------------------------ inside a shard process
 
 _pipelines: dict[str, SessionPipeline] = {}
+_speculator: ThreadPoolExecutor | None = None  # one thread per process: recognitions ahead, one at a time
+
+
+def _speculator_of(config: ShardConfig) -> ThreadPoolExecutor | None:
+    global _speculator  # noqa: PLW0603 - this process's own thread, made once
+    if config.speculative_final and _speculator is None:
+        _speculator = ThreadPoolExecutor(1, thread_name_prefix="speculative-final")
+    return _speculator
 
 
 def _pipeline(session_id: str) -> SessionPipeline:
@@ -46,7 +56,12 @@ def _pipeline(session_id: str) -> SessionPipeline:
                 raise RuntimeError("turn_policy smart_turn, but this process has no end-of-turn model loaded")
             turn_model = models.smart_turn.predict
         pipeline = SessionPipeline(
-            vad, models.engine.recognizer(), TurnEndpoint(config.endpoint), config.partial_interval_s, turn_model
+            vad,
+            models.engine.recognizer(),
+            TurnEndpoint(config.endpoint),
+            config.partial_interval_s,
+            turn_model,
+            _speculator_of(config),
         )
         _pipelines[session_id] = pipeline
     return pipeline

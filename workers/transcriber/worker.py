@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from nats.js.api import KeyValueConfig
+from prometheus_client import Counter
 from pydantic import Field
 
 from contracts import events as ev
@@ -37,6 +38,12 @@ from .pipeline import Output
 from .shards import ShardConfig, Shards
 
 log = get_logger("transcriber")
+
+SPECULATIVE_FINALS = Counter(
+    "sb_speculative_finals_total",
+    "Final recognitions started ahead at speech stopped: used as the turn's final, or wasted by more speech",
+    ("outcome",),
+)
 
 
 class TranscriberSettings(RuntimeSettings):
@@ -73,6 +80,11 @@ class TranscriberSettings(RuntimeSettings):
         description="Cap on the wait after a pause judged incomplete (then the turn ends anyway)",
     )
     smart_turn_threads: int = Field(default=1, ge=1, le=8, description="onnxruntime threads of the end-of-turn model")
+    speculative_final: bool = Field(
+        default=True,
+        description="Start the final recognition when speech stops, beside the end-of-turn model and the "
+        "silence, and use it if no speech follows (engines that decode the whole utterance: whisper)",
+    )
     partial_interval_s: float = Field(default=0.25, ge=0, description="Least time between two partials")
     recognition_processes: int = Field(
         default=2, ge=1, le=32, description="Processes running VAD and recognition (each loads the models)"
@@ -122,6 +134,7 @@ class Transcriber(Worker[TranscriberSettings]):
                 settings.partial_interval_s,
                 smart_turn_model=str(self.turn_model_path) if self.turn_policy == "smart_turn" else None,
                 smart_turn_threads=settings.smart_turn_threads,
+                speculative_final=settings.speculative_final,
             ),
         )
         self.sessions: dict[str, Session] = {}
@@ -319,6 +332,8 @@ class Transcriber(Worker[TranscriberSettings]):
                 )
             )
         else:
+            SPECULATIVE_FINALS.labels("used").inc(out.speculative)
+            SPECULATIVE_FINALS.labels("wasted").inc(out.wasted_speculations)
             await self.bus.publish(
                 ev.TranscriptFinal(
                     session_id=session_id,

@@ -16,6 +16,7 @@ protocol: wrappers such as the benchmarks' timing one need no base). Test double
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -57,6 +58,17 @@ class Recognizer(Protocol):
 
     def reset(self) -> None:
         """Drop what was pushed."""
+        ...
+
+
+@runtime_checkable
+class Speculative(Protocol):
+    """A recognizer whose final is decoded from the whole utterance when asked (Whisper): worth computing
+    ahead, when the speech may be over, so that the final is ready when the turn is declared over."""
+
+    def speculate(self) -> Callable[[], Transcript] | None:
+        """A job returning what :meth:`Recognizer.final` would return now, for the audio pushed so far;
+        it leaves the recognizer as it is and may run in another thread (None: nothing to compute ahead)."""
         ...
 
 

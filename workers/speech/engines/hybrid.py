@@ -7,7 +7,9 @@ and the turn gets Whisper's text. Measurements: docs/speech.md.
 
 from __future__ import annotations
 
-from .base import Engine, Recognizer, STTCapabilities, Transcript
+from collections.abc import Callable
+
+from .base import Engine, Recognizer, Speculative, STTCapabilities, Transcript
 
 
 class HybridRecognizer:
@@ -32,6 +34,9 @@ class HybridRecognizer:
     def reset(self) -> None:
         self._streaming_stale = True
         self._accurate.reset()
+
+    def speculate(self) -> Callable[[], Transcript] | None:
+        return self._accurate.speculate() if isinstance(self._accurate, Speculative) else None
 
 
 class HybridEngine(Engine):

@@ -29,7 +29,8 @@ import re
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -335,6 +336,10 @@ class WhisperRecognizer:
         pcm = bytes(self._buffer)
         self._buffer.clear()
         return self._engine.transcribe(pcm)
+
+    def speculate(self) -> Callable[[], Transcript] | None:
+        pcm = bytes(self._buffer)  # the audio so far, copied: the job is safe in another thread
+        return partial(self._engine.transcribe, pcm) if pcm else None
 
     def reset(self) -> None:
         self._buffer.clear()
