@@ -9,6 +9,7 @@ first-delta percentiles of the typed turns (client clock).
 
     just up                                  # the embedded default, in another terminal
     .venv/bin/python -m bench.eval_assistant [--edge http://127.0.0.1:8080] [--only kb-]
+    .venv/bin/python -m bench.eval_assistant --warm      # first delta of a 10-turn conversation
 """
 
 from __future__ import annotations
@@ -134,11 +135,52 @@ def report(outcomes: list[Outcome]) -> int:
     return 0 if total == len(outcomes) else 1
 
 
+# A warm conversation (issue 17's first-delta target): one session, everyday questions one after the other.
+WARM_TURNS = (
+    "Hi! I'm planning a trip to Italy.",
+    "What is the capital of Italy?",
+    "What food is it famous for?",
+    "Which river flows through it?",
+    "Is it warm there in October?",
+    "What language do they speak?",
+    "How do you say good morning in it?",
+    "Name one famous painter from Italy.",
+    "What is the tallest mountain in Italy?",
+    "Thanks, that helps a lot.",
+)
+
+
+async def warm_conversation(edge: str) -> int:
+    """First delta of every turn of one conversation (client clock); the p50 of the turns after the first."""
+    client = await connect(edge)
+    deltas: list[float] = []
+    try:
+        for text in WARM_TURNS:
+            sent, first = time.perf_counter(), None
+            await client.chat(text)
+            while (event := await client.next_event(timeout=TURN_TIMEOUT_S))["kind"] != "reply.done":
+                if event["kind"] == "reply.delta" and first is None:
+                    first = time.perf_counter()
+            deltas.append(((first or time.perf_counter()) - sent) * 1000)
+            print(f"{deltas[-1]:7.0f} ms  {text}  ->  {event.get('text', '')[:70]!r}", flush=True)
+    finally:
+        await client.close()
+    warm = sorted(deltas[1:])
+    print(
+        f"\nwarm conversation: first delta p50 {statistics.median(warm):.0f} ms, max {warm[-1]:.0f} ms "
+        f"(turns 2-{len(deltas)}); the first turn {deltas[0]:.0f} ms"
+    )
+    return 0
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edge", default="http://127.0.0.1:8080", help="the edge's base URL")
     parser.add_argument("--only", default="", help="run the conversations whose id starts with this")
+    parser.add_argument("--warm", action="store_true", help="only the warm-conversation latency (one session)")
     args = parser.parse_args()
+    if args.warm:
+        return await warm_conversation(args.edge)
     conversations = [c for c in json.loads(CONVERSATIONS.read_text()) if c["id"].startswith(args.only)]
     outcomes = []
     for i, conversation in enumerate(conversations, start=1):

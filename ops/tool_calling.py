@@ -12,7 +12,10 @@ or a fenced json block); then generation stops and restarts from ``<tool_call>``
 that admits exactly one call of an offered tool whose arguments follow that tool's JSON Schema.
 The prompt up to there is already evaluated, so the restart costs only the call's tokens. The
 call goes out as a streamed ``tool_calls`` delta with finish reason ``tool_calls``. A request whose
-``tool_choice`` is ``"required"`` or names a tool starts under that grammar at once.
+``tool_choice`` is ``"required"`` or names a tool starts under that grammar at once. With
+``allowed_tools`` (OpenAI's way to narrow the tools of one request without changing the prompt),
+a call of a tool that is not allowed is not made: the reply starts again as text, the tokens that
+open a call banned (the 1.5B "called" calculate for "how do you say good morning in German?").
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
@@ -34,13 +38,24 @@ from contracts.tools import unbounded
 _BROKEN_EXAMPLE = '{{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}}'
 _FIXED_EXAMPLE = '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}'
 CALL_START = "<tool_call>\n"
-# The template shows tool results as a user turn: without this the model thanks "the user" for them.
-ANSWER_FROM_RESULTS = {
-    "role": "system",
-    "content": "The tool results above are not from the user. Answer the user's question with them now, "
-    "in one or two short sentences. If a result is an error, tell the user what went wrong; do not guess.",
-}
+
+
+def answer_from_results(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The system message that follows tool results. The template shows them as a user turn: without it
+    the model thanks "the user" for them; without the question named, after a long conversation it
+    answered an earlier one, or called a correct result an error."""
+    question = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), None)
+    asked = f' ("{question}")' if isinstance(question, str) and question else ""
+    return {
+        "role": "system",
+        "content": f"The tool results above are not from the user. Answer the user's last question{asked} "
+        "with them now, in one or two short sentences. Only if a result says error, tell the user what went "
+        "wrong; do not guess.",
+    }
+
+
 MAX_CALL_TOKENS = 256
+_CALL_OPENINGS = (b"{", b"<tool_call>", b"<tools>", b"```")  # what a reply that is a call starts with
 _STOPS = ["<|im_end|>", "<|endoftext|>"]
 
 
@@ -107,6 +122,7 @@ class ToolCallingHandler:
             stop_token_ids=[llama.token_eos()],
         )
         self._plain: Any = chat_formatter_to_chat_completion_handler(self.formatter)
+        self._openings: list[int] | None = None
 
     def __call__(
         self,
@@ -121,13 +137,13 @@ class ToolCallingHandler:
     ) -> Any:
         messages = [_with_argument_objects(dict(m)) for m in messages]
         if messages and messages[-1].get("role") == "tool":
-            messages.append(ANSWER_FROM_RESULTS)
-        if not tools or tool_choice == "none":
+            messages.append(answer_from_results(messages))
+        if not tools:
             return self._plain(
                 llama=llama, messages=messages, tools=tools, stream=stream, max_tokens=max_tokens, **options
             )
-        required = _required(tools, tool_choice)
-        chunks = self._auto(llama, messages, tools, max_tokens, options, required)
+        choice = ToolChoice.of(tools, tool_choice)
+        chunks = self._auto(llama, messages, tools, max_tokens, options, choice)
         return chunks if stream else _collected(chunks)
 
     def _auto(
@@ -137,9 +153,9 @@ class ToolCallingHandler:
         tools: list[dict[str, Any]],
         max_tokens: int | None,
         options: dict[str, Any],
-        required: list[dict[str, Any]] | None = None,
+        choice: ToolChoice,
     ) -> Iterator[dict[str, Any]]:
-        """The reply as chunks; ``required``: it must be a call of one of these tools (no text first)."""
+        """The reply as chunks: text, or one call of a tool the choice allows."""
         prompt = self.formatter(messages=messages, tools=tools).prompt
         sampling = {
             k: options[k] for k in ("temperature", "top_p", "top_k", "min_p", "seed") if options.get(k) is not None
@@ -157,8 +173,8 @@ class ToolCallingHandler:
             }
 
         yield chunk({"role": "assistant"})
-        if required:
-            yield from self._call(llama, prompt, required, sampling, chunk)
+        if choice.required:
+            yield from self._call(llama, prompt, choice.allowed, sampling, chunk)
             return
         names = frozenset(tool["function"]["name"] for tool in tools)
         held, deciding, finish = "", True, "stop"
@@ -166,9 +182,8 @@ class ToolCallingHandler:
             prompt=_tokens(llama, prompt), max_tokens=max_tokens, stop=_STOPS, stream=True, **sampling
         )
         for piece in completion:
-            choice = piece["choices"][0]
-            text = choice["text"]
-            finish = choice.get("finish_reason") or finish
+            text = piece["choices"][0]["text"]
+            finish = piece["choices"][0].get("finish_reason") or finish
             if not deciding:
                 if text:
                     yield chunk({"content": text})
@@ -180,18 +195,65 @@ class ToolCallingHandler:
                 yield chunk({"content": held})
             elif intended:
                 completion.close()  # stops the text; the state so far is kept
-                yield from self._call(llama, prompt, tools, sampling, chunk)
+                yield from self._call_or_answer(llama, prompt, tools, choice, sampling, chunk, max_tokens)
                 return
         if deciding and held.strip() in names:  # the reply was a tool's name alone
-            yield from self._call(llama, prompt, tools, sampling, chunk)
+            yield from self._call_or_answer(llama, prompt, tools, choice, sampling, chunk, max_tokens)
             return
         if deciding and held:
             yield chunk({"content": held})
         yield chunk({}, finish)
 
+    def _call_or_answer(
+        self,
+        llama: llama_cpp.Llama,
+        prompt: str,
+        tools: list[dict[str, Any]],
+        choice: ToolChoice,
+        sampling: dict[str, Any],
+        chunk: Any,
+        max_tokens: int | None,
+    ) -> Iterator[dict[str, Any]]:
+        """The model means a call: made if the tool it picks (among all offered, as it sees them) is allowed
+        this turn; else the reply starts again as text, with the tokens that open a call banned."""
+        call = self._generate_call(llama, prompt, tools, sampling)
+        if call is None or call["name"] in choice.names:
+            yield from self._emit_call(call, chunk)
+            return
+        completion: Any = llama.create_completion(
+            prompt=_tokens(llama, prompt),
+            max_tokens=max_tokens,
+            stop=_STOPS,
+            stream=True,
+            logit_bias=dict.fromkeys(self._call_openings(llama), -100.0),
+            **sampling,
+        )
+        finish = "stop"
+        for piece in completion:
+            finish = piece["choices"][0].get("finish_reason") or finish
+            if text := piece["choices"][0]["text"]:
+                yield chunk({"content": text})
+        yield chunk({}, finish)
+
+    def _call_openings(self, llama: llama_cpp.Llama) -> list[int]:
+        """Token ids whose text opens a call (``{``, ``<tool_call>``, a code fence): found once per model."""
+        if self._openings is None:
+            self._openings = [
+                token
+                for token in range(llama.n_vocab())
+                if llama.detokenize([token], special=True).lstrip().startswith(_CALL_OPENINGS)
+            ]
+        return self._openings
+
     def _call(
         self, llama: llama_cpp.Llama, prompt: str, tools: list[dict[str, Any]], sampling: dict[str, Any], chunk: Any
     ) -> Iterator[dict[str, Any]]:
+        yield from self._emit_call(self._generate_call(llama, prompt, tools, sampling), chunk)
+
+    def _generate_call(
+        self, llama: llama_cpp.Llama, prompt: str, tools: list[dict[str, Any]], sampling: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """One call of one of ``tools`` under their grammar; None when it ran past MAX_CALL_TOKENS."""
         grammar = llama_grammar.LlamaGrammar.from_json_schema(json.dumps(call_schema(tools)), verbose=False)
         result: Any = llama.create_completion(
             prompt=_tokens(llama, prompt + CALL_START),
@@ -203,9 +265,15 @@ class ToolCallingHandler:
         )
         text = result["choices"][0]["text"]
         try:
-            call = json.loads(text)
-        except ValueError:  # cut at MAX_CALL_TOKENS: say it as it is; the orchestrator's text parser refuses it
-            yield chunk({"content": CALL_START + text})
+            call: dict[str, Any] = json.loads(text)
+        except ValueError:  # cut at MAX_CALL_TOKENS
+            return None
+        return call
+
+    @staticmethod
+    def _emit_call(call: dict[str, Any] | None, chunk: Any) -> Iterator[dict[str, Any]]:
+        if call is None:  # cut: say so; the orchestrator's text parser refuses an unfinished call
+            yield chunk({"content": CALL_START})
             yield chunk({}, "length")
             return
         function = {"name": call["name"], "arguments": json.dumps(call["arguments"])}
@@ -218,20 +286,44 @@ class ToolCallingHandler:
         yield chunk({}, "tool_calls")
 
 
-def _required(tools: list[dict[str, Any]], tool_choice: Any) -> list[dict[str, Any]] | None:
-    """The tools one of which the reply must call (OpenAI's ``tool_choice``), None when it may answer in text.
+@dataclass(frozen=True)
+class ToolChoice:
+    """OpenAI's ``tool_choice``: which of the offered tools the reply may call, and whether it must."""
 
-    ``"required"``: any offered tool; ``{"type": "function", "function": {"name": ...}}``: that one
-    (a name that is not offered is refused, as OpenAI does)."""
-    if tool_choice == "required":
-        return tools
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name")
-        named = [tool for tool in tools if tool["function"]["name"] == name]
-        if not named:
-            raise ValueError(f"tool_choice names {name!r}, which is not among the tools offered")
-        return named
-    return None
+    allowed: list[dict[str, Any]]
+    required: bool = False
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(tool["function"]["name"] for tool in self.allowed)
+
+    @classmethod
+    def of(cls, tools: list[dict[str, Any]], tool_choice: Any) -> ToolChoice:
+        """``"auto"`` (or None), ``"none"``, ``"required"``, a named function (``{"type": "function", "function":
+        {"name": ...}}``: that call is required), or ``{"type": "allowed_tools", "allowed_tools": {"mode":
+        "auto" | "required", "tools": [{"type": "function", "function": {"name": ...}}, ...]}}``: the
+        model still sees every tool (the prompt, and its cache, stay the same) but may call only those.
+        A name that is not offered is refused, as OpenAI does."""
+        if tool_choice in (None, "auto"):
+            return cls(tools)
+        if tool_choice == "none":  # the tools stay in the prompt (and its cache); a call is answered in words
+            return cls([])
+        if tool_choice == "required":
+            return cls(tools, required=True)
+        if not isinstance(tool_choice, dict):
+            raise ValueError(f"tool_choice {tool_choice!r} is not auto, required, none or an object")
+        if tool_choice.get("type") == "allowed_tools":
+            spec = tool_choice.get("allowed_tools") or {}
+            names = [(item.get("function") or {}).get("name") for item in spec.get("tools") or []]
+            return cls(_offered(tools, names), required=spec.get("mode") == "required")
+        return cls(_offered(tools, [(tool_choice.get("function") or {}).get("name")]), required=True)
+
+
+def _offered(tools: list[dict[str, Any]], names: list[Any]) -> list[dict[str, Any]]:
+    by_name = {tool["function"]["name"]: tool for tool in tools}
+    if missing := [name for name in names if name not in by_name]:
+        raise ValueError(f"tool_choice names {missing}, which are not among the tools offered")
+    return [by_name[name] for name in names]
 
 
 def _tokens(llama: llama_cpp.Llama, prompt: str) -> list[int]:

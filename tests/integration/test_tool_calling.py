@@ -18,6 +18,7 @@ from ops import models
 from ops.llm_server import start_llm
 from ops.servers import RunningServer
 from ops.tool_calling import call_intended, call_schema
+from workers.orchestrator.agents import shipped_agents
 from workers.orchestrator.llm import Chunk, OpenAIChatModel
 from workers.orchestrator.tools import call_message
 
@@ -104,5 +105,25 @@ async def test_a_required_tool_is_called_where_the_model_would_answer_from_memor
         arguments = json.loads(call.arguments)
         assert arguments["value"] == 10, arguments
         assert not "".join(chunk.text for chunk in chunks).strip()
+    finally:
+        await model.close()
+
+
+async def test_a_call_of_a_tool_not_allowed_this_turn_becomes_a_plain_answer(qwen: RunningServer) -> None:
+    # Seen: for this question the 1.5B writes a call (calculate, or get_time); with only handoff allowed it
+    # must answer in words, and nothing of a call may reach the user.
+    model = OpenAIChatModel(qwen.url, "none", models.DEFAULT, timeout_s=300.0, temperature=0.2)
+    tools = [BY_TOOL["calculate"].function(), BY_TOOL["get_time"].function()]
+    messages: list[dict[str, object]] = [
+        {"role": "system", "content": shipped_agents().agents[0].system_prompt},
+        {"role": "user", "content": "How do you say good morning in German?"},
+    ]
+    try:
+        unnarrowed = [c async for c in model.stream(messages, None, 60, tools)]
+        assert any(chunk.tool_calls for chunk in unnarrowed)  # the model's own choice: a call (else no test)
+        chunks = [c async for c in model.stream(messages, None, 60, tools, allowed=frozenset())]
+        text = "".join(chunk.text for chunk in chunks)
+        assert not any(chunk.tool_calls for chunk in chunks) and "guten morgen" in text.lower(), text
+        assert "{" not in text and "tool_call" not in text
     finally:
         await model.close()

@@ -139,7 +139,11 @@ async def test_time_in_the_sessions_zone(edge: str, llm: ScriptedLLM) -> None:
     llm.script(tool_calls=[("get_time", {})])
     llm.script(reply="It is late in Tokyo.")
     (result,) = of("tool.result", await turn(client, "what time is it?"))
-    assert "tool_choice" not in llm.requests[0]  # the session's time is in the prompt: the model may just answer
+    # The session's time is in the prompt: no tool is required; no number in the words: none of the number tools.
+    choice = llm.requests[0]["tool_choice"]
+    assert choice["type"] == "allowed_tools" and choice["allowed_tools"]["mode"] == "auto"
+    allowed = {tool["function"]["name"] for tool in choice["allowed_tools"]["tools"]}
+    assert "get_time" in allowed and not allowed & {"calculate", "convert_units"}
     assert result["status"] == "ok" and result["result"]["time_zone"] == "Asia/Tokyo"
     assert result["result"]["iso"].endswith("+09:00")
     await client.close()

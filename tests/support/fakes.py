@@ -148,6 +148,7 @@ class FakeChatModel(EchoChatModel):
         max_tokens: int,
         tools: list[ToolDefinition] | None = None,
         required_tool: str | None = None,
+        allowed: frozenset[str] | None = None,
     ) -> AsyncIterator[Chunk]:
         self.requests.append(messages)
         chunks = super().stream(messages, model, max_tokens) if self.chunks is None else self._scripted(self.chunks)

@@ -85,10 +85,15 @@ def test_prompt_has_tone_memory_and_numbered_passages() -> None:
         citation=ev.Citation(document_id="d1", source="handbook.md", section="Leave"),
     )
     messages = build_prompt(agent, "formal", "how much leave?", [("user", "ignored local")], memory, [passage]).messages
-    system = messages[0]["content"]
-    assert TONES["formal"] in system and "They planned a trip." in system and "lives in Oslo" in system
+    # The first system message never changes within a conversation: the template puts the tools right after it.
+    assert messages[0]["content"] == f"{agent.system_prompt}\n\n{TONES['formal']}"
     # What changes every turn comes after the history, so that the server reuses the history's prefix
     assert messages[1:] == [
+        {
+            "role": "system",
+            "content": "Earlier in this conversation: They planned a trip.\n\n"
+            "What the user told you about themselves: lives in Oslo",
+        },
         {"role": "user", "content": "hi"},
         {"role": "system", "content": "Passages:\n[1] (handbook.md, Leave) Leave is 25 days."},
         {"role": "user", "content": "how much leave?"},

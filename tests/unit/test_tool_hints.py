@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from workers.orchestrator.tool_hints import required_tool
+from ops.tool_calling import ToolChoice
+from workers.orchestrator.llm import tool_choice
+from workers.orchestrator.tool_hints import NUMBER_TOOLS, allowed_tools, required_tool
 
 ALL = frozenset({"calculate", "convert_units", "get_time", "set_reminder", "search_knowledge", "recall_memory"})
 
@@ -46,3 +48,59 @@ def test_a_turn_that_plainly_needs_a_tool_names_it(text: str, tool: str | None) 
 def test_only_an_offered_tool_is_required() -> None:
     assert required_tool("What is 23 squared?", frozenset({"get_time"})) is None
     assert required_tool("Convert 212 F to C", frozenset({"calculate"})) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers_allowed"),
+    [
+        ("How do you say good morning in German?", False),
+        ("At what temperature in Celsius does water boil at sea level?", False),
+        ("What is the square root of two?", True),
+        ("Split the bill in half", True),
+        ("What is 9 times 9?", True),
+    ],
+)
+def test_a_turn_without_a_number_may_not_call_the_number_tools(text: str, numbers_allowed: bool) -> None:
+    allowed = allowed_tools(text, ALL)
+    assert allowed >= ALL - NUMBER_TOOLS
+    assert (allowed >= NUMBER_TOOLS) is numbers_allowed
+
+
+def test_the_tool_choice_on_the_wire_is_openais() -> None:
+    offered = {"calculate", "get_time", "handoff"}
+    assert tool_choice(offered, offered, None) == {}  # auto: the default, not sent
+    assert tool_choice(offered, offered, "calculate") == {
+        "tool_choice": {"type": "function", "function": {"name": "calculate"}}
+    }
+    narrowed = tool_choice(offered, {"get_time", "handoff"}, "calculate")  # required but not allowed: not required
+    assert narrowed == {
+        "tool_choice": {
+            "type": "allowed_tools",
+            "allowed_tools": {
+                "mode": "auto",
+                "tools": [
+                    {"type": "function", "function": {"name": "get_time"}},
+                    {"type": "function", "function": {"name": "handoff"}},
+                ],
+            },
+        }
+    }
+    assert tool_choice(offered, set(), None) == {"tool_choice": "none"}
+
+
+def _tool(name: str) -> dict[str, object]:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+def test_our_local_server_reads_every_tool_choice() -> None:
+    tools = [_tool("calculate"), _tool("get_time"), _tool("handoff")]
+    assert ToolChoice.of(tools, None) == ToolChoice(tools) == ToolChoice.of(tools, "auto")
+    assert ToolChoice.of(tools, "required") == ToolChoice(tools, required=True)
+    assert ToolChoice.of(tools, "none").names == frozenset()
+    named = ToolChoice.of(tools, {"type": "function", "function": {"name": "get_time"}})
+    assert named.names == {"get_time"} and named.required
+    wire = tool_choice({"calculate", "get_time", "handoff"}, {"get_time", "handoff"}, None)["tool_choice"]
+    narrowed = ToolChoice.of(tools, wire)
+    assert narrowed.names == {"get_time", "handoff"} and not narrowed.required
+    with pytest.raises(ValueError, match="not among the tools offered"):
+        ToolChoice.of(tools, {"type": "function", "function": {"name": "rm_rf"}})

@@ -62,7 +62,7 @@ async def test_a_user_turn_gives_deltas_then_exactly_one_reply_done() -> None:
             "fake",
             "ok",
         )
-        assert "They like green tea." in model.requests[0][0]["content"]  # the recalled context reached the prompt
+        assert "They like green tea." in model.requests[0][1]["content"]  # the recalled context reached the prompt
         assert [name for name, _ in h.bus.requests] == ["memory.context", "video.describe"]
 
 

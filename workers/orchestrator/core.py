@@ -8,7 +8,8 @@ of a cancelled turn can follow (a tool round in flight is cancelled with it).
 Tools: when the model asks for tool calls, they run as bus requests (tools.ToolRunner), each
 announced as tool.call and answered as tool.result, and the model is asked again with the
 outcomes; at most ``max_tool_rounds`` rounds, then the model answers without tools. A turn that
-plainly asks for one tool (tool_hints.required_tool) requires that call on its first round.
+plainly asks for one tool (tool_hints.required_tool) requires that call on its first round; one with
+no number in it may not call the number tools (tool_hints.allowed_tools).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .agents import HANDOFF, Agent, Router, handoff_target, handoff_tool
 from .context import Context, ContextHooks
 from .llm import ChatMessage, ChatModel, LLMError, ToolCallRequest, ToolDefinition, estimate_tokens
 from .prompt import build_prompt
-from .tool_hints import required_tool
+from .tool_hints import allowed_tools, required_tool
 from .tools import SessionContext, ToolOutcome, ToolRunner, call_message
 
 log = get_logger("orchestrator")
@@ -293,7 +294,8 @@ class Orchestrator:
             said = len(flight.text)
             calls: tuple[ToolCallRequest, ...] = ()
             required = required_tool(turn.text, offered_names) if self._tool_hints and tool_round == 1 else None
-            async for chunk in self._model.stream(messages, agent.model, self._max_tokens, offered, required):
+            allowed = allowed_tools(turn.text, offered_names) if self._tool_hints else None
+            async for chunk in self._model.stream(messages, agent.model, self._max_tokens, offered, required, allowed):
                 if chunk.usage is not None:
                     answer.usage = _added(answer.usage, chunk.usage)
                 if chunk.finish_reason == "length":

@@ -83,10 +83,12 @@ class ChatModel(ABC):
         max_tokens: int,
         tools: list[ToolDefinition] | None = None,
         required_tool: str | None = None,
+        allowed: frozenset[str] | None = None,
     ) -> AsyncIterator[Chunk]:
         """The reply in chunks (the last ones may carry only usage, a finish reason or the tool calls
         asked for, when ``tools`` were offered and the model declares ``tool_calls``); raises LLMError.
-        ``required_tool``: one of ``tools`` that the reply must call (OpenAI's named ``tool_choice``)."""
+        ``required_tool``: one of ``tools`` that the reply must call (OpenAI's named ``tool_choice``);
+        ``allowed``: the only ones of ``tools`` it may call (``allowed_tools``; None: all)."""
 
     async def context_window(self) -> int | None:
         """Tokens of prompt and reply together that the serving model takes; None when unknown."""
@@ -149,6 +151,7 @@ class OpenAIChatModel(ChatModel):
         max_tokens: int,
         tools: list[ToolDefinition] | None = None,
         required_tool: str | None = None,
+        allowed: frozenset[str] | None = None,
     ) -> AsyncIterator[Chunk]:
         # Two costs of the SDK's typed path are skipped, both measured on this machine: the generic
         # parameter transform of `chat.completions.create()` (1.3 ms of CPU for one message, ~6 ms
@@ -165,10 +168,11 @@ class OpenAIChatModel(ChatModel):
         }
         if self.temperature is not None:
             body["temperature"] = self.temperature
+        offered = {t["function"]["name"] for t in tools or []}
+        callable_now = offered if allowed is None else offered & allowed
         if tools:
             body["tools"] = tools
-            if required_tool:
-                body["tool_choice"] = {"type": "function", "function": {"name": required_tool}}
+            body.update(tool_choice(offered, callable_now, required_tool))
         try:
             response = await self._client.post(
                 "/chat/completions",
@@ -180,7 +184,7 @@ class OpenAIChatModel(ChatModel):
             )
             pieces, reported = 0, False
             calls: dict[int, list[str]] = {}  # index -> [id, name, arguments...] as the pieces come
-            written = TextToolCalls({t["function"]["name"] for t in tools or []})
+            written = TextToolCalls(callable_now)
             async with response:  # closes the connection also when a chunk is refused or we are cancelled
                 async for event in response:
                     chunk = _read_chunk(event, calls)
@@ -224,6 +228,19 @@ class OpenAIChatModel(ChatModel):
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def tool_choice(offered: set[str], allowed: set[str], required: str | None) -> dict[str, Any]:
+    """The request's ``tool_choice``, if not the default ``auto``: a required tool, none, or the allowed
+    ones (OpenAI's ``allowed_tools``: the tools and so the prompt stay the same, the calls are narrowed)."""
+    if required in allowed:
+        return {"tool_choice": {"type": "function", "function": {"name": required}}}
+    if allowed == offered:
+        return {}
+    if not allowed:
+        return {"tool_choice": "none"}
+    named = [{"type": "function", "function": {"name": name}} for name in sorted(allowed)]
+    return {"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": named}}}
 
 
 def _read_chunk(event: object, calls: dict[int, list[str]]) -> Chunk:
@@ -379,6 +396,7 @@ class EchoChatModel(ChatModel):
         max_tokens: int,
         tools: list[ToolDefinition] | None = None,
         required_tool: str | None = None,
+        allowed: frozenset[str] | None = None,
     ) -> AsyncIterator[Chunk]:
         words = _WORDS.findall("You said: " + messages[-1]["content"])[:max_tokens]
         for word in words:

@@ -2,8 +2,9 @@
 budgeted to the model's context window.
 
 Laid out for the server's prefix cache (a follow-up turn processes only its new tokens): what stays the
-same from turn to turn comes first (the agent's prompt, the tone, the memory's summary and facts, which
-change every ``summary_after_turns`` turns at most), then the history in order, then what changes every
+same from turn to turn comes first (the agent's prompt and the tone, which the template follows with the
+tools; then, in a message of its own, the memory's summary and facts, which change every
+``summary_after_turns`` turns at most), then the history in order, then what changes every
 turn (the passages found for this question or the note that there are none, the camera) in a system
 message just before the user's words. Measured: docs/benchmarks.md, "Local LLM serving"."""
 
@@ -68,10 +69,6 @@ def build_prompt(
         system = [agent.system_prompt]
         if instruction := tone_instruction(tone if tone is not None else agent.tone):  # the agent's: none chosen
             system.append(instruction)
-        if summary:
-            system.append(f"Earlier in this conversation: {summary}")
-        if facts:
-            system.append("What the user told you about themselves: " + "; ".join(facts))
         volatile = []  # after the history: a new one every turn would make the whole history new to the server
         if now is not None:  # small models answer "what year is it?" from their training otherwise
             zone = getattr(now.tzinfo, "key", None) or now.tzname() or "UTC"
@@ -89,6 +86,10 @@ def build_prompt(
         if camera is not None:
             volatile.append(f"The user's camera, just now: {camera.text}")
         messages: list[ChatMessage] = [{"role": "system", "content": "\n\n".join(system)}]
+        # In a message of its own: chat templates put the tools after the first system message, so the
+        # memory there made the server evaluate the tools again (~1,100 tokens, 50 s on 2 cores) whenever it changed.
+        if remembered := _remembered(summary, facts):
+            messages.append({"role": "system", "content": remembered})
         messages.extend({"role": role, "content": text} for role, text in turns)
         if volatile:
             messages.append({"role": "system", "content": "\n\n".join(volatile)})
@@ -126,3 +127,10 @@ def build_prompt(
         len(passages) - len(kept),
         memory is not None and bool(memory.summary or memory.facts) and not (summary or facts),
     )
+
+
+def _remembered(summary: str, facts: list[str]) -> str:
+    lines = [f"Earlier in this conversation: {summary}"] if summary else []
+    if facts:
+        lines.append("What the user told you about themselves: " + "; ".join(facts))
+    return "\n\n".join(lines)

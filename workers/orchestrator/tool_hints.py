@@ -11,6 +11,11 @@ costs one tool round, and the tool's error result lets the model answer anyway.
 Only shapes that are unambiguous are matched: an operator or arithmetic word between numbers, a
 conversion ("convert 212 F to C", "how many miles is 10 km"), a clock question naming a place or
 zone, a request to be reminded.
+
+The other way round, :func:`allowed_tools`: a turn with no number in it may not call the number
+tools (OpenAI's ``allowed_tools``; the prompt still lists them, so the server's prefix cache holds).
+The 1.5B "called" calculate for "how do you say good morning in German?" and for the boiling point
+of water, and answered with the nonsense it computed.
 """
 
 from __future__ import annotations
@@ -39,6 +44,22 @@ _CLOCK_ELSEWHERE = re.compile(
     r"\b(?:time|date|day)\b.*\b(?:time ?zone|in [A-Z][\w/]+|at [A-Z][\w/]+)", re.IGNORECASE | re.DOTALL
 )
 _REMINDER = re.compile(r"\bremind me\b|\bset (?:a |an )?(?:reminder|timer|alarm)\b", re.IGNORECASE)
+
+
+NUMBER_TOOLS = frozenset({"calculate", "convert_units"})
+_NUMBER_WORDS = re.compile(
+    r"\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|"
+    r"sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|"
+    r"thousand|million|billion|trillion|half|quarter|third|twice|double|triple|dozen|pi)\b",
+    re.IGNORECASE,
+)
+
+
+def allowed_tools(text: str, offered: frozenset[str]) -> frozenset[str]:
+    """The tools the model may call for ``text``: all offered, but the number tools when it has no number."""
+    if re.search(r"\d", text) or _NUMBER_WORDS.search(text):
+        return offered
+    return offered - NUMBER_TOOLS
 
 
 def required_tool(text: str, offered: frozenset[str]) -> str | None:
