@@ -68,8 +68,16 @@ class Process:
 _TRACK = 'cut -d" " -f5 /proc/$$/stat >> "$SB_STACK_PIDS"; exec "$@"'
 
 
-def _tracked(command: list[str]) -> list[str]:
-    return ["sh", "-c", _TRACK, "sh", *command]
+def _tracked(command: list[str], nice: int = 0) -> list[str]:
+    return ["sh", "-c", _TRACK, "sh", *(["nice", "-n", str(nice)] if nice else []), *command]
+
+
+# CPU priorities on a small machine (2 cores run everything): what a speaking user waits for first.
+# The audio path (transcriber: VAD, recognition, end of turn; voice: speech synthesis; the edge) keeps
+# the default priority; the local LLM yields to it (a reply's first audio is synthesised while the LLM
+# writes the rest; a barge-in is heard while it writes); background work yields to both. SB_CPU_PRIORITIES=off
+# starts everything at the default priority. Measured in docs/benchmarks.md ("CPU priorities").
+NICENESS = {"llm": 5, "memory": 5, "video": 10, "stats": 10, "keywords": 10}
 
 
 def reap_leftovers(pids_file: Path) -> int:
@@ -131,7 +139,8 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
     local model: 1.5b, the default, 0.5b or smollm2; see ops/models.py), SB_LLM_LOCAL_CTX (its context
     window; default: the model's), SB_LLM_LOCAL_SERVER (``llama-cpp-python``, the default, or
     ``llama-server``: llama.cpp's own, built by ``just llama-server``; no priority for background work,
-    see docs/benchmarks.md); SB_METRICS_PORT is the first of one metrics port per process."""
+    see docs/benchmarks.md); SB_METRICS_PORT is the first of one metrics port per process;
+    SB_CPU_PRIORITIES (``on``, the default, or ``off``: see NICENESS)."""
     run_dir = Path(env.setdefault("SB_RUN_DIR", str(DEFAULT_RUN_DIR)))
     env["SB_STACK_PIDS"] = str(run_dir / "stack.pids")
     processes: list[Process] = []
@@ -174,15 +183,19 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
                 command = llama_server.server_command(llm_port, local.alias, context=context)
             else:
                 command = llm_command(llm_port, find_model(local.alias), name=local.alias, context=context)
-            processes.append(Process("llm", _tracked(command), server=True))
+            processes.append(Process("llm", _tracked(command, _nice("llm", env)), server=True))
     python = sys.executable
     # SB_METRICS_PORT=N gives each process its own Prometheus endpoint: N, N+1, ... in this order.
     base = int(env.get("SB_METRICS_PORT", "0"))
     for i, (name, module) in enumerate([*((w, f"workers.{w}") for w in registry.WORKERS), ("edge", "edge")]):
         metrics = ["env", f"SB_METRICS_PORT={base + i}"] if base else []
-        processes.append(Process(name, _tracked([*metrics, python, "-m", module])))
+        processes.append(Process(name, _tracked([*metrics, python, "-m", module], _nice(name, env))))
     processes.append(Process("health", _tracked([python, "-m", "ops.cli", "status", "--watch"])))
     return processes, notes
+
+
+def _nice(name: str, env: dict[str, str]) -> int:
+    return 0 if env.get("SB_CPU_PRIORITIES", "on").lower() in ("off", "false", "0") else NICENESS.get(name, 0)
 
 
 def log_file(run_dir: Path, name: str) -> Path:

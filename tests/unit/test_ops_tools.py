@@ -158,3 +158,24 @@ def test_leftovers_are_recognised_by_the_stack_environment_not_the_command_line(
             process.kill()
             process.wait()
     assert not started_by_stack(ours.pid, pids_file)  # gone
+
+
+def test_the_launcher_starts_background_work_at_a_lower_cpu_priority(tmp_path: Path) -> None:
+    env = {
+        "SB_RUN_DIR": str(tmp_path),
+        "SB_LLM_PROVIDER": "echo",
+        "SB_NATS_URL": "nats://127.0.0.1:1",
+        "SB_MONGO_URL": "mongodb://127.0.0.1:1",
+    }
+
+    def niceness(settings: dict[str, str]) -> dict[str, int]:
+        found = {}
+        for process in plan({**env, **settings})[0]:
+            command = process.command
+            found[process.name] = int(command[command.index("nice") + 2]) if "nice" in command else 0
+        return found
+
+    default = niceness({})
+    assert default["transcriber"] == default["voice"] == default["edge"] == default["orchestrator"] == 0
+    assert default["video"] > default["memory"] > 0 and default["stats"] > 0
+    assert set(niceness({"SB_CPU_PRIORITIES": "off"}).values()) == {0}
