@@ -143,6 +143,40 @@ class PriorityMiddleware:
             await self.app(scope, receive, answer)
 
 
+class AllowedToolsShim:
+    """Lets OpenAI's ``tool_choice: {"type": "allowed_tools", ...}`` through to the chat handler
+    (tool_calling.pass_allowed_tools): the request body is read whole and passed on rewritten."""
+
+    def __init__(self, app: ASGIApp, handled: bool) -> None:
+        self.app = app
+        self.handled = handled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/chat/completions":
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: let the app see it
+                await self.app(scope, _replay([message], receive), send)
+                return
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        body = tool_calling.pass_allowed_tools(body, self.handled)
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
 def abort_hook(llama: llama_cpp.Llama) -> Callable[[Callable[[], bool] | None], None]:
     """Installs a Python function as ``llama``'s abort callback, or removes it (None). Only
     background requests run with one: checking it costs a GIL round trip per graph node."""
@@ -179,10 +213,10 @@ def main() -> None:
     proxy = server_app._llama_proxy
     assert proxy is not None, "create_app loads the model"
     llama = proxy()
-    tool_calling.install(llama)
+    handled = tool_calling.install(llama)
     gate = PriorityGate(abort_hook(llama), BACKGROUND_GRACE_S)
     uvicorn.run(
-        PriorityMiddleware(app, gate),
+        PriorityMiddleware(AllowedToolsShim(app, handled), gate),
         host=os.getenv("HOST", server_settings.host),
         port=int(os.getenv("PORT", str(server_settings.port))),
     )

@@ -286,6 +286,26 @@ class ToolCallingHandler:
         yield chunk({}, "tool_calls")
 
 
+# llama-cpp-python 0.3.36's request model predates OpenAI's ``allowed_tools`` (HTTP 422): our server
+# (ops/llama_cpp_serve.py) passes it to this handler as a named choice under this prefix.
+ALLOWED_PREFIX = "sb-allowed-tools:"
+
+
+def pass_allowed_tools(body: bytes, handled: bool) -> bytes:
+    """A chat request's body with an ``allowed_tools`` choice the server accepts: for this handler
+    (``handled``), a named choice under ALLOWED_PREFIX; for another, ``auto`` (every tool allowed)."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return body  # the server refuses it as it is
+    choice = request.get("tool_choice") if isinstance(request, dict) else None
+    if not (isinstance(choice, dict) and choice.get("type") == "allowed_tools"):
+        return body
+    spec = json.dumps(choice.get("allowed_tools") or {})
+    request["tool_choice"] = {"type": "function", "function": {"name": ALLOWED_PREFIX + spec}} if handled else "auto"
+    return json.dumps(request).encode()
+
+
 @dataclass(frozen=True)
 class ToolChoice:
     """OpenAI's ``tool_choice``: which of the offered tools the reply may call, and whether it must."""
@@ -312,11 +332,12 @@ class ToolChoice:
             return cls(tools, required=True)
         if not isinstance(tool_choice, dict):
             raise ValueError(f"tool_choice {tool_choice!r} is not auto, required, none or an object")
-        if tool_choice.get("type") == "allowed_tools":
-            spec = tool_choice.get("allowed_tools") or {}
+        name = (tool_choice.get("function") or {}).get("name")
+        if tool_choice.get("type") == "allowed_tools" or str(name).startswith(ALLOWED_PREFIX):
+            spec = tool_choice.get("allowed_tools") or json.loads(str(name).removeprefix(ALLOWED_PREFIX))
             names = [(item.get("function") or {}).get("name") for item in spec.get("tools") or []]
             return cls(_offered(tools, names), required=spec.get("mode") == "required")
-        return cls(_offered(tools, [(tool_choice.get("function") or {}).get("name")]), required=True)
+        return cls(_offered(tools, [name]), required=True)
 
 
 def _offered(tools: list[dict[str, Any]], names: list[Any]) -> list[dict[str, Any]]:

@@ -113,7 +113,7 @@ async def test_a_call_of_a_tool_not_allowed_this_turn_becomes_a_plain_answer(qwe
     # Seen: for this question the 1.5B writes a call (calculate, or get_time); with only handoff allowed it
     # must answer in words, and nothing of a call may reach the user.
     model = OpenAIChatModel(qwen.url, "none", models.DEFAULT, timeout_s=300.0, temperature=0.2)
-    tools = [BY_TOOL["calculate"].function(), BY_TOOL["get_time"].function()]
+    tools = [BY_TOOL[name].function() for name in ("calculate", "get_time", "convert_units")]
     messages: list[dict[str, object]] = [
         {"role": "system", "content": shipped_agents().agents[0].system_prompt},
         {"role": "user", "content": "How do you say good morning in German?"},
@@ -121,9 +121,11 @@ async def test_a_call_of_a_tool_not_allowed_this_turn_becomes_a_plain_answer(qwe
     try:
         unnarrowed = [c async for c in model.stream(messages, None, 60, tools)]
         assert any(chunk.tool_calls for chunk in unnarrowed)  # the model's own choice: a call (else no test)
-        chunks = [c async for c in model.stream(messages, None, 60, tools, allowed=frozenset())]
-        text = "".join(chunk.text for chunk in chunks)
-        assert not any(chunk.tool_calls for chunk in chunks) and "guten morgen" in text.lower(), text
-        assert "{" not in text and "tool_call" not in text
+        # allowed_tools on the wire (our server passes it to the handler), and "none"
+        for allowed in (frozenset({"convert_units"}), frozenset()):
+            chunks = [c async for c in model.stream(messages, None, 60, tools, allowed=allowed)]
+            text = "".join(chunk.text for chunk in chunks)
+            assert not any(chunk.tool_calls for chunk in chunks) and "guten morgen" in text.lower(), (allowed, text)
+            assert "{" not in text and "tool_call" not in text
     finally:
         await model.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from ops.tool_calling import ToolChoice
+from ops.tool_calling import ToolChoice, pass_allowed_tools
 from workers.orchestrator.llm import tool_choice
 from workers.orchestrator.tool_hints import NUMBER_TOOLS, allowed_tools, required_tool
 
@@ -104,3 +106,15 @@ def test_our_local_server_reads_every_tool_choice() -> None:
     assert narrowed.names == {"get_time", "handoff"} and not narrowed.required
     with pytest.raises(ValueError, match="not among the tools offered"):
         ToolChoice.of(tools, {"type": "function", "function": {"name": "rm_rf"}})
+
+
+def test_allowed_tools_pass_through_our_server_to_the_handler_or_fall_back_to_auto() -> None:
+    tools = [_tool("calculate"), _tool("get_time"), _tool("handoff")]
+    wire = tool_choice({"calculate", "get_time", "handoff"}, {"get_time"}, None)
+    body = json.dumps({"messages": [], "tools": tools, **wire}).encode()
+    passed = json.loads(pass_allowed_tools(body, handled=True))["tool_choice"]
+    assert passed["type"] == "function"  # a shape llama-cpp-python's request model accepts
+    assert ToolChoice.of(tools, passed).names == {"get_time"}
+    assert json.loads(pass_allowed_tools(body, handled=False))["tool_choice"] == "auto"  # another chat handler
+    plain = json.dumps({"messages": [], "tool_choice": "required"}).encode()
+    assert pass_allowed_tools(plain, handled=True) == plain and pass_allowed_tools(b"{oops", handled=True) == b"{oops"
