@@ -120,6 +120,8 @@ async def test_a_calculation_goes_through_the_bus_to_the_model_and_its_answer(
     assert first["tool_choice"] == {"type": "function", "function": {"name": "calculate"}}
     assert "tool_choice" not in second
     assert first["temperature"] == second["temperature"] == 0.2  # SB_LLM_TEMPERATURE's default
+    # No word about time: no date line, so the next turn's prompt starts with this one's (the server's cache).
+    assert not [m for m in first["messages"] if m["content"].startswith("(If the user asks about the date")]
     assistant = next(m for m in second["messages"] if m.get("tool_calls"))
     assert assistant["tool_calls"][0]["id"] == call["call_id"]
     assert tool_messages(second) == [result["result"]]
@@ -139,6 +141,7 @@ async def test_time_in_the_sessions_zone(edge: str, llm: ScriptedLLM) -> None:
     llm.script(tool_calls=[("get_time", {})])
     llm.script(reply="It is late in Tokyo.")
     (result,) = of("tool.result", await turn(client, "what time is it?"))
+    assert [m for m in llm.requests[0]["messages"] if m["content"].startswith("(If the user asks about the date")]
     # The session's time is in the prompt: no tool is required; no number in the words: none of the number tools.
     choice = llm.requests[0]["tool_choice"]
     assert choice["type"] == "allowed_tools" and choice["allowed_tools"]["mode"] == "auto"

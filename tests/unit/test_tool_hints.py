@@ -8,7 +8,7 @@ import pytest
 
 from ops.tool_calling import ToolChoice, pass_allowed_tools
 from workers.orchestrator.llm import tool_choice
-from workers.orchestrator.tool_hints import NUMBER_TOOLS, allowed_tools, required_tool
+from workers.orchestrator.tool_hints import NUMBER_TOOLS, allowed_tools, mentions_time, required_tool
 
 ALL = frozenset({"calculate", "convert_units", "get_time", "set_reminder", "search_knowledge", "recall_memory"})
 
@@ -118,3 +118,20 @@ def test_allowed_tools_pass_through_our_server_to_the_handler_or_fall_back_to_au
     assert json.loads(pass_allowed_tools(body, handled=False))["tool_choice"] == "auto"  # another chat handler
     plain = json.dumps({"messages": [], "tool_choice": "required"}).encode()
     assert pass_allowed_tools(plain, handled=True) == plain and pass_allowed_tools(b"{oops", handled=True) == b"{oops"
+
+
+@pytest.mark.parametrize(
+    ("text", "timely"),
+    [
+        ("What year is it now?", True),
+        ("What day of the week is it today?", True),
+        ("Which month are we in?", True),
+        ("How long until Christmas?", True),
+        ("Remind me tomorrow morning", True),
+        ("What is the capital of Italy?", False),
+        ("Which river flows through it?", False),
+        ("Thanks, that helps a lot.", False),
+    ],
+)
+def test_the_date_goes_into_the_prompt_only_when_the_turn_may_need_it(text: str, timely: bool) -> None:
+    assert mentions_time(text) is timely

@@ -35,7 +35,7 @@ from .agents import HANDOFF, Agent, Router, handoff_target, handoff_tool
 from .context import Context, ContextHooks
 from .llm import ChatMessage, ChatModel, LLMError, ToolCallRequest, ToolDefinition, estimate_tokens
 from .prompt import build_prompt
-from .tool_hints import allowed_tools, required_tool
+from .tool_hints import allowed_tools, mentions_time, required_tool
 from .tools import SessionContext, ToolOutcome, ToolRunner, call_message
 
 log = get_logger("orchestrator")
@@ -272,7 +272,7 @@ class Orchestrator:
             answer.context.retrieval_status,
             answer.context.camera,
             budget,
-            now=session_now(settings.time_zone if settings else None),
+            now=session_now(settings.time_zone if settings else None) if mentions_time(turn.text) else None,
         )
         answer.citations = [p.citation for p in prompt.passages]
         if prompt.tokens != prompt.tokens_before:

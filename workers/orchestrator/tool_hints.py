@@ -62,6 +62,22 @@ def allowed_tools(text: str, offered: frozenset[str]) -> frozenset[str]:
     return offered - NUMBER_TOOLS
 
 
+_TIME_WORDS = re.compile(
+    r"\b(?:time|date|dates|day|days|today|tonight|tomorrow|yesterday|week|weeks|weekend|weekday|month|"
+    r"months|year|years|now|clock|o'clock|hour|hours|minute|minutes|morning|afternoon|evening|night|season|"
+    r"when|ago|until|till|since|age|old|birthday|christmas|holiday|deadline|schedule|calendar|late|early|"
+    r"monday|tuesday|wednesday|thursday|friday|saturday|sunday|january|february|march|april|may|june|july|"
+    r"august|september|october|november|december)\b",
+    re.IGNORECASE,
+)
+
+
+def mentions_time(text: str) -> bool:
+    """True when the turn may need today's date or the time (then the prompt carries them). Measured: the
+    date line on every turn made every follow-up turn re-read the previous one (~85 tokens, 4.7 s on 2 cores)."""
+    return _TIME_WORDS.search(text) is not None
+
+
 def required_tool(text: str, offered: frozenset[str]) -> str | None:
     """The tool that ``text`` plainly asks for, if it is among ``offered``; else None (the model decides)."""
     for name, matches in (
