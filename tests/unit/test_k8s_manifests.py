@@ -323,3 +323,15 @@ def test_the_nats_auth_generator_covers_every_user(tmp_path: Path) -> None:
     }
     assert referenced <= set(passwords)
     assert module.write(tmp_path)[1].read_text() == env.read_text()  # a second run keeps the passwords
+
+
+def test_a_worker_is_ready_when_its_own_health_says_so() -> None:
+    deployments = of_kind("Deployment")
+    for worker in registry.WORKERS:
+        (container,) = containers(deployments[worker])
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert "metrics" in ports, worker  # the probes' port (workers/runtime/metrics.py serves them)
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, worker
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, worker
+        assert env.get("SB_METRICS_PORT", str(ports["metrics"])) == str(ports["metrics"]), worker

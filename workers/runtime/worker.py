@@ -31,7 +31,7 @@ from contracts.subjects import SERVICES
 from .bus import Bus, flush_ordered
 from .consumes import Consumption, consumptions
 from .logging import configure_logging, get_logger
-from .metrics import serve_metrics
+from .metrics import serve_metrics, watch_health
 from .provision import provision
 from .settings import RuntimeSettings, load_settings
 from .transports import PartitionedTransport, Transport, transport_for
@@ -263,12 +263,14 @@ async def running_worker(
             await flush_ordered(bus.nc)  # subscriptions are live on the server before anyone is told we are ready
             service = await _announce(worker)
             await flush_ordered(bus.nc)  # discoverable (and its health answerable) once this returns
+            unwatch = watch_health(settings.metrics_port, name, worker.health)  # /readyz from now on
             if started is not None:
                 started(worker)
             log.info("worker ready", worker=name, startup_ms=round((time.monotonic() - began) * 1000, 1))
             try:
                 yield bus
             finally:
+                unwatch()
                 await _bounded(service.stop(), 2.0)
         finally:
             await _stop(worker, settings.shutdown_timeout_s)
