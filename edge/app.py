@@ -14,6 +14,7 @@ WebSocket:
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,7 +72,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
             name="edge",
             version=VERSION,
             description="WebSocket edge",
-            metadata={"started_at": f"{time.time():.3f}"},
+            metadata={"started_at": f"{time.time():.3f}", "pid": str(os.getpid())},
         )
         log.info("edge ready", port=settings.edge_port, auth="api keys" if api_keys else "open session creation")
         yield

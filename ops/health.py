@@ -4,6 +4,7 @@ each is healthy (its ``health`` endpoint: the problems its worker and transports
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ class ServiceInstance:
     started_at: float
     problems: tuple[str, ...] = field(default=())  # empty: healthy
     health_subject: str | None = field(default=None, compare=False)
+    pid: int | None = field(default=None, compare=False)  # its process on its host, when it says
 
     @property
     def uptime_s(self) -> float:
@@ -49,6 +51,7 @@ async def discover(nc: Client, wait_s: float = 0.5) -> list[ServiceInstance]:
                 info.get("version", ""),
                 float(metadata.get("started_at", time.time())),
                 health_subject=health,
+                pid=int(metadata["pid"]) if str(metadata.get("pid", "")).isdigit() else None,
             )
         )
     await sub.unsubscribe()
@@ -65,7 +68,7 @@ async def _checked(nc: Client, service: ServiceInstance, wait_s: float) -> Servi
         problems = tuple(str(p) for p in reply.get("problems") or ())
     except Exception as error:
         problems = (f"health endpoint did not answer ({type(error).__name__})",)
-    return ServiceInstance(service.name, service.id, service.version, service.started_at, problems)
+    return dataclasses.replace(service, problems=problems)
 
 
 def missing(expected: tuple[str, ...], running: list[ServiceInstance]) -> list[str]:

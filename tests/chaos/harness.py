@@ -45,6 +45,11 @@ class StackError(RuntimeError):
     pass
 
 
+def service_of(name: str) -> str:
+    """``orchestrator#2`` (a second replica, its own process) -> ``orchestrator``."""
+    return name.split("#", 1)[0]
+
+
 @dataclass
 class Managed:
     """One worker or the edge: how to start it and what runs now."""
@@ -54,7 +59,6 @@ class Managed:
     log: Path
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
-    spawned_at: float = 0.0  # wall clock: compared with the started_at discovery reports
     starts: int = 0
 
     @property
@@ -181,7 +185,7 @@ class Stack:
             "SB_EDGE_PORT": str(self.edge_port),
             "SB_EDGE_SECRET": SECRET,
         }
-        if name == "transcriber":
+        if service_of(name) == "transcriber":
             # The light engine and ONNX VAD: same pipeline, a fraction of the start-up time. One
             # recognition child, so the session under test is certainly the one it serves.
             env |= {"SB_STT_ENGINE": "pocketsphinx", "SB_VAD_ONNX": "true", "SB_RECOGNITION_PROCESSES": "1"}
@@ -189,7 +193,7 @@ class Stack:
 
     def _managed(self, name: str) -> Managed:
         if name not in self.services:
-            module = "edge" if name == "edge" else f"workers.{name}"
+            module = "edge" if name == "edge" else f"workers.{service_of(name)}"
             self.services[name] = Managed(name, module, self.logs / f"{name}.log", self.env_for(name))
         return self.services[name]
 
@@ -203,7 +207,6 @@ class Stack:
             log.write(f"\n===== chaos harness: start #{service.starts} of {name} at {time.time():.3f}\n".encode())
         out = service.log.open("ab")
         try:
-            service.spawned_at = time.time()
             service.process = subprocess.Popen(
                 [sys.executable, "-m", service.module],
                 cwd=ROOT,
@@ -240,7 +243,8 @@ class Stack:
                 )
             if self.nc.is_connected:
                 running = await discover(self.nc, wait_s=0.25)
-                fresh = any(s.name == name and s.started_at >= service.spawned_at - 1.0 for s in running)
+                # Its own process (the pid it announces): a twin replica started at the same time must not count.
+                fresh = any(s.name == service_of(name) and s.pid == service.pid for s in running)
                 if fresh and (name != "edge" or port_open("127.0.0.1", self.edge_port)):
                     return
             else:

@@ -1,4 +1,5 @@
-"""One NATS node of three SIGKILLed mid-conversation, then brought back.
+"""One NATS node of three SIGKILLed mid-conversation, then brought back; one of two orchestrator
+replicas (on different nodes) SIGKILLed mid-conversation.
 
 The edge, the orchestrator and memory each talk to a different node first; the node that goes is
 the leader of the conversations' stream. Every turn must be
@@ -38,4 +39,25 @@ async def test_losing_a_node_mid_conversation_loses_and_duplicates_no_turn(stack
         await talk.stop_talking()
         await talk.settle()
         problems = await talk.verify()
+    assert not problems, "; ".join(problems)
+
+
+async def test_losing_one_of_two_orchestrators_loses_and_duplicates_no_turn(stack: ClusterStack) -> None:
+    # Two replicas share the durable consumer of user turns, each through another node. The one that
+    # dies leaves its turns in flight unacknowledged: the other answers them after the ack wait, once.
+    await healthy(stack, "orchestrator", "memory", "edge")
+    await stack.ensure("orchestrator#2")
+    async with conversation(stack, "orchestrator replica loss") as talk:
+        for i in range(SESSIONS):
+            await talk.add(f"r{i}")
+        talk.start()
+        await asyncio.sleep(3.0)
+        fault = talk.fault("orchestrator replica on node 1 SIGKILLed (its twin on node 2 goes on)")
+        await stack.kill("orchestrator")
+        await talk.until_recovered(fault)
+        await asyncio.sleep(3.0)
+        await talk.stop_talking()
+        await talk.settle()
+        problems = await talk.verify()
+    await stack.ensure("orchestrator")  # as the other tests expect it
     assert not problems, "; ".join(problems)

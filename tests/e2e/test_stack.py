@@ -50,6 +50,12 @@ def wait_healthy(env: dict[str, str], timeout: float = 90.0) -> str:
     return result.stdout
 
 
+# The stack runs its local LLM at nice 5 (ops/stack.py, NICENESS): in the suite, beside another test's
+# busy processes at the default priority, the first reply (after the agents' warm-up) took over 60 s
+# once in CI. What is measured here is the stack's shape, not its speed (bench/ has that).
+FIRST_REPLY_S = 180
+
+
 @pytest.fixture
 def stack_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {
@@ -136,7 +142,7 @@ async def test_up_runs_everything_survives_a_crash_and_stops_cleanly(stack_env: 
         assert "orchestrator" in status and "edge" in status and "all expected services healthy" in status
         client = await connect(f"http://127.0.0.1:{stack_env['SB_EDGE_PORT']}")
         await client.chat("Say hi.")
-        done = (await client.until(lambda e: e["kind"] == "reply.done", timeout=60))[-1]
+        done = (await client.until(lambda e: e["kind"] == "reply.done", timeout=FIRST_REPLY_S))[-1]
         assert done["finish_reason"] in ("stop", "length") and done["text"].strip()
         await client.close()
 
@@ -174,7 +180,7 @@ async def test_a_killed_worker_is_restarted_and_the_rest_keeps_running(
         assert after == before  # nothing else was restarted
         client = await connect(f"http://127.0.0.1:{stack_env['SB_EDGE_PORT']}")
         await client.chat("Say hi.")
-        done = (await client.until(lambda e: e["kind"] == "reply.done", timeout=60))[-1]
+        done = (await client.until(lambda e: e["kind"] == "reply.done", timeout=FIRST_REPLY_S))[-1]
         assert done["text"].strip()
         await client.close()
         assert launcher.poll() is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -308,7 +309,7 @@ async def _announce(worker: Worker[Any]) -> Service:
         name=worker.name,
         version=VERSION,
         description=worker.description,
-        metadata={"started_at": f"{time.time():.3f}", "prefix": settings.subject_prefix},
+        metadata={"started_at": f"{time.time():.3f}", "prefix": settings.subject_prefix, "pid": str(os.getpid())},
     )
 
     async def health(request: Request) -> None:
