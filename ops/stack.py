@@ -76,7 +76,8 @@ def _tracked(command: list[str], nice: int = 0) -> list[str]:
 # The audio path (transcriber: VAD, recognition, end of turn; voice: speech synthesis; the edge) keeps
 # the default priority; the local LLM yields to it (a reply's first audio is synthesised while the LLM
 # writes the rest; a barge-in is heard while it writes); background work yields to both. SB_CPU_PRIORITIES=off
-# starts everything at the default priority. Measured in docs/benchmarks.md ("CPU priorities").
+# starts everything at the default priority. docs/benchmarks.md ("CPU priorities"): no difference with
+# one session and no background work; the contended cases are not measured yet.
 NICENESS = {"llm": 5, "memory": 5, "video": 10, "stats": 10, "keywords": 10}
 
 
