@@ -174,7 +174,7 @@ class ToolCallingHandler:
 
         yield chunk({"role": "assistant"})
         if choice.required:
-            yield from self._call(llama, prompt, choice.allowed, sampling, chunk)
+            yield from self._emit_call(self._generate_call(llama, prompt, choice.allowed, sampling), chunk)
             return
         names = frozenset(tool["function"]["name"] for tool in tools)
         held, deciding, finish = "", True, "stop"
@@ -244,11 +244,6 @@ class ToolCallingHandler:
                 if llama.detokenize([token], special=True).lstrip().startswith(_CALL_OPENINGS)
             ]
         return self._openings
-
-    def _call(
-        self, llama: llama_cpp.Llama, prompt: str, tools: list[dict[str, Any]], sampling: dict[str, Any], chunk: Any
-    ) -> Iterator[dict[str, Any]]:
-        yield from self._emit_call(self._generate_call(llama, prompt, tools, sampling), chunk)
 
     def _generate_call(
         self, llama: llama_cpp.Llama, prompt: str, tools: list[dict[str, Any]], sampling: dict[str, Any]

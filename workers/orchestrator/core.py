@@ -289,12 +289,12 @@ class Orchestrator:
                 dropped_memory=prompt.dropped_memory,
             )
         messages = prompt.messages
+        allowed = allowed_tools(turn.text, offered_names) if self._tool_hints else None
         for tool_round in range(1, self._max_tool_rounds + 2):
             offered = tools if tool_round <= self._max_tool_rounds else None  # the last round must answer
             said = len(flight.text)
             calls: tuple[ToolCallRequest, ...] = ()
             required = required_tool(turn.text, offered_names) if self._tool_hints and tool_round == 1 else None
-            allowed = allowed_tools(turn.text, offered_names) if self._tool_hints else None
             async for chunk in self._model.stream(messages, agent.model, self._max_tokens, offered, required, allowed):
                 if chunk.usage is not None:
                     answer.usage = _added(answer.usage, chunk.usage)

@@ -74,7 +74,8 @@ class SessionPipeline:
         self.endpoint = endpoint
         self.partial_interval_s = partial_interval_s
         self.turn_model = turn_model
-        self.speculator = speculator if isinstance(recognizer, Speculative) else None
+        # Where and of what the final is recognised ahead: only a recognizer that can, with an executor.
+        self._ahead = (speculator, recognizer) if speculator and isinstance(recognizer, Speculative) else None
         self._speculation: Future[Transcript] | None = None  # the final of the audio up to speech stopped
         self._wasted = 0
         self._turn_audio: deque[bytes] = deque()  # the turn's audio, last TURN_AUDIO_BYTES (with turn_model)
@@ -106,8 +107,10 @@ class SessionPipeline:
         else:
             self._remember(pcm)
         stopped_now = any(output.kind == "speech_stopped" for output in outputs)
-        if stopped_now and self.speculator is not None and self.turn_id is not None:
-            self._speculate(self.speculator)
+        if stopped_now and self._ahead is not None and self.turn_id is not None:
+            executor, recognizer = self._ahead
+            if (job := recognizer.speculate()) is not None:
+                self._speculation = executor.submit(job)
         # The model (~0.3 s of CPU) runs on the next push: "speech stopped" goes out without waiting for it.
         if self.turn_model is not None and self.endpoint.wants_verdict and self._turn_audio and not stopped_now:
             complete, self._probability = self.turn_model(pcm16_to_float(b"".join(self._turn_audio)))
@@ -131,6 +134,7 @@ class SessionPipeline:
         self.endpoint.on_vad(event)
         if event.kind == "start":
             if self._speculation is not None:  # the user goes on: the audio so far is not the turn
+                self._speculation.cancel()  # if it has not started yet, it never costs the CPU
                 self._speculation, self._wasted = None, self._wasted + 1
             outputs = []
             if self.turn_id is None:
@@ -162,11 +166,6 @@ class SessionPipeline:
             text, self._pending_partial, self._last_partial_at = self._pending_partial, None, now
             return [Output("partial", self.turn_id, now, self.wall_time(now), text=text)]
         return []
-
-    def _speculate(self, executor: Executor) -> None:
-        job = self.recognizer.speculate() if isinstance(self.recognizer, Speculative) else None
-        if job is not None:
-            self._speculation = executor.submit(job)
 
     def _transcript(self) -> tuple[Transcript, bool]:
         """The turn's final text, and whether it was recognised ahead (no speech since it started)."""
