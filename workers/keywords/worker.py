@@ -8,7 +8,7 @@ Logic: core.KeywordTagger (plain class, no bus).
 from __future__ import annotations
 
 from contracts import events as ev
-from workers.runtime import Bus, RuntimeSettings, Worker, consumes
+from workers.runtime import RuntimeSettings, Worker, consumes
 
 from .core import KeywordTagger
 
@@ -17,9 +17,7 @@ class KeywordsWorker(Worker[RuntimeSettings]):
     name = "keywords"
     description = "Keywords and sentiment of each user turn"
 
-    def __init__(self, settings: RuntimeSettings, bus: Bus) -> None:
-        super().__init__(settings, bus)
-        self.tagger = KeywordTagger()  # word lists only: cheap
+    tagger = KeywordTagger()  # word lists only, no state: one for every instance
 
     # A queue group: the worker is stateless, so replicas share the turns instead of each tagging all.
     @consumes("turn.user", queue="keywords")
