@@ -160,6 +160,37 @@ async def test_bad_documents_fail_with_a_reason_and_leave_nothing(
             await store.get_info(result.job_id)
 
 
+async def test_bytes_stored_before_are_read_again_under_another_type(retriever: Bus) -> None:
+    """Issue 16, observation 10: notes.txt stored as text/plain, then its exact bytes as application/msword,
+    were 'unchanged' (the content hash was compared before the type was checked)."""
+    session = f"{SESSION}-retyped-{new_id()[:8]}"
+    text = b"# Notes\n\nThe boathouse key hangs behind the blue door.\n\n## Later\n\nThe oars are in the shed."
+
+    async def upload(content_type: str) -> ev.IngestResult:
+        async with watch_jobs(retriever.nc, session, PREFIX) as watch:
+            job = await submit_ingest(retriever, session, "notes.txt", text, content_type)
+            return await anext(watch.results({job.job_id}, 30.0))
+
+    async def stored() -> list[str]:
+        reply = await query(
+            retriever, "boathouse key oars", session=session, top_k=20, min_score=-1.0, filters={"source": "notes.txt"}
+        )
+        return sorted(p.citation.section for p in reply.passages)
+
+    assert (await upload("text/plain")).status == "ingested"
+    assert await stored() == [""]
+    for content_type, error in [
+        ("application/msword", "unsupported content type 'application/msword'"),
+        ("application/pdf", "not a readable PDF"),
+    ]:
+        result = await upload(content_type)
+        assert result.status == "failed" and error in result.error, result
+        assert await stored() == [""]  # the stored version stays as it was
+    assert (await upload("text/markdown; charset=utf-8")).status == "ingested"  # read again, as Markdown
+    assert await stored() == ["Later", "Notes"]  # and only that version is left
+    assert (await upload("text/markdown")).status == "unchanged"
+
+
 async def test_a_document_too_slow_to_read_fails_in_time_while_queries_are_answered(retriever: Bus) -> None:
     session = f"{SESSION}-crowded"
     reading = asyncio.Event()

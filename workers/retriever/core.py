@@ -2,12 +2,13 @@
 
 Ingestion: extract sections -> token-aware chunks -> embeddings (batched) -> replace the
 document's chunks in its base's collection. A document is identified by its source within a
-base; its content hash makes re-ingesting unchanged bytes a no-op. Every base belongs to an owner
-(:func:`owned`): a session's bases are its own (or its tenant's, shared by the tenant's sessions:
-contracts/owners.py), and the ``public`` ones, loaded by operators, are read by every session that
-names them; nothing else crosses owners, not even the answer to "unchanged". Extraction runs in a child
-process within a time budget (reader.py); every other CPU- or IO-bound step runs in a worker
-thread, never on the event loop.
+base; its content hash (of its bytes and its media type: the same bytes read as another type
+are another version) makes re-ingesting unchanged bytes a no-op, once the type is known to be
+readable. Every base belongs to an owner (:func:`owned`): a session's bases are its own (or its
+tenant's, shared by the tenant's sessions: contracts/owners.py), and the ``public`` ones, loaded
+by operators, are read by every session that names them; nothing else crosses owners, not even
+the answer to "unchanged". Extraction runs in a child process within a time budget (reader.py);
+every other CPU- or IO-bound step runs in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from contracts.owners import PUBLIC, owner_of
 
 from .chunker import Chunker
 from .embedder import Embedder
-from .extract import DocumentError
+from .extract import DocumentError, check_readable, media_type
 from .reader import Reader
 from .store import ChunkStore, Hit, Scalar
 
@@ -75,6 +76,13 @@ def document_id(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:32]
 
 
+def version_hash(data: bytes, content_type: str) -> str:
+    """What makes a re-ingestion ``unchanged``: the same bytes read the same way (the same media type)."""
+    digest = hashlib.sha256(media_type(content_type).encode() + b"\0")
+    digest.update(data)
+    return digest.hexdigest()
+
+
 async def _no_progress(stage: str, done: int, total: int) -> None:
     return None
 
@@ -101,8 +109,9 @@ class Retriever:
     ) -> Outcome:
         """Index ``data`` as the document ``source`` of ``base``; DocumentError for bad input."""
         self.check_size(len(data))
+        check_readable(data, content_type)  # before "unchanged": bytes stored before may not be readable as this
         doc_id = document_id(source)
-        content_hash = hashlib.sha256(data).hexdigest()
+        content_hash = version_hash(data, content_type)
         if await asyncio.to_thread(self.store.stored_hash, base, doc_id) == content_hash:
             return Outcome("unchanged", doc_id, 0)
         await progress("parsing", 0, 1)

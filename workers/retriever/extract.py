@@ -202,15 +202,30 @@ PARSERS: dict[str, Callable[[bytes, str], Document]] = {
 }
 
 
-def extract(data: bytes, content_type: str, source: str, max_chars: int | None = None) -> Document:
-    """The document's sections; DocumentError when it has no text, or more than ``max_chars`` of it."""
-    parser = PARSERS.get(content_type.split(";", 1)[0].strip().lower())
+def media_type(content_type: str) -> str:
+    """``text/markdown; charset=utf-8`` -> ``text/markdown``: what decides how a document is read."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def parser_for(content_type: str) -> Callable[[bytes, str], Document]:
+    parser = PARSERS.get(media_type(content_type))
     if parser is None:
         supported = ", ".join(sorted({"text/plain", "text/markdown", "text/html", "application/pdf"}))
         raise DocumentError(f"unsupported content type {content_type!r}; supported: {supported}")
-    if not data.strip():
+    return parser
+
+
+def check_readable(data: bytes, content_type: str) -> None:
+    """What refuses a document before it is read (cheap, no parsing): an unsupported type, no content."""
+    parser_for(content_type)
+    if not data or data.isspace():
         raise DocumentError("the document is empty")
-    document = parser(data, source)
+
+
+def extract(data: bytes, content_type: str, source: str, max_chars: int | None = None) -> Document:
+    """The document's sections; DocumentError when it has no text, or more than ``max_chars`` of it."""
+    check_readable(data, content_type)
+    document = parser_for(content_type)(data, source)
     if not any(s.text.strip() for s in document.sections):
         raise DocumentError("the document has no text")
     if max_chars is not None and sum(len(s.text) for s in document.sections) > max_chars:
