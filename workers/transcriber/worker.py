@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,8 @@ SPECULATIVE_FINALS = Counter(
     "Final recognitions started ahead at speech stopped: used as the turn's final, or wasted by more speech",
     ("outcome",),
 )
+SESSION_RESTARTS = 5  # re-opens of one session's recognition task within SESSION_RESTART_WINDOW_S
+SESSION_RESTART_WINDOW_S = 60.0  # past the bound, the session's audio is dropped until the window allows one
 
 
 class TranscriberSettings(RuntimeSettings):
@@ -102,6 +105,9 @@ class Session:
     task: asyncio.Task[None] | None = None
     last_audio: float = field(default_factory=time.monotonic)
     in_turn: bool = False
+    restarts: deque[float] = field(default_factory=deque)  # monotonic times its task was re-opened, in the window
+    given_up: bool = False  # its task kept ending: its audio is dropped for now (told, in health)
+    unavailable: bool = False  # told recognition is down (PoolBroken); until it answers again
 
 
 class Transcriber(Worker[TranscriberSettings]):
@@ -161,7 +167,12 @@ class Transcriber(Worker[TranscriberSettings]):
         self._leases = asyncio.create_task(self.keep_leases(await self.open_leases(), self._leases_stop))
 
     def problems(self) -> list[str]:
-        return [*self.shards.problems(), *([self._lease_problem] if self._lease_problem else [])]
+        given_up = sum(session.given_up for session in self.sessions.values())
+        return [
+            *self.shards.problems(),
+            *([self._lease_problem] if self._lease_problem else []),
+            *([f"{given_up} session(s) not heard: their recognition task keeps failing"] if given_up else []),
+        ]
 
     @property
     def owned(self) -> set[int]:
@@ -242,6 +253,8 @@ class Transcriber(Worker[TranscriberSettings]):
             meta.session_id, int(delivery.subject.split(".")[-1])
         )
         session.last_audio = time.monotonic()
+        if not await self._supervise(meta.session_id, session):
+            return  # its task keeps failing: not heard until the restart window allows another
         try:
             session.queue.put_nowait((delivery.data, meta.captured_at or time.time()))
         except asyncio.QueueFull:
@@ -252,9 +265,48 @@ class Transcriber(Worker[TranscriberSettings]):
 
     def _open(self, session_id: str, partition: int) -> Session:
         session = Session(partition, asyncio.Queue(self.settings.session_queue_frames))
-        session.task = asyncio.create_task(self._process(session_id, session), name=f"transcribe-{session_id}")
         self.sessions[session_id] = session
+        session.task = self._run(session_id, session)
         return session
+
+    def _run(self, session_id: str, session: Session) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._process(session_id, session), name=f"transcribe-{session_id}")
+        task.add_done_callback(lambda ended: self._ended(session_id, session, ended))
+        return task
+
+    def _ended(self, session_id: str, session: Session, task: asyncio.Task[None]) -> None:
+        """A session's task ended: by our hand (dropped, replaced), or not: then it is said, and the
+        session's next audio re-opens it (``_supervise``)."""
+        if self.sessions.get(session_id) is not session or session.task is not task:
+            return
+        error = None if task.cancelled() else task.exception()
+        how = "cancelled" if task.cancelled() else repr(error)[:300] if error is not None else "returned"
+        log.error("session recognition task ended; re-opened at its next audio", session_id=session_id, how=how)
+
+    async def _supervise(self, session_id: str, session: Session) -> bool:
+        """Re-open the session's task if it ended, up to SESSION_RESTARTS in the window; False: it
+        may not run now (its audio is dropped)."""
+        if session.task is not None and not session.task.done():
+            return True
+        now = time.monotonic()
+        while session.restarts and session.restarts[0] < now - SESSION_RESTART_WINDOW_S:
+            session.restarts.popleft()
+        if len(session.restarts) >= SESSION_RESTARTS:
+            if not session.given_up:
+                session.given_up = True
+                log.error(
+                    "session recognition task keeps ending; its audio is dropped for now",
+                    session_id=session_id,
+                    restarts=len(session.restarts),
+                    window_s=SESSION_RESTART_WINDOW_S,
+                )
+                await self._tell(session_id, "recognition_unavailable", "speech recognition keeps failing; please type")
+            return False
+        session.restarts.append(now)
+        session.given_up, session.in_turn = False, False
+        session.task = self._run(session_id, session)
+        await self._tell(session_id, "recognition_lost", "what you were saying was lost; please say it again")
+        return True
 
     async def _process(self, session_id: str, session: Session) -> None:
         """The session's audio, in order, through its recognizer. A failure never ends the session's
@@ -265,16 +317,18 @@ class Transcriber(Worker[TranscriberSettings]):
                 frames.append(session.queue.get_nowait())
             try:
                 outputs, session.in_turn = await self.shards.push(session_id, frames)
+                session.unavailable = False
                 for output in outputs:
                     await self._publish(session_id, output)
-            except PoolBroken as error:
-                log.error(
-                    "recognition is down; this session's audio is not heard",
-                    session_id=session_id,
-                    error=str(error)[:300],
-                )
-                await self._tell(session_id, "recognition_unavailable", "speech recognition is down; please type")
-                return  # the session's audio is dropped (health says why) until it reconnects
+            except PoolBroken as error:  # the frames are dropped (health says why); told once, not per frame
+                if not session.unavailable:
+                    session.unavailable = True
+                    log.error(
+                        "recognition is down; this session's audio is not heard",
+                        session_id=session_id,
+                        error=str(error)[:300],
+                    )
+                    await self._tell(session_id, "recognition_unavailable", "speech recognition is down; please type")
             except Exception as error:  # ChildLost (its process died) or a bug: the next utterance starts afresh
                 log.error(
                     "recognition failed; the session goes on with its next utterance",
