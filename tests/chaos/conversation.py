@@ -97,6 +97,7 @@ class Talker:
         self.client: Client | None = None
         self.connected = asyncio.Event()
         self.disconnects: list[float] = []
+        self.edges: list[str] = []  # the edge of each socket it opened, in order
         self.said: list[Said] = []
         self._by_text: dict[str, Said] = {}
         self.turns: dict[str, Turn] = {}
@@ -110,17 +111,19 @@ class Talker:
     # ------------------------------------------------------------------ socket
 
     async def open(self) -> None:
-        self.session_id, self.token = await new_session(self.conversation.stack.edge_url)
-        self.client = await self._connect()
+        edges = self.conversation.stack.edge_urls()
+        self.session_id, self.token = await new_session(edges[0])
+        # With several edges the sessions spread over them, as a load balancer would spread them.
+        self.client = await self._connect(edges[len(self.conversation.talkers) % len(edges)])
         self.connected.set()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"talker-{self.name}")
         if "audio_in" in self.capabilities:
             self._microphone = asyncio.create_task(self._stream_microphone(), name=f"microphone-{self.name}")
 
-    async def _connect(self) -> Client:
-        return await connect(
-            self.conversation.stack.edge_url, self.token, client="chaos", capabilities=self.capabilities
-        )
+    async def _connect(self, edge: str) -> Client:
+        client = await connect(edge, self.token, client="chaos", capabilities=self.capabilities)
+        self.edges.append(edge)
+        return client
 
     async def _supervise(self) -> None:
         while True:
@@ -138,11 +141,14 @@ class Talker:
                     await self._send(said)
 
     async def _reconnect(self) -> Client:
+        """The same token on any edge that answers: the one it had first, else another."""
         while True:
-            try:
-                return await self._connect()
-            except Exception:  # refused, reset, no welcome yet: the edge is not back
-                await asyncio.sleep(0.25)
+            for edge in self.conversation.stack.edge_urls():
+                try:
+                    return await self._connect(edge)
+                except Exception:  # refused, reset, no welcome yet: that edge is not (back) up
+                    continue
+            await asyncio.sleep(0.25)
 
     async def _read(self, client: Client) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -267,7 +273,7 @@ class Talker:
         return any(d >= at for d in self.disconnects)
 
     async def stored(self) -> list[Event]:
-        return await history(self.conversation.stack.edge_url, self.session_id, self.token)
+        return await history(self.conversation.stack.edge_urls()[0], self.session_id, self.token)
 
 
 @dataclass

@@ -83,6 +83,8 @@ class Stack:
     mongo: RunningServer | None = None
     llm: subprocess.Popen[bytes] | None = None
     services: dict[str, Managed] = field(default_factory=dict)
+    #: Ports of further edges (``edge#2``...), each its own process on its own port.
+    edge_ports: dict[str, int] = field(default_factory=dict)
     #: Processes found alive in a killed service's group (children it left behind), by service.
     orphans: dict[str, list[int]] = field(default_factory=dict)
     _nc: NatsClient | None = None
@@ -105,6 +107,17 @@ class Stack:
     @property
     def edge_url(self) -> str:
         return f"http://127.0.0.1:{self.edge_port}"
+
+    def edge_port_of(self, name: str) -> int:
+        if name == "edge":
+            return self.edge_port
+        return self.edge_ports.setdefault(name, free_port())
+
+    def edge_urls(self) -> list[str]:
+        """The running edges' addresses (the first edge first), where a client may (re)connect."""
+        names = sorted((n for n, s in self.services.items() if service_of(n) == "edge" and s.alive), key=len)
+        # None running (the only edge restarting): where it comes back.
+        return [f"http://127.0.0.1:{self.edge_port_of(name)}" for name in names] or [self.edge_url]
 
     @property
     def logs(self) -> Path:
@@ -182,7 +195,7 @@ class Stack:
             "SB_LLM_MODEL": "scripted",
             "SB_LLM_API_KEY": "chaos",
             "SB_MONGO_URL": self.mongo_url,
-            "SB_EDGE_PORT": str(self.edge_port),
+            "SB_EDGE_PORT": str(self.edge_port_of(name) if service_of(name) == "edge" else self.edge_port),
             "SB_EDGE_SECRET": SECRET,
         }
         if service_of(name) == "transcriber":
@@ -193,7 +206,7 @@ class Stack:
 
     def _managed(self, name: str) -> Managed:
         if name not in self.services:
-            module = "edge" if name == "edge" else f"workers.{service_of(name)}"
+            module = "edge" if service_of(name) == "edge" else f"workers.{service_of(name)}"
             self.services[name] = Managed(name, module, self.logs / f"{name}.log", self.env_for(name))
         return self.services[name]
 
@@ -245,7 +258,7 @@ class Stack:
                 running = await discover(self.nc, wait_s=0.25)
                 # Its own process (the pid it announces): a twin replica started at the same time must not count.
                 fresh = any(s.name == service_of(name) and s.pid == service.pid for s in running)
-                if fresh and (name != "edge" or port_open("127.0.0.1", self.edge_port)):
+                if fresh and (service_of(name) != "edge" or port_open("127.0.0.1", self.edge_port_of(name))):
                     return
             else:
                 await asyncio.sleep(0.1)

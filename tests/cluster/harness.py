@@ -24,7 +24,10 @@ from workers.runtime.provision import stream_name
 NODES = 3
 CLUSTER = "switchboard"
 #: Which node each service talks to first (the others are its fallbacks).
-HOME_NODE = {"edge": 0, "orchestrator": 1, "orchestrator#2": 2, "memory": 2, "stats": 0, "transcriber": 2, "voice": 1}
+HOME_NODE = {
+    **{"edge": 0, "edge#2": 1, "orchestrator": 1, "orchestrator#2": 2, "memory": 2, "stats": 0, "voice": 1},
+    **{"transcriber": 2, "transcriber#2": 0},
+}
 
 
 @dataclass
