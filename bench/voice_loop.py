@@ -260,7 +260,8 @@ class Session:
             await asyncio.wait_for(self.changed.wait(), timeout)
 
 
-async def open_session(edge: str, index: int) -> Session:
+async def open_session(edge: str, index: int, voice: bool = True) -> Session:
+    """A session through the edge; ``voice=False``: a text-only client (no audio either way)."""
     async with httpx.AsyncClient(base_url=edge) as http:
         grant = (await http.post("/v1/sessions")).raise_for_status().json()
     ws = await websockets.connect(edge.replace("http", "ws") + "/v1/ws", max_size=2**22)
@@ -268,7 +269,7 @@ async def open_session(edge: str, index: int) -> Session:
         "type": "hello",
         "token": grant["token"],
         "client": "bench/voice_loop",
-        "capabilities": ["text", "audio_in", "audio_out"],
+        "capabilities": ["text", "audio_in", "audio_out"] if voice else ["text"],
         "audio": {"sample_rate": RATE, "encoding": "pcm_s16le"},
     }
     await ws.send(json.dumps(hello))
