@@ -197,19 +197,44 @@ async def test_a_document_too_slow_to_read_fails_in_time_while_queries_are_answe
     async with watch_jobs(retriever.nc, session, PREFIX, lambda _: reading.set()) as watch:
         crowded = await submit_ingest(retriever, session, "crowded.pdf", crowded_pdf(500_000), "application/pdf")
         after = await submit_ingest(retriever, session, "after.txt", b"Read as soon as it can be.", "text/plain")
-        failed = asyncio.ensure_future(anext(watch.results({crowded.job_id}, 30.0)))
-        await reading.wait()  # its first progress: the crowded PDF is being read (jobs run one at a time)
+
+        async def results() -> dict[str, ev.IngestResult]:
+            return {r.job_id: r async for r in watch.results({crowded.job_id, after.job_id}, 30.0)}
+
+        done = asyncio.ensure_future(results())
+        await reading.wait()  # its first progress: the crowded PDF is being read
         since = time.monotonic()
         reply = await query(retriever, "Which amendment forbids cruel and unusual punishments?")
-        assert reply.passages and not failed.done()  # answered while the document was still being read
-        result = await failed
+        assert reply.passages and not done.done()  # answered while the document was still being read
+        result = (await done)[crowded.job_id]
         assert (
             result.status == "failed"
             and result.error == f"the document took longer than {EXTRACT_TIMEOUT_S:g} s to read"
         )
         assert time.monotonic() - since < EXTRACT_TIMEOUT_S + 2.0
-        assert (await anext(watch.results({after.job_id}, 10.0))).status == "ingested"  # the next job goes on
+        assert (await done)[after.job_id].status == "ingested"  # the other job went on
     assert (await query(retriever, "anything", min_score=-1.0, filters={"source": "crowded.pdf"})).passages == []
+
+
+async def test_a_slow_document_does_not_hold_another_sessions_upload(retriever: Bus) -> None:
+    """Issue 16, observation 9: a hostile PDF held the retriever while other sessions' uploads waited (jobs
+    ran one at a time, so a small upload waited up to the whole extraction budget behind it)."""
+    hostile, other = f"{SESSION}-hostile-{new_id()[:8]}", f"{SESSION}-other-{new_id()[:8]}"
+    reading = asyncio.Event()
+    async with (
+        watch_jobs(retriever.nc, hostile, PREFIX, lambda _: reading.set()) as slow,
+        watch_jobs(retriever.nc, other, PREFIX) as quick,
+    ):
+        crowded = await submit_ingest(retriever, hostile, "crowded.pdf", crowded_pdf(500_000), "application/pdf")
+        failed = asyncio.ensure_future(anext(slow.results({crowded.job_id}, 30.0)))
+        await reading.wait()  # the crowded PDF is being read
+        since = time.monotonic()
+        job = await submit_ingest(retriever, other, "quick.txt", b"The quay opens at dawn.", "text/plain")
+        result = await anext(quick.results({job.job_id}, 30.0))
+        took = time.monotonic() - since
+        assert result.status == "ingested" and not failed.done(), (result, took)
+        assert took < EXTRACT_TIMEOUT_S / 2, took
+        assert (await failed).status == "failed"
 
 
 async def test_a_job_whose_upload_is_gone_fails_at_once(retriever: Bus) -> None:

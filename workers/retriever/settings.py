@@ -46,6 +46,12 @@ class RetrieverSettings(RuntimeSettings):
     retriever_threads: int = Field(default=2, ge=1, le=64, description="onnxruntime threads per model call")
     retriever_max_document_bytes: int = Field(default=20 * MiB, ge=1, description="Largest document accepted (bytes)")
     retriever_max_chunks: int = Field(default=20_000, ge=1, description="Most chunks one document may make")
+    retriever_max_jobs: int = Field(
+        default=2,
+        ge=1,
+        le=INGEST.max_ack_pending,
+        description="Ingestion jobs a replica runs at once, each reading its document in its own child process",
+    )
     retriever_extract_timeout_s: float = Field(
         default=10.0, gt=0, le=3600, description="Longest a document may take to read (its reader process is killed)"
     )

@@ -1,17 +1,20 @@
 """Retriever worker: knowledge bases of the user's documents, on chromadb with offline embeddings.
 
-Consumes: ingest.job (durable JetStream pull consumer INGEST on SB_JOBS: one job at a time per
-replica; bad documents fail their job, other errors are redelivered then dead-lettered) and
+Consumes: ingest.job (durable JetStream pull consumer INGEST on SB_JOBS: SB_RETRIEVER_MAX_JOBS jobs
+at once per replica, one at a time per document; bad documents fail their job, other errors are
+redelivered then dead-lettered) and
 retrieval.query and tools.search_knowledge (request/reply, queue group "retriever").
 Produces: job.progress and ingest.result on the requesting session; RetrievalReply and ToolReply replies.
 Logic: core.Retriever (reader -> chunker -> embedder -> store), plain classes without the bus; the
-reader is a child process, killed when a document takes longer than SB_RETRIEVER_EXTRACT_TIMEOUT_S.
+reader has a child process per job slot, killed when its document takes longer than
+SB_RETRIEVER_EXTRACT_TIMEOUT_S (the other slots' jobs go on meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from nats.js.errors import NotFoundError
@@ -49,13 +52,38 @@ class _Slot:
 
 def open_retriever(settings: RetrieverSettings) -> Retriever:
     """Load the embedding model (exporting it to ONNX on first use) and open the index. Blocking."""
-    reader = Reader(settings.retriever_extract_timeout_s, settings.retriever_max_text_chars)
+    reader = Reader(
+        settings.retriever_extract_timeout_s, settings.retriever_max_text_chars, settings.retriever_max_jobs
+    )
     embedder = Embedder(settings.model_cache(), settings.retriever_threads, settings.retriever_batch_size)
     chunker = Chunker(load_tokenizer(), settings.retriever_chunk_tokens, settings.retriever_chunk_overlap)
     store = ChunkStore(open_client(settings.retriever_chroma_url, settings.chroma_path()))
     return Retriever(
         reader, embedder, chunker, store, settings.retriever_max_document_bytes, settings.retriever_max_chunks
     )
+
+
+class _OnePerDocument:
+    """Jobs for the same document (a stored base and a source) run one after another, in the order they
+    came; jobs for other documents run at once. The "unchanged" check and the replace of a document's
+    chunks rely on it (two uploads of the same bytes: one `ingested`, the other `unchanged`)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._users: dict[tuple[str, str], int] = {}
+
+    @contextlib.asynccontextmanager
+    async def held(self, base: str, source: str) -> AsyncIterator[None]:
+        key = (base, source)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._locks[key], self._users[key]
 
 
 class Jobs:
@@ -65,8 +93,14 @@ class Jobs:
         self._bus = bus
         self._slot = slot
         self._max_deliver = max_deliver
+        self._documents = _OnePerDocument()
 
     async def run(self, job: ev.IngestJob, deliveries: int) -> None:
+        base = owned(PUBLIC if job.owner == "public" else owner_of(job.session_id, job.tenant), job.base)
+        async with self._documents.held(base, job.source):
+            await self._run(job, base, deliveries)
+
+    async def _run(self, job: ev.IngestJob, base: str, deliveries: int) -> None:
         async def progress(stage: str, done: int, total: int) -> None:
             await self._bus.publish(
                 ev.JobProgress(
@@ -80,7 +114,6 @@ class Jobs:
             )
 
         retriever = self._slot.ready
-        base = owned(PUBLIC if job.owner == "public" else owner_of(job.session_id, job.tenant), job.base)
         try:
             if job.delete:
                 outcome = await retriever.delete(base, job.source)
@@ -157,8 +190,9 @@ class RetrieverWorker(Worker[RetrieverSettings]):
     def problems(self) -> list[str]:
         return self.slot.retriever.reader.problems() if self.slot.retriever is not None else []
 
-    # One job at a time per replica (the runtime keeps a long job's ack deadline alive).
-    @consumes("ingest.job", delivery="jetstream", durable=INGEST, max_in_flight=1)
+    # retriever_max_jobs at once per replica, one at a time per document (the runtime keeps a long
+    # job's ack deadline alive).
+    @consumes("ingest.job", delivery="jetstream", durable=INGEST, max_in_flight="retriever_max_jobs")
     async def on_job(self, job: ev.IngestJob, delivery: Delivery) -> None:
         await self.jobs.run(job, delivery.deliveries)
 
