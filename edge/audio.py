@@ -21,11 +21,16 @@ import soxr
 
 from contracts.binary import PCM_BYTES_PER_SAMPLE, PCM_FRAME_BYTES, PCM_SAMPLE_RATE, ClientFrame
 
-# How far the audio a client sends may run from its declared rate before it is refused.
-RATE_TOLERANCE = 0.25
+# Audio that arrives this much faster than its declared rate, measured over this much contiguous
+# capture, is refused: clearly the wrong rate (a 48 kHz or 44.1 kHz microphone declared as 16 kHz
+# shows 2.8-3 times too many samples), never a valid stream with a few late or early capture times.
+RATE_TOO_HIGH = 1.5
 RATE_WINDOW_S = 2.0
-# A frame captured this much after (or before) the end of the audio so far starts a new window.
-PAUSE_S = 0.5
+# A frame captured more than this many frame durations after (or before) the end of the audio so far
+# is not contiguous with it: a gap in capture, or a jump of the client's clock. It starts a new window.
+CONTIGUOUS_FRAMES = 2.0
+# ... and never less than this (tiny or empty frames, capture times with a little jitter).
+CONTIGUOUS_MIN_S = 0.04
 # A stream that yields no audio after this many bytes is not one ffmpeg can decode (ffmpeg
 # itself would keep searching for a sync point as long as bytes come).
 UNDECODABLE_AFTER_BYTES = 24_000
@@ -71,28 +76,31 @@ class PcmIngest:
         return resampled.astype("<i2").tobytes()
 
     def _check_rate(self, frame: ClientFrame) -> None:
-        # Compare the samples received with the capture clock over a window of continuous audio: a
-        # client that declared 16 kHz but sends 48 kHz audio shows three times too many samples. A
-        # pause in capture (mute, push-to-talk, client-side VAD) or a jump of the client's clock
-        # starts a new window: it says nothing about the rate.
+        # Compare the samples received with the capture clock over a window of contiguous audio: a
+        # client that declared 16 kHz but sends 48 kHz audio shows three times too many samples for the
+        # time its frames' capture times span. Only contiguous capture says anything about the rate: a
+        # gap (mute, push-to-talk, client-side VAD, a lost frame or two, however short) or a jump of the
+        # client's clock, either way, starts a new window, and a rate too low is never refused (it is
+        # what gaps look like). So a valid stream is never refused, however it pauses.
         samples = len(frame.payload) // PCM_BYTES_PER_SAMPLE
         duration = samples / self.sample_rate
-        resumed = self._window_end is not None and not (-PAUSE_S < frame.captured_at - self._window_end < PAUSE_S)
-        if self._window_start is None or resumed:
-            self._window_start, self._window_samples = frame.captured_at, samples
-            self._window_end = frame.captured_at + duration
+        tolerance = max(CONTIGUOUS_FRAMES * duration, CONTIGUOUS_MIN_S)
+        end = frame.captured_at + duration
+        contiguous = self._window_end is not None and abs(frame.captured_at - self._window_end) <= tolerance
+        if self._window_start is None or self._window_end is None or not contiguous:
+            self._window_start, self._window_end, self._window_samples = frame.captured_at, end, samples
             return
-        self._window_end = max(self._window_end or frame.captured_at, frame.captured_at + duration)
-        elapsed = frame.captured_at - self._window_start
-        if elapsed >= RATE_WINDOW_S:
-            measured = self._window_samples / elapsed
-            self._window_start, self._window_samples = frame.captured_at, samples
-            if abs(measured - self.sample_rate) > RATE_TOLERANCE * self.sample_rate:
-                raise AudioError(
-                    f"audio arrives at about {measured:.0f} samples/s but the hello declared {self.sample_rate} Hz"
-                )
-            return
+        self._window_end = max(self._window_end, end)
         self._window_samples += samples
+        spanned = self._window_end - self._window_start
+        if spanned < RATE_WINDOW_S:
+            return
+        measured = self._window_samples / spanned
+        self._window_start, self._window_end, self._window_samples = None, None, 0
+        if measured > RATE_TOO_HIGH * self.sample_rate:
+            raise AudioError(
+                f"audio arrives at about {measured:.0f} samples/s but the hello declared {self.sample_rate} Hz"
+            )
 
 
 class CompressedIngest:

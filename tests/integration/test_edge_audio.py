@@ -105,6 +105,27 @@ async def test_pauses_in_capture_are_normal(edge: str, nc: Nats) -> None:
     await client.close()
 
 
+async def test_short_gaps_and_clock_jumps_cost_no_frame(edge: str, nc: Nats) -> None:
+    """Issue 16, observation 7: half a second of speech, then a gap of 0.2-0.45 s (shorter than a pause),
+    repeated, got 6-9 of 500 valid frames refused as "audio arrives at about N samples/s" (the gaps counted
+    as time without samples). Nor do small jumps of the client's clock, nor capture times that jitter."""
+    client = await connect(edge)
+    sub = await frames_of(client, nc)
+    pcm, sent, start = tone(16000, 0.02), 0, 1000.0
+    jitter = np.random.default_rng(16).uniform(-0.015, 0.015, size=640)
+    for burst in range(20):
+        for _ in range(25 if burst % 5 else 60):  # mostly half a second; sometimes long enough to be measured
+            stamp = start + (jitter[sent] if burst % 5 == 0 else 0.0)  # a clock read when the frame is sent
+            await client.ws.send(ClientFrame(FrameType.AUDIO_PCM16, sent, stamp, pcm).pack())
+            sent, start = sent + 1, start + 0.02
+        start += 0.2 + 0.05 * (burst % 6)  # gaps of 0.2 to 0.45 s
+        if burst in (7, 13):
+            start -= 0.6  # the client's clock steps back: the next frame is "captured" before the last one
+    got = await collect(sub)
+    await client.send(type="ping", id="after")
+    assert await refused(client) == [] and len(got) == sent == 640
+
+
 async def test_audio_faster_than_the_declared_rate_is_refused(edge: str, nc: Nats) -> None:
     client = await connect(edge, audio={"sample_rate": 16000})
     await send_pcm(client, tone(48000, 3.0), 16000 * 3)  # 48 kHz audio stamped as 16 kHz frames
