@@ -279,12 +279,14 @@ class Terminal:
 
     Writes happen on a thread behind a bounded queue: a slow or stopped reader costs lines (the
     count is shown when the reader catches up), a vanished one (EPIPE; EIO after a hang-up)
-    silences the output. The launcher itself never blocks on, or fails from, its output."""
+    silences the output, and so does none at all (``just up >&-``: Python's ``sys.stdout`` is None).
+    The launcher itself never blocks on, or fails from, its output."""
 
-    def __init__(self, stream: TextIO, names: list[str], logs: Path) -> None:
-        self._fd = stream.fileno()
+    def __init__(self, stream: TextIO | None, names: list[str], logs: Path) -> None:
+        self._fd = stream.fileno() if stream is not None else -1  # -1: every write fails (EBADF), as a gone reader's
         self._width = max(len(name) for name in names)
-        self._colours = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(names)} if stream.isatty() else {}
+        tty = stream is not None and stream.isatty()
+        self._colours = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(names)} if tty else {}
         self._logs = logs
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=2000)
         self._dropped = 0

@@ -1,15 +1,17 @@
 """`just up` as a user runs it: every process healthy, a real turn through the local LLM,
 a restart after the launcher crashed, a killed worker restarted, a crash loop stopping the
-stack with its reason, and Ctrl-C or SIGTERM stopping everything, also when nobody reads the
-launcher's output any more."""
+stack with its reason, and Ctrl-C, SIGTERM, SIGHUP or a closed terminal stopping everything within
+the bound, also when nobody reads the launcher's output any more or it has none."""
 
 from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,17 +226,100 @@ def test_a_signal_stops_everything_when_nobody_reads_the_output(
             tee.wait()
         started = time.monotonic()
         launcher.send_signal(stop_signal)
-        assert launcher.wait(timeout=STOP_WITHIN + 10) == 0
-        assert time.monotonic() - started < STOP_WITHIN + 3
-        assert not stack_pids(stack_env) and not still_open(ports(stack_env), within=2.0)
-        # supervisord stopped every process, the servers last: the workers drained against a live bus.
-        events = (Path(stack_env["SB_RUN_DIR"]) / "supervisord.log").read_text()
-        stopped = re.findall(r" stopped: (\w+) ", events)
-        assert sorted(stopped) == sorted({*registry.SERVICES, "health", "nats", "mongo", "llm"}), events
-        assert set(stopped[-3:]) == {"nats", "mongo", "llm"}, events
+        stops_everything_in_order(launcher, stack_env, started)
     finally:
         tee.kill()
         stop(launcher, stack_env)
+
+
+def test_a_hang_up_stops_everything_when_stdout_was_closed_from_the_start(
+    stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`just up >&-` (no stdout at all: the launcher used to die at once with a traceback), then SIGHUP."""
+    log = tmp_path / "up.log"
+    with log.open("ab") as errors:
+        launcher = subprocess.Popen(
+            ["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, "-m", "ops.cli", "up"],
+            cwd=ROOT,
+            env=stack_env,
+            start_new_session=True,
+            stderr=errors,
+        )
+    try:
+        wait_healthy(stack_env)
+        started = time.monotonic()
+        launcher.send_signal(signal.SIGHUP)
+        stops_everything_in_order(launcher, stack_env, started)
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    finally:
+        stop(launcher, stack_env)
+
+
+@pytest.mark.parametrize("leads", [True, False], ids=["launcher-leads-the-terminal", "behind-just"])
+def test_closing_the_terminal_stops_everything(stack_env: dict[str, str], tmp_path: Path, leads: bool) -> None:
+    """The terminal `just up` runs in is closed: its pseudo-terminal hangs up. Leading the terminal's session
+    (a terminal or tmux running it directly) the launcher gets SIGHUP; behind `just`, which keeps the
+    SIGHUP, only its terminal tells it: writes fail (EIO) and the terminal is no tty any more."""
+    log = tmp_path / "up.log"
+    terminal, attached = os.openpty()
+    # Leading: a session of its own whose controlling terminal is the pty (util-linux setsid, no fork).
+    launcher = subprocess.Popen(
+        [*(["setsid", "--ctty"] if leads else []), sys.executable, "-m", "ops.cli", "up"],
+        cwd=ROOT,
+        env=stack_env,
+        start_new_session=not leads,
+        stdin=attached,
+        stdout=attached,
+        stderr=attached,
+    )
+    os.close(attached)
+    screen = Screen(terminal, log)
+    try:
+        wait_healthy(stack_env)
+        assert "switchboard" in log.read_text()  # the terminal showed the launcher's output
+        started = time.monotonic()
+        screen.close()  # the terminal window goes
+        stops_everything_in_order(launcher, stack_env, started)
+    finally:
+        screen.close()
+        stop(launcher, stack_env)
+
+
+class Screen:
+    """A terminal showing what the launcher writes (into ``log``) until it is closed."""
+
+    def __init__(self, fd: int, log: Path) -> None:
+        self._fd, self._log = fd, log
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._show, daemon=True)
+        self._thread.start()
+
+    def _show(self) -> None:
+        with self._log.open("ab") as out:
+            while not self._closing.is_set():
+                if select.select([self._fd], [], [], 0.1)[0]:
+                    try:
+                        out.write(os.read(self._fd, 65536))
+                    except OSError:  # EIO: the launcher's side is closed
+                        return
+
+    def close(self) -> None:
+        if not self._closing.is_set():
+            self._closing.set()
+            self._thread.join()
+            os.close(self._fd)
+
+
+def stops_everything_in_order(launcher: subprocess.Popen[bytes], env: dict[str, str], started: float) -> None:
+    """The launcher, told to stop at ``started``, exits 0 within the bound, and nothing of the stack is left:
+    supervisord stopped every process, the servers last (the workers drained against a live bus)."""
+    assert launcher.wait(timeout=STOP_WITHIN + 10) == 0
+    assert time.monotonic() - started < STOP_WITHIN + 3
+    assert not stack_pids(env) and not still_open(ports(env), within=2.0)
+    events = (Path(env["SB_RUN_DIR"]) / "supervisord.log").read_text()
+    stopped = re.findall(r" stopped: (\w+) ", events)
+    assert sorted(stopped) == sorted({*registry.SERVICES, "health", "nats", "mongo", "llm"}), events
+    assert set(stopped[-3:]) == {"nats", "mongo", "llm"}, events
 
 
 def stop(launcher: subprocess.Popen[bytes], env: dict[str, str]) -> None:
