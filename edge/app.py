@@ -24,10 +24,9 @@ import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, WebSocket
 from pydantic import BaseModel
 
-from contracts.streams import STREAMS, USER_TURNS
 from workers.runtime.bus import Bus
 from workers.runtime.logging import get_logger
-from workers.runtime.provision import provision
+from workers.runtime.provision import EDGE_CONSUMERS, provision, used_streams
 from workers.runtime.worker import VERSION, connect_nats
 
 from . import page
@@ -65,7 +64,12 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         # The edge records sessions' events from their first frame, even before any worker ran, and the
         # consumer of the user turns it accepts exists before the first orchestrator starts: none is lost.
         await provision(
-            bus.js, STREAMS, (USER_TURNS,), prefix=settings.subject_prefix, replicas=settings.stream_replicas
+            bus.js,
+            used_streams("edge"),
+            EDGE_CONSUMERS,
+            prefix=settings.subject_prefix,
+            replicas=settings.stream_replicas,
+            update=False,  # its NATS user changes no stream (ops/access.py)
         )
         service = await nats.micro.add_service(
             nc,

@@ -96,6 +96,31 @@ def _print_table(running: list[ServiceInstance], absent: list[str]) -> None:
 
 
 @app.command()
+def provision() -> None:
+    """Create or update the declared streams of SB_SUBJECT_PREFIX, as the operator. Services create a
+    missing stream but may not change one (ops/access.py): they warn of a difference, this applies it."""
+    settings = load_settings(RuntimeSettings)
+    try:
+        raise typer.Exit(asyncio.run(_provision(settings)))
+    except StartupError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from None
+
+
+async def _provision(settings: RuntimeSettings) -> int:
+    from contracts.streams import STREAMS
+    from workers.runtime.provision import provision as apply
+
+    nc = await connect_nats(settings, "cli")
+    try:
+        await apply(nc.jetstream(), STREAMS, prefix=settings.subject_prefix, replicas=settings.stream_replicas)
+    finally:
+        await nc.drain()
+    typer.echo(f"the streams of prefix {settings.subject_prefix!r} match the contracts")
+    return 0
+
+
+@app.command()
 def config() -> None:
     """Print the configuration reference (every SB_ variable of every process) as Markdown."""
     from .config_doc import reference

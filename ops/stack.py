@@ -37,6 +37,8 @@ from types import FrameType
 from typing import BinaryIO, TextIO
 from urllib.parse import urlparse
 
+from contracts.subjects import DEFAULT_PREFIX
+
 from . import access, llama_server, models, registry
 from .llm_server import find_model, llm_command
 from .servers import ServerError, find_binary, mongo_command, nats_command, port_open
@@ -152,7 +154,9 @@ def plan(env: dict[str, str]) -> tuple[list[Process], list[str]]:
         notes.append(f"reusing NATS at {nats_url} (its credentials: SB_NATS_USER/SB_NATS_PASSWORD or SB_NATS_CREDS)")
     else:
         users = access.run_folder(run_dir)
-        config = access.server_config(NATS_CONF, users)
+        # The services' JetStream grants name the streams of the stack's subject prefix (ops/access.py).
+        prefix = env.get("SB_SUBJECT_PREFIX") or DEFAULT_PREFIX
+        config = access.server_config(NATS_CONF, users, prefixes=(prefix,))
         command = [*nats_command(run_dir / "nats", port, config), "-m", env.get("SB_NATS_MONITOR_PORT", "8222")]
         processes.append(Process("nats", _tracked(command), server=True))
         env["SB_NATS_USERS_FILE"] = str(users / access.CREDENTIALS)

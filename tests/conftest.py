@@ -42,7 +42,10 @@ def many_prefixes_config(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory, bus_users: Path) -> Iterator[RunningServer]:
     """A real nats-server -js on a free loopback port with a temporary store, requiring credentials."""
-    config = access.server_config(many_prefixes_config(bus_users), bus_users)
+    # The suite's many random prefixes name their own streams (SB_EVENTS_<PREFIX>): the services' JetStream
+    # grants take any stream token here (ops/access.py, prefixes=None); tests/integration/test_bus_access.py
+    # starts a server pinned to one prefix.
+    config = access.server_config(many_prefixes_config(bus_users), bus_users, prefixes=None)
     server = start_nats(tmp_path_factory.mktemp("nats") / "store", config=config)
     server.url = access.url_with_user(server.url, bus_users)  # as the operator
     yield server

@@ -1,6 +1,6 @@
 """The NATS credentials of a Kubernetes deployment, as the two Secrets the manifests mount.
 
-    .venv/bin/python infra/k8s/gen_nats_auth.py OUT_DIR
+    .venv/bin/python infra/k8s/gen_nats_auth.py OUT_DIR [PREFIX ...]
     kubectl -n switchboard create secret generic nats-auth --from-file=auth.conf=OUT_DIR/auth.conf
     kubectl -n switchboard create secret generic switchboard-nats-passwords --from-env-file=OUT_DIR/passwords.env
 
@@ -12,23 +12,29 @@ keys each Deployment's SB_NATS_PASSWORD is read from. The passwords are kept in
 and the permissions only: run it again after an upgrade that changes the contracts, and
 replace ``nats-auth`` (the NATS nodes reload nothing by themselves: roll them). Delete the
 folder to rotate every password. Keep OUT_DIR out of version control.
+
+Each service's JetStream permissions name the streams of the deployment's subject prefixes
+(``SB_SUBJECT_PREFIX`` in config.yaml; ``sb`` when none is given): name every prefix the cluster's
+NATS serves (cells), and run it again when that changes.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from contracts.subjects import DEFAULT_PREFIX
 from ops import access
 
 
-def write(folder: Path) -> tuple[Path, Path]:
+def write(folder: Path, prefixes: Sequence[str] = (DEFAULT_PREFIX,)) -> tuple[Path, Path]:
     passwords = access.credentials(folder)
     conf = folder / "auth.conf"
     env = folder / "passwords.env"
     for path, text in (
-        (conf, "authorization " + json.dumps(access.authorization(passwords), indent=2) + "\n"),
+        (conf, "authorization " + json.dumps(access.authorization(passwords, prefixes), indent=2) + "\n"),
         (env, "".join(f"{user}={passwords[user]}\n" for user in access.USERS)),
     ):
         path.touch(mode=0o600, exist_ok=True)
@@ -38,9 +44,9 @@ def write(folder: Path) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.argv[0]} OUT_DIR")
-    conf, env = write(Path(sys.argv[1]))
+    if len(sys.argv) < 2:
+        sys.exit(f"usage: {sys.argv[0]} OUT_DIR [PREFIX ...]  (the subject prefixes served; default: {DEFAULT_PREFIX})")
+    conf, env = write(Path(sys.argv[1]), tuple(sys.argv[2:]) or (DEFAULT_PREFIX,))
     print(f"wrote {conf} and {env}; create the Secrets with:")
     print(f"  kubectl -n switchboard create secret generic nats-auth --from-file=auth.conf={conf}")
     print(f"  kubectl -n switchboard create secret generic switchboard-nats-passwords --from-env-file={env}")

@@ -26,6 +26,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 
 from contracts.envelope import Event
+from contracts.subjects import DEFAULT_PREFIX
 from ops import access
 from ops.health import discover
 from ops.servers import RunningServer, free_port, port_open, start_mongo, start_nats, wait_for_port
@@ -161,7 +162,7 @@ class Stack:
         return llm
 
     def _start_nats(self) -> RunningServer:
-        config = access.server_config(NATS_CONF, self.bus_users)
+        config = access.server_config(NATS_CONF, self.bus_users, prefixes=(DEFAULT_PREFIX,))
         return start_nats(self.base / "nats", self.nats_port, config, log_file=self.logs / "nats.log")
 
     async def restart_nats(self, down_s: float) -> None:

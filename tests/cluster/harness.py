@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.streams import StreamSpec
+from contracts.subjects import DEFAULT_PREFIX
 from ops import access
 from ops.servers import find_binary, free_port, wait_for_port
 from ops.stack import NATS_CONF
@@ -63,7 +64,7 @@ class ClusterStack(Stack):
         return env | {"SB_NATS_URL": self.urls_from(HOME_NODE.get(name, 0)), "SB_STREAM_REPLICAS": str(NODES)}
 
     def _start_nats(self) -> None:  # type: ignore[override]  # the cluster has no single server
-        config = access.server_config(NATS_CONF, self.bus_users)
+        config = access.server_config(NATS_CONF, self.bus_users, prefixes=(DEFAULT_PREFIX,))
         for node in self.nodes:
             self._spawn_node(node, config)
         for node in self.nodes:
@@ -99,7 +100,7 @@ class ClusterStack(Stack):
     async def start_node(self, index: int) -> None:
         """The same node again: same ports, same store; it catches up with the others."""
         node = self.nodes[index]
-        self._spawn_node(node, access.server_config(NATS_CONF, self.bus_users))
+        self._spawn_node(node, access.server_config(NATS_CONF, self.bus_users, prefixes=(DEFAULT_PREFIX,)))
         assert node.process is not None
         await asyncio.to_thread(wait_for_port, "127.0.0.1", node.client_port, 15.0, node.process)
 

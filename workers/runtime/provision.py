@@ -1,7 +1,14 @@
-"""Idempotent provisioning of the JetStream streams and consumers declared in contracts."""
+"""Idempotent provisioning of the JetStream streams and consumers declared in contracts.
+
+A service provisions only what it uses (``used_streams``): the NATS user it connects as may create
+those streams and consumers, look at them and nothing else (ops/access.py). It may not change a
+stream either: one that differs from the contracts is reported and left for an operator
+(``sb provision``, connected as ``ops``) to update.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -20,9 +27,10 @@ from nats.js.api import (
 from nats.js.errors import APIError, NotFoundError
 from nats.js.object_store import ObjectStore
 
-from contracts.streams import ConsumerSpec, ObjectStoreSpec, StreamSpec
-from contracts.subjects import DEFAULT_PREFIX
+from contracts.streams import STREAMS, USER_TURNS, ConsumerSpec, ObjectStoreSpec, StreamSpec
+from contracts.subjects import BY_NAME, DEFAULT_PREFIX, PUBLISHERS, SERVICES, subject_matches
 
+from .consumes import Consumption
 from .logging import get_logger
 
 log = get_logger("provision")
@@ -35,6 +43,34 @@ class StreamConflictError(RuntimeError):
 def stream_name(spec: StreamSpec, prefix: str = DEFAULT_PREFIX) -> str:
     """Streams of another prefix (replays, isolated tests) get their own names."""
     return spec.name if prefix == DEFAULT_PREFIX else f"{spec.name}_{prefix.upper()}"
+
+
+# The durable consumers the edge creates before any worker runs: the user turns it accepts are kept for
+# the orchestrator even when none has started yet.
+EDGE_CONSUMERS: tuple[ConsumerSpec, ...] = (USER_TURNS,)
+
+
+def used_streams(service: str, consumptions: Iterable[Consumption] = ()) -> tuple[StreamSpec, ...]:
+    """The declared streams ``service`` provisions (creates when missing): those recording what it
+    publishes (``contracts.subjects.PUBLISHERS``) and those its durable consumers and recorded
+    readers read. Anyone else (``ops``, a test's own worker) provisions them all."""
+    if service not in SERVICES:
+        return STREAMS
+    published = [BY_NAME[name].wildcard() for name, who in PUBLISHERS.items() if service in who]
+    read = {c.durable.stream for c in consumptions if c.durable} | {c.stream.name for c in consumptions if c.stream}
+    return tuple(
+        spec
+        for spec in STREAMS
+        if spec.name in read or any(subject_matches(s, p) for s in spec.absolute_subjects() for p in published)
+    )
+
+
+def stream_of(consumer: ConsumerSpec) -> StreamSpec:
+    """The declared stream a durable consumer reads."""
+    for spec in STREAMS:
+        if spec.name == consumer.stream:
+            return spec
+    raise LookupError(f"consumer {consumer.durable} reads unknown stream {consumer.stream}")
 
 
 def stream_config(
@@ -85,15 +121,18 @@ def consumer_config(spec: ConsumerSpec, prefix: str = DEFAULT_PREFIX, after: int
 _IMMUTABLE = ("retention", "storage")
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:
-    """Create the stream, or update it when only mutable limits differ. Returns what it did."""
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, update: bool = True) -> str:
+    """Create the stream, or update it when only mutable limits differ. Returns what it did.
+
+    ``update=False`` (a service's user may not update streams): a stream that differs is left as it is
+    and a warning names the difference ("outdated"); an operator applies it."""
     try:
-        return await _ensure_stream(js, config)
+        return await _ensure_stream(js, config, update)
     except APIError as error:
         raise StreamConflictError(f"NATS refused the config of stream {config.name}: {error.description}") from None
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig, update: bool) -> str:
     assert config.name is not None
     try:
         existing = (await js.stream_info(config.name)).config
@@ -112,6 +151,14 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:
     current = {k: v for k, v in existing.as_dict().items() if k in wanted}
     if current == wanted:
         return "unchanged"
+    if not update:
+        differences = {k: f"{_value(current.get(k))} -> {_value(v)}" for k, v in wanted.items() if current.get(k) != v}
+        log.warning(
+            "stream differs from the contracts; left as it is (an operator updates it: sb provision)",
+            stream=config.name,
+            differences=differences,
+        )
+        return "outdated"
     await js.update_stream(config)
     return "updated"
 
@@ -127,11 +174,13 @@ async def provision(
     prefix: str = DEFAULT_PREFIX,
     max_age_overrides: dict[str, float] | None = None,
     replicas: int = 1,
+    update: bool = True,
 ) -> None:
+    """``update=False`` for a service: it creates what is missing and reports what differs (``ensure_stream``)."""
     overrides = max_age_overrides or {}
     for spec in streams:
-        outcome = await ensure_stream(js, stream_config(spec, prefix, overrides.get(spec.name), replicas))
-        if outcome != "unchanged":
+        outcome = await ensure_stream(js, stream_config(spec, prefix, overrides.get(spec.name), replicas), update)
+        if outcome not in ("unchanged", "outdated"):
             log.info("stream provisioned", stream=spec.name, outcome=outcome)
     by_name = {s.name: stream_name(s, prefix) for s in streams}
     for consumer in consumers:

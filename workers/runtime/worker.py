@@ -26,14 +26,14 @@ from nats.aio.client import Client
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
-from contracts.streams import STREAMS, ConsumerSpec
+from contracts.streams import ConsumerSpec
 from contracts.subjects import SERVICES
 
 from .bus import Bus, flush_ordered
 from .consumes import Consumption, consumptions
 from .logging import configure_logging, get_logger
 from .metrics import serve_metrics, watch_health
-from .provision import provision
+from .provision import provision, used_streams
 from .settings import RuntimeSettings, load_settings
 from .transports import PartitionedTransport, Transport, transport_for
 
@@ -241,8 +241,14 @@ async def running_worker(
     )
     budget = _StopBudget(bus.nc)
     try:
+        # Only what it uses, and it changes no stream: its NATS user may do no more (ops/access.py).
         await provision(
-            bus.js, STREAMS, worker_type.consumers(), settings.subject_prefix, replicas=settings.stream_replicas
+            bus.js,
+            used_streams(name, worker_type.consumptions()),
+            worker_type.consumers(),
+            settings.subject_prefix,
+            replicas=settings.stream_replicas,
+            update=False,
         )
         serve_metrics(settings.metrics_port, settings.metrics_host)
         worker = worker_type(settings, bus)
