@@ -25,6 +25,7 @@ from workers.runtime import Delivery
 from workers.speech.pool import ChildLost, PoolBroken
 from workers.transcriber import worker as transcriber_module
 from workers.transcriber.pipeline import Output
+from workers.transcriber.sessions import SESSION_RESTARTS, SessionTasks
 from workers.transcriber.worker import Transcriber, TranscriberSettings
 
 SID = "session-supervised-01"
@@ -43,6 +44,7 @@ class FakeShards:
         self.broken: BaseException | None = None
         self.pushes = 0
         self.turns: dict[str, str] = {}  # session -> its turn in progress
+        self.closed: list[tuple[str, bool]] = []  # (session, finish) of each close
 
     async def start(self) -> None:
         return None
@@ -68,8 +70,9 @@ class FakeShards:
         return outputs, session_id in self.turns
 
     async def close(self, session_id: str, finish: bool) -> list[Output]:
-        self.turns.pop(session_id, None)
-        return []
+        self.closed.append((session_id, finish))
+        turn = self.turns.pop(session_id, None)
+        return [Output("final", turn, text="hello", forced=True)] if finish and turn is not None else []
 
     def problems(self) -> list[str]:
         return []
@@ -196,7 +199,7 @@ async def test_a_session_whose_task_keeps_ending_is_not_restarted_in_a_loop(shar
     async with transcriber(shards) as (worker, h):
         with capture_logs() as logs:
             await say(worker, *UTTERANCE * 25)  # 100 frames: 2 s of audio
-        limit = transcriber_module.SESSION_RESTARTS
+        limit = SESSION_RESTARTS
         assert shards.pushes == limit + 1  # the first task, then the bounded re-opens
         assert [e.code for e in h.published(ev.ErrorEvent)] == ["recognition_lost"] * limit + [
             "recognition_unavailable"
@@ -207,3 +210,28 @@ async def test_a_session_whose_task_keeps_ending_is_not_restarted_in_a_loop(shar
         shards.broken = None
         await say(worker, *UTTERANCE, session_id="session-supervised-02")
         assert kinds(h)[-5:] == HEARD
+
+
+async def test_a_moved_partition_forgets_its_sessions_unfinished_and_an_ended_session_is_finished() -> None:
+    shards = FakeShards()
+    heard: list[tuple[str, Output]] = []
+    told: list[tuple[str, str]] = []
+
+    async def publish(session_id: str, output: Output) -> None:
+        heard.append((session_id, output))
+
+    async def tell(session_id: str, code: str, message: str) -> None:
+        told.append((session_id, code))
+
+    tasks = SessionTasks(shards, publish, tell, queue_frames=50, idle_s=300.0)
+    await tasks.feed("moving", 1, SPEECH, 1.0)
+    await tasks.feed("staying", 2, SPEECH, 1.0)
+    await asyncio.sleep(0)
+    await tasks.release(1)
+    assert "moving" not in tasks and "staying" in tasks and shards.closed == [("moving", False)]
+    heard.clear()
+    await tasks.end("staying")
+    assert "staying" not in tasks and shards.closed[-1] == ("staying", True)
+    assert [(sid, out.kind, out.forced) for sid, out in heard] == [("staying", "final", True)]
+    await tasks.forget_idle()  # nothing left, nothing told
+    assert told == []

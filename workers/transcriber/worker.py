@@ -5,19 +5,18 @@ ownership.py); turn.user, reply.done, audio.done, session.started, session.ended
 replica, to know when the assistant is speaking and when a session ends).
 Produces: speech.started, speech.stopped, transcript.partial, transcript.final, turn.user
 (spoken), interrupt (barge-in).
-Logic: pipeline.SessionPipeline (vad.VoiceActivity + engines.* + endpoint.TurnEndpoint), run in
-child processes (shards.py) so recognition never blocks the event loop.
+Logic: partitions.PartitionKeeper (which partitions this replica hears), sessions.SessionTasks (a
+supervised task per session feeding its audio to recognition), pipeline.SessionPipeline
+(vad.VoiceActivity + engines.* + endpoint.TurnEndpoint) run in child processes (shards.py) so
+recognition never blocks the event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from nats.js.api import KeyValueConfig
 from prometheus_client import Counter
@@ -31,11 +30,12 @@ from workers.runtime.bus import flush_ordered
 from workers.runtime.logging import get_logger
 from workers.runtime.turns import SessionTable, TurnLedger
 from workers.speech import smart_turn
-from workers.speech.pool import PoolBroken
 
 from .endpoint import EndpointConfig
 from .ownership import Leases
+from .partitions import PartitionKeeper
 from .pipeline import Output
+from .sessions import SessionTasks
 from .shards import ShardConfig, Shards
 
 log = get_logger("transcriber")
@@ -45,8 +45,6 @@ SPECULATIVE_FINALS = Counter(
     "Final recognitions started ahead at speech stopped: used as the turn's final, or wasted by more speech",
     ("outcome",),
 )
-SESSION_RESTARTS = 5  # re-opens of one session's recognition task within SESSION_RESTART_WINDOW_S
-SESSION_RESTART_WINDOW_S = 60.0  # past the bound, the session's audio is dropped until the window allows one
 
 
 class TranscriberSettings(RuntimeSettings):
@@ -98,16 +96,36 @@ class TranscriberSettings(RuntimeSettings):
     playback_grace_s: float = Field(default=60.0, gt=0, description="Longest wait for audio.done after a reply")
 
 
-@dataclass
-class Session:
-    partition: int
-    queue: asyncio.Queue[tuple[bytes, float]]
-    task: asyncio.Task[None] | None = None
-    last_audio: float = field(default_factory=time.monotonic)
-    in_turn: bool = False
-    restarts: deque[float] = field(default_factory=deque)  # monotonic times its task was re-opened, in the window
-    given_up: bool = False  # its task kept ending: its audio is dropped for now (told, in health)
-    unavailable: bool = False  # told recognition is down (PoolBroken); until it answers again
+def shard_config(
+    settings: TranscriberSettings, turn_policy: Literal["smart_turn", "silence"], turn_model_path: Path
+) -> ShardConfig:
+    """What each recognition process loads and runs."""
+    return ShardConfig(
+        settings.stt_engine,
+        settings.stt_model_path,
+        settings.stt_language,
+        settings.vad_onnx,
+        settings.vad_threshold,
+        settings.vad_min_silence_ms,
+        EndpointConfig(
+            settings.turn_silence_ms,
+            settings.turn_max_utterance_s,
+            settings.turn_pause_guard_ms,
+            policy=turn_policy,
+            smart_turn_min_silence_ms=settings.smart_turn_min_silence_ms,
+            smart_turn_max_wait_ms=settings.smart_turn_max_wait_ms,
+        ),
+        settings.partial_interval_s,
+        smart_turn_model=str(turn_model_path) if turn_policy == "smart_turn" else None,
+        smart_turn_threads=settings.smart_turn_threads,
+        speculative_final=settings.speculative_final,
+    )
+
+
+class _Ids(TypedDict):
+    session_id: str
+    turn_id: str
+    producer: str
 
 
 class Transcriber(Worker[TranscriberSettings]):
@@ -121,35 +139,19 @@ class Transcriber(Worker[TranscriberSettings]):
             "smart_turn" if self.turn_model_path.is_file() else "silence"
         )
         self.shards = Shards(
-            settings.recognition_processes,
-            ShardConfig(
-                settings.stt_engine,
-                settings.stt_model_path,
-                settings.stt_language,
-                settings.vad_onnx,
-                settings.vad_threshold,
-                settings.vad_min_silence_ms,
-                EndpointConfig(
-                    settings.turn_silence_ms,
-                    settings.turn_max_utterance_s,
-                    settings.turn_pause_guard_ms,
-                    policy=self.turn_policy,
-                    smart_turn_min_silence_ms=settings.smart_turn_min_silence_ms,
-                    smart_turn_max_wait_ms=settings.smart_turn_max_wait_ms,
-                ),
-                settings.partial_interval_s,
-                smart_turn_model=str(self.turn_model_path) if self.turn_policy == "smart_turn" else None,
-                smart_turn_threads=settings.smart_turn_threads,
-                speculative_final=settings.speculative_final,
-            ),
+            settings.recognition_processes, shard_config(settings, self.turn_policy, self.turn_model_path)
         )
-        self.sessions: dict[str, Session] = {}
+        self.sessions = SessionTasks(
+            self.shards,
+            self._publish,
+            self._tell,
+            queue_frames=settings.session_queue_frames,
+            idle_s=settings.session_idle_s,
+        )
         # What the assistant is doing per session: the barge-in condition.
         self.assistant: SessionTable[TurnLedger] = SessionTable(50_000)
         self.replica = new_id()[:12]
-        self._leases_stop = asyncio.Event()
-        self._leases: asyncio.Task[None] | None = None
-        self._lease_problem = ""
+        self.keeper: PartitionKeeper | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -164,179 +166,42 @@ class Transcriber(Worker[TranscriberSettings]):
             turn_policy_set=self.settings.turn_policy is not None,
             turn_model=str(self.turn_model_path) if self.turn_policy == "smart_turn" else None,
         )
-        self._leases = asyncio.create_task(self.keep_leases(await self.open_leases(), self._leases_stop))
+        self.keeper = PartitionKeeper(
+            await self.open_leases(),
+            self.partitions(self.on_audio),
+            self.settings.lease_ttl_s,
+            released=self.sessions.release,
+            flush=lambda: flush_ordered(self.bus.nc),
+            every_tick=self.sessions.forget_idle,
+        )
+        await self.keeper.start()
+
+    async def open_leases(self) -> Leases:
+        """This replica's partition leases, in the transcribers' KV bucket."""
+        bucket = f"sb_transcriber_{self.bus.prefix}"
+        kv = await self.bus.js.create_key_value(KeyValueConfig(bucket=bucket, ttl=self.settings.lease_ttl_s))
+        return Leases(kv, self.replica, AUDIO_PARTITIONS)
+
+    async def stop(self) -> None:
+        if self.keeper is not None:
+            await self.keeper.stop()
+        await self.sessions.end_all()
+        self.shards.shutdown()
 
     def problems(self) -> list[str]:
-        given_up = sum(session.given_up for session in self.sessions.values())
-        return [
-            *self.shards.problems(),
-            *([self._lease_problem] if self._lease_problem else []),
-            *([f"{given_up} session(s) not heard: their recognition task keeps failing"] if given_up else []),
-        ]
+        keeper = self.keeper.problems() if self.keeper is not None else []
+        return [*self.shards.problems(), *keeper, *self.sessions.problems()]
 
     @property
     def owned(self) -> set[int]:
         return self.partitions(self.on_audio).owned
 
-    async def open_leases(self) -> Leases:
-        """The lease bucket, after a first claim, so a started replica owns its share at once."""
-        bucket = f"sb_transcriber_{self.bus.prefix}"
-        kv = await self.bus.js.create_key_value(KeyValueConfig(bucket=bucket, ttl=self.settings.lease_ttl_s))
-        leases = Leases(kv, self.replica, AUDIO_PARTITIONS)
-        await self._tick(leases)
-        return leases
-
-    async def _tick(self, leases: Leases) -> None:
-        try:
-            gained, lost = await leases.tick()
-            self._lease_problem = ""
-        except Exception as error:  # a NATS hiccup must not end ownership handling
-            log.warning("lease renewal failed; releasing partitions", error=repr(error)[:200])
-            self._lease_problem = f"partition leases cannot be renewed ({type(error).__name__}): hearing no audio"
-            gained, lost = set(), self.owned
-        # A lease that lapsed (a busy loop) and was taken straight back never left us.
-        gained, lost = gained - lost - self.owned, lost - gained
-        for partition in lost:
-            await self._release(partition)
-        for partition in gained:
-            await self._own(partition)
-        await flush_ordered(self.bus.nc)
-
-    async def keep_leases(self, leases: Leases, stop: asyncio.Event) -> None:
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.settings.lease_ttl_s / 3):
-                        await stop.wait()
-                if not stop.is_set():
-                    await self._tick(leases)
-                await self._forget_idle()
-        finally:
-            for partition in self.owned:
-                await self._release(partition)
-            with contextlib.suppress(Exception):
-                await leases.release_all()
-
-    async def stop(self) -> None:
-        self._leases_stop.set()
-        if self._leases is not None:
-            await self._leases
-        for session_id in list(self.sessions):
-            await self._end_session(session_id)
-        self.shards.shutdown()
-
-    # ------------------------------------------------------------------ partitions
-
-    async def _own(self, partition: int) -> None:
-        await self.partitions(self.on_audio).own(partition)
-        log.info("partition owned", partition=partition, replica=self.replica)
-
-    async def _release(self, partition: int) -> None:
-        await self.partitions(self.on_audio).release(partition)
-        for session_id, session in list(self.sessions.items()):
-            if session.partition == partition:
-                if session.in_turn:
-                    log.warning(
-                        "session moved to another replica; its utterance in flight is lost",
-                        session_id=session_id,
-                        partition=partition,
-                    )
-                self._drop(session_id)
-                await self.shards.close(session_id, finish=False)
-        log.info("partition released", partition=partition, replica=self.replica)
-
     # ------------------------------------------------------------------ audio
 
     @consumes("audio.in.partition", delivery="partitioned")
     async def on_audio(self, meta: ev.AudioInMeta, delivery: Delivery) -> None:
-        session = self.sessions.get(meta.session_id) or self._open(
-            meta.session_id, int(delivery.subject.split(".")[-1])
-        )
-        session.last_audio = time.monotonic()
-        if not await self._supervise(meta.session_id, session):
-            return  # its task keeps failing: not heard until the restart window allows another
-        try:
-            session.queue.put_nowait((delivery.data, meta.captured_at or time.time()))
-        except asyncio.QueueFull:
-            # Recognition is falling behind real time: shed the oldest audio rather than grow.
-            session.queue.get_nowait()
-            session.queue.put_nowait((delivery.data, meta.captured_at or time.time()))
-            log.warning("transcriber falling behind; oldest audio dropped", session_id=meta.session_id)
-
-    def _open(self, session_id: str, partition: int) -> Session:
-        session = Session(partition, asyncio.Queue(self.settings.session_queue_frames))
-        self.sessions[session_id] = session
-        session.task = self._run(session_id, session)
-        return session
-
-    def _run(self, session_id: str, session: Session) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._process(session_id, session), name=f"transcribe-{session_id}")
-        task.add_done_callback(lambda ended: self._ended(session_id, session, ended))
-        return task
-
-    def _ended(self, session_id: str, session: Session, task: asyncio.Task[None]) -> None:
-        """A session's task ended: by our hand (dropped, replaced), or not: then it is said, and the
-        session's next audio re-opens it (``_supervise``)."""
-        if self.sessions.get(session_id) is not session or session.task is not task:
-            return
-        error = None if task.cancelled() else task.exception()
-        how = "cancelled" if task.cancelled() else repr(error)[:300] if error is not None else "returned"
-        log.error("session recognition task ended; re-opened at its next audio", session_id=session_id, how=how)
-
-    async def _supervise(self, session_id: str, session: Session) -> bool:
-        """Re-open the session's task if it ended, up to SESSION_RESTARTS in the window; False: it
-        may not run now (its audio is dropped)."""
-        if session.task is not None and not session.task.done():
-            return True
-        now = time.monotonic()
-        while session.restarts and session.restarts[0] < now - SESSION_RESTART_WINDOW_S:
-            session.restarts.popleft()
-        if len(session.restarts) >= SESSION_RESTARTS:
-            if not session.given_up:
-                session.given_up = True
-                log.error(
-                    "session recognition task keeps ending; its audio is dropped for now",
-                    session_id=session_id,
-                    restarts=len(session.restarts),
-                    window_s=SESSION_RESTART_WINDOW_S,
-                )
-                await self._tell(session_id, "recognition_unavailable", "speech recognition keeps failing; please type")
-            return False
-        session.restarts.append(now)
-        session.given_up, session.in_turn = False, False
-        session.task = self._run(session_id, session)
-        await self._tell(session_id, "recognition_lost", "what you were saying was lost; please say it again")
-        return True
-
-    async def _process(self, session_id: str, session: Session) -> None:
-        """The session's audio, in order, through its recognizer. A failure never ends the session's
-        hearing: it is logged and told to the user, and the next utterance starts afresh."""
-        while True:
-            frames = [await session.queue.get()]
-            while not session.queue.empty():  # catch up in one hop to the shard
-                frames.append(session.queue.get_nowait())
-            try:
-                outputs, session.in_turn = await self.shards.push(session_id, frames)
-                session.unavailable = False
-                for output in outputs:
-                    await self._publish(session_id, output)
-            except PoolBroken as error:  # the frames are dropped (health says why); told once, not per frame
-                if not session.unavailable:
-                    session.unavailable = True
-                    log.error(
-                        "recognition is down; this session's audio is not heard",
-                        session_id=session_id,
-                        error=str(error)[:300],
-                    )
-                    await self._tell(session_id, "recognition_unavailable", "speech recognition is down; please type")
-            except Exception as error:  # ChildLost (its process died) or a bug: the next utterance starts afresh
-                log.error(
-                    "recognition failed; the session goes on with its next utterance",
-                    session_id=session_id,
-                    error=repr(error)[:300],
-                )
-                session.in_turn = False
-                await self._tell(session_id, "recognition_lost", "what you were saying was lost; please say it again")
+        partition = int(delivery.subject.split(".")[-1])
+        await self.sessions.feed(meta.session_id, partition, delivery.data, meta.captured_at or time.time())
 
     async def _tell(self, session_id: str, code: str, message: str) -> None:
         with contextlib.suppress(Exception):
@@ -352,47 +217,23 @@ class Transcriber(Worker[TranscriberSettings]):
             )
 
     async def _publish(self, session_id: str, out: Output) -> None:
-        producer, turn = self.bus.producer, out.turn_id
+        """What recognition heard: voice activity, partial and final transcripts, the spoken user turn."""
+        ids = _Ids(session_id=session_id, turn_id=out.turn_id, producer=self.bus.producer)
         if out.kind == "speech_started":
-            await self.bus.publish(
-                ev.SpeechStarted(
-                    session_id=session_id,
-                    turn_id=turn,
-                    producer=producer,
-                    audio_at=out.audio_at,
-                    captured_at=out.wall_at,
-                )
-            )
+            await self.bus.publish(ev.SpeechStarted(**ids, audio_at=out.audio_at, captured_at=out.wall_at))
             await self._barge_in(session_id)
         elif out.kind == "speech_stopped":
             await self.bus.publish(
-                ev.SpeechStopped(
-                    session_id=session_id,
-                    turn_id=turn,
-                    producer=producer,
-                    audio_at=out.audio_at,
-                    speech_ended_at=out.wall_at,
-                    captured_at=out.wall_at,
-                )
+                ev.SpeechStopped(**ids, audio_at=out.audio_at, speech_ended_at=out.wall_at, captured_at=out.wall_at)
             )
         elif out.kind == "partial":
-            await self.bus.publish(
-                ev.TranscriptPartial(
-                    session_id=session_id,
-                    turn_id=turn,
-                    producer=producer,
-                    text=out.text,
-                    engine=self.settings.stt_engine,
-                )
-            )
+            await self.bus.publish(ev.TranscriptPartial(**ids, text=out.text, engine=self.settings.stt_engine))
         else:
             SPECULATIVE_FINALS.labels("used").inc(out.speculative)
             SPECULATIVE_FINALS.labels("wasted").inc(out.wasted_speculations)
             await self.bus.publish(
                 ev.TranscriptFinal(
-                    session_id=session_id,
-                    turn_id=turn,
-                    producer=producer,
+                    **ids,
                     text=out.text,
                     engine=self.settings.stt_engine,
                     confidence=out.confidence,
@@ -405,13 +246,7 @@ class Transcriber(Worker[TranscriberSettings]):
             if out.text:
                 await self.bus.publish(
                     ev.UserTurn(
-                        session_id=session_id,
-                        turn_id=turn,
-                        producer=producer,
-                        text=out.text,
-                        source="spoken",
-                        speech_ended_at=out.wall_at,
-                        captured_at=out.wall_at,
+                        **ids, text=out.text, source="spoken", speech_ended_at=out.wall_at, captured_at=out.wall_at
                     )
                 )
 
@@ -440,7 +275,7 @@ class Transcriber(Worker[TranscriberSettings]):
     @consumes("session.ended")
     async def on_session_ended(self, event: ev.SessionEnded) -> None:
         self.assistant.pop(event.session_id)
-        await self._end_session(event.session_id)
+        await self.sessions.end(event.session_id)
 
     @consumes("turn.user")
     async def on_user_turn(self, turn: ev.UserTurn) -> None:
@@ -453,28 +288,6 @@ class Transcriber(Worker[TranscriberSettings]):
     @consumes("audio.done")
     async def on_audio_done(self, done: ev.AudioOutDone) -> None:
         self.ledger(done.session_id).audio_done(done.turn_id)
-
-    # ------------------------------------------------------------------ sessions
-
-    async def _end_session(self, session_id: str) -> None:
-        session = self.sessions.get(session_id)
-        if session is None:
-            return
-        self._drop(session_id)
-        for output in await self.shards.close(session_id, finish=True):
-            await self._publish(session_id, output)
-
-    def _drop(self, session_id: str) -> None:
-        session = self.sessions.pop(session_id, None)
-        if session is not None and session.task is not None:
-            session.task.cancel()
-
-    async def _forget_idle(self) -> None:
-        cutoff = time.monotonic() - self.settings.session_idle_s
-        for session_id, session in list(self.sessions.items()):
-            if session.last_audio < cutoff and not session.in_turn:
-                self._drop(session_id)
-                await self.shards.close(session_id, finish=False)
 
 
 WORKER = Transcriber
