@@ -134,49 +134,28 @@ async def test_an_utterance_is_heard(shards: FakeShards) -> None:
 
 
 @pytest.mark.parametrize(
-    "failure",
-    [RuntimeError("a bug in the pipeline"), ChildLost("transcriber", 0, "was killed (SIGKILL)", SID)],
-    ids=["a-bug", "recognizer-state-lost"],
+    ("failure", "told"),
+    [
+        (RuntimeError("a bug in the pipeline"), "recognition_lost"),
+        (ChildLost("transcriber", 0, "was killed (SIGKILL)", SID), "recognition_lost"),
+        # A cancellation leaking from below ends the task (as cancelled, not by us): it used to stay dead.
+        (asyncio.CancelledError(), "recognition_lost"),
+        # PoolBroken used to end the task: the session was never heard again in this process.
+        (PoolBroken("transcriber pool broken: test"), "recognition_unavailable"),
+    ],
+    ids=["a-bug", "recognizer-state-lost", "task-ended", "recognition-down"],
 )
-async def test_a_failed_recognition_is_logged_told_and_the_next_utterance_is_heard(
-    shards: FakeShards, failure: BaseException
+async def test_a_failure_is_logged_with_the_session_told_and_the_next_utterance_heard(
+    shards: FakeShards, failure: BaseException, told: str
 ) -> None:
     shards.failures.append(failure)
     async with transcriber(shards) as (worker, h):
         with capture_logs() as logs:
             await say(worker, SPEECH)
-            (error,) = await h.wait_for(ev.ErrorEvent)
             await say(worker, *UTTERANCE)
             await h.wait_for(ev.UserTurn)
-        assert (error.session_id, error.code, error.retryable) == (SID, "recognition_lost", True)
-        assert kinds(h) == ["error", *HEARD]
-        assert logged_for(logs, "error"), logs
-
-
-async def test_a_session_task_that_ends_is_replaced_at_the_sessions_next_audio(shards: FakeShards) -> None:
-    """A cancellation leaking from below the task ends it (as cancelled, not by us): it used to stay dead."""
-    shards.failures.append(asyncio.CancelledError())
-    async with transcriber(shards) as (worker, h):
-        with capture_logs() as logs:
-            await say(worker, SPEECH)
-            await say(worker, *UTTERANCE)
-            await h.wait_for(ev.UserTurn)
-        assert [e.code for e in h.published(ev.ErrorEvent)] == ["recognition_lost"]
-        assert kinds(h) == ["error", *HEARD]
-        assert logged_for(logs, "error"), logs
-
-
-async def test_recognition_down_is_told_once_and_the_session_is_heard_when_it_answers_again(
-    shards: FakeShards,
-) -> None:
-    """PoolBroken used to end the session's task: the session never heard again in this process."""
-    shards.failures.append(PoolBroken("transcriber pool broken: test"))
-    async with transcriber(shards) as (worker, h):
-        with capture_logs() as logs:
-            await say(worker, SPEECH)
-            await say(worker, *UTTERANCE)
-            await h.wait_for(ev.UserTurn)
-        assert [e.code for e in h.published(ev.ErrorEvent)] == ["recognition_unavailable"]
+        [error] = h.published(ev.ErrorEvent)
+        assert (error.session_id, error.code, error.retryable) == (SID, told, True)
         assert kinds(h) == ["error", *HEARD]
         assert logged_for(logs, "error"), logs
 
