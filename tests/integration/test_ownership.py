@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig
+from nats.js.errors import NoStreamResponseError
 
 from workers.runtime.bus import flush_ordered
 from workers.transcriber.ownership import Leases
+from workers.transcriber.partitions import PartitionKeeper
 
 
 async def test_partitions_are_shared_exclusively_and_taken_over(nc: Client) -> None:
@@ -53,3 +56,60 @@ async def test_server_maps_each_session_to_one_partition(nc: Client) -> None:
     assert all(len(parts) == 1 for parts in seen.values())  # a session always lands on one partition
     assert len({p for parts in seen.values() for p in parts}) > 1  # and sessions spread out
     assert all(0 <= int(p) < AUDIO_PARTITIONS for parts in seen.values() for p in parts)
+
+
+class FlakyBucket:
+    """The real bucket, but its next ``fail`` renewals raise as when the bucket's NATS node is gone."""
+
+    def __init__(self, kv: Any) -> None:
+        self.kv = kv
+        self.fail = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kv, name)
+
+    async def update(self, *args: Any, **kwargs: Any) -> int:
+        if self.fail:
+            self.fail -= 1
+            raise NoStreamResponseError
+        return int(await self.kv.update(*args, **kwargs))
+
+
+class Subscribed:
+    def __init__(self) -> None:
+        self.owned: set[int] = set()
+
+    async def own(self, partition: int) -> None:
+        self.owned.add(partition)
+
+    async def release(self, partition: int) -> None:
+        self.owned.discard(partition)
+
+
+async def test_a_replica_whose_renewal_failed_hears_its_partitions_again_at_the_next_renewal(nc: Client) -> None:
+    # Seen in the cluster suite: the node holding the bucket died for 3 s, every renewal failed and
+    # released the partitions; once renewals worked again the leases still counted them as held, so
+    # nothing was claimed back and the transcriber heard no audio until it was restarted.
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket="lease_flaky", ttl=30.0))
+    bucket = FlakyBucket(kv)
+    subscription = Subscribed()
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    keeper = PartitionKeeper(
+        Leases(bucket, "a", 8),  # type: ignore[arg-type]
+        subscription,
+        30.0,
+        released=nothing,
+        flush=nothing,
+        every_tick=nothing,
+    )
+    await keeper.tick()
+    assert subscription.owned == set(range(8))
+    bucket.fail = 1
+    await keeper.tick()
+    assert subscription.owned == set() and keeper.problems()
+    await keeper.tick()  # the bucket answers again; our leases (TTL 30 s) are still in our name
+    assert subscription.owned == set(range(8)) and keeper.problems() == []
+    await keeper.leases.release_all()

@@ -20,12 +20,16 @@ class ScriptedLeases:
     def __init__(self, *ticks: tuple[set[int], set[int]] | Exception) -> None:
         self.ticks = deque(ticks)
         self.released_all = False
+        self.forgotten = 0
 
     async def tick(self) -> tuple[set[int], set[int]]:
         answer = self.ticks.popleft() if self.ticks else (set(), set())
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    def forget(self) -> None:
+        self.forgotten += 1
 
     async def release_all(self) -> None:
         self.released_all = True
@@ -93,11 +97,27 @@ async def test_a_failed_renewal_releases_everything_and_says_so_until_one_succee
     keeps = keeper(ScriptedLeases(({1, 2}, set()), ConnectionError("nats is gone"), ({1}, set())), subscription)
     await keeps.tick()
     await keeps.tick()
-    assert subscription.owned == set()
+    assert subscription.owned == set() and keeps.leases.forgotten == 1  # type: ignore[attr-defined]
     [problem] = keeps.problems()
     assert "partition leases cannot be renewed (ConnectionError)" in problem
     await keeps.tick()
     assert subscription.owned == {1} and keeps.problems() == []
+
+
+async def test_a_renewal_that_never_answers_fails_within_the_ttl() -> None:
+    class StuckLeases(ScriptedLeases):
+        async def tick(self) -> tuple[set[int], set[int]]:
+            if not self.ticks:
+                await asyncio.Event().wait()  # a request to a server that is gone, with no timeout of its own
+            return await super().tick()
+
+    subscription = RecordingSubscription()
+    keeps = keeper(StuckLeases(({1, 2}, set())), subscription, ttl_s=0.05)
+    await keeps.tick()
+    await keeps.tick()
+    assert subscription.owned == set()
+    [problem] = keeps.problems()
+    assert "(TimeoutError)" in problem
 
 
 async def test_the_loop_ticks_every_third_of_the_ttl_and_stop_releases_everything() -> None:

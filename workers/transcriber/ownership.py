@@ -41,6 +41,11 @@ class Leases:
                 gained.add(partition)
         return gained, lost
 
+    def forget(self) -> None:
+        """After a failed renewal our leases may have lapsed: hold none until claimed again (our own
+        unexpired ones are taken straight back by the next tick)."""
+        self.owned.clear()
+
     async def release_all(self) -> None:
         for partition in list(self.owned):
             await self._release(partition)
@@ -62,7 +67,18 @@ class Leases:
         try:
             self.owned[partition] = await self.kv.create(_key(partition), self.replica.encode())
         except KeyWrongLastSequenceError:
+            return await self._adopt(partition)
+        return True
+
+    async def _adopt(self, partition: int) -> bool:
+        """A lease still held in our name (we forgot it after a failed renewal) is ours again."""
+        try:
+            entry = await self.kv.get(_key(partition))
+        except (KeyNotFoundError, NotFoundError):
             return False
+        if entry.value != self.replica.encode() or entry.revision is None:
+            return False
+        self.owned[partition] = entry.revision
         return True
 
     async def _release(self, partition: int) -> None:

@@ -2,8 +2,9 @@
 third of their TTL, and the partitioned subscription opened and closed to match. A plain class:
 the subscription, the leases and what else runs at each tick are handed in.
 
-A renewal that fails (a NATS hiccup) releases every partition (another replica takes them once the
-leases expire) and says so in ``problems()`` until a renewal succeeds; the loop goes on. A lease
+A renewal that fails (a NATS hiccup, or no answer within the TTL) releases every partition (another
+replica takes them once the leases expire), says so in ``problems()`` until a renewal succeeds, and
+the next renewal that reaches the bucket claims a fair share again; the loop goes on. A lease
 that lapsed (a busy loop) and was taken straight back never left: its sessions are kept.
 """
 
@@ -26,6 +27,8 @@ class PartitionLeases(Protocol):
     replica: str
 
     async def tick(self) -> tuple[set[int], set[int]]: ...
+
+    def forget(self) -> None: ...
 
     async def release_all(self) -> None: ...
 
@@ -70,11 +73,14 @@ class PartitionKeeper:
 
     async def tick(self) -> None:
         try:
-            gained, lost = await self.leases.tick()
+            async with asyncio.timeout(self.ttl_s):  # a renewal stuck on a lost server is a failed one
+                gained, lost = await self.leases.tick()
             self.problem = ""
         except Exception as error:  # a NATS hiccup must not end ownership handling
             log.warning("lease renewal failed; releasing partitions", error=repr(error)[:200])
             self.problem = f"partition leases cannot be renewed ({type(error).__name__}): hearing no audio"
+            # Released here, so forgotten there: the next tick that reaches the bucket claims them again.
+            self.leases.forget()
             gained, lost = set(), self.subscription.owned
         # A lease that lapsed (a busy loop) and was taken straight back never left us.
         gained, lost = gained - lost - self.subscription.owned, lost - gained
@@ -83,7 +89,9 @@ class PartitionKeeper:
         for partition in gained:
             await self.subscription.own(partition)
             log.info("partition owned", partition=partition, replica=self.leases.replica)
-        await self.flush()
+        with contextlib.suppress(TimeoutError):  # the subscriptions reach the server when it is back
+            async with asyncio.timeout(self.ttl_s):
+                await self.flush()
 
     async def _keep(self) -> None:
         try:

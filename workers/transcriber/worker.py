@@ -179,7 +179,9 @@ class Transcriber(Worker[TranscriberSettings]):
     async def open_leases(self) -> Leases:
         """This replica's partition leases, in the transcribers' KV bucket."""
         bucket = f"sb_transcriber_{self.bus.prefix}"
-        kv = await self.bus.js.create_key_value(KeyValueConfig(bucket=bucket, ttl=self.settings.lease_ttl_s))
+        # Replicated like the streams that must survive a node: leases on a lost node could not be renewed.
+        config = KeyValueConfig(bucket=bucket, ttl=self.settings.lease_ttl_s, replicas=self.settings.stream_replicas)
+        kv = await self.bus.js.create_key_value(config)
         return Leases(kv, self.replica, AUDIO_PARTITIONS)
 
     async def stop(self) -> None:
