@@ -17,9 +17,9 @@ from pathlib import Path
 from contracts.streams import StreamSpec
 from contracts.subjects import DEFAULT_PREFIX
 from ops import access
-from ops.servers import find_binary, free_port, wait_for_port
+from ops.servers import RunningServer, find_binary, free_port, start_chroma, wait_for_port
 from ops.stack import NATS_CONF
-from tests.chaos.harness import Stack, StackError
+from tests.chaos.harness import Stack, StackError, service_of
 from workers.runtime.provision import stream_name
 
 NODES = 3
@@ -50,6 +50,12 @@ class Node:
 @dataclass
 class ClusterStack(Stack):
     nodes: list[Node] = field(default_factory=lambda: [Node(i) for i in range(NODES)])
+    chroma: RunningServer | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        # The retriever in server mode (`chroma run`): replicas share one index, which no NATS node holds.
+        self.chroma = await asyncio.to_thread(start_chroma, self.base / "chroma", None, self.logs / "chroma.log")
 
     @property
     def nats_url(self) -> str:
@@ -61,6 +67,8 @@ class ClusterStack(Stack):
 
     def env_for(self, name: str) -> dict[str, str]:
         env = super().env_for(name)
+        if service_of(name) == "retriever" and self.chroma is not None:
+            env["SB_RETRIEVER_CHROMA_URL"] = self.chroma.url
         return env | {"SB_NATS_URL": self.urls_from(HOME_NODE.get(name, 0)), "SB_STREAM_REPLICAS": str(NODES)}
 
     def _start_nats(self) -> None:  # type: ignore[override]  # the cluster has no single server
@@ -106,6 +114,8 @@ class ClusterStack(Stack):
 
     async def close(self) -> None:
         await super().close()
+        if self.chroma is not None:
+            await asyncio.to_thread(self.chroma.stop)
         for node in self.nodes:
             if node.process is not None and node.process.poll() is None:
                 node.process.terminate()
