@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from workers.runtime.bus import Bus
 from workers.runtime.logging import get_logger
 from workers.runtime.provision import EDGE_CONSUMERS, provision, used_streams
-from workers.runtime.worker import VERSION, connect_nats
+from workers.runtime.worker import VERSION, StopBudget, close_bus, connect_nats
 
 from . import page
 from .auth import AuthError, Grant, TokenIssuer, development_secret, same_secret
@@ -80,8 +80,7 @@ def create_app(settings: EdgeSettings) -> FastAPI:
         )
         log.info("edge ready", port=settings.edge_port, auth="api keys" if api_keys else "open session creation")
         yield
-        await service.stop()
-        await nc.drain()
+        await close_bus(nc, StopBudget(nc), service)  # bounded and quiet when NATS is already gone
 
     app = FastAPI(title="Switchboard edge", version=VERSION, lifespan=lifespan)
     app.include_router(video_router(settings, bus, issuer, uploads))

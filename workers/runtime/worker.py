@@ -239,7 +239,7 @@ async def running_worker(
     bus.attach(
         await connect_nats(settings, name, disconnected_cb=_on_disconnect, reconnected_cb=reconnected, error_cb=errored)
     )
-    budget = _StopBudget(bus.nc)
+    budget = StopBudget(bus.nc)
     try:
         # Only what it uses, and it changes no stream: its NATS user may do no more (ops/access.py).
         await provision(
@@ -283,16 +283,24 @@ async def running_worker(
         finally:
             await _stop(worker, settings.shutdown_timeout_s, budget)
     finally:
-        await _bounded(bus.nc.drain(), budget.left(2.0))
-        if not bus.nc.is_closed:  # nats-py's close raises when the socket is already gone (bus down)
-            await _bounded(bus.nc.close(), 1.0)
+        await close_bus(bus.nc, budget)
+
+
+async def close_bus(nc: Client, budget: StopBudget, service: Service | None = None) -> None:
+    """The last of a process's stop: its discovery service, then a drain and a close of the connection,
+    each bounded and none raising, also when the bus is already gone (the edge uses it too)."""
+    if service is not None:
+        await _bounded(service.stop(), budget.left(2.0))
+    await _bounded(nc.drain(), budget.left(2.0))
+    if not nc.is_closed:  # nats-py's close raises when the socket is already gone (bus down)
+        await _bounded(nc.close(), 1.0)
 
 
 BUS_GONE_STOP_S = 2.0  # all of a stop that begins or goes on while the bus is down (then SIGKILL is 10 s away)
 LOCAL_STOP_S = 0.5  # what the worker's own stop gets at least even then (children, files, local servers)
 
 
-class _StopBudget:
+class StopBudget:
     """How long each shutdown step may take: its own deadline while the bus is up; once the bus is gone,
     what is left of BUS_GONE_STOP_S for all the steps together. Nothing can be acked, published or deleted
     then, and every step that asks the server waits for its timeout: stats' four recorded consumers and
@@ -310,7 +318,7 @@ class _StopBudget:
         return min(step_s, self._gone_at + BUS_GONE_STOP_S - time.monotonic())
 
 
-async def _stop(worker: Worker[Any], timeout: float, budget: _StopBudget) -> None:
+async def _stop(worker: Worker[Any], timeout: float, budget: StopBudget) -> None:
     """Transports first (received messages are handled), then the worker; each with a deadline, and all
     of it within a short one when the bus is gone (nothing can be acked or published then anyway)."""
     for transport in worker.transports.values():
