@@ -107,8 +107,8 @@ def speakable(unit: str, scripts: frozenset[str] | None = None) -> str:
 
     ``scripts``: the writing systems the voice reads (Unicode script names, e.g. ``LATIN``); letters
     of any other are dropped. An English voice spells them out letter by letter ("Arabic letter
-    alef ..."): twenty times the phonemes, and piper's memory grows with a unit's phonemes (a
-    290-character Arabic reply took the worker from 234 MB to 1.8 GB)."""
+    alef ..."): twenty times the phonemes, minutes of speech nobody asked for. (The memory of one
+    piper call is bounded apart from this: providers/piper_tts.py, MAX_PHONEMES.)"""
     text = _URL.sub(lambda m: " link to " + m.group(1).removeprefix("www.").replace(".", " dot ") + " ", unit)
     text = _MARKUP.sub(" ", text)
     text = "".join(
