@@ -21,7 +21,7 @@ from tests.support.waiting import eventually
 
 from .harness import REPORT, Stack
 
-WORKERS = ("orchestrator", "memory", "stats", "tools", "keywords", "edge")
+WORKERS = ("orchestrator", "memory", "stats", "tools", "keywords", "transcriber", "edge")
 #: Well under the 7 s observed, and under supervisord's 10 s grace before its SIGKILL.
 EXIT_WITHIN_S = 4.0
 

@@ -131,3 +131,24 @@ async def test_the_loop_ticks_every_third_of_the_ttl_and_stop_releases_everythin
     await keeps.stop()
     assert subscription.owned == set() and leases.released_all
     assert {"sessions of 1 forgotten", "sessions of 2 forgotten"} <= set(subscription.log)
+
+
+async def test_stop_returns_within_the_ttl_when_a_renewal_hangs_and_swallows_its_cancellation() -> None:
+    class SwallowingLeases(ScriptedLeases):
+        """As nats-py's flush does while the server is gone: a cancellation is swallowed once."""
+
+        async def tick(self) -> tuple[set[int], set[int]]:
+            if not self.ticks:
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    await asyncio.sleep(0.2)
+            return await super().tick()
+
+    subscription = RecordingSubscription()
+    keeps = keeper(SwallowingLeases(({1}, set())), subscription, ttl_s=0.06)
+    await keeps.start()
+    await asyncio.sleep(0.03)  # the loop's next tick is under way and hangs
+    began = asyncio.get_running_loop().time()
+    await keeps.stop()
+    assert asyncio.get_running_loop().time() - began < 0.2

@@ -66,10 +66,15 @@ class PartitionKeeper:
         self._task = asyncio.create_task(self._keep(), name="transcriber-leases")
 
     async def stop(self) -> None:
-        """Release every partition and lease; returns once done."""
+        """Release every partition and lease; returns once done, or after the TTL when the server is gone
+        (a nats-py call may swallow the cancellation of its caller: waiting on it could take any time)."""
         self._stop.set()
-        if self._task is not None:
-            await self._task
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait({self._task}, timeout=self.ttl_s)
+        finally:
+            self._task.cancel()  # done: nothing happens; stuck on a lost server: it goes, we do not wait
 
     async def tick(self) -> None:
         try:

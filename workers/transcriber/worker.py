@@ -185,10 +185,12 @@ class Transcriber(Worker[TranscriberSettings]):
         return Leases(kv, self.replica, AUDIO_PARTITIONS)
 
     async def stop(self) -> None:
-        if self.keeper is not None:
-            await self.keeper.stop()
-        await self.sessions.end_all()
-        self.shards.shutdown()
+        try:
+            if self.keeper is not None:
+                await self.keeper.stop()
+            await self.sessions.end_all()
+        finally:  # also when the stop's deadline cut the rest short: the recognition children end
+            self.shards.shutdown()
 
     def problems(self) -> list[str]:
         keeper = self.keeper.problems() if self.keeper is not None else []
