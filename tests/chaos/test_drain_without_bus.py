@@ -4,9 +4,10 @@ Issue 15, observation 6: "workers sent SIGTERM after NATS was already gone did n
 A worker's drain has a deadline when the bus is gone: nothing can be acked, published or deleted
 then, so waiting for it only delays the stop (and, under ``just up``, supervisord's SIGKILL follows
 after 10 s), and closing the dead connection must not end the process with a traceback (exit status 1,
-as every worker here did before). One worker per kind of subscription: durable JetStream consumers (orchestrator, tools;
-memory's in batches), recorded ephemeral ones (stats, four of them), core NATS only (keywords),
-and the edge (uvicorn's lifespan).
+as every worker here did before). Every worker: durable JetStream consumers (orchestrator, tools,
+retriever, video; memory's in batches), recorded ephemeral ones (stats, four of them), core NATS only
+(keywords, voice), partitioned audio with leases (transcriber), process pools (transcriber, video,
+retriever), and the edge (uvicorn's lifespan).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tests.support.waiting import eventually
 
 from .harness import REPORT, Stack
 
-WORKERS = ("orchestrator", "memory", "stats", "tools", "keywords", "transcriber", "edge")
+WORKERS = ("orchestrator", "memory", "stats", "tools", "keywords", "transcriber", "retriever", "video", "voice", "edge")
 #: Well under the 7 s observed, and under supervisord's 10 s grace before its SIGKILL.
 EXIT_WITHIN_S = 4.0
 
