@@ -41,8 +41,8 @@ from workers.runtime.ingest import submit_ingest
 from workers.runtime.provision import object_store
 from workers.tools.worker import WORKER as TOOLS
 from workers.tools.worker import ToolsSettings
+from workers.video.settings import VideoSettings
 from workers.video.worker import WORKER as VIDEO
-from workers.video.worker import VideoSettings
 
 Running = Callable[[str, str, Path], contextlib.AbstractAsyncContextManager[Bus]]
 Submit = Callable[[Bus, Path], Awaitable[str]]

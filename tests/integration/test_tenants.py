@@ -27,8 +27,8 @@ from tests.support.video import make_video
 from workers.orchestrator.worker import WORKER as ORCHESTRATOR
 from workers.orchestrator.worker import OrchestratorSettings
 from workers.runtime import Bus, running_worker
+from workers.video.settings import VideoSettings
 from workers.video.worker import WORKER as VIDEO
-from workers.video.worker import VideoSettings
 
 PREFIX = "tenants"
 KEYS = {

@@ -35,7 +35,8 @@ from workers.orchestrator.worker import OrchestratorSettings
 from workers.runtime import Bus, running_worker
 from workers.runtime.bus import flush_ordered
 from workers.runtime.provision import object_store
-from workers.video.worker import WORKER, VideoSettings, VideoWorker
+from workers.video.settings import VideoSettings
+from workers.video.worker import WORKER, VideoWorker
 
 pytestmark = pytest.mark.slow
 PREFIX = "vid"
