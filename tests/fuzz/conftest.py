@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
+import nats
 import pytest
 from hypothesis import HealthCheck, settings
 
+from ops.health import discover
+from tests.fuzz.harness import Stack, healthy
 from tests.support.edge_client import running_edge
 from tests.support.scripted_llm import ScriptedLLM
 from workers.orchestrator.worker import WORKER, OrchestratorSettings
@@ -27,8 +31,9 @@ settings.register_profile(
 
 
 @pytest.fixture(scope="module")
-async def edge(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[str]:
-    """The edge's base URL, with an orchestrator answering its chats through the scripted LLM."""
+async def stack(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[Stack]:
+    """The edge, with an orchestrator answering its chats through the scripted LLM; both found as
+    ``sb status`` finds them (service discovery), the orchestrator's health endpoint with them."""
     worker_settings = OrchestratorSettings(
         nats_url=nats_url,
         llm_base_url=llm.base_url,
@@ -38,4 +43,21 @@ async def edge(nats_url: str, llm: ScriptedLLM) -> AsyncIterator[str]:
         retrieval_timeout_s=0.1,
     )
     async with running_worker(WORKER, worker_settings), running_edge(nats_url, subject_prefix=PREFIX) as url:
-        yield url
+        nc = await nats.connect(nats_url)
+        try:
+            ours = [s for s in await discover(nc, wait_s=1.0) if s.pid == os.getpid()]
+            [orchestrator] = [s for s in ours if s.name == "orchestrator"]
+            assert "edge" in {s.name for s in ours} and orchestrator.health_subject is not None, ours
+            yield Stack(url, nc, orchestrator.id, orchestrator.health_subject)
+        finally:
+            await nc.drain()
+
+
+@pytest.fixture(autouse=True)
+async def still_healthy(stack: Stack) -> AsyncIterator[None]:
+    """After each test, every process of the stack is still there, the same one, and healthy."""
+    yield
+    await healthy(stack)
+    running = await discover(stack.nc, wait_s=0.3)
+    assert [s.problems for s in running if s.id == stack.orchestrator_id] == [()], running
+    assert any(s.name == "edge" and s.pid == os.getpid() for s in running), running

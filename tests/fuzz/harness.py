@@ -3,7 +3,9 @@
 The promises (docs/protocol.md): a socket is only ever closed with a code of ``CloseCode``; every
 ``protocol_error`` has a documented code (never ``internal``); after any frames a ``ping`` still gets
 its ``pong`` unless the socket was closed (with a documented code); every ``chat`` the edge accepted
-(echoed as ``turn.user``) ends with exactly one ``reply.done``.
+(echoed as ``turn.user``) ends with exactly one ``reply.done``; and every process is still healthy
+(:func:`healthy`, after examples and after each test: the edge's ``/healthz``, the orchestrator's
+health endpoint, both still discovered as ``sb status`` finds them).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, get_args
 import httpx
 import websockets
 from hypothesis import event
+from nats.aio.client import Client
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -136,7 +139,20 @@ def check(outcome: Outcome, chats: int = 0) -> None:
         assert len(turns) == chats, f"{chats} valid chats sent, {len(turns)} echoed: {outcome.events}"
 
 
-async def healthy(base_url: str) -> None:
-    async with httpx.AsyncClient(base_url=base_url) as http:
+@dataclass(frozen=True)
+class Stack:
+    """The processes under fuzz: the edge and the orchestrator behind it."""
+
+    url: str  # the edge's base URL
+    nc: Client  # the operator's connection, for the orchestrator's health
+    orchestrator_id: str  # its service instance (discovery)
+    orchestrator_health: str  # the subject of its health endpoint, which ``sb status`` asks
+
+
+async def healthy(stack: Stack) -> None:
+    """The edge answers its /healthz, and the orchestrator its health endpoint, with no problem."""
+    async with httpx.AsyncClient(base_url=stack.url) as http:
         response = await http.get("/healthz")
     assert response.status_code == 200, response.text
+    reply = json.loads((await stack.nc.request(stack.orchestrator_health, b"", timeout=DEADLINE_S)).data)
+    assert reply == {"status": "ok", "problems": []}, reply

@@ -1,7 +1,7 @@
-"""Fuzzed HTTP requests to the session, history and upload routes, with valid and invalid tokens.
+"""Fuzzed HTTP requests to the session, history, upload and video routes, with valid and invalid tokens.
 
-The edge answers all of these itself (no memory or ingestion worker runs): a refused request is a 4xx,
-never a 5xx. The one documented 5xx is history's 503 when memory does not answer its owner.
+The edge answers all of these itself (no memory, ingestion or video worker runs): a refused request is
+a 4xx that says why, never a 5xx. The one documented 5xx is history's 503 when memory does not answer its owner.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jwt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz.harness import healthy
+from tests.fuzz.harness import Stack, healthy
 from tests.support.edge_client import SECRET
 
 # Header values travel as latin-1 without control characters or outer whitespace; others cannot be sent at all.
@@ -72,37 +72,48 @@ def _no_5xx(response: httpx.Response) -> None:
     assert response.status_code < 500, f"{response.request.method} {response.request.url}: {response.text}"
 
 
+def _clear(response: httpx.Response) -> None:
+    """No 5xx, and a refusal says why (FastAPI's ``detail``: a sentence, or the fields that were wrong)."""
+    _no_5xx(response)
+    if response.status_code >= 400:
+        assert response.json().get("detail"), f"{response.status_code} without a reason: {response.text}"
+
+
+def _bearer(headers: dict[str, str], token: str) -> bool:
+    """Whether the request carries the session's token as the routes read it (``Bearer `` optional)."""
+    return headers.get("Authorization", "").removeprefix("Bearer ").strip() == token
+
+
 @settings(settings.get_profile("fuzz"), max_examples=150)
 @given(data=st.data())
-async def test_session_routes(edge: str, data: st.DataObject) -> None:
-    async with httpx.AsyncClient(base_url=edge) as http:
+async def test_session_routes(stack: Stack, data: st.DataObject) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as http:
         _, token = await _grant(http)
         headers = data.draw(authorization(token))
         created = await http.post("/v1/sessions", headers=_wire(headers), content=data.draw(st.binary(max_size=50)))
         assert created.status_code == 200, created.text  # no API keys configured: anyone may create
         refreshed = await http.post("/v1/sessions/refresh", headers=_wire(headers))
         _no_5xx(refreshed)
-        expect_ok = headers.get("Authorization", "").removeprefix("Bearer ").strip() == token
-        assert refreshed.status_code == (200 if expect_ok else 401), refreshed.text
-    await healthy(edge)
+        assert refreshed.status_code == (200 if _bearer(headers, token) else 401), refreshed.text
+    await healthy(stack)
 
 
 @settings(settings.get_profile("fuzz"), max_examples=150)
 @given(data=st.data())
-async def test_history(edge: str, data: st.DataObject) -> None:
-    async with httpx.AsyncClient(base_url=edge) as http:
+async def test_history(stack: Stack, data: st.DataObject) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as http:
         session_id, token = await _grant(http)
         path_id = data.draw(st.sampled_from([session_id]) | SESSION_IDS)
         params = data.draw(st.dictionaries(st.sampled_from(["before", "limit", "x"]), QUERY_TEXT | st.integers()))
         headers = data.draw(authorization(token))
         path = f"/v1/sessions/{quote(path_id, safe='%.')}/history"
         reply = await http.get(path, params=params, headers=_wire(headers))
-    owner = path_id == session_id and headers.get("Authorization", "").removeprefix("Bearer ").strip() == token
+    owner = path_id == session_id and _bearer(headers, token)
     if reply.status_code == 503:  # documented: memory does not answer (no memory worker runs here)
         assert owner, reply.text
     else:
         _no_5xx(reply)
-    await healthy(edge)
+    await healthy(stack)
 
 
 FILENAMES = (
@@ -118,8 +129,8 @@ WAITS = st.sampled_from(["0", "0.05", "-1", "601", "nan", "inf", "-inf", "1e400"
 
 @settings(settings.get_profile("fuzz"), max_examples=250)
 @given(data=st.data())
-async def test_ingest_upload(edge: str, data: st.DataObject) -> None:
-    async with httpx.AsyncClient(base_url=edge) as http:
+async def test_ingest_upload(stack: Stack, data: st.DataObject) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as http:
         _, token = await _grant(http)
         params: dict[str, str] = {}
         if data.draw(st.integers(0, 5)):
@@ -133,5 +144,45 @@ async def test_ingest_upload(edge: str, data: st.DataObject) -> None:
             headers["Content-Type"] = content_type
         body = data.draw(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
         reply = await http.post("/v1/ingest", params=params, headers=_wire(headers), content=body, timeout=10.0)
-    _no_5xx(reply)
-    await healthy(edge)
+    _clear(reply)
+    await healthy(stack)
+
+
+TRANSCRIBE = st.sampled_from(["true", "false", "0", "1", "yes", "off", "", "maybe", "2"]) | QUERY_TEXT
+INGEST_BASES = st.sampled_from(["default", "kb_1-x", "ab", "a b", "x" * 63, "x" * 64, "../kb"]) | QUERY_TEXT
+JOB_IDS = st.sampled_from(["0" * 32, "..", "%2e%2e", "a/b", "x" * 300, " ", "*", ">"]) | QUERY_TEXT.filter(bool)
+
+
+@settings(settings.get_profile("fuzz"), max_examples=80)
+@given(data=st.data())
+async def test_video_upload(stack: Stack, data: st.DataObject) -> None:
+    """POST /v1/videos as the ingest uploads are fuzzed, then the job's cancel and keyframe routes (no video
+    worker runs: an accepted job stays queued). Another token than the session's is a 401, whatever else."""
+    async with httpx.AsyncClient(base_url=stack.url) as http:
+        _, token = await _grant(http)
+        params: dict[str, str] = {}
+        if data.draw(st.integers(0, 5)):
+            params["filename"] = data.draw(FILENAMES | st.just("x" * 501))
+        if data.draw(st.booleans()):
+            params["transcribe"] = data.draw(TRANSCRIBE)
+        if data.draw(st.booleans()):
+            params["ingest_base"] = data.draw(INGEST_BASES)
+        headers = data.draw(authorization(token))
+        if (content_type := data.draw(st.none() | st.just("video/mp4") | CONTENT_TYPES)) is not None:
+            headers["Content-Type"] = content_type
+        body = data.draw(st.binary(max_size=300) | st.sampled_from([b"", b"\x00\x00\x00\x18ftypmp42"]))
+        reply = await http.post("/v1/videos", params=params, headers=_wire(headers), content=body, timeout=10.0)
+        _clear(reply)
+        assert (reply.status_code == 401) != _bearer(headers, token), reply.text
+        job_id = reply.json()["job_id"] if reply.status_code == 202 else data.draw(JOB_IDS)
+        path = f"/v1/videos/{quote(job_id, safe='')}"
+        index = data.draw(st.sampled_from(["0", "7", "-1", "999", "1000", "x", "1e3", str(2**70)]))
+        headers = data.draw(authorization(token))
+        keyframe = await http.get(f"{path}/keyframes/{index}", headers=_wire(headers))
+        _clear(keyframe)
+        assert keyframe.status_code != 200, keyframe.text  # no job here made a keyframe
+        cancelled = await http.delete(path, headers=_wire(headers))
+        _clear(cancelled)
+        if cancelled.status_code != 404:  # a job id of dots is a path that names no route
+            assert (cancelled.status_code == 401) != _bearer(headers, token), cancelled.text
+    await healthy(stack)

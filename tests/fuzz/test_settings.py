@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.client import COMMANDS, Settings
-from tests.fuzz.harness import check, exchange, healthy, open_socket
+from tests.fuzz.harness import Stack, check, exchange, healthy, open_socket
 from tests.fuzz.strategies import TEXT, field_values, long_text
 
 SHORT = TEXT | long_text(16) | long_text(32) | long_text(64) | st.sampled_from(["", "general", "coach", "en-US", "de"])
@@ -42,11 +42,11 @@ def _valid(frame: str) -> bool:
 
 @settings(settings.get_profile("fuzz"), max_examples=180)
 @given(commands=st.lists(settings_commands(), min_size=1, max_size=3), text=st.text(min_size=1, max_size=200))
-async def test_random_settings_then_a_chat(edge: str, commands: list[dict[str, Any]], text: str) -> None:
+async def test_random_settings_then_a_chat(stack: Stack, commands: list[dict[str, Any]], text: str) -> None:
     frames = [json.dumps(command) for command in commands]
-    ws = await open_socket(edge)
+    ws = await open_socket(stack.url)
     outcome = await exchange(ws, [*frames, json.dumps({"type": "chat", "text": text})], 1)
     check(outcome, 1)
     # Every valid settings command is echoed (before the chat's reply.done, which waits on the bus in order).
     assert len(outcome.of_kind("session.settings")) == sum(map(_valid, frames)), outcome.events
-    await healthy(edge)
+    await healthy(stack)
