@@ -1,4 +1,4 @@
-"""The turn lifecycle rules shared by the edge, the transcriber and the voice worker, tested once."""
+"""The turn lifecycle rules shared by the edge, the transcriber, the voice worker and the orchestrator, tested once."""
 
 from __future__ import annotations
 
@@ -74,11 +74,29 @@ def test_late_output_of_an_interrupted_turn_does_not_revive_it() -> None:
     assert not ledger.interrupted("t2") and not ledger.interrupted(None)
 
 
-def test_the_ledger_remembers_a_bounded_number_of_interrupted_turns() -> None:
+def test_a_turn_whose_audio_ended_is_over_and_does_not_speak_again() -> None:
+    ledger = TurnLedger(audio_out=True)
+    ledger.speaking_now("t1")
+    assert not ledger.over("t1")
+    ledger.audio_done("t1")
+    assert ledger.over("t1") and not ledger.interrupted("t1")  # over, but its late events are not dropped
+    ledger.speaking_now("t1")  # a late frame, a duplicate reply.done
+    ledger.reply_done("t1", "stop")
+    assert ledger.speaking is None
+    ledger.speaking_now("t2")
+    ledger.audio_done("t1")  # another turn's end does not end the one speaking
+    assert ledger.speaking == "t2" and not ledger.over("t2")
+    ledger.interrupt("t3")
+    assert ledger.over("t3")
+
+
+def test_the_ledger_remembers_a_bounded_number_of_interrupted_and_ended_turns() -> None:
     ledger = TurnLedger(remember=3)
     for i in range(5):
         ledger.interrupt(f"t{i}")
+        ledger.audio_done(f"e{i}")
     assert [ledger.interrupted(f"t{i}") for i in range(5)] == [False, False, True, True, True]
+    assert [ledger.over(f"e{i}") for i in range(5)] == [False, False, True, True, True]
 
 
 def test_the_session_table_evicts_the_least_recently_used_idle_session() -> None:

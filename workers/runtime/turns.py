@@ -2,9 +2,11 @@
 
 :class:`TurnLedger` answers what barge-in, flushing and late-output dropping all ask: which turn's
 reply is being generated, which turn's speech may still be playing, and which turns were
-interrupted (so their late output is dropped). The edge (per socket), the transcriber (barge-in)
-and the voice worker keep one per session and feed it the events they see; it is pure (a clock
-is injected), so its rules are tested once (tests/unit/test_turns.py).
+interrupted (so their late output is dropped) or are over (interrupted, or their audio ended: the
+voice never speaks them again). The edge (per socket), the transcriber (barge-in), the voice worker
+(the turn it speaks) and the orchestrator (the turn whose reply it generates) keep one per session
+and feed it the events they see; it is pure (a clock is injected), so its rules are tested once
+(tests/unit/test_turns.py).
 
 :class:`SessionTable` is the bounded map every per-session state lives in: least recently used
 first out, never a session that is busy (the caller says what busy means).
@@ -39,6 +41,7 @@ class TurnLedger:
         self._speaking_until = 0.0
         self._grace = playback_grace_s
         self._interrupted: deque[str] = deque(maxlen=remember)
+        self._ended: deque[str] = deque(maxlen=remember)  # turns whose audio ended
         self._clock = clock
 
     @property
@@ -59,15 +62,17 @@ class TurnLedger:
     def reply_done(self, turn_id: str, finish_reason: str) -> None:
         if self.generating == turn_id:
             self.generating = None
-        if self.audio_out and finish_reason in SPOKEN_FINISH and turn_id not in self._interrupted:
+        if self.audio_out and finish_reason in SPOKEN_FINISH:
             self.speaking_now(turn_id)
 
     def speaking_now(self, turn_id: str) -> None:
         """Audio of ``turn_id`` is being sent."""
-        if turn_id not in self._interrupted:
+        if not self.over(turn_id):
             self._speaking, self._speaking_until = turn_id, self._clock() + self._grace
 
     def audio_done(self, turn_id: str) -> None:
+        if turn_id not in self._ended:
+            self._ended.append(turn_id)
         if self._speaking == turn_id:
             self._speaking = None
 
@@ -90,6 +95,10 @@ class TurnLedger:
     def interrupted(self, turn_id: str | None) -> bool:
         """Whether output of ``turn_id`` is late output of an interrupted turn."""
         return turn_id is not None and turn_id in self._interrupted
+
+    def over(self, turn_id: str) -> bool:
+        """Whether ``turn_id`` was interrupted or its audio ended: it does not speak (again)."""
+        return turn_id in self._interrupted or turn_id in self._ended
 
 
 class SessionTable(Generic[V]):
