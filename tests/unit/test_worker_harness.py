@@ -155,6 +155,38 @@ async def test_an_interrupt_stops_the_audio_of_the_turn() -> None:
         assert done.cancelled and done.frames == len(h.frames(ev.AudioOutMeta)) < 16
 
 
+async def test_a_turn_spoken_or_stopped_is_never_voiced_again() -> None:
+    """The session's TurnLedger says which turns are over: a late duplicate reply.done (a publish retried until
+    stored reaches subscribers once per attempt) or late text of an interrupted turn is not spoken."""
+    tts = FakeTTS("piper")
+    async with WorkerHarness(VoiceWorker, voice_settings(), providers=[tts]) as h:
+        await speaking_session(h)
+        done = ev.ReplyDone(session_id=SID, turn_id="t1", producer="test", text="Hi there.", agent="general")
+        await h.deliver(done)
+        (first,) = await h.wait_for(ev.AudioOutDone)
+        await h.deliver(done)
+        await h.deliver(interrupt("t2"))  # before any text of t2 reached this worker
+        await h.deliver(ev.ReplyDelta(session_id=SID, turn_id="t2", producer="test", seq=0, text="Late. ", agent="a"))
+        await h.deliver(ev.ReplyDone(session_id=SID, turn_id="t2", producer="test", text="Late.", agent="a"))
+        await asyncio.sleep(0.05)
+        assert tts.spoken == ["Hi there."] and h.published(ev.AudioOutDone) == [first] and not first.cancelled
+
+
+async def test_the_first_text_of_another_turn_supersedes_the_speech() -> None:
+    tts = FakeTTS("piper")
+    async with WorkerHarness(VoiceWorker, voice_settings(), providers=[tts]) as h:
+        await speaking_session(h)
+        text = "This reply goes on and on. " * 12
+        await h.deliver(ev.ReplyDone(session_id=SID, turn_id="t1", producer="test", text=text, agent="general"))
+        await h.wait_for(ev.AudioOutMeta, count=2)
+        await h.deliver(ev.ReplyDone(session_id=SID, turn_id="t2", producer="test", text="Next.", agent="general"))
+        first, second = await h.wait_for(ev.AudioOutDone, count=2)
+        assert (first.turn_id, first.cancelled, second.turn_id, second.cancelled) == ("t1", True, "t2", False)
+        await h.deliver(ev.ReplyDone(session_id=SID, turn_id="t1", producer="test", text=text, agent="general"))
+        await asyncio.sleep(0.02)
+        assert len(h.published(ev.AudioOutDone)) == 2  # t1 was stopped: it does not speak again
+
+
 async def test_a_session_without_audio_out_is_not_voiced() -> None:
     async with WorkerHarness(VoiceWorker, voice_settings(), providers=[FakeTTS("piper")]) as h:
         await h.deliver(ev.SessionStarted(session_id=SID, producer="edge", capabilities=[]))

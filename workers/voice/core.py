@@ -9,15 +9,18 @@ was stopped or failed), also for a turn with nothing to say: the transcriber's b
 waits for it.
 
 Only sessions whose client declared the ``audio_out`` capability are voiced. A new user
-turn, an interrupt, or a cancelled or superseded reply stops the turn being spoken.
+turn, an interrupt, or a cancelled or superseded reply stops the turn being spoken. Which turn
+is spoken, and which are over (spoken or stopped: late text of them is not voiced), is the
+session's :class:`~workers.runtime.turns.TurnLedger`; ``Session.speech`` is the speech of the
+ledger's speaking turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,7 +29,7 @@ from contracts import events as ev
 from contracts.envelope import Event
 from workers.runtime import tracing
 from workers.runtime.logging import get_logger
-from workers.runtime.turns import SessionTable
+from workers.runtime.turns import SessionTable, TurnLedger
 
 from .providers.base import ProviderError, TTSProvider
 from .text import Chunker, has_letters, speakable
@@ -58,8 +61,9 @@ class Session:
     ready: asyncio.Task[None] | None = None  # loading what the bus recorded about it
     speaks: bool = False  # the client declared audio_out
     settings: ev.SessionSettings | None = None
-    turn: TurnSpeech | None = None
-    finished: deque[str] = field(default_factory=lambda: deque(maxlen=16))  # turns spoken or stopped
+    # speaking: the turn whose speech runs, until its audio.done (no grace: this worker sends that)
+    turns: TurnLedger = field(default_factory=lambda: TurnLedger(audio_out=True, playback_grace_s=math.inf))
+    speech: TurnSpeech | None = None  # of turns.speaking
 
 
 Recorded = Callable[[str], Awaitable[tuple[ev.SessionStarted | None, ev.SessionSettings | None]]]
@@ -94,7 +98,7 @@ class VoiceService:
         self._recorded = recorded
         # A session that speaks or is still loading stays; the least recently used idle one goes first.
         self._sessions: SessionTable[Session] = SessionTable(
-            max_sessions, busy=lambda s: s.turn is not None or s.ready is not None
+            max_sessions, busy=lambda s: s.speech is not None or s.ready is not None
         )
 
     # ------------------------------------------------------------------ inputs
@@ -105,8 +109,8 @@ class VoiceService:
 
     async def on_session_ended(self, ended: ev.SessionEnded) -> None:
         session = self._sessions.pop(ended.session_id)
-        if session is not None and session.turn is not None:
-            await session.turn.stop()
+        if session is not None:
+            await self._stop(session)
 
     async def on_settings(self, settings: ev.SessionSettings) -> None:
         session = await self._session(settings.session_id)
@@ -121,7 +125,7 @@ class VoiceService:
 
     async def on_user_turn(self, turn: ev.UserTurn) -> None:
         session = self._sessions.get(turn.session_id)
-        if session is not None and session.turn is not None and session.turn.turn_id != turn.turn_id:
+        if session is not None and session.turns.speaking not in (None, turn.turn_id):
             await self._stop(session)  # the user moved on: a new turn supersedes the old speech
 
     async def on_delta(self, delta: ev.ReplyDelta) -> None:
@@ -133,7 +137,7 @@ class VoiceService:
     async def on_reply_done(self, done: ev.ReplyDone) -> None:
         session = await self._session(done.session_id)
         if done.finish_reason in ("cancelled", "superseded"):
-            if session.turn is not None and session.turn.turn_id == done.turn_id:
+            if session.turns.speaking == done.turn_id:
                 await self._stop(session)
             return
         turn = await self._turn(session, done)
@@ -142,39 +146,45 @@ class VoiceService:
 
     async def on_interrupt(self, interrupt: ev.Interrupt) -> None:
         session = self._sessions.get(interrupt.session_id)
-        if session is None or session.turn is None:
+        if session is None:
             return
-        if interrupt.turn_id is None or interrupt.turn_id == session.turn.turn_id:
+        speaking = session.turns.speaking
+        # The interrupted turn (None: the one speaking) is over: its late text is not voiced either.
+        if speaking in session.turns.interrupt(interrupt.turn_id):
             await self._stop(session)
 
     async def close(self) -> None:
-        await asyncio.gather(*(s.turn.stop() for _, s in self._sessions.items() if s.turn))
+        await asyncio.gather(*(self._stop(s) for _, s in self._sessions.items()))
 
     # ------------------------------------------------------------------ turns
 
     async def _turn(self, session: Session, event: ev.ReplyDelta | ev.ReplyDone) -> TurnSpeech | None:
         """The turn this event belongs to, started on its first event; None when it is not to be voiced."""
-        if session.turn is not None and session.turn.turn_id == event.turn_id:
-            return session.turn
-        if not session.speaks or event.turn_id in session.finished:
+        turns = session.turns
+        if session.speech is not None and turns.speaking == event.turn_id:
+            return session.speech
+        if not session.speaks or turns.over(event.turn_id):
             return None  # not voiced, or late text of a turn already spoken or stopped
         provider, voice, _ = self._choose(session.settings, asked_voice=False)
-        session.finished.append(event.turn_id)
         turn = TurnSpeech(
             self._pub, event, provider, voice, self._config, on_end=lambda: self._ended(session, event.turn_id)
         )
-        previous, session.turn = session.turn, turn
+        previous, session.speech = session.speech, turn
+        turns.speaking_now(event.turn_id)
         if previous is not None:
+            turns.interrupt(previous.turn_id)
             await previous.stop()  # a new reply supersedes the speech of the previous one
         return turn
 
     def _ended(self, session: Session, turn_id: str) -> None:
-        if session.turn is not None and session.turn.turn_id == turn_id:
-            session.turn = None
+        """The turn's audio.done was sent (spoken to the end, or stopped): it is over."""
+        session.turns.audio_done(turn_id)
+        if session.speech is not None and session.speech.turn_id == turn_id:
+            session.speech = None
 
     async def _stop(self, session: Session) -> None:
-        if session.turn is not None:
-            await session.turn.stop()
+        if session.speech is not None:
+            await session.speech.stop()
 
     def _choose(
         self, settings: ev.SessionSettings | None, asked_voice: bool
