@@ -1,5 +1,8 @@
 """The orchestrator's logic, testable without the bus: one in-flight turn per session, cancellable.
 
+Which turn's reply is in flight is the session's :class:`~workers.runtime.turns.TurnLedger`
+(``generating``); ``SessionState.flight`` is that reply's work (its task and text so far).
+
 Policy: a new user turn while a reply is in flight supersedes it (the old reply ends with
 ``finish_reason="superseded"``). An interrupt cancels the in-flight reply (``"cancelled"``).
 Either way the cancelled task is awaited before its done event is published, so no delta
@@ -29,7 +32,7 @@ from contracts import events as ev
 from contracts.envelope import Event
 from contracts.limits import TURN_TEXT_CHARS
 from workers.runtime.logging import get_logger
-from workers.runtime.turns import SessionTable
+from workers.runtime.turns import SessionTable, TurnLedger
 
 from .agents import HANDOFF, Agent, Router, handoff_target, handoff_tool
 from .context import Context, ContextHooks
@@ -68,7 +71,8 @@ class SessionState:
     settings: ev.SessionSettings | None = None
     agent: str | None = None  # sticky after settings or handoff
     history: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=12))
-    in_flight: InFlight | None = None
+    turns: TurnLedger = field(default_factory=TurnLedger)  # generating: the turn whose reply is in flight
+    flight: InFlight | None = None  # the reply of turns.generating
 
 
 @dataclass
@@ -111,20 +115,23 @@ class Orchestrator:
         self._tool_hints = tool_hints
         self._tools_dropped: set[str] = set()  # agents whose tools did not fit the window (warned once)
         # A session with a reply in flight stays; the least recently used idle one goes first.
-        self._sessions: SessionTable[SessionState] = SessionTable(max_sessions, busy=lambda s: s.in_flight is not None)
+        self._sessions: SessionTable[SessionState] = SessionTable(
+            max_sessions, busy=lambda s: s.turns.generating is not None
+        )
 
     # ------------------------------------------------------------------ inputs
 
     async def on_user_turn(self, turn: ev.UserTurn) -> None:
         state = await self._session(turn.session_id)
-        if state.in_flight is not None:
+        if state.turns.generating is not None:
             await self._stop(state, "superseded")
         route = self._router.route(turn.text, state.agent)
         if route.handoff:
             state.agent = route.agent.name
             log.info("handoff", session_id=turn.session_id, turn_id=turn.turn_id, agent=route.agent.name)
         flight = InFlight(turn, route.agent.name, may_hand_off=not route.hinted)
-        state.in_flight = flight
+        state.turns.user_turn(turn.turn_id)
+        state.flight = flight
         flight.task = asyncio.create_task(self._reply(state, flight), name=f"turn-{turn.turn_id}")
         # Yield once so the reply sends its first request (context or LLM) now, before the
         # subscriber's own bookkeeping for this message runs (measured: ~0.5 ms sooner on the
@@ -135,7 +142,7 @@ class Orchestrator:
         """Answer ``turn`` and return once its reply is done (or superseded, or cancelled)."""
         await self.on_user_turn(turn)
         state = self._sessions.get(turn.session_id)
-        flight = state.in_flight if state else None
+        flight = state.flight if state else None
         if flight is not None and flight.turn is turn and flight.task is not None:
             await asyncio.wait([flight.task])
 
@@ -156,11 +163,12 @@ class Orchestrator:
 
     async def on_interrupt(self, interrupt: ev.Interrupt) -> None:
         state = self._sessions.get(interrupt.session_id)
-        if state is None or state.in_flight is None:
+        if state is None:
             return
-        if interrupt.turn_id and interrupt.turn_id != state.in_flight.turn.turn_id:
-            return  # an interrupt for a turn that is already over
-        await self._stop(state, "cancelled")
+        generating = state.turns.generating
+        # The interrupted turn (None: the one in flight); an interrupt for a turn already over changes nothing.
+        if generating in state.turns.interrupt(interrupt.turn_id):
+            await self._stop(state, "cancelled")
 
     async def on_settings(self, settings: ev.SessionSettings) -> None:
         state = await self._session(settings.session_id, loaded=settings)
@@ -170,7 +178,7 @@ class Orchestrator:
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight replies finish (shutdown)."""
-        tasks = [s.in_flight.task for _, s in self._sessions.items() if s.in_flight and s.in_flight.task]
+        tasks = [s.flight.task for _, s in self._sessions.items() if s.flight and s.flight.task]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
 
@@ -210,7 +218,8 @@ class Orchestrator:
                 )
             )
         text = "".join(flight.text)
-        state.in_flight = None
+        state.turns.reply_done(turn.turn_id, answer.finish)
+        state.flight = None
         if text:
             state.history.extend((("user", turn.text), ("assistant", text)))
         await self._publish_done(
@@ -390,9 +399,11 @@ class Orchestrator:
         return [outcome.message() for outcome in outcomes], target if isinstance(target, Agent) else None
 
     async def _stop(self, state: SessionState, reason: Literal["cancelled", "superseded"]) -> None:
-        flight = state.in_flight
-        state.in_flight = None
-        if flight is None or flight.task is None:
+        flight, state.flight = state.flight, None
+        if flight is None:
+            return
+        state.turns.reply_done(flight.turn.turn_id, reason)
+        if flight.task is None:
             return
         flight.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
