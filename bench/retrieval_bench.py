@@ -38,9 +38,9 @@ from contracts import events as ev
 from tests.support.retrieval import corpus_files, questions
 from workers.retriever.core import Retriever
 from workers.retriever.extract import extract
+from workers.retriever.jobs import open_retriever
 from workers.retriever.settings import RetrieverSettings
 from workers.retriever.store import collection_name
-from workers.retriever.worker import open_retriever
 from workers.runtime.ingest import content_type_for
 
 TARGET_P50_MS = 30.0
