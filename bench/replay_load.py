@@ -263,10 +263,13 @@ def stack_processes(stack: Stack) -> dict[int, str]:
 def _short_name(argv: list[str], parent: str | None) -> str:
     if parent and any("multiprocessing" in a for a in argv):
         return parent
+    program = Path(argv[0]).name if argv else "?"
+    if not program.startswith("python"):
+        return program  # nats-server (whose -m is its monitoring port)
     if "-m" in argv:
-        module = argv[argv.index("-m") + 1]
-        return module.removeprefix("workers.").removeprefix("ops.")
-    return Path(argv[0]).name if argv else "?"
+        return argv[argv.index("-m") + 1].removeprefix("workers.").removeprefix("ops.")
+    script = next((a for a in argv[1:] if not a.startswith("-")), "")
+    return Path(script).name or program  # nx-27017, the document store
 
 
 class CpuMeter:

@@ -323,9 +323,15 @@ async def drive(session: Session, plan: list[Utterance], timeout: float, seed: i
     try:
         await asyncio.sleep(rng.uniform(0.5, 2.0))  # sessions do not start in lockstep
         for utterance in plan:
-            records.append(await one_turn(session, utterance, timeout, rng))
-            if mic.done() or reader.done():
-                raise RuntimeError(f"session {session.index}: the socket closed ({reader.exception() or 'closed'})")
+            turn = asyncio.create_task(one_turn(session, utterance, timeout, rng))
+            # A microphone or reader that ended (the socket closed, a send failed) would leave the turn
+            # waiting for a frame that is never sent: the session fails with the reason instead.
+            await asyncio.wait({turn, mic, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not turn.done():
+                turn.cancel()
+                ended = mic if mic.done() else reader
+                raise RuntimeError(f"session {session.index}: the socket closed ({ended.exception() or 'closed'})")
+            records.append(turn.result())
     finally:
         session.stop()
         await asyncio.wait([mic], timeout=1.0)  # never swallows a cancellation of this task (Ctrl-C)
