@@ -17,11 +17,13 @@ from nats.js.errors import NotFoundError
 
 from contracts import events as ev
 from contracts import headers as h
+from contracts.envelope import new_id
 from contracts.streams import EVENTS, STREAMS, ConsumerSpec
 from contracts.subjects import BY_NAME, dead_letter_subject
 from tests.contract_tap import DELIBERATELY_INVALID
+from tests.support.bus import client_bus
 from tests.support.waiting import eventually
-from workers.runtime import Bus, RuntimeSettings, Worker, consumes, running_worker
+from workers.runtime import Bus, RuntimeSettings, Worker, consumes, running_worker, serves
 from workers.runtime.bus import flush_ordered
 from workers.runtime.provision import provision, stream_name
 from workers.runtime.tracing import parse_traceparent
@@ -264,3 +266,50 @@ async def test_a_poison_message_in_a_batch_is_dead_lettered_alone_and_its_batch_
     assert started[0].written == ["good-1", "good-2"]
     assert letter.deliveries == 3 and "cannot write this batch" in letter.reason
     assert letter.headers.get("Sb-Turn") == "bad"
+
+
+class SlowContext(Worker[EchoSettings]):
+    """Answers memory context after a slow read; records how many answers ran at once."""
+
+    name = "slowcontext"
+    description = "test worker"
+    running = 0
+    most = 0
+
+    @serves("memory.context", queue="slowcontext")
+    async def on_context(self, request: ev.ContextRequest) -> ev.ContextReply:
+        SlowContext.running += 1
+        SlowContext.most = max(SlowContext.most, SlowContext.running)
+        await asyncio.sleep(0.3)  # a read from a busy document store
+        SlowContext.running -= 1
+        return ev.ContextReply(session_id=request.session_id, producer="slowcontext", summary=request.event_id)
+
+
+class OneAtATime(SlowContext):
+    name = "oneatatime"
+
+    @serves("memory.context", queue="oneatatime", max_in_flight=1)
+    async def on_context(self, request: ev.ContextRequest) -> ev.ContextReply:
+        return await super().on_context(request)
+
+
+@pytest.mark.parametrize(("worker", "most"), [(SlowContext, 8), (OneAtATime, 1)], ids=["default", "declared-1"])
+async def test_requests_are_answered_at_once_up_to_the_declared_limit(
+    nats_url: str, worker: type[SlowContext], most: int
+) -> None:
+    # Seen under load: memory answered context requests one at a time, so at 200 turns a second most
+    # requests waited past the orchestrator's 250 ms deadline while the worker's CPU idled.
+    SlowContext.running = SlowContext.most = 0
+    prefix = f"serves{most}"
+    async with (
+        running_worker(worker, EchoSettings(nats_url=nats_url, subject_prefix=prefix)),
+        client_bus(nats_url, prefix) as client,
+    ):
+        requests = [ev.ContextRequest(session_id=new_id(), producer="test") for _ in range(8)]
+        asked = [client.request("memory.context", r, ev.ContextReply, timeout=5.0) for r in requests]
+        began = asyncio.get_running_loop().time()
+        replies = await asyncio.gather(*asked)
+        took = asyncio.get_running_loop().time() - began
+    assert [r.summary for r in replies] == [r.event_id for r in requests]  # each its own answer
+    assert SlowContext.most == most
+    assert most > 1 or took >= 8 * 0.3  # declared one at a time: each waits for the one before

@@ -2,7 +2,9 @@
 
 ``@consumes(subject, delivery=...)`` marks a method of a :class:`~workers.runtime.Worker` as the
 handler of a contract subject (a name in ``contracts.subjects``); ``@serves`` marks a
-request/reply handler whose return value is the reply. The runtime reads these marks from the
+request/reply handler whose return value is the reply (requests are independent: a replica answers
+up to ``max_in_flight`` at once, 64 unless declared; direct events are handled one at a time, in
+order). The runtime reads these marks from the
 class, so the AsyncAPI document and the JetStream provisioning come from the class alone,
 without constructing the worker. Four ways in, one handling scope (``handling.handled``):
 
@@ -49,7 +51,7 @@ class Consumption:
     queue: str = ""
     durable: ConsumerSpec | None = None  # jetstream
     batch: int = 1  # jetstream: most messages per call (the handler takes a list)
-    # jetstream, batch 1: messages handled at once (1: one at a time, in order; a name: that setting)
+    # jetstream, batch 1, and @serves: messages handled at once (1: one at a time, in order; a name: that setting)
     max_in_flight: int | str = 1
     stream: StreamSpec | None = None  # recorded
     filter: str = ""  # recorded: the subject filter relative to the prefix (default: the subject's wildcard)
@@ -168,11 +170,13 @@ def consumes(
     return mark
 
 
-def serves(subject: str, *, queue: str) -> Callable[[F], F]:
-    """Mark a worker method as a request/reply handler; it returns the reply (None: an empty reply)."""
+def serves(subject: str, *, queue: str, max_in_flight: int = 64) -> Callable[[F], F]:
+    """Mark a worker method as a request/reply handler; it returns the reply (None: an empty reply).
+    Up to ``max_in_flight`` requests are answered at once: one slow answer (a database read) must not
+    queue the others behind it past their requesters' deadlines."""
 
     def mark(method: F) -> F:
-        consumes(subject, queue=queue)(method)
+        consumes(subject, queue=queue, max_in_flight=max_in_flight)(method)
         declared: Consumption = getattr(method, _MARK)
         setattr(method, _MARK, Consumption(**{**declared.__dict__, "replies": True}))
         return method

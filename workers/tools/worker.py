@@ -59,7 +59,8 @@ class ToolsWorker(Worker[ToolsSettings]):
     async def on_convert_units(self, call: ev.ToolRequest) -> ev.ToolReply:
         return self._answer(call, lambda: core.conversion(call.arguments))
 
-    @serves("tools.set_reminder", queue="tools")
+    # One at a time: the per-session count is read, then a reminder added (a replica's count stays exact).
+    @serves("tools.set_reminder", queue="tools", max_in_flight=1)
     async def on_set_reminder(self, call: ev.ToolRequest) -> ev.ToolReply:
         now = time.time()
         try:
