@@ -307,3 +307,34 @@ async def test_sessions_falling_due_together_are_trimmed_a_few_a_batch() -> None
     assert len(store.trimmed) == TRIMS_PER_BATCH and store.trimmed[0] == sessions[-1]  # the most overdue first
     await memory.record_batch(at_positions(*(user(s, "t4", "four") for s in sessions), first=200))
     assert sorted(store.trimmed) == sorted(sessions)  # the rest on the next batch
+
+
+class CountingStore(DictStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def session(self, session_id: str, turns: int) -> SessionMemory:
+        self.reads += 1
+        return await super().session(session_id, turns)
+
+
+async def test_a_cached_context_gains_each_stored_turn_without_reading_the_store_again() -> None:
+    # Seen at 200 typed turns a second: each recorded turn dropped its session's cached context, so every
+    # turn's context was a store read; they queued behind the writes and most turns missed the deadline.
+    store, summaries = CountingStore(), Summaries()
+    memory = Memory(store, ContextCache(100), summaries, context_turns=3)
+    ask = ev.ContextRequest(session_id=A, producer="test")
+    await memory.record_batch(at_positions(user(A, "t1", "hello"), reply(A, "t1", "hi")))
+    await memory.context(ask)
+    assert store.reads == 1
+    await memory.record_batch(at_positions(user(A, "t2", "how are you"), reply(A, "t2", "fine"), first=3))
+    await memory.record_batch(at_positions(user(A, "t2", "how are you"), first=3))  # a redelivery: no twin
+    cached = await memory.context(ask)
+    assert store.reads == 1
+    assert [t.text for t in cached.turns] == ["hi", "how are you", "fine"]  # the newest 3, as the window keeps
+    memory.cache.invalidate(A)
+    assert (await memory.context(ask)).turns == cached.turns  # what the store holds says the same
+    assert store.reads == 2
+    await memory.record_batch(at_positions(user(A, "t3", "My name is Al."), first=5))  # a fact: read back
+    assert [f for f in (await memory.context(ask)).facts] == ["Their name is Al"] and store.reads == 3

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Protocol, TypeGuard
 
 from contracts import events as ev
@@ -90,6 +91,19 @@ class ContextCache:
         self._entries.pop(session_id, None)
         if session_id in self._loading:
             self._stale.add(session_id)
+
+    def add_turn(self, session_id: str, turn: Turn, keep: int) -> None:
+        """A turn just stored: a cached context gains it (newest first, ``keep`` at most), as the store's
+        window does. Invalidating instead cost a store read for every turn's context: at 200 typed turns
+        a second those reads queued behind the writes and most turns missed the 250 ms deadline."""
+        entry = self._entries.get(session_id)
+        if entry is None or session_id in self._loading:
+            self.invalidate(session_id)  # a load in flight may have read the store before this write
+            return
+        turns = sorted(
+            [t for t in entry.turns if t.position != turn.position] + [turn], key=lambda t: t.position, reverse=True
+        )
+        self._entries[session_id] = replace(entry, turns=turns[:keep])
 
 
 def assemble(material: SessionMemory, max_tokens: int, exclude_turn_id: str | None) -> tuple[list[ev.MemoryTurn], int]:
@@ -211,17 +225,24 @@ class Memory:
         Safe to repeat after a failure at any point (the worker does, while the database is unreachable):
         what was stored already is not counted again."""
         stored = await self.store.write(plan_writes(events, self._context_turns))
-        for event, _ in events:  # in stream order, as if recorded one by one
+        for event, position in events:  # in stream order, as if recorded one by one
             session = event.session_id
             if isinstance(event, ev.ForgetSession):
                 self._summaries.forget(session)
                 self._window_writes.pop(session, None)
-            elif not _recalled(event):
+                self.cache.invalidate(session)
+                continue
+            if not _recalled(event):
                 continue  # a transcript is not part of a context
-            elif event.event_id in stored:
+            if event.event_id in stored:
                 self._summaries.stored(session)
                 self._window_writes[session] += 1
-            self.cache.invalidate(session)
+            if isinstance(event, ev.UserTurn) and extract_facts(event.text):
+                self.cache.invalidate(session)  # facts too: read back as stored
+            else:
+                fields = _fields(event)
+                turn = Turn(fields["role"], fields["text"], fields["turn_id"], fields["at"], position)
+                self.cache.add_turn(session, turn, self._context_turns)
         due = {event.session_id for event, _ in events if self._window_writes[event.session_id] >= self._context_turns}
         # A few trims per batch, the most overdue first: sessions that keep pace with each other fall due
         # together, and a hundred trims at once (a read and a write each) stalled the writer for 100 ms.
