@@ -2,8 +2,9 @@
 
 Starts the whole system as ``just up`` does (bench/voice_loop.py's ``Stack``: supervisord, NATS,
 MongoDB, every worker and the edge as their own processes, in a temporary run directory on free
-ports), with a zero-latency scripted OpenAI-compatible model (the system's own cost, not the
-LLM's) unless ``--llm embedded``. Then:
+ports), with the orchestrator's in-process echo model (``--llm echo``, the default: the system's own
+cost, not the LLM's), the scripted OpenAI-compatible server (``--llm scripted``: it runs in this
+process, beside the load generator) or the embedded local model (``--llm embedded``). Then:
 
 1. **Record**: one spoken session (a live microphone at real-time pace: utterances spoken by piper
    and espeak-ng with silence between, never pausing) and one typed session (a turn every
@@ -19,7 +20,7 @@ LLM's) unless ``--llm embedded``. Then:
    ``reply.delta``; spoken turns: true end of speech (last loud sample of an utterance in the
    script) -> first ``audio.out`` frame; turns answered, turns whose ``reply.done`` says the memory
    was not ``ok`` (its deadline); and the CPU of every process of the stack (``/proc``, CPU seconds
-   per wall second = cores) over the level.
+   per wall second = cores) over the level, and of this load generator (which shares the machine).
 
 The capacity report divides the load by the cores each process used: real-time voice sessions per
 core for the transcriber (its engine named), typed turns per second per core for the edge and the
@@ -37,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shlex
 import statistics
 import sys
@@ -151,6 +153,7 @@ def script_of(name: str, records: Sequence[Recorded]) -> Script:
 @dataclass
 class CopyResult:
     typed_ms: list[float] = field(default_factory=list)  # chat sent -> first reply.delta
+    echo_ms: list[float] = field(default_factory=list)  # chat sent -> its turn.user (the edge accepted it)
     spoken_ms: list[float] = field(default_factory=list)  # true end of speech -> first audio.out
     typed_sent: int = 0
     typed_answered: int = 0
@@ -220,6 +223,8 @@ def _score(result: CopyResult, session: Session, sent_at: list[float], true_ends
             result.errors.append(str(event.get("code")))
     typed = [e for _, e in turns if e.get("source") == "typed"]
     result.typed_sent = len(sent_at)
+    echoed = [at for at, e in turns if e.get("source") == "typed"]
+    result.echo_ms = [(at - sent) * 1000 for sent, at in zip(sent_at, echoed, strict=False)]
     for sent, event in zip(sent_at, typed, strict=False):  # the edge commits typed turns in the order sent
         if (arrived := first_delta.get(event["turn_id"])) is not None:
             result.typed_answered += 1
@@ -300,6 +305,11 @@ class CpuMeter:
         self.cores = dict(sorted(cores.items(), key=lambda kv: -kv[1]))
 
 
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 # ---------------------------------------------------------------------------------- levels
 
 
@@ -331,12 +341,15 @@ class Level:
             answered, expected, measure = self.total("spoken_answered"), self.total("spoken_expected"), "first audio"
         else:
             answered, expected, measure = self.total("typed_answered"), self.total("typed_sent"), "first delta"
-        top = ", ".join(f"{name} {c:.2f}" for name, c in list(self.cores.items())[:5])
+            echo = [ms for r in self.results for ms in r.echo_ms]
+            measure = f"echo {fmt(percentile(echo, 50))} / {fmt(percentile(echo, 99))} ({len(echo)}); {measure}"
+        stack = {name: c for name, c in self.cores.items() if name != "(load generator)"}
+        top = ", ".join(f"{name} {c:.2f}" for name, c in list(stack.items())[:5])
         errors = sum(len(r.errors) for r in self.results)
         return (
             f"| {self.kind} x{self.copies} | {answered}/{expected} | {measure} {fmt(percentile(values, 50))} / "
             f"{fmt(percentile(values, 95))} / {fmt(percentile(values, 99))} | {self.total('memory_not_ok')} | "
-            f"{errors} | {sum(self.cores.values()):.2f} ({top}) |"
+            f"{errors} | {sum(stack.values()):.2f} ({top}) | {self.cores.get('(load generator)', 0):.2f} |"
         )
 
 
@@ -347,10 +360,12 @@ async def run_level(stack: Stack, kind: str, copies: int, script: Script) -> Lev
     start = loop.time() + 1.0 + copies * 0.01  # sockets open meanwhile
     meter.start()
     began = time.monotonic()
+    client_cpu = _own_cpu()
     results = await asyncio.gather(
         *(replay_copy(stack.edge, i, script, start + i / max(copies, 1)) for i in range(copies))
     )
     meter.stop()
+    meter.cores["(load generator)"] = (_own_cpu() - client_cpu) / (time.monotonic() - began)
     return Level(
         kind, copies, script, list(results), meter.cores, time.monotonic() - began, (load_start, os.getloadavg()[0])
     )
@@ -425,8 +440,9 @@ def report(levels: Sequence[Level], engine: str, llm: str, command: str, wall_s:
         f"`{command}` ({machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; LLM: {llm}; "
         f"wall {wall_s:.0f} s)",
         "",
-        "| level | turns answered | latency p50 / p95 / p99 ms | memory not ok | errors | cores used (top 5) |",
-        "|---|---|---|---|---|---|",
+        "| level | turns answered | latency p50 / p95 / p99 ms | memory not ok | errors | stack's cores (top 5) "
+        "| load generator's cores |",
+        "|---|---|---|---|---|---|---|",
         *(lv.row() for lv in levels),
         "",
         "Per level: scripts "
@@ -458,7 +474,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--voice", type=int, nargs="*", default=[1, 4], help="copies of the spoken session per level")
     parser.add_argument("--typed", type=int, nargs="*", default=[50, 200], help="copies of the typed session")
-    parser.add_argument("--llm", choices=("scripted", "embedded"), default="scripted")
+    parser.add_argument("--llm", choices=("echo", "scripted", "embedded"), default="echo")
     parser.add_argument("--spoken-turns", type=int, default=4, help="utterances in the recorded spoken session")
     parser.add_argument("--typed-turns", type=int, default=20, help="turns in the recorded typed session")
     parser.add_argument("--typed-every", type=float, default=1.0, help="seconds between recorded typed turns")
@@ -472,6 +488,8 @@ async def run(options: argparse.Namespace, base_dir: Path) -> tuple[list[Level],
     from bench.voice_loop import wait_ready
 
     settings = dict(s.split("=", 1) for s in options.setting)
+    if options.llm == "echo":
+        settings.setdefault("SB_LLM_PROVIDER", "echo")
     levels: list[Level] = []
     async with llm_server(options.llm) as llm_url:
         stack = Stack(options.llm, base_dir, llm_url, settings)

@@ -338,3 +338,12 @@ async def test_a_cached_context_gains_each_stored_turn_without_reading_the_store
     assert store.reads == 2
     await memory.record_batch(at_positions(user(A, "t3", "My name is Al."), first=5))  # a fact: read back
     assert [f for f in (await memory.context(ask)).facts] == ["Their name is Al"] and store.reads == 3
+
+
+def test_a_turn_stored_while_its_context_loads_is_added_to_what_the_load_brings() -> None:
+    cache = ContextCache(max_sessions=10)
+    with cache.loading(A):
+        cache.add_turn(A, turn(2, "stored meanwhile"), keep=40)  # the load may have read the store before it
+        cache.put(A, SessionMemory([turn(1, "older")], None, []))
+    cached = cache.get(A)
+    assert cached is not None and [t.text for t in cached.turns] == ["stored meanwhile", "older"]

@@ -59,6 +59,7 @@ class ContextCache:
         self._entries: OrderedDict[str, SessionMemory] = OrderedDict()
         self._loading: Counter[str] = Counter()
         self._stale: set[str] = set()
+        self._arrived: dict[str, list[tuple[Turn, int]]] = {}  # turns stored while a load was in flight
         self._max = max_sessions
 
     def get(self, session_id: str) -> SessionMemory | None:
@@ -78,10 +79,13 @@ class ContextCache:
             if not self._loading[session_id]:
                 del self._loading[session_id]
                 self._stale.discard(session_id)  # the next load starts after the write
+                self._arrived.pop(session_id, None)
 
     def put(self, session_id: str, material: SessionMemory) -> None:
         if session_id in self._stale:
             return
+        for turn, keep in self._arrived.pop(session_id, []):  # the load may have read the store before them
+            material = _with_turn(material, turn, keep)
         self._entries[session_id] = material
         self._entries.move_to_end(session_id)
         while len(self._entries) > self._max:
@@ -94,16 +98,19 @@ class ContextCache:
 
     def add_turn(self, session_id: str, turn: Turn, keep: int) -> None:
         """A turn just stored: a cached context gains it (newest first, ``keep`` at most), as the store's
-        window does. Invalidating instead cost a store read for every turn's context: at 200 typed turns
-        a second those reads queued behind the writes and most turns missed the 250 ms deadline."""
-        entry = self._entries.get(session_id)
-        if entry is None or session_id in self._loading:
-            self.invalidate(session_id)  # a load in flight may have read the store before this write
-            return
-        turns = sorted(
-            [t for t in entry.turns if t.position != turn.position] + [turn], key=lambda t: t.position, reverse=True
-        )
-        self._entries[session_id] = replace(entry, turns=turns[:keep])
+        window does; a load in flight gets it too. Invalidating instead cost a store read for every turn's
+        context: at 200 typed turns a second those reads queued behind the writes (1.6 s each) and most turns
+        missed the 250 ms deadline; dropping a load that a write overlapped kept every session uncached."""
+        if session_id in self._loading:  # kept for the load in flight, which may have read the store before it
+            self._arrived.setdefault(session_id, []).append((turn, keep))
+        if (entry := self._entries.get(session_id)) is not None:
+            self._entries[session_id] = _with_turn(entry, turn, keep)
+
+
+def _with_turn(material: SessionMemory, turn: Turn, keep: int) -> SessionMemory:
+    """``material`` with ``turn`` in place (newest first, one turn per position), ``keep`` at most."""
+    turns = [t for t in material.turns if t.position != turn.position] + [turn]
+    return replace(material, turns=sorted(turns, key=lambda t: t.position, reverse=True)[:keep])
 
 
 def assemble(material: SessionMemory, max_tokens: int, exclude_turn_id: str | None) -> tuple[list[ev.MemoryTurn], int]:
