@@ -156,7 +156,8 @@ class CopyResult:
     echo_ms: list[float] = field(default_factory=list)  # chat sent -> its turn.user (the edge accepted it)
     spoken_ms: list[float] = field(default_factory=list)  # true end of speech -> first audio.out
     typed_sent: int = 0
-    typed_answered: int = 0
+    typed_answered: int = 0  # a reply.done came (a turn the next one superseded before it spoke has no delta)
+    superseded: int = 0
     spoken_expected: int = 0
     spoken_answered: int = 0
     memory_not_ok: int = 0
@@ -209,6 +210,7 @@ async def _drain(session: Session, expected: int) -> None:
 
 def _score(result: CopyResult, session: Session, sent_at: list[float], true_ends: list[float]) -> None:
     first_delta: dict[str, float] = {}
+    done: set[str] = set()
     turns: list[tuple[float, dict[str, Any]]] = []
     for at, event in session.events:
         kind, turn = event.get("kind"), event.get("turn_id")
@@ -218,6 +220,8 @@ def _score(result: CopyResult, session: Session, sent_at: list[float], true_ends
             first_delta.setdefault(turn, at)
         elif kind == "reply.done":
             result.replies += 1
+            done.add(str(turn))
+            result.superseded += event.get("finish_reason") == "superseded"
             result.memory_not_ok += event.get("memory") not in ("ok", "skipped")
         elif kind == "error":
             result.errors.append(str(event.get("code")))
@@ -226,8 +230,8 @@ def _score(result: CopyResult, session: Session, sent_at: list[float], true_ends
     echoed = [at for at, e in turns if e.get("source") == "typed"]
     result.echo_ms = [(at - sent) * 1000 for sent, at in zip(sent_at, echoed, strict=False)]
     for sent, event in zip(sent_at, typed, strict=False):  # the edge commits typed turns in the order sent
+        result.typed_answered += event["turn_id"] in done
         if (arrived := first_delta.get(event["turn_id"])) is not None:
-            result.typed_answered += 1
             result.typed_ms.append((arrived - sent) * 1000)
     spoken = [(at, e) for at, e in turns if e.get("source") == "spoken"]
     for end in true_ends:  # the first spoken turn committed after an utterance's end is its turn
@@ -342,7 +346,10 @@ class Level:
         else:
             answered, expected, measure = self.total("typed_answered"), self.total("typed_sent"), "first delta"
             echo = [ms for r in self.results for ms in r.echo_ms]
-            measure = f"echo {fmt(percentile(echo, 50))} / {fmt(percentile(echo, 99))} ({len(echo)}); {measure}"
+            measure = (
+                f"{self.total('superseded')} superseded; echo {fmt(percentile(echo, 50))} / "
+                f"{fmt(percentile(echo, 99))}; {measure}"
+            )
         stack = {name: c for name, c in self.cores.items() if name != "(load generator)"}
         top = ", ".join(f"{name} {c:.2f}" for name, c in list(stack.items())[:5])
         errors = sum(len(r.errors) for r in self.results)
