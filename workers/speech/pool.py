@@ -111,8 +111,8 @@ class ChildPool(Generic[A]):
     its ``in_turn = False``, publish an ``error`` event for it (if it was in a turn an utterance
     was lost) and go on with the next frames, which start a new utterance. Only that session
     needs resetting: every other session that lost state gets its own ChildLost, in its own
-    task. PoolBroken: recognition is down until the worker restarts; publish one error per
-    session and stop pushing its audio. Health adds ``problems()``; ``sb_pool_crashes_total``
+    task. PoolBroken: recognition is down until the worker restarts; tell each session once (its
+    later frames fail at once and are dropped). Health adds ``problems()``; ``sb_pool_crashes_total``
     and ``sb_pool_restarts_total`` (label ``pool``) count deaths and respawns.
     """
 
