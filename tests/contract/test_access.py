@@ -195,7 +195,7 @@ async def test_the_transcriber_opens_the_lease_bucket_it_may_use() -> None:
 
     replica = SimpleNamespace(
         bus=SimpleNamespace(prefix="cell-2", js=SimpleNamespace(create_key_value=create_key_value)),
-        settings=SimpleNamespace(lease_ttl_s=3.0),
+        settings=SimpleNamespace(lease_ttl_s=3.0, stream_replicas=1),
     )
     with pytest.raises(StopError):
         await Transcriber.open_leases(replica)  # type: ignore[arg-type]
