@@ -225,11 +225,10 @@ def _score(result: CopyResult, session: Session, sent_at: list[float], true_ends
             result.memory_not_ok += event.get("memory") not in ("ok", "skipped")
         elif kind == "error":
             result.errors.append(str(event.get("code")))
-    typed = [e for _, e in turns if e.get("source") == "typed"]
+    typed = [(at, e) for at, e in turns if e.get("source") == "typed"]
     result.typed_sent = len(sent_at)
-    echoed = [at for at, e in turns if e.get("source") == "typed"]
-    result.echo_ms = [(at - sent) * 1000 for sent, at in zip(sent_at, echoed, strict=False)]
-    for sent, event in zip(sent_at, typed, strict=False):  # the edge commits typed turns in the order sent
+    for sent, (echoed, event) in zip(sent_at, typed, strict=False):  # committed in the order sent
+        result.echo_ms.append((echoed - sent) * 1000)
         result.typed_answered += event["turn_id"] in done
         if (arrived := first_delta.get(event["turn_id"])) is not None:
             result.typed_ms.append((arrived - sent) * 1000)

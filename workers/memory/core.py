@@ -231,7 +231,9 @@ class Memory:
 
         Safe to repeat after a failure at any point (the worker does, while the database is unreachable):
         what was stored already is not counted again."""
-        stored = await self.store.write(plan_writes(events, self._context_turns))
+        writes = plan_writes(events, self._context_turns)
+        stored = await self.store.write(writes)
+        stating = {(w.session_id, w.position) for w in writes if isinstance(w, SetFact)}
         for event, position in events:  # in stream order, as if recorded one by one
             session = event.session_id
             if isinstance(event, ev.ForgetSession):
@@ -244,7 +246,7 @@ class Memory:
             if event.event_id in stored:
                 self._summaries.stored(session)
                 self._window_writes[session] += 1
-            if isinstance(event, ev.UserTurn) and extract_facts(event.text):
+            if (session, position) in stating:
                 self.cache.invalidate(session)  # facts too: read back as stored
             else:
                 fields = _fields(event)
